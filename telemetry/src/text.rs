@@ -1,0 +1,117 @@
+//! `HeaderText`: a value that fits on one header line.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Most bytes a header value may have (the backend takes `host_type` under
+/// 250 characters and the board, CPU and BIOS fields under 200).
+pub const MAX_HEADER_TEXT: usize = 249;
+
+/// One header value of a record (`arch`, `build`, `cpu_model`, ...): UTF-8
+/// without control characters, so it can be written as a `name: value` line
+/// of the legacy framing and as an HTTP header value without escaping, and
+/// at most [`MAX_HEADER_TEXT`] bytes. Spaces are kept: values are never cut
+/// at a space (the original's v3 defect).
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct HeaderText(Box<str>);
+
+/// Why a string cannot be a header value.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum HeaderTextError {
+    #[error("value is {len} bytes; at most {MAX_HEADER_TEXT} are allowed")]
+    TooLong { len: usize },
+    #[error("value has a control character (0x{byte:02x}) at byte {position}")]
+    Control { position: usize, byte: u8 },
+    #[error("value is not UTF-8 (invalid at byte {position})")]
+    NotUtf8 { position: usize },
+}
+
+impl HeaderText {
+    pub fn new(s: &str) -> Result<Self, HeaderTextError> {
+        Self::check(s)?;
+        Ok(HeaderText(s.into()))
+    }
+
+    pub fn from_bytes(b: &[u8]) -> Result<Self, HeaderTextError> {
+        let s = std::str::from_utf8(b).map_err(|e| HeaderTextError::NotUtf8 { position: e.valid_up_to() })?;
+        Self::new(s)
+    }
+
+    fn check(s: &str) -> Result<(), HeaderTextError> {
+        if s.len() > MAX_HEADER_TEXT {
+            return Err(HeaderTextError::TooLong { len: s.len() });
+        }
+        if let Some((position, c)) = s.char_indices().find(|(_, c)| c.is_control()) {
+            return Err(HeaderTextError::Control { position, byte: c as u32 as u8 });
+        }
+        Ok(())
+    }
+
+    /// Makes a header value from text read off the machine (sysfs, os-release,
+    /// cpuinfo): control characters become spaces, surrounding whitespace is
+    /// trimmed, and text past the limit is cut at a character boundary. Used
+    /// only for host facts, never for what a probe sends.
+    pub fn sanitize(s: &str) -> Self {
+        let cleaned: String = s.trim().chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+        let mut end = cleaned.len().min(MAX_HEADER_TEXT);
+        while !cleaned.is_char_boundary(end) {
+            end -= 1;
+        }
+        HeaderText(cleaned[..end].into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for HeaderText {
+    type Error = HeaderTextError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::check(&s)?;
+        Ok(HeaderText(s.into_boxed_str()))
+    }
+}
+
+impl From<HeaderText> for String {
+    fn from(h: HeaderText) -> String {
+        h.0.into()
+    }
+}
+
+impl fmt::Display for HeaderText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for HeaderText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_spaces_rejects_controls() {
+        assert_eq!(HeaderText::new("Intel(R) Xeon(R) CPU @ 2.20GHz").unwrap().as_str(), "Intel(R) Xeon(R) CPU @ 2.20GHz");
+        assert_eq!(HeaderText::new("a\nb"), Err(HeaderTextError::Control { position: 1, byte: b'\n' }));
+        assert_eq!(HeaderText::new("a\0"), Err(HeaderTextError::Control { position: 1, byte: 0 }));
+        assert_eq!(HeaderText::new(&"x".repeat(250)), Err(HeaderTextError::TooLong { len: 250 }));
+        assert_eq!(HeaderText::from_bytes(b"a\xffb"), Err(HeaderTextError::NotUtf8 { position: 1 }));
+    }
+
+    #[test]
+    fn sanitize_makes_valid_text() {
+        let h = HeaderText::sanitize("  a\tb\n");
+        assert_eq!(h.as_str(), "a b");
+        let long = "é".repeat(200);
+        assert!(HeaderText::sanitize(&long).as_str().len() <= MAX_HEADER_TEXT);
+    }
+}

@@ -1,0 +1,62 @@
+//! Support for the end-to-end tests in `tests/tests/`: finding the suite's
+//! binaries (built on first use), temporary collector sockets, and the
+//! CI rule that a test needing root must run, not skip.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// The directory the workspace's binaries are built into (the profile this
+/// test binary was built with).
+pub fn bin_dir() -> PathBuf {
+    // target/<profile>/deps/e2e-xxxx -> target/<profile>
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.parent().and_then(Path::parent).map(Path::to_path_buf).expect("target dir")
+}
+
+static BUILT: OnceLock<()> = OnceLock::new();
+
+/// The path of one of the suite's binaries, building all of them once per
+/// test process so `cargo test` alone works.
+pub fn bin(name: &str) -> PathBuf {
+    BUILT.get_or_init(|| {
+        let release = bin_dir().file_name().is_some_and(|n| n == "release");
+        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.args(["build", "--quiet", "--workspace", "--bins"]).current_dir(workspace_root());
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "cargo build --workspace --bins failed");
+    });
+    let p = bin_dir().join(name);
+    assert!(p.exists(), "{} was not built", p.display());
+    p
+}
+
+/// True in CI (`CI=true`), where tests that need root or BPF must run.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Whether this process runs as root. Outside CI a test that needs root may
+/// skip (printing why); in CI it fails instead.
+pub fn require_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc_geteuid() } == 0;
+    if !root {
+        assert!(!in_ci(), "{test} needs root and CI=true: failing rather than skipping");
+        eprintln!("skipping {test}: needs root");
+    }
+    root
+}
+
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}

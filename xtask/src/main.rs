@@ -1,0 +1,89 @@
+//! # xtask: the project's tasks
+//!
+//! `cargo xtask test` is the test command: it installs what is missing
+//! (idempotently), builds everything, and runs every test and each fuzz
+//! target for a bounded time. `cargo xtask run` is the main job. `cargo
+//! xtask bench [WHAT]` runs the benchmarks and prints figures and ratios.
+
+mod install;
+mod util;
+
+use std::process::ExitCode;
+
+const USAGE: &str = "usage: cargo xtask <command>
+
+commands:
+  test                 install what is missing, build, run all tests and fuzz targets
+  run [--server URL]   run the collector on a local default with the probes (see README)
+  bench [framing]      run benchmarks and print figures and ratios
+  fuzz [--secs N]      run each fuzz target for N seconds (default 60)
+  setup                only install what is missing
+
+environment:
+  TELEM_FUZZ_SECS      seconds per fuzz target in `test` (default 60; 0 skips fuzzing)";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("test") => cmd_test(&args[1..]),
+        Some("setup") => install::setup(),
+        Some("fuzz") => cmd_fuzz(&args[1..]),
+        Some("bench") => cmd_bench(&args[1..]),
+        Some("run") => Err("`cargo xtask run` arrives with the collector issue".into()),
+        Some("-h" | "--help" | "help") | None => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => Err(format!("unknown command {other:?}\n\n{USAGE}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn fuzz_secs(args: &[String]) -> Result<u64, String> {
+    if let Some(i) = args.iter().position(|a| a == "--secs") {
+        return args.get(i + 1).and_then(|s| s.parse().ok()).ok_or_else(|| "--secs needs a number".to_string());
+    }
+    Ok(std::env::var("TELEM_FUZZ_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(60))
+}
+
+fn cmd_test(args: &[String]) -> Result<(), String> {
+    install::setup()?;
+    util::cargo(&["build", "--workspace", "--all-targets"])?;
+    util::cargo(&["test", "--workspace", "--no-fail-fast"])?;
+    let secs = fuzz_secs(args)?;
+    if secs > 0 {
+        cmd_fuzz(&["--secs".into(), secs.to_string()])?;
+    }
+    println!("xtask test: all steps passed");
+    Ok(())
+}
+
+/// The fuzz targets: (crate dir with a fuzz/ folder, target name).
+const FUZZ_TARGETS: &[(&str, &str)] = &[
+    ("telemetry", "native_frame"),
+    ("telemetry", "legacy_record"),
+    ("telemetry", "posting_v3"),
+];
+
+fn cmd_fuzz(args: &[String]) -> Result<(), String> {
+    install::ensure_cargo_fuzz()?;
+    let secs = fuzz_secs(args)?;
+    for (dir, target) in FUZZ_TARGETS {
+        println!("fuzzing {dir}:{target} for {secs} s");
+        util::fuzz(dir, target, secs)?;
+    }
+    Ok(())
+}
+
+fn cmd_bench(args: &[String]) -> Result<(), String> {
+    match args.first().map(String::as_str) {
+        None | Some("framing") => util::cargo(&["bench", "-p", "telemetry", "--bench", "framing"]),
+        Some(other) => Err(format!("unknown benchmark {other:?}; known: framing")),
+    }
+}

@@ -1,0 +1,57 @@
+//! Running commands from the workspace root.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The workspace root (xtask lives one level below it).
+pub fn root() -> PathBuf {
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    here.parent().map(PathBuf::from).unwrap_or(here)
+}
+
+/// Runs `cmd`, failing with its command line when it fails.
+pub fn run(cmd: &mut Command) -> Result<(), String> {
+    let shown = format!("{cmd:?}");
+    let status = cmd.status().map_err(|e| format!("cannot start {shown}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{shown} failed with {status}"))
+    }
+}
+
+/// Whether `cmd` runs and succeeds, quietly.
+pub fn succeeds(cmd: &mut Command) -> bool {
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+pub fn cargo_bin() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+/// `cargo ARGS` in the workspace root.
+pub fn cargo(args: &[&str]) -> Result<(), String> {
+    run(Command::new(cargo_bin()).args(args).current_dir(root()))
+}
+
+/// Runs one cargo-fuzz target for `secs` seconds on the stable toolchain
+/// (cargo-fuzz's -Z flags are allowed through RUSTC_BOOTSTRAP).
+pub fn fuzz(dir: &str, target: &str, secs: u64) -> Result<(), String> {
+    let fuzz_dir = root().join(dir);
+    let corpus = fuzz_dir.join("fuzz/corpus").join(target);
+    std::fs::create_dir_all(&corpus).map_err(|e| format!("create {}: {e}", corpus.display()))?;
+    let seeds = fuzz_dir.join("fuzz/seeds").join(target);
+    let mut cmd = Command::new(cargo_bin());
+    cmd.current_dir(&fuzz_dir)
+        .env("RUSTC_BOOTSTRAP", "1")
+        .args(["fuzz", "run", target, "--"])
+        .arg(&corpus);
+    if seeds.is_dir() {
+        cmd.arg(&seeds);
+    }
+    cmd.arg(format!("-max_total_time={secs}")).arg("-rss_limit_mb=2048").arg("-max_len=70000");
+    run(&mut cmd)
+}

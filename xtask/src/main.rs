@@ -5,7 +5,12 @@
 //! target for a bounded time. `cargo xtask run` is the main job. `cargo
 //! xtask bench [WHAT]` runs the benchmarks and prints figures and ratios.
 
+mod bench_collector;
+mod bench_crash;
+mod bench_events;
+mod ebpf;
 mod install;
+mod run;
 mod util;
 
 use std::process::ExitCode;
@@ -15,7 +20,8 @@ const USAGE: &str = "usage: cargo xtask <command>
 commands:
   test                 install what is missing, build, run all tests and fuzz targets
   run [--server URL]   run the collector on a local default with the probes (see README)
-  bench [framing]      run benchmarks and print figures and ratios
+  build-ebpf           install the eBPF toolchain if missing and build probe-ebpf/
+  bench [WHAT]         run benchmarks (framing, collector, crash, events; all by default)
   fuzz [--secs N]      run each fuzz target for N seconds (default 60)
   setup                only install what is missing
 
@@ -29,7 +35,8 @@ fn main() -> ExitCode {
         Some("setup") => install::setup(),
         Some("fuzz") => cmd_fuzz(&args[1..]),
         Some("bench") => cmd_bench(&args[1..]),
-        Some("run") => Err("`cargo xtask run` arrives with the collector issue".into()),
+        Some("run") => run::main(&args[1..]),
+        Some("build-ebpf") => ebpf::main(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             println!("{USAGE}");
             Ok(())
@@ -83,7 +90,16 @@ fn cmd_fuzz(args: &[String]) -> Result<(), String> {
 
 fn cmd_bench(args: &[String]) -> Result<(), String> {
     match args.first().map(String::as_str) {
-        None | Some("framing") => util::cargo(&["bench", "-p", "telemetry", "--bench", "framing"]),
-        Some(other) => Err(format!("unknown benchmark {other:?}; known: framing")),
+        Some("framing") => util::cargo(&["bench", "-p", "telemetry", "--bench", "framing"]),
+        Some("collector") => bench_collector::main(&args[1..]),
+        Some("crash") => bench_crash::main(&args[1..]),
+        Some("events") => bench_events::main(&args[1..]),
+        None => {
+            util::cargo(&["bench", "-p", "telemetry", "--bench", "framing"])?;
+            bench_collector::main(&[])?;
+            bench_crash::main(&[])?;
+            bench_events::main(&[])
+        }
+        Some(other) => Err(format!("unknown benchmark {other:?}; known: framing, collector, crash, events")),
     }
 }

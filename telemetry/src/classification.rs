@@ -61,7 +61,7 @@ impl Classification {
         if let Some(position) = b.iter().position(|&c| !(0x21..=0x7e).contains(&c)) {
             return Err(ClassificationError::InvalidByte { position, byte: b[position] });
         }
-        let found = b.split(|&c| c == b'/').count();
+        let found = b.iter().filter(|&&c| c == b'/').count() + 1;
         if found != 3 {
             return Err(ClassificationError::SegmentCount { found });
         }

@@ -46,6 +46,10 @@ pub mod severity;
 pub mod text;
 pub mod wire;
 
+/// The classification domain of the suite's own probes, as the original's
+/// (the backend's retention rules key on it, e.g. `org.clearlinux/hello/world`).
+pub const DEFAULT_DOMAIN: &str = "org.clearlinux";
+
 pub use classification::{Classification, ClassificationError};
 pub use event_id::{EventId, EventIdError, MachineId};
 pub use host::HostInfo;

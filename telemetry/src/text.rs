@@ -44,8 +44,15 @@ impl HeaderText {
         if s.len() > MAX_HEADER_TEXT {
             return Err(HeaderTextError::TooLong { len: s.len() });
         }
-        if let Some((position, c)) = s.char_indices().find(|(_, c)| c.is_control()) {
-            return Err(HeaderTextError::Control { position, byte: c as u32 as u8 });
+        // Control characters are C0 (< 0x20), DEL, and C1 (U+0080..U+009F,
+        // encoded 0xC2 0x80..=0x9F): a byte scan finds them in valid UTF-8.
+        let b = s.as_bytes();
+        for (position, &byte) in b.iter().enumerate() {
+            let c1 = byte == 0xc2 && b.get(position + 1).is_some_and(|n| (0x80..=0x9f).contains(n));
+            if byte < 0x20 || byte == 0x7f || c1 {
+                let byte = if c1 { b[position + 1] } else { byte };
+                return Err(HeaderTextError::Control { position, byte });
+            }
         }
         Ok(())
     }
@@ -105,6 +112,9 @@ mod tests {
         assert_eq!(HeaderText::new("a\0"), Err(HeaderTextError::Control { position: 1, byte: 0 }));
         assert_eq!(HeaderText::new(&"x".repeat(250)), Err(HeaderTextError::TooLong { len: 250 }));
         assert_eq!(HeaderText::from_bytes(b"a\xffb"), Err(HeaderTextError::NotUtf8 { position: 1 }));
+        assert_eq!(HeaderText::new("a\u{85}"), Err(HeaderTextError::Control { position: 1, byte: 0x85 }));
+        assert_eq!(HeaderText::new("a\u{7f}"), Err(HeaderTextError::Control { position: 1, byte: 0x7f }));
+        assert!(HeaderText::new("é ü ß 東京").is_ok());
     }
 
     #[test]

@@ -2,9 +2,11 @@
 //! binaries (built on first use), temporary collector sockets, and the
 //! CI rule that a test needing root must run, not skip.
 
+pub mod receiver;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::Mutex;
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
@@ -19,21 +21,34 @@ pub fn bin_dir() -> PathBuf {
     exe.parent().and_then(Path::parent).map(Path::to_path_buf).expect("target dir")
 }
 
-static BUILT: OnceLock<()> = OnceLock::new();
+static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
-/// The path of one of the suite's binaries, building all of them once per
-/// test process so `cargo test` alone works.
+/// The package that builds each binary of the suite.
+fn package_of(name: &str) -> &'static str {
+    match name {
+        "hprobe" | "telem-record-gen" => "hello-probes",
+        "telem-collector" | "telemctl" => "telem-collector",
+        "crashprobe" => "crashprobe",
+        "eventprobe" => "eventprobe",
+        other => panic!("unknown binary {other}"),
+    }
+}
+
+/// The path of one of the suite's binaries, built (once per test process)
+/// in the profile of this test binary, so `cargo test` alone works.
 pub fn bin(name: &str) -> PathBuf {
-    BUILT.get_or_init(|| {
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.iter().any(|b| b == name) {
         let release = bin_dir().file_name().is_some_and(|n| n == "release");
         let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cmd.args(["build", "--quiet", "--workspace", "--bins"]).current_dir(workspace_root());
+        cmd.args(["build", "--quiet", "-p", package_of(name), "--bin", name]).current_dir(workspace_root());
         if release {
             cmd.arg("--release");
         }
         let status = cmd.status().expect("run cargo build");
-        assert!(status.success(), "cargo build --workspace --bins failed");
-    });
+        assert!(status.success(), "cargo build --bin {name} failed");
+        built.push(name.to_string());
+    }
     let p = bin_dir().join(name);
     assert!(p.exists(), "{} was not built", p.display());
     p

@@ -191,7 +191,7 @@ fn parse_header(header: &[u8], body: &[u8]) -> Result<(Record, MachineId), Legac
         }
         std::str::from_utf8(v).ok().and_then(|s| s.parse().ok()).ok_or_else(not)
     };
-    if values[0] != RECORD_FORMAT_VERSION.to_string().as_bytes() {
+    if number(0).ok() != Some(RECORD_FORMAT_VERSION as u64) || values[0].len() != 1 {
         return Err(LegacyError::FormatVersion(String::from_utf8_lossy(values[0]).into_owned()));
     }
     let classification = Classification::from_bytes(values[1])?;

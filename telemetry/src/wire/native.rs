@@ -113,7 +113,9 @@ pub fn check_prefix(p: [u8; 8]) -> Result<(), FrameError> {
 pub fn encode_into<T: Serialize>(msg: &T, out: &mut Vec<u8>) -> Result<(), FrameError> {
     let start = out.len();
     out.extend_from_slice(&[0; 4]);
-    options(u32::MAX as usize).serialize_into(&mut *out, msg)?;
+    // No size limit on the way out: a limit makes bincode size the message
+    // in a first pass. Frames are checked against the peer's limit on read.
+    bincode::DefaultOptions::new().serialize_into(&mut *out, msg)?;
     let len = out.len() - start - 4;
     let len32 = u32::try_from(len).map_err(|_| FrameError::TooLarge { size: len, limit: u32::MAX as usize })?;
     out[start..start + 4].copy_from_slice(&len32.to_le_bytes());

@@ -111,8 +111,8 @@ impl fmt::Debug for EventId {
 /// id rotated every three days, or a static or per-session one depending
 /// on the privacy level. At most 32 characters of `[0-9A-Za-z]`, as the
 /// backend requires.
-#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "String")]
 pub struct MachineId(Box<str>);
 
 /// Why a string is not a machine id.
@@ -215,5 +215,12 @@ mod tests {
         assert_eq!(MachineId::parse(&"a".repeat(33)), Err(MachineIdError::TooLong { len: 33 }));
         assert_eq!(MachineId::parse("ab-c"), Err(MachineIdError::Invalid { position: 2 }));
         assert_eq!(MachineId::parse(""), Err(MachineIdError::Empty));
+    }
+}
+
+// Serialized as a plain string, borrowed: no copy on the way out.
+impl Serialize for MachineId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
     }
 }

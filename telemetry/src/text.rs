@@ -14,8 +14,8 @@ pub const MAX_HEADER_TEXT: usize = 249;
 /// of the legacy framing and as an HTTP header value without escaping, and
 /// at most [`MAX_HEADER_TEXT`] bytes. Spaces are kept: values are never cut
 /// at a space (the original's v3 defect).
-#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "String")]
 pub struct HeaderText(Box<str>);
 
 /// Why a string cannot be a header value.
@@ -47,6 +47,11 @@ impl HeaderText {
         // Control characters are C0 (< 0x20), DEL, and C1 (U+0080..U+009F,
         // encoded 0xC2 0x80..=0x9F): a byte scan finds them in valid UTF-8.
         let b = s.as_bytes();
+        // Fast path without early exit, so it vectorizes: no byte that can
+        // start a control character at all.
+        if !b.iter().fold(false, |acc, &c| acc | (c < 0x20) | (c == 0x7f) | (c == 0xc2)) {
+            return Ok(());
+        }
         for (position, &byte) in b.iter().enumerate() {
             let c1 = byte == 0xc2 && b.get(position + 1).is_some_and(|n| (0x80..=0x9f).contains(n));
             if byte < 0x20 || byte == 0x7f || c1 {
@@ -123,5 +128,12 @@ mod tests {
         assert_eq!(h.as_str(), "a b");
         let long = "é".repeat(200);
         assert!(HeaderText::sanitize(&long).as_str().len() <= MAX_HEADER_TEXT);
+    }
+}
+
+// Serialized as a plain string, borrowed: no copy on the way out.
+impl Serialize for HeaderText {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
     }
 }

@@ -147,3 +147,30 @@ fn no_collector_is_a_clear_error() {
     assert!(!ok);
     assert!(stderr.contains("no collector is listening on"), "{stderr}");
 }
+
+#[test]
+fn client_pipelines_many_records_on_one_connection() {
+    use telemetry::client::Client;
+    use telemetry::{Classification, Record};
+    let rx = Receiver::start(Behaviour { max_payload: 1000, ..Default::default() });
+    let mut c = Client::connect_path(&rx.path, WAIT).unwrap();
+    assert_eq!(c.hello().max_payload, 1000);
+    let mut records: Vec<Record> = (0..200)
+        .map(|i| {
+            Record::builder(Classification::parse("a/b/many").unwrap(), Severity::Medium, Payload::text(format!("{i}")))
+                .build()
+        })
+        .collect();
+    // One record over the announced limit fails alone; the rest go through.
+    records[50].payload = Payload::text("y".repeat(1001));
+    let acks = c.send_many(&records).unwrap();
+    assert_eq!(acks.len(), 200);
+    assert!(acks[50].is_err());
+    assert_eq!(acks.iter().filter(|a| a.is_ok()).count(), 199);
+    let got = rx.wait_for(199, WAIT);
+    assert_eq!(got.len(), 199);
+    // In order, none lost, none duplicated.
+    let payloads: Vec<String> = got.iter().map(|r| r.record.payload.to_text_lossy().into_owned()).collect();
+    let expect: Vec<String> = (0..200).filter(|&i| i != 50).map(|i| i.to_string()).collect();
+    assert_eq!(payloads, expect);
+}

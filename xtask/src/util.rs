@@ -53,5 +53,19 @@ pub fn fuzz(dir: &str, target: &str, secs: u64) -> Result<(), String> {
         cmd.arg(&seeds);
     }
     cmd.arg(format!("-max_total_time={secs}")).arg("-rss_limit_mb=2048").arg("-max_len=70000");
-    run(&mut cmd)
+    // libFuzzer is chatty: keep its output in a log, show the end of it.
+    let logs = root().join("target/fuzz-logs");
+    std::fs::create_dir_all(&logs).map_err(|e| format!("create {}: {e}", logs.display()))?;
+    let log = logs.join(format!("{}-{target}.log", dir.replace('/', "_")));
+    let file = std::fs::File::create(&log).map_err(|e| format!("create {}: {e}", log.display()))?;
+    let err = file.try_clone().map_err(|e| e.to_string())?;
+    cmd.stdout(file).stderr(err);
+    let result = run(&mut cmd);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let keep = if result.is_ok() { 2 } else { 60 };
+    for l in &lines[lines.len().saturating_sub(keep)..] {
+        println!("  {l}");
+    }
+    result.map_err(|e| format!("{e} (full log: {})", log.display()))
 }

@@ -42,6 +42,7 @@ pub mod host;
 pub mod payload;
 pub mod posting;
 pub mod record;
+pub mod scrub;
 pub mod severity;
 pub mod text;
 pub mod wire;

@@ -38,6 +38,7 @@ pub mod classification;
 pub mod client;
 pub mod config;
 pub mod event_id;
+pub mod fields;
 pub mod host;
 pub mod payload;
 pub mod posting;

@@ -1,0 +1,86 @@
+//! The data dictionary: every field the suite collects, where it comes
+//! from, an example, and why it is collected. `telemctl fields` prints it
+//! and `docs/DATA.md` is generated from it; tests fail when a record field
+//! exists that this table lacks, or when the document is stale.
+
+/// Where a field goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// In every record; leaves the machine only when it is opted in.
+    Sent,
+    /// Kept in the local journal only; never sent.
+    Local,
+}
+
+/// One collected field.
+#[derive(Debug, Clone, Copy)]
+pub struct Field {
+    pub name: &'static str,
+    pub scope: Scope,
+    pub source: &'static str,
+    pub example: &'static str,
+    pub why: &'static str,
+    /// What the `anonymous` privacy level sends instead.
+    pub anonymous: &'static str,
+}
+
+const SAME: &str = "same";
+const DMI_PLACEHOLDER: &str = "`anonymous` (placeholder)";
+
+/// Every field, record fields first (in wire order), then the journal's.
+pub const FIELDS: &[Field] = &[
+    Field { name: "record_format_version", scope: Scope::Sent, source: "constant", example: "4", why: "lets the backend parse the record", anonymous: SAME },
+    Field { name: "classification", scope: Scope::Sent, source: "the probe", example: "org.clearlinux/crash/clr", why: "says what kind of event this is; the backend groups and purges by it", anonymous: SAME },
+    Field { name: "severity", scope: Scope::Sent, source: "the probe", example: "3", why: "ranks events (1 low .. 4 critical)", anonymous: SAME },
+    Field { name: "machine_id", scope: Scope::Sent, source: "the collector: random, rotated every 3 days (standard), the static id file (static), or random per collector start (anonymous)", example: "5f2c0a9be1d84c7a9e0b3f6d2a1c8e47", why: "counts how many machines see a problem without identifying any for long", anonymous: "a random id per collector start" },
+    Field { name: "creation_timestamp", scope: Scope::Sent, source: "the probe's clock, unix seconds", example: "1700000000", why: "orders events and lets old ones expire", anonymous: SAME },
+    Field { name: "arch", scope: Scope::Sent, source: "uname(2) machine", example: "x86_64", why: "crashes differ by architecture", anonymous: SAME },
+    Field { name: "host_type", scope: Scope::Sent, source: "/sys/class/dmi/id sys_vendor|product_name|product_version", example: "QEMU|Standard PC (i440FX + PIIX, 1996)|pc-i440fx-9.0", why: "hardware-specific failures", anonymous: DMI_PLACEHOLDER },
+    Field { name: "build", scope: Scope::Sent, source: "VERSION_ID of /etc/os-release (or /usr/lib/os-release)", example: "41230", why: "which OS release a problem appears in", anonymous: SAME },
+    Field { name: "kernel_version", scope: Scope::Sent, source: "uname(2) release", example: "6.18.44-fc-v769", why: "kernel-specific failures", anonymous: SAME },
+    Field { name: "payload_format_version", scope: Scope::Sent, source: "the probe", example: "1", why: "lets the backend parse the payload", anonymous: SAME },
+    Field { name: "system_name", scope: Scope::Sent, source: "ID of /etc/os-release", example: "clear-linux-os", why: "which distribution a problem appears in", anonymous: SAME },
+    Field { name: "board_name", scope: Scope::Sent, source: "/sys/class/dmi/id board_name|board_vendor", example: "no_bn_file|no_bv_file", why: "hardware-specific failures", anonymous: DMI_PLACEHOLDER },
+    Field { name: "cpu_model", scope: Scope::Sent, source: "first `model name` of /proc/cpuinfo", example: "Intel(R) Xeon(R) CPU @ 2.20GHz", why: "CPU-specific failures", anonymous: DMI_PLACEHOLDER },
+    Field { name: "bios_version", scope: Scope::Sent, source: "/sys/class/dmi/id bios_version", example: "1.16.3", why: "firmware-specific failures", anonymous: DMI_PLACEHOLDER },
+    Field { name: "event_id", scope: Scope::Sent, source: "random, or derived by crashprobe/eventprobe from (boot id, pid, process start time)", example: "0123456789abcdef0123456789abcdef", why: "groups the records of one occurrence", anonymous: SAME },
+    Field { name: "payload", scope: Scope::Sent, source: "the probe (crash backtraces, messages); scrubbed of user names, host name, addresses and e-mail by default", example: "Process: /usr/bin/segv ...", why: "what happened", anonymous: SAME },
+    Field { name: "record_id", scope: Scope::Local, source: "the collector, random", example: "9a0b...", why: "names the record in `telemctl journal`", anonymous: SAME },
+    Field { name: "received_at", scope: Scope::Local, source: "the collector's clock", example: "2026-11-22T07:40:00Z", why: "when the record arrived", anonymous: SAME },
+    Field { name: "boot_id", scope: Scope::Local, source: "/proc/sys/kernel/random/boot_id", example: "4f1e...", why: "filter the journal by boot (`telemctl journal -b`)", anonymous: SAME },
+    Field { name: "sender_uid", scope: Scope::Local, source: "SO_PEERCRED of the probe's connection", example: "0", why: "who sent the record, for local auditing", anonymous: SAME },
+    Field { name: "sender_pid", scope: Scope::Local, source: "SO_PEERCRED of the probe's connection", example: "1234", why: "which process sent the record, for local auditing", anonymous: SAME },
+    Field { name: "fate", scope: Scope::Local, source: "the collector", example: "delivered / spooled / local-only: not opted in", why: "what happened to the record, and why", anonymous: SAME },
+];
+
+/// Looks a field up by name.
+pub fn field(name: &str) -> Option<&'static Field> {
+    FIELDS.iter().find(|f| f.name == name)
+}
+
+/// The dictionary as a Markdown document (`docs/DATA.md`).
+pub fn markdown() -> String {
+    let mut s = String::from(
+        "# Data dictionary\n\nGenerated from `telemetry::fields::FIELDS` (`telemctl fields` prints the same). \
+Do not edit by hand: run `UPDATE_DOCS=1 cargo test -p telemetry --test data_dictionary`.\n\n\
+Nothing leaves the machine unless it is opted in. Fields marked *sent* are in every record posted \
+to the backend; fields marked *local* stay in the local journal.\n\n\
+| field | scope | source | example | why | anonymous level |\n|---|---|---|---|---|---|\n",
+    );
+    for f in FIELDS {
+        let scope = match f.scope {
+            Scope::Sent => "sent",
+            Scope::Local => "local",
+        };
+        s.push_str(&format!(
+            "| `{}` | {} | {} | `{}` | {} | {} |\n",
+            f.name,
+            scope,
+            f.source.replace('|', "\\|"),
+            f.example.replace('|', "\\|"),
+            f.why,
+            f.anonymous
+        ));
+    }
+    s
+}

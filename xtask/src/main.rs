@@ -62,12 +62,13 @@ fn fuzz_secs(args: &[String]) -> Result<u64, String> {
 fn cmd_test(args: &[String]) -> Result<(), String> {
     install::setup()?;
     util::cargo(&["build", "--workspace", "--all-targets"])?;
-    util::cargo(&["test", "--workspace", "--no-fail-fast"])?;
+    let (passed, failed) = util::cargo_test_counted(&["test", "--workspace", "--no-fail-fast"])?;
     let secs = fuzz_secs(args)?;
     if secs > 0 {
         cmd_fuzz(&["--secs".into(), secs.to_string()])?;
     }
-    println!("xtask test: all steps passed");
+    println!("xtask test: all steps passed (tests, then fuzz targets for {secs} s each)");
+    println!("tests: {passed} passed, {failed} failed");
     Ok(())
 }
 

@@ -69,3 +69,38 @@ pub fn fuzz(dir: &str, target: &str, secs: u64) -> Result<(), String> {
     }
     result.map_err(|e| format!("{e} (full log: {})", log.display()))
 }
+
+/// Runs `cargo ARGS` (a `cargo test`), echoing its output, and adds up the
+/// `test result:` lines: (passed, failed).
+pub fn cargo_test_counted(args: &[&str]) -> Result<(u64, u64), String> {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(cargo_bin())
+        .args(args)
+        .current_dir(root())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start cargo {args:?}: {e}"))?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            println!("{line}");
+            if let Some(rest) = line.trim().strip_prefix("test result: ") {
+                passed += count_before(rest, " passed");
+                failed += count_before(rest, " failed");
+            }
+        }
+    }
+    let status = child.wait().map_err(|e| e.to_string())?;
+    if !status.success() {
+        return Err(format!("cargo {} failed ({passed} passed, {failed} failed)", args.join(" ")));
+    }
+    Ok((passed, failed))
+}
+
+/// The number just before `label` in `text` ("ok. 12 passed; 0 failed").
+fn count_before(text: &str, label: &str) -> u64 {
+    text.find(label)
+        .and_then(|i| text[..i].rsplit(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}

@@ -74,8 +74,8 @@ pub fn ensure_toolchain() -> Result<(), String> {
 fn path_with_cargo_bin() -> String {
     let path = std::env::var("PATH").unwrap_or_default();
     match cargo_home_bin() {
-        Some(bin) => format!("{}:{path}", bin.display()),
-        None => path,
+        Some(bin) if !std::env::split_paths(&path).any(|p| p == bin) => format!("{}:{path}", bin.display()),
+        _ => path,
     }
 }
 
@@ -87,11 +87,7 @@ fn cargo_home_bin() -> Option<PathBuf> {
 }
 
 fn bpf_linker_version() -> Option<String> {
-    let out = Command::new("bpf-linker")
-        .arg("--version")
-        .env("PATH", path_with_cargo_bin())
-        .output()
-        .ok()?;
+    let out = Command::new("bpf-linker").arg("--version").env("PATH", path_with_cargo_bin()).output().ok()?;
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 

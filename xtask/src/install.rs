@@ -6,8 +6,9 @@ use std::process::Command;
 use crate::util::{run, succeeds};
 
 /// Debian packages the tests use (C and C++ compilers for the crash test
-/// programs, binutils for strip/objcopy).
-const APT_PACKAGES: &[&str] = &["gcc", "g++", "binutils", "make"];
+/// programs, binutils for strip/objcopy; libc6-dbg: glibc's separate debug
+/// info, which the crash tests symbolize libc frames from).
+const APT_PACKAGES: &[&str] = &["gcc", "g++", "binutils", "make", "libc6-dbg"];
 
 /// Installs everything `cargo xtask test` needs.
 pub fn setup() -> Result<(), String> {

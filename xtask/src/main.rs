@@ -61,6 +61,9 @@ fn fuzz_secs(args: &[String]) -> Result<u64, String> {
 
 fn cmd_test(args: &[String]) -> Result<(), String> {
     install::setup()?;
+    // The eBPF object is embedded in eventprobe: build it (and its
+    // toolchain, when missing) before the workspace.
+    ebpf::build()?;
     util::cargo(&["build", "--workspace", "--all-targets"])?;
     let (passed, failed) = util::cargo_test_counted(&["test", "--workspace", "--no-fail-fast"])?;
     let secs = fuzz_secs(args)?;
@@ -77,6 +80,8 @@ const FUZZ_TARGETS: &[(&str, &str)] = &[
     ("telemetry", "native_frame"),
     ("telemetry", "legacy_record"),
     ("telemetry", "posting_v3"),
+    ("probes/crash", "core_reader"),
+    ("probes/crash", "unwinder"),
 ];
 
 fn cmd_fuzz(args: &[String]) -> Result<(), String> {

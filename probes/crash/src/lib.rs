@@ -1,6 +1,65 @@
-//! # crashprobe (not built yet)
+//! # crashprobe: the kernel's `core_pattern` crash handler
 //!
-//! Will be the kernel's `core_pattern` handler: read an ELF core as a stream,
-//! unwind every thread with `probes/unwind`, and send a
-//! `.../crash/...` record through the collector. Nothing here works yet;
-//! see the crashprobe issue.
+//! Where it sits in the data flow:
+//!
+//! ```text
+//!  kernel: a process dumps core
+//!    │  pipe mode:   core_pattern "|crashprobe -P %P -F %F -d %d -t %t -s %s"
+//!    │  socket mode: core_pattern "@/run/telemetrics/crash.sock" -> crashprobe --serve
+//!    ▼  the core as a stream (never written to disk)
+//!  core::read_core ── notes (threads' registers, siginfo, auxv, NT_FILE) and
+//!    │                the stacks' bytes only; the rest is discarded as it passes
+//!    ▼
+//!  unwind (probes/unwind) ── CFI / frame pointers / scan, addr2line symbols,
+//!    │                       module files opened via /proc/PID/map_files
+//!    ▼
+//!  report ── payload v1 (the original's text) or v2 (JSON), class, severity,
+//!    │       event id = unwind::crash_event_id(boot id, pid, start time)
+//!    ▼  telemetry::client::Client
+//!  telem-collector
+//! ```
+//!
+//! Security ([`security`], [`procfs`]): not dumpable, privileges dropped to
+//! the crashed user after opening `/proc/PID` and the mapped files, pidfd or
+//! start-time binding against PID reuse, no memory for non-dumpable
+//! processes, strict parsing, a wall-clock budget after which a partial
+//! record is sent. Install/uninstall of the core_pattern: [`install`].
+
+pub mod config;
+pub mod core;
+pub mod handle;
+pub mod install;
+pub mod procfs;
+pub mod report;
+pub mod security;
+pub mod serve;
+pub mod stream;
+
+pub use unwind::crash_event_id;
+
+/// Why a record was not delivered.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error(transparent)]
+    Config(#[from] telemetry::config::ConfigError),
+    #[error(transparent)]
+    Client(#[from] telemetry::client::ClientError),
+}
+
+/// Sends the outcome's record to the collector (`collector` overrides the
+/// socket the configuration names), refitting the payload to the limit
+/// the collector announces.
+pub fn deliver(cfg: &config::Config, collector: Option<&std::path::Path>, out: &handle::Outcome) -> Result<(), SendError> {
+    let Some(record) = &out.record else { return Ok(()) };
+    let sock = cfg.socket(collector)?;
+    let mut c = telemetry::client::Client::connect(&sock)?;
+    let limit = c.hello().max_payload as usize;
+    if record.payload.len() > limit && out.unwound {
+        let mut r = record.clone();
+        r.payload = telemetry::Payload::text(report::payload_fitting(&out.report, cfg.payload_version, limit));
+        c.send(&r)?;
+    } else {
+        c.send(record)?;
+    }
+    Ok(())
+}

@@ -1,5 +1,265 @@
-//! # event-types (not built yet)
+//! # event-types: the layout shared by `probe-ebpf/` and `eventprobe`
 //!
-//! The `#[repr(C)]` structs that `probe-ebpf/` writes into its ring buffer
-//! and `eventprobe` reads, shared so both sides agree on the layout.
+//! ```text
+//!  kernel: probe-ebpf (tracepoints) ──writes──▶ RingBuf "EVENTS" ──▶ eventprobe (user space)
+//!          reads CONFIG / COMM_ALLOW / COMM_DENY, counts losses in LOST
+//! ```
+//!
+//! Every struct here is `#[repr(C)]`, 8-byte aligned, with explicit padding,
+//! so both sides (bpfel and x86_64) agree on the bytes. Each ring-buffer
+//! record starts with a [`EventHeader`] whose `kind` tells which struct
+//! follows. The crate is `no_std` and has no dependencies so the kernel-side
+//! build (Debian's rustc, `bpfel-unknown-none`) can use it.
 #![no_std]
+
+/// Length of a task's `comm` (TASK_COMM_LEN), NUL-padded.
+pub const COMM_LEN: usize = 16;
+/// Most frames `bpf_get_stack(.., BPF_F_USER_STACK)` records.
+pub const MAX_FP_FRAMES: usize = 64;
+/// Most frames of the build-id stack (`BPF_F_USER_BUILD_ID`).
+pub const MAX_BUILD_ID_FRAMES: usize = 32;
+/// Length of a GNU build id as the kernel reports it (zero-padded).
+pub const BUILD_ID_SIZE: usize = 20;
+/// `BuildIdFrame::status`: the kernel resolved the frame to a build id
+/// and file offset.
+pub const BUILD_ID_STATUS_VALID: i32 = 1;
+/// `BuildIdFrame::status`: only the address is known.
+pub const BUILD_ID_STATUS_IP: i32 = 2;
+/// Page size the stack copy works in.
+pub const PAGE_SIZE: usize = 4096;
+/// Whole pages of user stack copied, from `sp & !4095` upward. Five pages
+/// hold at least 16 KiB above `sp` wherever `sp` lies in its page.
+pub const STACK_PAGES: usize = 5;
+/// Bytes of user stack copied.
+pub const STACK_COPY_BYTES: usize = STACK_PAGES * PAGE_SIZE;
+
+/// `EventHeader::kind` of a [`FatalSignalEvent`].
+pub const KIND_FATAL_SIGNAL: u32 = 1;
+/// `EventHeader::kind` of an [`ExitEvent`].
+pub const KIND_EXIT: u32 = 2;
+/// `EventHeader::kind` of an [`OomEvent`].
+pub const KIND_OOM: u32 = 3;
+
+/// Index in the `LOST` per-CPU array of each kind's reservation failures
+/// (ring buffer full), so index = kind.
+pub const LOST_SLOTS: u32 = 4;
+
+/// Name of the ring buffer map.
+pub const MAP_EVENTS: &str = "EVENTS";
+/// Name of the `Array<Config>` map (one entry, index 0).
+pub const MAP_CONFIG: &str = "CONFIG";
+/// Name of the `HashMap<[u8; 16], u8>` comm allow list.
+pub const MAP_COMM_ALLOW: &str = "COMM_ALLOW";
+/// Name of the `HashMap<[u8; 16], u8>` comm deny list.
+pub const MAP_COMM_DENY: &str = "COMM_DENY";
+/// Name of the `PerCpuArray<u64>` of lost events, indexed by kind.
+pub const MAP_LOST: &str = "LOST";
+/// Program names (the tracepoint functions in probe-ebpf).
+pub const PROG_SIGNAL: &str = "signal_deliver";
+pub const PROG_EXIT: &str = "exit_group";
+pub const PROG_OOM: &str = "mark_victim";
+
+/// `Config::flags`: report a fatal signal only when its action is the
+/// default (`sa_handler == SIG_DFL`), i.e. the signal kills the process.
+pub const FLAG_ONLY_DEFAULT_ACTION: u32 = 1;
+/// `Config::flags`: only comms in `COMM_ALLOW` are reported.
+pub const FLAG_COMM_ALLOW_LIST: u32 = 2;
+/// `Config::flags`: report abnormal exits at all.
+pub const FLAG_EXITS: u32 = 4;
+/// `Config::flags`: report OOM kills at all.
+pub const FLAG_OOM: u32 = 8;
+/// `Config::flags`: report fatal signals at all.
+pub const FLAG_SIGNALS: u32 = 16;
+
+/// Filters and kernel facts that user space writes before attaching.
+/// Until it is written (all zero) nothing is reported.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Bit `n` set: signal `n` is reported (1 <= n <= 63).
+    pub signal_mask: u64,
+    /// Exit codes (`status & 0xff`) below this are not reported; 0 is
+    /// never reported.
+    pub min_exit_code: u32,
+    /// `FLAG_*` bits.
+    pub flags: u32,
+    /// Byte offset of `task_struct.group_leader` (from kernel BTF), or 0.
+    pub off_group_leader: u32,
+    /// Byte offset of `task_struct.start_boottime`, or 0.
+    pub off_start_boottime: u32,
+    /// Byte offset of `task_struct.thread.cr2` (the x86 fault address), or 0.
+    pub off_thread_cr2: u32,
+    pub _pad: u32,
+}
+
+/// What every ring-buffer record starts with.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    /// `KIND_*`.
+    pub kind: u32,
+    /// Thread group id (the "pid" users see).
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    pub uid: u32,
+    /// `bpf_ktime_get_boot_ns()` at the event.
+    pub boot_ns: u64,
+    /// `comm` of the task (NUL-padded).
+    pub comm: [u8; COMM_LEN],
+}
+
+/// The user registers of x86_64, laid out as the kernel's `struct pt_regs`
+/// so the kernel side copies it in one read.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UserRegs {
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub bp: u64,
+    pub bx: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub ax: u64,
+    pub cx: u64,
+    pub dx: u64,
+    pub si: u64,
+    pub di: u64,
+    pub orig_ax: u64,
+    pub ip: u64,
+    pub cs: u64,
+    pub flags: u64,
+    pub sp: u64,
+    pub ss: u64,
+}
+
+/// One frame of `bpf_get_stack(.., BPF_F_USER_STACK | BPF_F_USER_BUILD_ID)`
+/// (the kernel's `struct bpf_stack_build_id`): resolved while the process
+/// still exists, so it stays useful when /proc/PID/maps is gone by the
+/// time user space reads the event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BuildIdFrame {
+    /// `BUILD_ID_STATUS_*` (0: empty).
+    pub status: i32,
+    pub build_id: [u8; BUILD_ID_SIZE],
+    /// File offset in the module when valid, else the address.
+    pub offset_or_ip: u64,
+}
+
+/// A fatal signal being delivered (`signal:signal_deliver`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FatalSignalEvent {
+    pub header: EventHeader,
+    pub signal: i32,
+    pub si_code: i32,
+    pub errno: i32,
+    /// 1 when `regs` holds the user registers.
+    pub regs_ok: u32,
+    /// `sa_handler` of the signal's action (0 = SIG_DFL).
+    pub sa_handler: u64,
+    /// The fault address (x86 `thread.cr2`) for SIGSEGV/SIGBUS raised by
+    /// the kernel (si_code > 0), when the kernel offset is known (see
+    /// `fault_addr_ok`).
+    pub fault_addr: u64,
+    /// `start_boottime` of the thread group leader in ns (what
+    /// /proc/PID/stat field 22 shows in clock ticks), or 0 when unknown.
+    pub start_boottime_ns: u64,
+    pub regs: UserRegs,
+    /// Bytes `bpf_get_stack` wrote into `fp_frames` (negative: error).
+    pub fp_bytes: i64,
+    /// Frame-pointer stack from `bpf_get_stack(BPF_F_USER_STACK)`.
+    pub fp_frames: [u64; MAX_FP_FRAMES],
+    /// Bytes `bpf_get_stack(BPF_F_USER_BUILD_ID)` wrote (negative: error).
+    pub bid_bytes: i64,
+    /// The same walk resolved by the kernel to (build id, file offset).
+    pub bid_frames: [BuildIdFrame; MAX_BUILD_ID_FRAMES],
+    /// User address of `stack[0]` (`regs.sp & !4095`).
+    pub stack_base: u64,
+    /// Bit `i` set: page `i` of `stack` was copied; unset pages are zero.
+    pub stack_pages_ok: u32,
+    /// 1 when `fault_addr` holds the fault address (which may be 0).
+    pub fault_addr_ok: u32,
+    /// Copy of the user stack from `stack_base`.
+    pub stack: [u8; STACK_COPY_BYTES],
+}
+
+/// A process calling `exit_group` with a non-zero code
+/// (`syscalls:sys_enter_exit_group`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExitEvent {
+    pub header: EventHeader,
+    /// The code passed to exit_group (the status is `code & 0xff`).
+    pub code: i64,
+}
+
+/// The OOM killer choosing a victim (`oom:mark_victim`). The header's pid,
+/// uid and comm are the victim's; tid is the task that ran the OOM killer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OomEvent {
+    pub header: EventHeader,
+    /// Pages in kB as the tracepoint reports them.
+    pub total_vm_kb: u64,
+    pub anon_rss_kb: u64,
+    pub file_rss_kb: u64,
+    pub shmem_rss_kb: u64,
+    pub pgtables_kb: u64,
+    pub oom_score_adj: i32,
+    pub _pad: u32,
+}
+
+/// The comm as text (up to the first NUL).
+pub fn comm_str(comm: &[u8; COMM_LEN]) -> &str {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
+    match core::str::from_utf8(&comm[..end]) {
+        Ok(s) => s,
+        Err(e) => core::str::from_utf8(&comm[..e.valid_up_to()]).unwrap_or(""),
+    }
+}
+
+/// A comm as the kernel stores it: at most 15 bytes and NUL padding.
+pub fn comm_key(name: &str) -> [u8; COMM_LEN] {
+    let mut k = [0u8; COMM_LEN];
+    let b = name.as_bytes();
+    let n = b.len().min(COMM_LEN - 1);
+    k[..n].copy_from_slice(&b[..n]);
+    k
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<EventHeader>() == 40);
+    assert!(core::mem::size_of::<UserRegs>() == 21 * 8);
+    assert!(core::mem::size_of::<FatalSignalEvent>() % 8 == 0);
+    assert!(core::mem::size_of::<Config>() == 32);
+    assert!(core::mem::size_of::<BuildIdFrame>() == 32);
+    assert!(core::mem::align_of::<FatalSignalEvent>() == 8);
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comm_round_trip_and_truncation() {
+        assert_eq!(comm_str(&comm_key("crash-fp")), "crash-fp");
+        assert_eq!(comm_str(&comm_key("a-very-long-command-name")), "a-very-long-com");
+        let mut k = comm_key("ok");
+        k[2] = 0xff;
+        assert_eq!(comm_str(&k), "ok");
+    }
+
+    #[test]
+    fn stack_copy_covers_16k_above_any_sp() {
+        // Worst case: sp at the last byte of its page.
+        let sp = 0x7fff_0000_0fffu64;
+        let base = sp & !(PAGE_SIZE as u64 - 1);
+        assert!(base + STACK_COPY_BYTES as u64 - sp >= 16 * 1024);
+    }
+}

@@ -1,0 +1,299 @@
+//! # probe-ebpf: the kernel side of eventprobe
+//!
+//! ```text
+//!  signal:signal_deliver ─┐  filters from CONFIG, COMM_ALLOW, COMM_DENY
+//!  syscalls:sys_enter_exit_group ─┼─▶ RingBuf EVENTS ──▶ eventprobe (user space)
+//!  oom:mark_victim ───────┘  ring full: LOST[kind] += 1 (eventprobe reports it)
+//! ```
+//!
+//! The event layouts live in `probes/event-types` (shared with user space).
+//! Filtering happens here, before anything is reserved, so filtered events
+//! cost user space nothing. Built by `cargo xtask build-ebpf` with Debian's
+//! rustc and bpf-linker (see README.md).
+#![no_std]
+#![no_main]
+
+use core::ffi::c_void;
+use core::ptr::addr_of_mut;
+
+use aya_ebpf::bindings::{BPF_F_USER_BUILD_ID, BPF_F_USER_STACK, BPF_RB_FORCE_WAKEUP};
+use aya_ebpf::helpers::generated::{
+    bpf_get_current_task, bpf_get_current_task_btf, bpf_get_stack, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
+    bpf_probe_read_user, bpf_task_pt_regs,
+};
+use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid};
+use aya_ebpf::macros::{map, tracepoint};
+use aya_ebpf::maps::{Array, HashMap, PerCpuArray, RingBuf};
+use aya_ebpf::programs::TracePointContext;
+use aya_ebpf::EbpfContext;
+use event_types::{
+    BuildIdFrame, Config, EventHeader, ExitEvent, FatalSignalEvent, OomEvent, UserRegs, COMM_LEN, FLAG_COMM_ALLOW_LIST,
+    FLAG_EXITS, FLAG_ONLY_DEFAULT_ACTION, FLAG_OOM, FLAG_SIGNALS, KIND_EXIT, KIND_FATAL_SIGNAL, KIND_OOM, LOST_SLOTS,
+    MAX_BUILD_ID_FRAMES, MAX_FP_FRAMES, PAGE_SIZE,
+};
+
+/// Default ring size (user space may change it at load time).
+const RING_BYTES: u32 = 16 << 20;
+
+#[map(name = "EVENTS")]
+static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+
+#[map(name = "CONFIG")]
+static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+#[map(name = "COMM_ALLOW")]
+static COMM_ALLOW: HashMap<[u8; COMM_LEN], u8> = HashMap::with_max_entries(256, 0);
+
+#[map(name = "COMM_DENY")]
+static COMM_DENY: HashMap<[u8; COMM_LEN], u8> = HashMap::with_max_entries(256, 0);
+
+#[map(name = "LOST")]
+static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_SLOTS, 0);
+
+const SIGBUS: i32 = 7;
+const SIGSEGV: i32 = 11;
+
+#[inline(always)]
+fn config() -> Option<&'static Config> {
+    CONFIG.get(0)
+}
+
+#[inline(always)]
+fn comm_passes(cfg: &Config, comm: &[u8; COMM_LEN]) -> bool {
+    // SAFETY: map lookups with a key on the stack; values are not kept.
+    unsafe {
+        if COMM_DENY.get(comm).is_some() {
+            return false;
+        }
+        if cfg.flags & FLAG_COMM_ALLOW_LIST != 0 {
+            return COMM_ALLOW.get(comm).is_some();
+        }
+    }
+    true
+}
+
+#[inline(always)]
+fn count_lost(kind: u32) {
+    if let Some(p) = LOST.get_ptr_mut(kind) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *p += 1 };
+    }
+}
+
+#[inline(always)]
+fn header(kind: u32, comm: [u8; COMM_LEN]) -> EventHeader {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    EventHeader {
+        kind,
+        pid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        uid: bpf_get_current_uid_gid() as u32,
+        // SAFETY: helper without arguments.
+        boot_ns: unsafe { bpf_ktime_get_boot_ns() },
+        comm,
+    }
+}
+
+/// Reads a u64 at a kernel address (0 when unreadable).
+#[inline(always)]
+unsafe fn read_kernel_u64(addr: u64) -> u64 {
+    let mut v: u64 = 0;
+    let r = unsafe { bpf_probe_read_kernel(addr_of_mut!(v).cast(), 8, addr as *const c_void) };
+    if r == 0 {
+        v
+    } else {
+        0
+    }
+}
+
+#[tracepoint]
+pub fn signal_deliver(ctx: TracePointContext) -> u32 {
+    let _ = try_signal_deliver(&ctx);
+    0
+}
+
+fn try_signal_deliver(ctx: &TracePointContext) -> Result<(), i64> {
+    let cfg = config().ok_or(1i64)?;
+    if cfg.flags & FLAG_SIGNALS == 0 {
+        return Ok(());
+    }
+    // signal_deliver format: sig@8 errno@12 code@16 sa_handler@24 sa_flags@32.
+    // SAFETY: offsets of this tracepoint's format.
+    let sig: i32 = unsafe { ctx.read_at(8) }.map_err(|e| e as i64)?;
+    if !(1..=63).contains(&sig) || cfg.signal_mask & (1u64 << sig) == 0 {
+        return Ok(());
+    }
+    let sa_handler: u64 = unsafe { ctx.read_at(24) }.map_err(|e| e as i64)?;
+    if cfg.flags & FLAG_ONLY_DEFAULT_ACTION != 0 && sa_handler != 0 {
+        return Ok(());
+    }
+    let errno: i32 = unsafe { ctx.read_at(12) }.map_err(|e| e as i64)?;
+    let code: i32 = unsafe { ctx.read_at(16) }.map_err(|e| e as i64)?;
+    let comm = bpf_get_current_comm().map_err(|e| e as i64)?;
+    if !comm_passes(cfg, &comm) {
+        return Ok(());
+    }
+    let Some(mut entry) = EVENTS.reserve::<FatalSignalEvent>(0) else {
+        count_lost(KIND_FATAL_SIGNAL);
+        return Ok(());
+    };
+    let ev: *mut FatalSignalEvent = entry.as_mut_ptr();
+    // SAFETY: `ev` points at a reserved ring-buffer record of the right
+    // size; every field is written before submit (the stack pages by the
+    // read helper, which zeroes its destination on failure).
+    unsafe {
+        (*ev).header = header(KIND_FATAL_SIGNAL, comm);
+        (*ev).signal = sig;
+        (*ev).si_code = code;
+        (*ev).errno = errno;
+        (*ev).sa_handler = sa_handler;
+        (*ev).fault_addr_ok = 0;
+
+        let task = bpf_get_current_task();
+        (*ev).start_boottime_ns = 0;
+        if cfg.off_group_leader != 0 && cfg.off_start_boottime != 0 {
+            let leader = read_kernel_u64(task + cfg.off_group_leader as u64);
+            if leader != 0 {
+                (*ev).start_boottime_ns = read_kernel_u64(leader + cfg.off_start_boottime as u64);
+            }
+        }
+        (*ev).fault_addr = 0;
+        if cfg.off_thread_cr2 != 0 && (sig == SIGSEGV || sig == SIGBUS) && code > 0 {
+            let mut v: u64 = 0;
+            if bpf_probe_read_kernel(addr_of_mut!(v).cast(), 8, (task + cfg.off_thread_cr2 as u64) as *const c_void)
+                == 0
+            {
+                (*ev).fault_addr = v;
+                (*ev).fault_addr_ok = 1;
+            }
+        }
+
+        let btf_task = bpf_get_current_task_btf();
+        let regs = bpf_task_pt_regs(btf_task) as *const c_void;
+        let r = bpf_probe_read_kernel(addr_of_mut!((*ev).regs).cast(), core::mem::size_of::<UserRegs>() as u32, regs);
+        (*ev).regs_ok = (r == 0) as u32;
+
+        (*ev).fp_bytes = bpf_get_stack(
+            ctx.as_ptr(),
+            addr_of_mut!((*ev).fp_frames).cast(),
+            (MAX_FP_FRAMES * 8) as u32,
+            BPF_F_USER_STACK as u64,
+        );
+
+        (*ev).bid_bytes = bpf_get_stack(
+            ctx.as_ptr(),
+            addr_of_mut!((*ev).bid_frames).cast(),
+            (MAX_BUILD_ID_FRAMES * core::mem::size_of::<BuildIdFrame>()) as u32,
+            (BPF_F_USER_STACK | BPF_F_USER_BUILD_ID) as u64,
+        );
+
+        let sp = if r == 0 { (*ev).regs.sp } else { 0 };
+        let base = sp & !(PAGE_SIZE as u64 - 1);
+        (*ev).stack_base = base;
+        let dst = addr_of_mut!((*ev).stack) as *mut u8;
+        let mut ok = 0u32;
+        // Whole pages at fixed offsets, so the verifier keeps each bound.
+        macro_rules! page {
+            ($i:literal) => {
+                if bpf_probe_read_user(
+                    dst.add($i * PAGE_SIZE).cast(),
+                    PAGE_SIZE as u32,
+                    (base + ($i * PAGE_SIZE) as u64) as *const c_void,
+                ) == 0
+                {
+                    ok |= 1 << $i;
+                }
+            };
+        }
+        page!(0);
+        page!(1);
+        page!(2);
+        page!(3);
+        page!(4);
+        (*ev).stack_pages_ok = ok;
+    }
+    entry.submit(BPF_RB_FORCE_WAKEUP as u64);
+    Ok(())
+}
+
+#[tracepoint]
+pub fn exit_group(ctx: TracePointContext) -> u32 {
+    let _ = try_exit_group(&ctx);
+    0
+}
+
+fn try_exit_group(ctx: &TracePointContext) -> Result<(), i64> {
+    let cfg = config().ok_or(1i64)?;
+    if cfg.flags & FLAG_EXITS == 0 {
+        return Ok(());
+    }
+    // sys_enter_exit_group format: __syscall_nr@8, error_code@16 (the code).
+    // SAFETY: offset of this tracepoint's format.
+    let code: i64 = unsafe { ctx.read_at(16) }.map_err(|e| e as i64)?;
+    let status = (code & 0xff) as u32;
+    if status == 0 || status < cfg.min_exit_code {
+        return Ok(());
+    }
+    let comm = bpf_get_current_comm().map_err(|e| e as i64)?;
+    if !comm_passes(cfg, &comm) {
+        return Ok(());
+    }
+    let ev = ExitEvent { header: header(KIND_EXIT, comm), code };
+    if EVENTS.output::<ExitEvent>(&ev, 0).is_err() {
+        count_lost(KIND_EXIT);
+    }
+    Ok(())
+}
+
+#[tracepoint]
+pub fn mark_victim(ctx: TracePointContext) -> u32 {
+    let _ = try_mark_victim(&ctx);
+    0
+}
+
+fn try_mark_victim(ctx: &TracePointContext) -> Result<(), i64> {
+    let cfg = config().ok_or(1i64)?;
+    if cfg.flags & FLAG_OOM == 0 {
+        return Ok(());
+    }
+    // mark_victim format: pid@8 __data_loc comm@12 total_vm@16 anon_rss@24
+    // file_rss@32 shmem_rss@40 uid@48 pgtables@56 oom_score_adj@64.
+    // SAFETY: offsets of this tracepoint's format.
+    unsafe {
+        let pid: i32 = ctx.read_at(8).map_err(|e| e as i64)?;
+        let loc: u32 = ctx.read_at(12).map_err(|e| e as i64)?;
+        let mut comm = [0u8; COMM_LEN];
+        let off = (loc & 0xffff) as usize;
+        let _ = aya_ebpf::helpers::bpf_probe_read_kernel_str_bytes((ctx.as_ptr() as *const u8).add(off), &mut comm);
+        if !comm_passes(cfg, &comm) {
+            return Ok(());
+        }
+        let mut h = header(KIND_OOM, comm);
+        h.pid = pid as u32;
+        h.uid = ctx.read_at(48).map_err(|e| e as i64)?;
+        let ev = OomEvent {
+            header: h,
+            total_vm_kb: ctx.read_at(16).map_err(|e| e as i64)?,
+            anon_rss_kb: ctx.read_at(24).map_err(|e| e as i64)?,
+            file_rss_kb: ctx.read_at(32).map_err(|e| e as i64)?,
+            shmem_rss_kb: ctx.read_at(40).map_err(|e| e as i64)?,
+            pgtables_kb: ctx.read_at(56).map_err(|e| e as i64)?,
+            oom_score_adj: ctx.read_at::<i16>(64).map_err(|e| e as i64)? as i32,
+            _pad: 0,
+        };
+        if EVENTS.output::<OomEvent>(&ev, 0).is_err() {
+            count_lost(KIND_OOM);
+        }
+    }
+    Ok(())
+}
+
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // SAFETY: the verifier rejects programs that could reach a panic.
+    unsafe { core::hint::unreachable_unchecked() }
+}
+
+#[link_section = "license"]
+#[no_mangle]
+static LICENSE: [u8; 4] = *b"GPL\0";

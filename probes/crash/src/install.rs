@@ -1,0 +1,233 @@
+//! Installing crashprobe as the kernel's core handler, and restoring what
+//! was there before. `telemctl crash install [--socket]` / `uninstall` and
+//! `crashprobe --install` / `--uninstall` call these.
+//!
+//! The previous `core_pattern` and `core_pipe_limit` are saved in a state
+//! file (written atomically, never through a symlink) the first time; a
+//! second install keeps the first saved values, so uninstall always brings
+//! back what the administrator had.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+/// The kernel's limit on core_pattern (CORENAME_MAX_SIZE - 1).
+pub const MAX_PATTERN: usize = 127;
+/// Where the state is kept by default.
+pub const DEFAULT_STATE: &str = "/run/telemetrics/crashprobe.state";
+/// Where socket mode listens by default.
+pub const DEFAULT_CRASH_SOCKET: &str = "/run/telemetrics/crash.sock";
+/// `core_pipe_limit` set while installed: the kernel waits for up to this
+/// many concurrent handlers, so `/proc/PID` stays readable while they run.
+pub const PIPE_LIMIT: u32 = 16;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// `|EXE -P %P ...`
+    Pipe { exe: PathBuf, config: Option<PathBuf> },
+    /// `@SOCKET` (kernel 6.16+), served by `crashprobe --serve SOCKET`.
+    Socket { socket: PathBuf },
+}
+
+#[derive(Debug, Clone)]
+pub struct Paths {
+    /// `/proc/sys/kernel` (a temporary directory in unit tests).
+    pub sysctl_dir: PathBuf,
+    pub state_file: PathBuf,
+}
+
+impl Default for Paths {
+    fn default() -> Self {
+        Paths { sysctl_dir: "/proc/sys/kernel".into(), state_file: DEFAULT_STATE.into() }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum InstallError {
+    #[error("core_pattern would be {len} bytes; the kernel allows {MAX_PATTERN}: install crashprobe at a shorter path")]
+    TooLong { len: usize },
+    #[error("path {0:?} has whitespace or is not absolute; the kernel splits core_pattern at spaces")]
+    BadPath(PathBuf),
+    #[error("cannot {what} {path}: {source}")]
+    Io { what: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("state file {path} is malformed: {reason}; restore core_pattern by hand")]
+    State { path: PathBuf, reason: String },
+    #[error("crashprobe is not installed (no state file at {0})")]
+    NotInstalled(PathBuf),
+}
+
+fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> InstallError + 'a {
+    move |source| InstallError::Io { what, path: path.into(), source }
+}
+
+fn check_path(p: &Path) -> Result<&str, InstallError> {
+    match p.to_str() {
+        Some(s) if p.is_absolute() && !s.chars().any(|c| c.is_whitespace() || c == '%') => Ok(s),
+        _ => Err(InstallError::BadPath(p.into())),
+    }
+}
+
+/// The core_pattern for `mode`, checked against the kernel's limit.
+pub fn pattern(mode: &Mode) -> Result<String, InstallError> {
+    let p = match mode {
+        Mode::Pipe { exe, config } => {
+            let mut s = format!("|{} -P %P -F %F -d %d -t %t -s %s", check_path(exe)?);
+            if let Some(c) = config {
+                s.push_str(" -c ");
+                s.push_str(check_path(c)?);
+            }
+            s
+        }
+        Mode::Socket { socket } => format!("@{}", check_path(socket)?),
+    };
+    if p.len() > MAX_PATTERN {
+        return Err(InstallError::TooLong { len: p.len() });
+    }
+    Ok(p)
+}
+
+fn read_trim(p: &Path) -> Result<String, InstallError> {
+    Ok(std::fs::read_to_string(p).map_err(io("read", p))?.trim_end_matches('\n').to_string())
+}
+
+fn write_sysctl(p: &Path, v: &str) -> Result<(), InstallError> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(p)
+        .map_err(io("open", p))?;
+    f.write_all(format!("{v}\n").as_bytes()).map_err(io("write", p))
+}
+
+/// The saved values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Saved {
+    pub core_pattern: String,
+    pub core_pipe_limit: String,
+}
+
+fn encode(s: &Saved) -> String {
+    // core_pattern can hold any byte but newline; it is the rest of its line.
+    format!("core_pipe_limit={}\ncore_pattern={}\n", s.core_pipe_limit, s.core_pattern)
+}
+
+fn decode(path: &Path, text: &str) -> Result<Saved, InstallError> {
+    let bad = |reason: &str| InstallError::State { path: path.into(), reason: reason.into() };
+    let mut limit = None;
+    let mut pat = None;
+    for line in text.lines() {
+        if let Some(v) = line.strip_prefix("core_pipe_limit=") {
+            v.parse::<u32>().map_err(|_| bad("core_pipe_limit is not a number"))?;
+            limit = Some(v.to_string());
+        } else if let Some(v) = line.strip_prefix("core_pattern=") {
+            pat = Some(v.to_string());
+        } else if !line.is_empty() {
+            return Err(bad("unknown line"));
+        }
+    }
+    Ok(Saved { core_pattern: pat.ok_or_else(|| bad("no core_pattern"))?, core_pipe_limit: limit.ok_or_else(|| bad("no core_pipe_limit"))? })
+}
+
+fn write_state(path: &Path, s: &Saved) -> Result<(), InstallError> {
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)
+        .map_err(io("create", &tmp))?;
+    f.write_all(encode(s).as_bytes()).map_err(io("write", &tmp))?;
+    f.sync_all().map_err(io("sync", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(io("rename", path))
+}
+
+/// Reads the saved state, if installed.
+pub fn saved(paths: &Paths) -> Result<Option<Saved>, InstallError> {
+    match std::fs::read_to_string(&paths.state_file) {
+        Ok(t) => decode(&paths.state_file, &t).map(Some),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(InstallError::Io { what: "read", path: paths.state_file.clone(), source: e }),
+    }
+}
+
+/// Writes core_pattern (and core_pipe_limit for pipe mode), saving the
+/// previous values unless already saved. Returns the pattern written.
+pub fn install(mode: &Mode, paths: &Paths) -> Result<String, InstallError> {
+    let pat = pattern(mode)?;
+    let cp = paths.sysctl_dir.join("core_pattern");
+    let cl = paths.sysctl_dir.join("core_pipe_limit");
+    if saved(paths)?.is_none() {
+        let prev = Saved { core_pattern: read_trim(&cp)?, core_pipe_limit: read_trim(&cl)? };
+        write_state(&paths.state_file, &prev)?;
+    }
+    if matches!(mode, Mode::Pipe { .. }) {
+        let cur: u32 = read_trim(&cl)?.parse().unwrap_or(0);
+        if cur == 0 || cur < PIPE_LIMIT {
+            write_sysctl(&cl, &PIPE_LIMIT.to_string())?;
+        }
+    }
+    write_sysctl(&cp, &pat)?;
+    Ok(pat)
+}
+
+/// Restores the saved values and removes the state file.
+pub fn uninstall(paths: &Paths) -> Result<Saved, InstallError> {
+    let s = saved(paths)?.ok_or_else(|| InstallError::NotInstalled(paths.state_file.clone()))?;
+    write_sysctl(&paths.sysctl_dir.join("core_pattern"), &s.core_pattern)?;
+    write_sysctl(&paths.sysctl_dir.join("core_pipe_limit"), &s.core_pipe_limit)?;
+    std::fs::remove_file(&paths.state_file).map_err(io("remove", &paths.state_file))?;
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fake() -> (tempfile::TempDir, Paths) {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("core_pattern"), "core\n").unwrap();
+        std::fs::write(d.path().join("core_pipe_limit"), "0\n").unwrap();
+        let p = Paths { sysctl_dir: d.path().into(), state_file: d.path().join("st/state") };
+        (d, p)
+    }
+
+    #[test]
+    fn install_twice_then_uninstall_restores_the_first() {
+        let (d, p) = fake();
+        let m = Mode::Pipe { exe: "/usr/bin/crashprobe".into(), config: None };
+        let pat = install(&m, &p).unwrap();
+        assert_eq!(pat, "|/usr/bin/crashprobe -P %P -F %F -d %d -t %t -s %s");
+        assert_eq!(std::fs::read_to_string(d.path().join("core_pattern")).unwrap(), format!("{pat}\n"));
+        assert_eq!(std::fs::read_to_string(d.path().join("core_pipe_limit")).unwrap(), "16\n");
+        install(&Mode::Socket { socket: "/run/x.sock".into() }, &p).unwrap();
+        let s = uninstall(&p).unwrap();
+        assert_eq!(s.core_pattern, "core");
+        assert_eq!(std::fs::read_to_string(d.path().join("core_pattern")).unwrap(), "core\n");
+        assert_eq!(std::fs::read_to_string(d.path().join("core_pipe_limit")).unwrap(), "0\n");
+        assert!(matches!(uninstall(&p), Err(InstallError::NotInstalled(_))));
+    }
+
+    #[test]
+    fn refuses_long_or_spaced_paths() {
+        let long = PathBuf::from(format!("/{}", "a".repeat(100)));
+        assert!(matches!(pattern(&Mode::Pipe { exe: long, config: None }), Err(InstallError::TooLong { .. })));
+        assert!(matches!(pattern(&Mode::Pipe { exe: "/a b/c".into(), config: None }), Err(InstallError::BadPath(_))));
+        assert!(matches!(pattern(&Mode::Socket { socket: "rel.sock".into() }), Err(InstallError::BadPath(_))));
+    }
+
+    #[test]
+    fn state_file_is_not_followed_through_a_symlink() {
+        let (d, p) = fake();
+        std::fs::create_dir_all(d.path().join("st")).unwrap();
+        std::os::unix::fs::symlink(d.path().join("victim"), d.path().join("st/state.tmp")).unwrap();
+        install(&Mode::Socket { socket: "/run/x.sock".into() }, &p).unwrap();
+        assert!(!d.path().join("victim").exists());
+    }
+}

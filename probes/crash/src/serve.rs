@@ -1,0 +1,131 @@
+//! Socket mode: core_pattern `@SOCKET` (kernel 6.16+). The kernel connects
+//! to this socket for each crash and streams the core; the peer's
+//! credentials and pidfd name the crashed process. One long-running
+//! process, one thread per crash (each drops its own credentials), at most
+//! [`MAX_CONCURRENT`] at once.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use unwind::Unwinder;
+
+use crate::config::Config;
+use crate::handle::{handle, Input};
+use crate::stream::Stream;
+
+pub const MAX_CONCURRENT: usize = 4;
+const SO_PEERPIDFD: libc::c_int = 77;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{0} exists and is not a socket; refusing to replace it")]
+    NotSocket(PathBuf),
+    #[error("cannot listen on {path}: {source}")]
+    Bind { path: PathBuf, source: std::io::Error },
+}
+
+/// The peer's (pid, uid, gid).
+pub fn peer_cred(s: &UnixStream) -> Option<(u32, u32, u32)> {
+    let mut c = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt into a ucred of the given size.
+    let r = unsafe { libc::getsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEERCRED, (&mut c as *mut libc::ucred).cast(), &mut len) };
+    (r == 0 && c.pid > 0).then_some((c.pid as u32, c.uid, c.gid))
+}
+
+/// The peer's pidfd (`SO_PEERPIDFD`, Linux 6.5+).
+pub fn peer_pidfd(s: &UnixStream) -> Option<OwnedFd> {
+    let mut fd: libc::c_int = -1;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt into an int.
+    let r = unsafe { libc::getsockopt(s.as_raw_fd(), libc::SOL_SOCKET, SO_PEERPIDFD, (&mut fd as *mut libc::c_int).cast(), &mut len) };
+    // SAFETY: a fresh fd we own.
+    (r == 0 && fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Binds `path` (replacing a stale socket, never another file), mode 0600.
+pub fn bind(path: &Path) -> Result<UnixListener, ServeError> {
+    if let Ok(md) = std::fs::symlink_metadata(path) {
+        if !md.file_type().is_socket() {
+            return Err(ServeError::NotSocket(path.into()));
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let l = UnixListener::bind(path).map_err(|source| ServeError::Bind { path: path.into(), source })?;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+    Ok(l)
+}
+
+/// Serves until `stop` is set (checked between connections).
+pub fn serve(listener: UnixListener, cfg: Config, collector: Option<PathBuf>, stop: Arc<AtomicBool>) {
+    let unwinder = Arc::new(Unwinder::new(cfg.unwind_options()));
+    let busy = Arc::new((Mutex::new(0usize), Condvar::new()));
+    let _ = listener.set_nonblocking(true);
+    while !stop.load(Ordering::Relaxed) {
+        let conn = match listener.accept() {
+            Ok((c, _)) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        let _ = conn.set_nonblocking(false);
+        {
+            let (m, cv) = &*busy;
+            let Ok(mut n) = m.lock() else { break };
+            while *n >= MAX_CONCURRENT {
+                let Ok(g) = cv.wait(n) else { return };
+                n = g;
+            }
+            *n += 1;
+        }
+        let (cfg, unwinder, busy, collector) = (cfg.clone(), unwinder.clone(), busy.clone(), collector.clone());
+        std::thread::spawn(move || {
+            one(conn, &cfg, &unwinder, collector.as_deref());
+            let (m, cv) = &*busy;
+            if let Ok(mut n) = m.lock() {
+                *n -= 1;
+            }
+            cv.notify_one();
+        });
+    }
+}
+
+fn one(conn: UnixStream, cfg: &Config, unwinder: &Arc<Unwinder>, collector: Option<&Path>) {
+    let deadline = Instant::now() + cfg.budget;
+    let cred = peer_cred(&conn);
+    let pidfd = peer_pidfd(&conn);
+    let Some((pid, _, _)) = cred else {
+        tracing::warn!("connection without peer credentials; dropped");
+        return;
+    };
+    let input = Input {
+        pid: Some(pid),
+        pidfd: pidfd.as_ref().map(|f| f.as_raw_fd()),
+        // SAFETY: geteuid has no preconditions.
+        drop_privileges: unsafe { libc::geteuid() } == 0,
+        ..Input::default()
+    };
+    let mut stream = Stream::from_fd(conn, Some(deadline));
+    match handle(&mut stream, &input, cfg, unwinder, deadline) {
+        Ok(out) => {
+            if let Err(e) = crate::deliver(cfg, collector, &out) {
+                tracing::error!(pid, error = %e, "crash record not delivered");
+            }
+        }
+        Err(e) => tracing::error!(pid, error = %e, "crash not handled"),
+    }
+}

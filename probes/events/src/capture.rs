@@ -1,0 +1,140 @@
+//! What must be read from `/proc/PID` at once, while the crashing process
+//! still exists (its mappings, its files, its start time), and the
+//! unwinding of the kernel's stack snapshot with the shared `unwind` crate
+//! afterwards, off the ring-buffer reader.
+
+use std::sync::Arc;
+
+use unwind::{Backtrace, End, Frame, FrameSource, Mappings, ProcOpener, Registers, StackSnapshot, Unwinder};
+
+use crate::event::FatalSignal;
+
+/// The process as read from /proc right after its event arrived.
+pub struct Capture {
+    pub maps: Mappings,
+    /// Opens the process's files; its mappings were pre-opened.
+    pub opener: Option<ProcOpener>,
+    /// /proc/PID/stat field 22 (clock ticks since boot).
+    pub start_ticks: Option<u64>,
+    pub exe: Option<String>,
+    /// Why the mappings could not be read (the process was already gone).
+    pub missing: Option<String>,
+}
+
+/// Reads what can be read of `/proc/PID` now.
+pub fn capture(pid: u32) -> Capture {
+    let dir = format!("/proc/{pid}");
+    let proc_dir = unwind::open_dir(None, dir.as_ref());
+    let exe = std::fs::read_link(format!("{dir}/exe")).ok().map(|p| p.display().to_string());
+    let start_ticks =
+        std::fs::read(format!("{dir}/stat")).ok().and_then(|b| unwind::parse_stat(&b).ok()).map(|s| s.start_time);
+    let (maps, missing) = match std::fs::read(format!("{dir}/maps")) {
+        Ok(b) if b.is_empty() => (
+            Mappings::new(Vec::new()),
+            Some("the process had released its memory before /proc/PID/maps was read".into()),
+        ),
+        Ok(b) => match unwind::parse_proc_maps(&b) {
+            Ok(m) => (m, None),
+            Err(e) => (Mappings::new(Vec::new()), Some(format!("/proc/{pid}/maps is unreadable: {e}"))),
+        },
+        Err(e) => (Mappings::new(Vec::new()), Some(format!("/proc/{pid}/maps: {e} (the process exited first)"))),
+    };
+    let opener = proc_dir.ok().map(ProcOpener::new);
+    if let Some(o) = &opener {
+        o.preopen(&maps);
+    }
+    Capture { maps, opener, start_ticks, exe, missing }
+}
+
+/// The unwound and symbolized stacks of one fatal signal.
+pub struct Stacks {
+    /// From registers and the stack copy: CFI first, frame pointers second.
+    pub unwound: Option<Backtrace>,
+    /// The kernel's frame-pointer walk (`bpf_get_stack`), symbolized.
+    pub frame_pointer: Backtrace,
+}
+
+fn user_regs(f: &FatalSignal) -> Option<Registers> {
+    let r = f.regs?;
+    let words: [u64; 27] = {
+        let mut w = [0u64; 27];
+        let src = [
+            r.r15, r.r14, r.r13, r.r12, r.bp, r.bx, r.r11, r.r10, r.r9, r.r8, r.ax, r.cx, r.dx, r.si, r.di, r.orig_ax,
+            r.ip, r.cs, r.flags, r.sp, r.ss,
+        ];
+        w[..21].copy_from_slice(&src);
+        w
+    };
+    Some(Registers::from_x86_64_user_regs(&words))
+}
+
+/// Unwinds and symbolizes (CPU work: run it off the reader).
+pub fn unwind(unwinder: &Arc<Unwinder>, f: &FatalSignal, cap: &Capture) -> Stacks {
+    let opener: &dyn unwind::FileOpener = match &cap.opener {
+        Some(o) => o,
+        None => &unwind::HostOpener,
+    };
+    let memory = StackSnapshot::new(f.stack_base, &f.stack);
+    let mut session = unwinder.session(&memory, &cap.maps, opener);
+    let unwound = user_regs(f).map(|regs| {
+        let mut bt = session.unwind(&regs);
+        session.symbolize(&mut bt);
+        bt
+    });
+    let mut fp = Backtrace {
+        frames: f
+            .fp_frames
+            .iter()
+            .enumerate()
+            .map(|(i, &pc)| {
+                let loaded = session.module_at(if i == 0 { pc } else { pc.wrapping_sub(1) });
+                Frame {
+                    pc,
+                    sp: 0,
+                    source: if i == 0 { FrameSource::Context } else { FrameSource::FramePointer },
+                    exact: i == 0,
+                    module: loaded.as_ref().map(|l| l.path.clone()),
+                    build_id: loaded.as_ref().and_then(|l| l.module.build_id_hex()),
+                    module_offset: loaded.as_ref().map(|l| pc.wrapping_sub(l.bias)),
+                    symbols: Vec::new(),
+                }
+            })
+            .collect(),
+        end: End::Outermost,
+    };
+    session.symbolize(&mut fp);
+    Stacks { unwound, frame_pointer: fp }
+}
+
+/// One frame as a text line: `#3 0x... function (file:line) [module+0xoff] cfi`.
+pub fn frame_line(i: usize, f: &Frame) -> String {
+    let mut s = format!("#{i:<2} {:#018x}", f.pc);
+    let names: Vec<String> = f
+        .symbols
+        .iter()
+        .map(|sym| {
+            let mut n = sym.function.clone().unwrap_or_else(|| "??".into());
+            if let (Some(file), Some(line)) = (&sym.file, sym.line) {
+                n.push_str(&format!(" ({file}:{line})"));
+            }
+            if sym.inlined {
+                n.push_str(" [inlined]");
+            }
+            n
+        })
+        .collect();
+    if names.is_empty() {
+        s.push_str(" ??");
+    } else {
+        s.push(' ');
+        s.push_str(&names.join(" <- "));
+    }
+    match (&f.module, f.module_offset) {
+        (Some(m), Some(off)) => s.push_str(&format!(" [{m}+{off:#x}]")),
+        (Some(m), None) => s.push_str(&format!(" [{m}]")),
+        _ => {}
+    }
+    s.push(' ');
+    s.push_str(f.source.as_str());
+    s
+}

@@ -1,0 +1,321 @@
+//! Ring-buffer records parsed into owned events (parse once: the rest of
+//! eventprobe only sees [`Event`]).
+
+use event_types::{
+    comm_str, BuildIdFrame, EventHeader, ExitEvent, FatalSignalEvent, OomEvent, UserRegs, BUILD_ID_STATUS_IP,
+    BUILD_ID_STATUS_VALID, KIND_EXIT, KIND_FATAL_SIGNAL, KIND_OOM, MAX_FP_FRAMES, PAGE_SIZE, STACK_PAGES,
+};
+use thiserror::Error;
+
+/// Why ring-buffer bytes are not an event.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum EventError {
+    #[error("ring-buffer record of {len} bytes is too short for {what} ({need} bytes): kernel and user side disagree; rebuild both (`cargo xtask build-ebpf`, then eventprobe)")]
+    Short { what: &'static str, len: usize, need: usize },
+    #[error("ring-buffer record has unknown kind {0}")]
+    Kind(u32),
+}
+
+/// Who an event is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Task {
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub comm: String,
+    pub boot_ns: u64,
+}
+
+impl From<&EventHeader> for Task {
+    fn from(h: &EventHeader) -> Task {
+        Task { pid: h.pid, tid: h.tid, uid: h.uid, comm: comm_str(&h.comm).to_string(), boot_ns: h.boot_ns }
+    }
+}
+
+/// A fatal signal, with what is needed to unwind the crashing thread.
+#[derive(Clone)]
+pub struct FatalSignal {
+    pub task: Task,
+    pub signal: i32,
+    pub si_code: i32,
+    pub errno: i32,
+    pub sa_handler: u64,
+    pub fault_addr: Option<u64>,
+    /// Start of the process in clock ticks since boot (/proc/PID/stat
+    /// field 22), when the kernel side could read it.
+    pub start_ticks: Option<u64>,
+    pub regs: Option<UserRegs>,
+    /// `bpf_get_stack` frame-pointer addresses (empty when it failed).
+    pub fp_frames: Vec<u64>,
+    /// The same walk as the kernel resolved it, while the process existed.
+    pub build_id_frames: Vec<KernelFrame>,
+    /// Copied stack: base address and bytes (only up to the last page that
+    /// was readable from the base; pages after a hole are dropped).
+    pub stack_base: u64,
+    pub stack: Vec<u8>,
+}
+
+impl std::fmt::Debug for FatalSignal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FatalSignal")
+            .field("task", &self.task)
+            .field("signal", &self.signal)
+            .field("si_code", &self.si_code)
+            .field("fp_frames", &self.fp_frames.len())
+            .field("stack", &self.stack.len())
+            .finish()
+    }
+}
+
+/// A frame the kernel resolved (or not) to a module's build id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KernelFrame {
+    /// GNU build id (hex) and file offset in that module.
+    Resolved { build_id: String, file_offset: u64 },
+    /// Only the address.
+    Address(u64),
+}
+
+fn kernel_frames(frames: &[BuildIdFrame], bytes: i64) -> Vec<KernelFrame> {
+    let n = if bytes > 0 { (bytes as usize / std::mem::size_of::<BuildIdFrame>()).min(frames.len()) } else { 0 };
+    frames[..n]
+        .iter()
+        .filter_map(|f| match f.status {
+            BUILD_ID_STATUS_VALID => {
+                // The kernel zero-pads build ids shorter than 20 bytes (rare);
+                // trailing zeros are kept, as tools print the full 20 bytes.
+                let hex: String = f.build_id.iter().map(|b| format!("{b:02x}")).collect();
+                Some(KernelFrame::Resolved { build_id: hex, file_offset: f.offset_or_ip })
+            }
+            BUILD_ID_STATUS_IP if f.offset_or_ip != 0 => Some(KernelFrame::Address(f.offset_or_ip)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// An `exit_group` with a non-zero code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AbnormalExit {
+    pub task: Task,
+    pub code: i64,
+}
+
+impl AbnormalExit {
+    /// The status a parent sees (`code & 0xff`).
+    pub fn status(&self) -> u8 {
+        (self.code & 0xff) as u8
+    }
+}
+
+/// An OOM kill.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OomKill {
+    pub victim: Task,
+    pub total_vm_kb: u64,
+    pub anon_rss_kb: u64,
+    pub file_rss_kb: u64,
+    pub shmem_rss_kb: u64,
+    pub pgtables_kb: u64,
+    pub oom_score_adj: i32,
+}
+
+/// One event from the kernel side.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Fatal(Box<FatalSignal>),
+    Exit(AbnormalExit),
+    Oom(OomKill),
+}
+
+impl Event {
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Event::Fatal(_) => "fatal signal",
+            Event::Exit(_) => "abnormal exit",
+            Event::Oom(_) => "oom kill",
+        }
+    }
+}
+
+/// Clock ticks per second of /proc/PID/stat (USER_HZ, 100 on Linux).
+pub const USER_HZ: u64 = 100;
+
+fn read<T: Copy>(bytes: &[u8], what: &'static str) -> Result<T, EventError> {
+    let need = std::mem::size_of::<T>();
+    if bytes.len() < need {
+        return Err(EventError::Short { what, len: bytes.len(), need });
+    }
+    // SAFETY: length checked; T is a plain #[repr(C)] struct of integers
+    // (any bit pattern valid); read_unaligned copes with any alignment.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+/// Parses one ring-buffer record.
+pub fn parse(bytes: &[u8]) -> Result<Event, EventError> {
+    let header: EventHeader = read(bytes, "an event header")?;
+    match header.kind {
+        KIND_FATAL_SIGNAL => parse_fatal(bytes).map(|f| Event::Fatal(Box::new(f))),
+        KIND_EXIT => {
+            let e: ExitEvent = read(bytes, "an exit event")?;
+            Ok(Event::Exit(AbnormalExit { task: Task::from(&e.header), code: e.code }))
+        }
+        KIND_OOM => {
+            let e: OomEvent = read(bytes, "an oom event")?;
+            Ok(Event::Oom(OomKill {
+                victim: Task::from(&e.header),
+                total_vm_kb: e.total_vm_kb,
+                anon_rss_kb: e.anon_rss_kb,
+                file_rss_kb: e.file_rss_kb,
+                shmem_rss_kb: e.shmem_rss_kb,
+                pgtables_kb: e.pgtables_kb,
+                oom_score_adj: e.oom_score_adj,
+            }))
+        }
+        k => Err(EventError::Kind(k)),
+    }
+}
+
+fn parse_fatal(bytes: &[u8]) -> Result<FatalSignal, EventError> {
+    let need = std::mem::size_of::<FatalSignalEvent>();
+    if bytes.len() < need {
+        return Err(EventError::Short { what: "a fatal-signal event", len: bytes.len(), need });
+    }
+    // Read the fixed part field by field from the record rather than copying
+    // the whole 22 KiB struct onto the stack.
+    let base = bytes.as_ptr().cast::<FatalSignalEvent>();
+    // SAFETY: length checked above; addr_of! reads do not require alignment
+    // when followed by read_unaligned.
+    let (
+        header,
+        signal,
+        si_code,
+        errno,
+        regs_ok,
+        sa_handler,
+        fault_addr,
+        start_ns,
+        regs,
+        fp_bytes,
+        fp,
+        stack_base,
+        ok,
+        fault_ok,
+        bid_bytes,
+        bid,
+    ) = unsafe {
+        use std::ptr::{addr_of, read_unaligned as r};
+        (
+            r(addr_of!((*base).header)),
+            r(addr_of!((*base).signal)),
+            r(addr_of!((*base).si_code)),
+            r(addr_of!((*base).errno)),
+            r(addr_of!((*base).regs_ok)),
+            r(addr_of!((*base).sa_handler)),
+            r(addr_of!((*base).fault_addr)),
+            r(addr_of!((*base).start_boottime_ns)),
+            r(addr_of!((*base).regs)),
+            r(addr_of!((*base).fp_bytes)),
+            r(addr_of!((*base).fp_frames)),
+            r(addr_of!((*base).stack_base)),
+            r(addr_of!((*base).stack_pages_ok)),
+            r(addr_of!((*base).fault_addr_ok)),
+            r(addr_of!((*base).bid_bytes)),
+            r(addr_of!((*base).bid_frames)),
+        )
+    };
+    let nframes = if fp_bytes > 0 { (fp_bytes as usize / 8).min(MAX_FP_FRAMES) } else { 0 };
+    let stack_off = std::mem::offset_of!(FatalSignalEvent, stack);
+    // Contiguous readable pages from the base.
+    let pages = (0..STACK_PAGES).take_while(|i| ok & (1 << i) != 0).count();
+    let stack = bytes[stack_off..stack_off + pages * PAGE_SIZE].to_vec();
+    Ok(FatalSignal {
+        task: Task::from(&header),
+        signal,
+        si_code,
+        errno,
+        sa_handler,
+        fault_addr: (fault_ok == 1).then_some(fault_addr),
+        start_ticks: (start_ns != 0).then_some(start_ns / (1_000_000_000 / USER_HZ)),
+        regs: (regs_ok == 1).then_some(regs),
+        fp_frames: fp[..nframes].iter().copied().take_while(|&a| a != 0).collect(),
+        build_id_frames: kernel_frames(&bid, bid_bytes),
+        stack_base,
+        stack,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use event_types::comm_key;
+
+    fn bytes_of<T>(v: &T) -> Vec<u8> {
+        // SAFETY: test helper over plain #[repr(C)] structs.
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()).to_vec() }
+    }
+
+    #[test]
+    fn parses_exit() {
+        let e = ExitEvent {
+            header: EventHeader { kind: KIND_EXIT, pid: 5, tid: 6, uid: 7, boot_ns: 8, comm: comm_key("x") },
+            code: 0x103,
+        };
+        let Event::Exit(x) = parse(&bytes_of(&e)).unwrap() else { panic!("not an exit") };
+        assert_eq!((x.task.pid, x.task.tid, x.task.comm.as_str(), x.status()), (5, 6, "x", 3));
+    }
+
+    #[test]
+    fn rejects_short_and_unknown() {
+        assert!(matches!(parse(&[1, 0, 0]), Err(EventError::Short { .. })));
+        let mut h = bytes_of(&EventHeader { kind: 99, ..Default::default() });
+        assert!(matches!(parse(&h), Err(EventError::Kind(99))));
+        h[0] = KIND_FATAL_SIGNAL as u8;
+        assert!(matches!(parse(&h), Err(EventError::Short { what: "a fatal-signal event", .. })));
+    }
+
+    #[test]
+    fn parses_fatal_stack_pages_up_to_first_hole() {
+        let mut buf = vec![0u8; std::mem::size_of::<FatalSignalEvent>()];
+        let base = buf.as_mut_ptr().cast::<FatalSignalEvent>();
+        // SAFETY: buf has the struct's size; unaligned writes.
+        unsafe {
+            use std::ptr::{addr_of_mut, write_unaligned as w};
+            w(
+                addr_of_mut!((*base).header),
+                EventHeader { kind: KIND_FATAL_SIGNAL, pid: 1, tid: 2, uid: 0, boot_ns: 0, comm: comm_key("c") },
+            );
+            w(addr_of_mut!((*base).signal), 11);
+            w(addr_of_mut!((*base).regs_ok), 1);
+            w(addr_of_mut!((*base).fp_bytes), 16);
+            w(addr_of_mut!((*base).fp_frames), {
+                let mut f = [0u64; MAX_FP_FRAMES];
+                f[0] = 0x1000;
+                f[1] = 0x2000;
+                f
+            });
+            w(addr_of_mut!((*base).stack_pages_ok), 0b01011);
+            w(addr_of_mut!((*base).start_boottime_ns), 12_340_000_000);
+        }
+        // SAFETY: as above.
+        unsafe {
+            use std::ptr::{addr_of_mut, write_unaligned as w};
+            let mut b = [BuildIdFrame::default(); event_types::MAX_BUILD_ID_FRAMES];
+            b[0] = BuildIdFrame { status: BUILD_ID_STATUS_VALID, build_id: [0xab; 20], offset_or_ip: 0x1234 };
+            b[1] = BuildIdFrame { status: BUILD_ID_STATUS_IP, build_id: [0; 20], offset_or_ip: 0x7000 };
+            w(addr_of_mut!((*base).bid_frames), b);
+            w(addr_of_mut!((*base).bid_bytes), 3 * 32);
+        }
+        let Event::Fatal(f) = parse(&buf).unwrap() else { panic!("not fatal") };
+        assert_eq!(f.fp_frames, vec![0x1000, 0x2000]);
+        assert_eq!(
+            f.build_id_frames,
+            vec![
+                KernelFrame::Resolved { build_id: "ab".repeat(20), file_offset: 0x1234 },
+                KernelFrame::Address(0x7000)
+            ]
+        );
+        assert_eq!(f.stack.len(), 2 * PAGE_SIZE);
+        assert_eq!(f.start_ticks, Some(1234));
+        assert!(f.regs.is_some() && f.fault_addr.is_none());
+    }
+}

@@ -1,4 +1,50 @@
-//! # telem-collector (not built yet)
+//! # telem-collector: the collector daemon of the telemetrics suite
 //!
-//! Will ingest records from probes (native and legacy framing), journal,
-//! rate-limit, spool and deliver them. See the collector issue.
+//! One process (the original had two) between the probes and the backend.
+//! Each stage is its own module; stages talk through bounded channels, so a
+//! slow stage pushes back on the one before it instead of growing memory.
+//!
+//! ```text
+//!  probes ──unix socket (socket_path or systemd LISTEN_FDS)──┐
+//!                                                            ▼
+//!  ingest      native (prefix, Hello, frames, Acks) | legacy (one record, no reply)
+//!    │ bounded mpsc<Submission>  (frame size, idle timeout, max_connections bounds)
+//!    ▼
+//!  pipeline    committer threads, group commit:
+//!    │           consent   -> local-only? (not opted in / delivery off / no server)
+//!    │           ratelimit -> record + byte windows (monotonic), spool or drop
+//!    │           spool     -> one segment per batch: write, fdatasync  ==> Ack::Accepted
+//!    │           journal   -> one JSON line per record (fdatasync'd, group commit)
+//!    ▼
+//!  delivery    FIFO from the spool, reqwest+rustls, v2/v3 (identity stamps the
+//!    │         machine id), 2xx delivered, 408/429/5xx/errors backoff+retry,
+//!    │         other 4xx rejected-by-server; fates appended to the journal
+//!    ▼
+//!  backend                 control: status / flush / reload for telemctl
+//! ```
+//!
+//! `main` of both binaries is thin: `telem-collector` calls [`daemon::run`],
+//! `telemctl` uses [`control`], [`journal::read`], [`consent`] and [`service`].
+
+pub mod config;
+pub mod consent;
+pub mod control;
+pub mod daemon;
+pub mod delivery;
+pub mod identity;
+pub mod ingest;
+pub mod journal;
+pub mod pipeline;
+pub mod ratelimit;
+pub mod service;
+pub mod spool;
+pub mod stats;
+
+pub use config::Config;
+
+/// Sets up `tracing` output on stderr (RUST_LOG overrides `default`).
+pub fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+}

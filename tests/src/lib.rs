@@ -3,6 +3,8 @@
 //! CI rule that a test needing root must run, not skip.
 
 pub mod receiver;
+pub mod sink;
+pub mod collector;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -13,6 +13,9 @@ const APT_PACKAGES: &[&str] = &["gcc", "g++", "binutils", "make", "libc6-dbg"];
 /// Installs everything `cargo xtask test` needs.
 pub fn setup() -> Result<(), String> {
     ensure_apt(APT_PACKAGES)?;
+    // Collector tests: openssl makes the TLS test's CA and certificate,
+    // mount (util-linux) the small tmpfs of the full-disk test.
+    ensure_apt(&["openssl", "util-linux"])?;
     ensure_cargo_fuzz()?;
     Ok(())
 }

@@ -1,0 +1,276 @@
+//! telemctl: controls the collector and reads its journal.
+
+use std::io::{BufRead, Read, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use telem_collector::journal::{self, Filter, Merged};
+use telem_collector::{consent, control, service, Config};
+
+/// Controls the telemetrics collector and reads its journal.
+///
+/// Reads the same configuration as telem-collector: -f FILE, else
+/// /etc/telemetrics/telemetrics.conf, else
+/// /usr/share/defaults/telemetrics/telemetrics.conf, else built-in defaults.
+#[derive(Parser, Debug)]
+#[command(name = "telemctl", version)]
+struct Args {
+    /// Use this configuration file instead of the lookup order.
+    #[arg(short = 'f', long = "config", value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Allow records to leave this machine (creates etc_dir/opt-in).
+    OptIn,
+    /// Keep every record on this machine (removes etc_dir/opt-in).
+    OptOut,
+    /// Show the daemon's counters since it started and the last delivery error.
+    Status {
+        /// Print the status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask the daemon to retry delivery of the spool now.
+    Flush,
+    /// Ask the daemon to reload its configuration (as SIGHUP does).
+    Reload,
+    /// List journaled records (one line each: record id, time, classification,
+    /// event id, boot id, fate).
+    Journal(JournalArgs),
+    /// Start the daemon (systemd units when systemd runs, else directly with a pid file).
+    Start,
+    /// Stop the daemon.
+    Stop,
+    /// Stop, then start the daemon.
+    Restart,
+    /// Print `active` (exit 0) or `inactive` (exit 3).
+    IsActive,
+}
+
+#[derive(clap::Args, Debug)]
+struct JournalArgs {
+    /// Only the record with this record id.
+    #[arg(short = 'r', long = "record-id", value_name = "ID")]
+    record_id: Option<String>,
+    /// Only records with this event id.
+    #[arg(short = 'e', long = "event-id", value_name = "ID")]
+    event_id: Option<String>,
+    /// Only this classification; a trailing `/*` matches a prefix (org.x/crash/*).
+    #[arg(short = 'c', long = "classification", value_name = "CLASS")]
+    classification: Option<String>,
+    /// Only records of this boot id.
+    #[arg(short = 'b', long = "boot-id", value_name = "ID")]
+    boot_id: Option<String>,
+    /// Include the payload (kept only with record_retention_enabled=true).
+    #[arg(short = 'i', long = "include-payload")]
+    include_payload: bool,
+    /// Verbose: a column header and the total count.
+    #[arg(short = 'V', long = "verbose")]
+    verbose: bool,
+    /// One JSON object per record.
+    #[arg(long)]
+    json: bool,
+    /// After listing, keep printing entries as they are journaled (Ctrl-C stops).
+    #[arg(long)]
+    follow: bool,
+}
+
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("telemctl: {msg}");
+    ExitCode::FAILURE
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let cfg = match Config::load(args.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("telemctl: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match args.cmd {
+        Cmd::OptIn => match consent::opt_in(&cfg) {
+            Ok(()) => {
+                println!("opted in: records may now be sent to the server ({})", cfg.opt_in_file().display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(format!("cannot create {}: {e}", cfg.opt_in_file().display())),
+        },
+        Cmd::OptOut => match consent::opt_out(&cfg) {
+            Ok(()) => {
+                println!("opted out: records stay on this machine");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(format!("cannot remove {}: {e}", cfg.opt_in_file().display())),
+        },
+        Cmd::Status { json } => match control::request(&cfg.control_socket(), "status") {
+            Ok(line) if json => {
+                println!("{line}");
+                ExitCode::SUCCESS
+            }
+            Ok(line) => match serde_json::from_str::<telem_collector::stats::Status>(&line) {
+                Ok(s) => {
+                    print_status(&s);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(format!("unexpected answer from the collector: {e}: {line}")),
+            },
+            Err(e) => fail(e),
+        },
+        Cmd::Flush | Cmd::Reload => {
+            let c = if matches!(args.cmd, Cmd::Flush) { "flush" } else { "reload" };
+            match control::request(&cfg.control_socket(), c) {
+                Ok(_) => {
+                    println!("{c}: done");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+        Cmd::Journal(j) => journal_cmd(&cfg, &j),
+        Cmd::Start => service::start(&cfg).map(|()| ExitCode::SUCCESS).unwrap_or_else(fail),
+        Cmd::Stop => service::stop(&cfg).map(|()| ExitCode::SUCCESS).unwrap_or_else(fail),
+        Cmd::Restart => service::restart(&cfg).map(|()| ExitCode::SUCCESS).unwrap_or_else(fail),
+        Cmd::IsActive => match service::is_active(&cfg) {
+            Ok(true) => {
+                println!("active");
+                ExitCode::SUCCESS
+            }
+            Ok(false) => {
+                println!("inactive");
+                ExitCode::from(3)
+            }
+            Err(e) => fail(e),
+        },
+    }
+}
+
+fn print_status(s: &telem_collector::stats::Status) {
+    println!("telem-collector (pid {}) running since {} UTC", s.pid, journal::format_time(s.since));
+    println!("  server:              {}", s.server.as_deref().unwrap_or("(none)"));
+    println!("  consent:             {}", s.consent);
+    println!("  received:            {}", s.received);
+    println!("  accepted:            {}", s.accepted);
+    println!("  rejected:            {}", s.rejected);
+    println!("  delivered:           {}", s.delivered);
+    println!("  spooled:             {} ({} bytes)", s.spooled, s.spool_bytes);
+    println!("  rate-limited:        {}", s.rate_limited);
+    println!("  dropped:             {} ({} expired)", s.dropped, s.expired);
+    println!("  rejected by server:  {}", s.rejected_by_server);
+    println!("  local only:          {}", s.local_only);
+    println!("  delivery failures:   {}", s.delivery_failures);
+    println!("  last delivery error: {}", s.last_delivery_error.as_deref().unwrap_or("(none)"));
+    if let Some(r) = s.retry_in_secs {
+        println!("  next retry in:       {r:.1} s");
+    }
+}
+
+fn line(m: &Merged, payload: bool) -> String {
+    let e = &m.entry;
+    let mut s = format!(
+        "{} {} {} {} {} {}",
+        e.id,
+        journal::format_time(e.time),
+        e.class.as_deref().unwrap_or("-"),
+        e.event.as_deref().unwrap_or("-"),
+        e.boot.as_deref().unwrap_or("-"),
+        e.fate
+    );
+    if payload {
+        match &e.payload {
+            Some(p) => {
+                s.push('\n');
+                s.push_str(p);
+                if !p.ends_with('\n') {
+                    s.push('\n');
+                }
+            }
+            None => s.push_str("\n(payload not kept: record_retention_enabled=false)\n"),
+        }
+    }
+    s
+}
+
+fn journal_cmd(cfg: &Config, j: &JournalArgs) -> ExitCode {
+    let filter = Filter {
+        record_id: j.record_id.clone(),
+        event_id: j.event_id.clone(),
+        classification: j.classification.clone(),
+        boot_id: j.boot_id.clone(),
+    };
+    let all = match journal::read(&cfg.journal_dir) {
+        Ok(a) => a,
+        Err(e) => return fail(e),
+    };
+    if j.verbose && !j.json {
+        println!("Record ID, Time (UTC), Classification, Event ID, Boot ID, Fate");
+    }
+    let mut n = 0usize;
+    for m in all.iter().filter(|m| filter.matches(m)) {
+        n += 1;
+        if j.json {
+            let mut m = m.clone();
+            if !j.include_payload {
+                m.entry.payload = None;
+            }
+            println!("{}", serde_json::to_string(&m).unwrap_or_default());
+        } else {
+            println!("{}", line(m, j.include_payload));
+        }
+    }
+    if j.verbose && !j.json {
+        println!("Total records: {n}");
+    }
+    if j.follow {
+        follow(cfg, &filter, j);
+    }
+    ExitCode::SUCCESS
+}
+
+/// Prints entries appended after the listing, as they are journaled.
+fn follow(cfg: &Config, filter: &Filter, j: &JournalArgs) {
+    let path = cfg.journal_dir.join(journal::FILE_NAME);
+    let mut pos = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let mut pending = Vec::new();
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let Ok(mut f) = std::fs::File::open(&path) else { continue };
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        if len < pos {
+            pos = 0; // rotated
+        }
+        if len == pos || f.seek(SeekFrom::Start(pos)).is_err() {
+            continue;
+        }
+        let mut buf = Vec::new();
+        if f.read_to_end(&mut buf).is_err() {
+            continue;
+        }
+        pos += buf.len() as u64;
+        pending.extend_from_slice(&buf);
+        let cut = pending.iter().rposition(|&b| b == b'\n').map(|p| p + 1).unwrap_or(0);
+        let complete: Vec<u8> = pending.drain(..cut).collect();
+        for l in complete.lines().map_while(Result::ok) {
+            let Ok(e) = serde_json::from_str::<journal::Entry>(&l) else { continue };
+            let m = Merged { fate_time: e.time, entry: e };
+            if m.entry.class.is_some() {
+                if filter.matches(&m) {
+                    if j.json {
+                        println!("{}", serde_json::to_string(&m).unwrap_or_default());
+                    } else {
+                        println!("{}", line(&m, j.include_payload));
+                    }
+                }
+            } else if filter.record_id.as_ref().is_none_or(|r| *r == m.entry.id) && filter.classification.is_none() {
+                println!("{} {} -> {}", m.entry.id, journal::format_time(m.entry.time), m.entry.fate);
+            }
+        }
+    }
+}

@@ -1,0 +1,355 @@
+//! Stage 0: the typed configuration, built once from the INI `[settings]`
+//! section (`telemetry::config::Settings`, reference §4) and again on SIGHUP.
+//!
+//! Every key of the original keeps its default and meaning; the new keys are
+//! listed on [`Config`]. A value that does not parse is an error naming the
+//! file, the key and the value, so the daemon refuses to start on it (and a
+//! reload keeps the old configuration).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use telemetry::config::{ConfigError, Settings};
+use telemetry::posting::{TidHeader, DEFAULT_TID_HEADER};
+use thiserror::Error;
+
+/// Why a configuration cannot be used.
+#[derive(Debug, Error)]
+pub enum BadConfig {
+    #[error(transparent)]
+    File(#[from] ConfigError),
+    #[error("configuration {file}: key `{key}` has the value {value:?}, which is not valid: {reason}")]
+    Value { file: String, key: String, value: String, reason: String },
+}
+
+/// How the server is posted to (`server_protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// Record fields as HTTP headers, raw payload body.
+    V2,
+    /// A flat JSON body to `/v3/collector`.
+    V3,
+}
+
+/// What happens to records over a rate window (`rate_limit_strategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// Keep them in the spool and send them when the window allows.
+    Spool,
+    /// Drop them (journaled as `rate-limited: dropped`).
+    Drop,
+}
+
+/// One limit of a rate window: at most `limit` units per `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// `None` = no limit (`-1`).
+    pub limit: Option<u64>,
+    /// Whole minutes, 1..=59.
+    pub minutes: u32,
+}
+
+/// The collector's configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file it came from (`None` = built-in defaults).
+    pub file: Option<PathBuf>,
+    /// `server`: the backend URL; empty = none (records stay local).
+    pub server: Option<reqwest::Url>,
+    pub socket_path: PathBuf,
+    pub spool_dir: PathBuf,
+    /// `cainfo`: a PEM bundle of the CAs to trust instead of the system's.
+    pub cainfo: Option<PathBuf>,
+    pub tidheader: TidHeader,
+    pub rate_limit_enabled: bool,
+    pub record_window: Window,
+    pub byte_window: Window,
+    pub rate_limit_strategy: Strategy,
+    /// `record_expiry` (minutes): spooled records older than this are dropped.
+    pub record_expiry: Duration,
+    /// `spool_max_size` (KiB; -1 = none), kept here in bytes.
+    pub spool_max_bytes: Option<u64>,
+    /// `spool_process_time` (s): how often the spool is checked for expiry
+    /// (delivery itself drains as soon as the server answers again).
+    pub spool_process_time: Duration,
+    /// `daemon_recycling_enabled`: accepted for compatibility; one process
+    /// replaces the original's two, so there is nothing to recycle.
+    pub daemon_recycling_enabled: bool,
+    pub record_retention_enabled: bool,
+    pub record_server_delivery_enabled: bool,
+    // ---- new keys ----
+    /// `journal_dir` (`/var/log/telemetry`).
+    pub journal_dir: PathBuf,
+    /// `state_dir` (`/var/lib/telemetry`): machine id, control socket, pid file.
+    pub state_dir: PathBuf,
+    /// `etc_dir` (`/etc/telemetrics`): opt-in files.
+    pub etc_dir: PathBuf,
+    /// `server_protocol` (`v2` | `v3`).
+    pub server_protocol: Protocol,
+    /// `record_max_bytes` (65536): largest payload accepted.
+    pub record_max_bytes: usize,
+    /// `allow_insecure_http` (false): allow `http://` to hosts other than loopback.
+    pub allow_insecure_http: bool,
+    /// `connect_timeout` (s, 10).
+    pub connect_timeout: Duration,
+    /// `delivery_timeout` (s, 30): whole request.
+    pub delivery_timeout: Duration,
+    /// `delivery_concurrency` (16): posts in flight at once.
+    pub delivery_concurrency: usize,
+    /// `retry_max_backoff` (s, 30): longest wait between delivery retries.
+    pub retry_max_backoff: Duration,
+    /// `idle_timeout` (s, 30): a probe connection silent this long is closed.
+    pub idle_timeout: Duration,
+    /// `max_connections` (1024): probe connections served at once.
+    pub max_connections: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        // The defaults parse; an empty settings map cannot fail.
+        Config::from_settings(&Settings::default()).unwrap_or_else(|_| unreachable!("built-in defaults are valid"))
+    }
+}
+
+struct Reader<'a> {
+    s: &'a Settings,
+    file: String,
+}
+
+impl Reader<'_> {
+    fn raw(&self, key: &str) -> Option<&str> {
+        self.s.get(key).map(str::trim)
+    }
+    fn bad(&self, key: &str, value: &str, reason: impl Into<String>) -> BadConfig {
+        BadConfig::Value { file: self.file.clone(), key: key.into(), value: value.into(), reason: reason.into() }
+    }
+    fn string(&self, key: &str, default: &str) -> String {
+        self.raw(key).unwrap_or(default).to_string()
+    }
+    fn path(&self, key: &str, default: &str) -> Result<PathBuf, BadConfig> {
+        let v = self.string(key, default);
+        if v.is_empty() {
+            return Err(self.bad(key, &v, "a path is required"));
+        }
+        Ok(PathBuf::from(v))
+    }
+    fn bool(&self, key: &str, default: bool) -> Result<bool, BadConfig> {
+        match self.raw(key) {
+            None => Ok(default),
+            Some("true" | "1") => Ok(true),
+            Some("false" | "0") => Ok(false),
+            Some(v) => Err(self.bad(key, v, "expected true, false, 1 or 0")),
+        }
+    }
+    fn int(&self, key: &str, default: i64, min: i64, max: i64) -> Result<i64, BadConfig> {
+        let Some(v) = self.raw(key) else { return Ok(default) };
+        let n: i64 = v.parse().map_err(|_| self.bad(key, v, "expected a whole number"))?;
+        if n < min || n > max {
+            return Err(self.bad(key, v, format!("expected a number from {min} to {max}")));
+        }
+        Ok(n)
+    }
+    /// A limit where -1 means none.
+    fn limit(&self, key: &str, default: i64) -> Result<Option<u64>, BadConfig> {
+        let n = self.int(key, default, -1, i64::MAX)?;
+        Ok(if n < 0 { None } else { Some(n as u64) })
+    }
+    fn secs(&self, key: &str, default: i64, min: i64) -> Result<Duration, BadConfig> {
+        Ok(Duration::from_secs(self.int(key, default, min, 86_400 * 365)? as u64))
+    }
+}
+
+/// Whether `host` names this machine's loopback interface.
+pub fn is_loopback_host(url: &reqwest::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+impl Config {
+    /// Loads by the lookup order (`-f FILE` first) and types every key.
+    pub fn load(explicit: Option<&Path>) -> Result<Config, BadConfig> {
+        let settings = Settings::load(explicit)?;
+        Config::from_settings(&settings)
+    }
+
+    /// Types the keys of `settings`.
+    pub fn from_settings(s: &Settings) -> Result<Config, BadConfig> {
+        let file = s.path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "(built-in defaults)".into());
+        let r = Reader { s, file };
+
+        let allow_insecure_http = r.bool("allow_insecure_http", false)?;
+        let server = match r.raw("server").filter(|v| !v.is_empty()) {
+            None => None,
+            Some(v) => {
+                let url = reqwest::Url::parse(v).map_err(|e| r.bad("server", v, e.to_string()))?;
+                match url.scheme() {
+                    "https" => {}
+                    "http" if allow_insecure_http || is_loopback_host(&url) => {}
+                    "http" => {
+                        return Err(r.bad(
+                            "server",
+                            v,
+                            "plain http:// is allowed only to loopback; use https:// or set allow_insecure_http=true",
+                        ))
+                    }
+                    other => return Err(r.bad("server", v, format!("scheme {other:?} is not http or https"))),
+                }
+                Some(url)
+            }
+        };
+        let cainfo = r.raw("cainfo").filter(|v| !v.is_empty()).map(PathBuf::from);
+        let tid_raw = r.string("tidheader", DEFAULT_TID_HEADER);
+        let tidheader = TidHeader::parse(&tid_raw).map_err(|e| r.bad("tidheader", &tid_raw, e.to_string()))?;
+        let window = |lk: &str, ld: i64, wk: &str, wd: i64| -> Result<Window, BadConfig> {
+            Ok(Window { limit: r.limit(lk, ld)?, minutes: r.int(wk, wd, 1, 59)? as u32 })
+        };
+        let record_window = window("record_burst_limit", 1000, "record_window_length", 15)?;
+        let byte_window = window("byte_burst_limit", -1, "byte_window_length", 20)?;
+        let rate_limit_strategy = match r.raw("rate_limit_strategy").unwrap_or("spool") {
+            "spool" => Strategy::Spool,
+            "drop" => Strategy::Drop,
+            v => return Err(r.bad("rate_limit_strategy", v, "expected spool or drop")),
+        };
+        let server_protocol = match r.raw("server_protocol").unwrap_or("v2") {
+            "v2" => Protocol::V2,
+            "v3" => Protocol::V3,
+            v => return Err(r.bad("server_protocol", v, "expected v2 or v3")),
+        };
+        let spool_kib = r.limit("spool_max_size", 5120)?;
+        Ok(Config {
+            file: s.path.clone(),
+            server,
+            socket_path: r.path("socket_path", telemetry::config::DEFAULT_SOCKET)?,
+            spool_dir: r.path("spool_dir", "/var/spool/telemetry")?,
+            cainfo,
+            tidheader,
+            rate_limit_enabled: r.bool("rate_limit_enabled", true)?,
+            record_window,
+            byte_window,
+            rate_limit_strategy,
+            record_expiry: Duration::from_secs(60 * r.int("record_expiry", 1200, 1, 525_600)? as u64),
+            spool_max_bytes: spool_kib.map(|k| k.saturating_mul(1024)),
+            spool_process_time: r.secs("spool_process_time", 120, 1)?,
+            daemon_recycling_enabled: r.bool("daemon_recycling_enabled", true)?,
+            record_retention_enabled: r.bool("record_retention_enabled", false)?,
+            record_server_delivery_enabled: r.bool("record_server_delivery_enabled", true)?,
+            journal_dir: r.path("journal_dir", "/var/log/telemetry")?,
+            state_dir: r.path("state_dir", "/var/lib/telemetry")?,
+            etc_dir: r.path("etc_dir", "/etc/telemetrics")?,
+            server_protocol,
+            record_max_bytes: r.int("record_max_bytes", telemetry::DEFAULT_MAX_PAYLOAD as i64, 1, 64 << 20)? as usize,
+            allow_insecure_http,
+            connect_timeout: r.secs("connect_timeout", 10, 1)?,
+            delivery_timeout: r.secs("delivery_timeout", 30, 1)?,
+            delivery_concurrency: r.int("delivery_concurrency", 16, 1, 1024)? as usize,
+            retry_max_backoff: r.secs("retry_max_backoff", 30, 1)?,
+            idle_timeout: r.secs("idle_timeout", 30, 1)?,
+            max_connections: r.int("max_connections", 1024, 1, 1 << 20)? as usize,
+        })
+    }
+
+    /// Where `telemctl` reaches the running daemon.
+    pub fn control_socket(&self) -> PathBuf {
+        self.state_dir.join("control.sock")
+    }
+
+    /// The pid file the daemon writes when not run by systemd.
+    pub fn pid_file(&self) -> PathBuf {
+        self.state_dir.join("telem-collector.pid")
+    }
+
+    /// The machine id file.
+    pub fn machine_id_file(&self) -> PathBuf {
+        self.state_dir.join("machine_id")
+    }
+
+    /// The file whose presence means the user opted in.
+    pub fn opt_in_file(&self) -> PathBuf {
+        self.etc_dir.join("opt-in")
+    }
+
+    /// The static machine id override.
+    pub fn static_machine_id_file(&self) -> PathBuf {
+        self.etc_dir.join("opt-in-static-machine-id")
+    }
+
+    /// The largest legacy record accepted, all framing included.
+    pub fn max_legacy_record(&self) -> usize {
+        self.record_max_bytes.saturating_add(telemetry::wire::native::FRAME_OVERHEAD)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, BadConfig> {
+        Config::from_settings(&Settings::parse(text, Some(Path::new("/etc/t.conf"))).unwrap())
+    }
+
+    #[test]
+    fn defaults_match_the_original() {
+        let c = Config::default();
+        assert_eq!(c.socket_path, PathBuf::from("/run/telem-0"));
+        assert_eq!(c.spool_dir, PathBuf::from("/var/spool/telemetry"));
+        assert_eq!(c.record_window, Window { limit: Some(1000), minutes: 15 });
+        assert_eq!(c.byte_window, Window { limit: None, minutes: 20 });
+        assert_eq!(c.rate_limit_strategy, Strategy::Spool);
+        assert_eq!(c.record_expiry, Duration::from_secs(1200 * 60));
+        assert_eq!(c.spool_max_bytes, Some(5120 * 1024));
+        assert_eq!(c.spool_process_time, Duration::from_secs(120));
+        assert_eq!(c.tidheader.name, "X-Telemetry-TID");
+        assert!(c.rate_limit_enabled && c.record_server_delivery_enabled && !c.record_retention_enabled);
+        assert_eq!(c.server_protocol, Protocol::V2);
+        assert_eq!(c.record_max_bytes, 65536);
+        assert_eq!(c.journal_dir, PathBuf::from("/var/log/telemetry"));
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/telemetry"));
+        assert_eq!(c.etc_dir, PathBuf::from("/etc/telemetrics"));
+        assert!(c.server.is_none());
+    }
+
+    #[test]
+    fn bad_values_name_file_key_and_value() {
+        for (text, key) in [
+            ("record_burst_limit=lots", "record_burst_limit"),
+            ("record_window_length=60", "record_window_length"),
+            ("rate_limit_strategy=keep", "rate_limit_strategy"),
+            ("rate_limit_enabled=yes", "rate_limit_enabled"),
+            ("server_protocol=v4", "server_protocol"),
+            ("server=http://example.com/", "server"),
+            ("server=ftp://127.0.0.1/", "server"),
+            ("tidheader=nocolon", "tidheader"),
+            ("spool_max_size=-2", "spool_max_size"),
+        ] {
+            let e = parse(&format!("[settings]\n{text}\n")).unwrap_err().to_string();
+            let value = text.split_once('=').unwrap().1;
+            assert!(e.contains("/etc/t.conf") && e.contains(key) && e.contains(value), "{e}");
+        }
+    }
+
+    #[test]
+    fn http_rules() {
+        assert!(parse("[settings]\nserver=http://127.0.0.1:8080/\n").is_ok());
+        assert!(parse("[settings]\nserver=http://localhost/\n").is_ok());
+        assert!(parse("[settings]\nserver=http://[::1]:9/\n").is_ok());
+        assert!(parse("[settings]\nserver=https://example.com/\n").is_ok());
+        assert!(parse("[settings]\nserver=http://example.com/\nallow_insecure_http=true\n").is_ok());
+    }
+
+    #[test]
+    fn new_keys_and_limits() {
+        let c = parse(
+            "[settings]\nspool_max_size=-1\nbyte_burst_limit=100\nbyte_window_length=1\nserver_protocol=v3\nrecord_max_bytes=100\nrate_limit_strategy=drop\n",
+        )
+        .unwrap();
+        assert_eq!(c.spool_max_bytes, None);
+        assert_eq!(c.byte_window, Window { limit: Some(100), minutes: 1 });
+        assert_eq!(c.server_protocol, Protocol::V3);
+        assert_eq!(c.record_max_bytes, 100);
+        assert_eq!(c.rate_limit_strategy, Strategy::Drop);
+    }
+}

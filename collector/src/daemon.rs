@@ -1,0 +1,240 @@
+//! Wiring: opens the stores, binds the sockets, starts every stage, and
+//! handles signals (SIGHUP reloads, SIGTERM/SIGINT stop cleanly).
+
+use std::os::fd::FromRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use thiserror::Error;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, watch};
+
+use crate::config::{BadConfig, Config};
+use crate::journal::{Journal, JournalError};
+use crate::pipeline::{self, Shared};
+use crate::spool::{Spool, SpoolError};
+use crate::{control, delivery, identity, ingest};
+
+/// Committer threads (group commits in flight at once).
+pub const COMMITTERS: usize = 3;
+/// Submissions queued between ingest and the commit stage.
+pub const SUBMIT_QUEUE: usize = 1024;
+
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] BadConfig),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
+    #[error("cannot create {path}: {source}")]
+    Dir { path: PathBuf, source: std::io::Error },
+    #[error("cannot listen on {path}: {source} (is another collector running? check socket_path)")]
+    Bind { path: PathBuf, source: std::io::Error },
+    #[error("cannot start the runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// Raises the open-file limit to its hard maximum (probe connections).
+fn raise_nofile() {
+    // SAFETY: plain syscalls on a local struct.
+    unsafe {
+        let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max.min(1 << 20);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
+/// The listening socket systemd passed (LISTEN_FDS/LISTEN_PID), if any.
+fn activated_listener() -> Option<std::os::unix::net::UnixListener> {
+    let pid: u32 = std::env::var("LISTEN_PID").ok()?.parse().ok()?;
+    let fds: u32 = std::env::var("LISTEN_FDS").ok()?.parse().ok()?;
+    if pid != std::process::id() || fds < 1 {
+        return None;
+    }
+    // SAFETY: fstat on fd 3 into a local struct.
+    let is_socket = unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        libc::fstat(3, &mut st) == 0 && (st.st_mode & libc::S_IFMT) == libc::S_IFSOCK
+    };
+    if !is_socket {
+        tracing::warn!("LISTEN_FDS is set but fd 3 is not a socket; binding socket_path instead");
+        return None;
+    }
+    // SAFETY: systemd hands us fd 3 as an open listening socket.
+    let l = unsafe { std::os::unix::net::UnixListener::from_raw_fd(3) };
+    std::env::remove_var("LISTEN_PID");
+    std::env::remove_var("LISTEN_FDS");
+    std::env::remove_var("LISTEN_FDNAMES");
+    Some(l)
+}
+
+fn bind(path: &Path, mode: u32) -> Result<std::os::unix::net::UnixListener, DaemonError> {
+    let berr = |source| DaemonError::Bind { path: path.into(), source };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| DaemonError::Dir { path: dir.into(), source })?;
+    }
+    // A socket left by a dead daemon; a live one answers connect.
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(berr(std::io::Error::new(std::io::ErrorKind::AddrInUse, "a collector is already listening there")));
+    }
+    let _ = std::fs::remove_file(path);
+    let l = std::os::unix::net::UnixListener::bind(path).map_err(berr)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(berr)?;
+    l.set_nonblocking(true).map_err(berr)?;
+    Ok(l)
+}
+
+fn mkdir(p: &Path) -> Result<(), DaemonError> {
+    std::fs::create_dir_all(p).map_err(|source| DaemonError::Dir { path: p.into(), source })
+}
+
+/// Runs the daemon until SIGTERM/SIGINT.
+pub fn run(cfg: Config) -> Result<(), DaemonError> {
+    // Two malloc arenas: the daemon has few busy threads, and per-thread
+    // arenas would keep freed batches resident (RSS target < 20 MB).
+    // SAFETY: mallopt only tunes glibc's allocator.
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    raise_nofile();
+    // Before any file is opened, so fd 3 is still systemd's.
+    let activated = activated_listener();
+    for d in [&cfg.spool_dir, &cfg.journal_dir, &cfg.state_dir] {
+        mkdir(d)?;
+    }
+    let (journal, journal_thread) = Journal::open(&cfg.journal_dir)?;
+    let expire_before = telemetry::record::now_unix().saturating_sub(cfg.record_expiry.as_secs());
+    let (spool, recovered) = Spool::open(&cfg.spool_dir, expire_before)?;
+    if recovered.records > 0 || recovered.torn > 0 {
+        tracing::info!(
+            "spool: {} record(s) in {} segment(s) recovered, {} torn write(s) removed",
+            recovered.records,
+            recovered.segments,
+            recovered.torn
+        );
+    }
+    let mid = identity::current(&cfg.machine_id_file(), &cfg.static_machine_id_file(), SystemTime::now())?;
+    let listener = match activated {
+        Some(l) => {
+            tracing::info!("using the socket passed by systemd");
+            l.set_nonblocking(true).map_err(|source| DaemonError::Bind { path: cfg.socket_path.clone(), source })?;
+            l
+        }
+        None => bind(&cfg.socket_path, 0o666)?,
+    };
+    let control_l = bind(&cfg.control_socket(), 0o600)?;
+    let pid_file = cfg.pid_file();
+    let _ = std::fs::write(&pid_file, format!("{}\n", std::process::id()));
+
+    let (cfg_tx, cfg_rx) = watch::channel(Arc::new(cfg.clone()));
+    let shared = Arc::new(Shared::new(cfg_rx, spool, journal.clone(), mid));
+    delivery::journal_expired(&shared, &recovered.expired);
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("collector")
+        .build()
+        .map_err(DaemonError::Runtime)?;
+
+    let (sub_tx, sub_rx) = mpsc::channel(SUBMIT_QUEUE);
+    let sub_rx = Arc::new(Mutex::new(sub_rx));
+    let committers: Vec<_> = (0..COMMITTERS)
+        .filter_map(|i| {
+            let (s, r) = (shared.clone(), sub_rx.clone());
+            std::thread::Builder::new().name(format!("commit-{i}")).spawn(move || pipeline::committer(s, r)).ok()
+        })
+        .collect();
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let result = rt.block_on(async {
+        let listener = tokio::net::UnixListener::from_std(listener)
+            .map_err(|source| DaemonError::Bind { path: cfg.socket_path.clone(), source })?;
+        let control_l = tokio::net::UnixListener::from_std(control_l)
+            .map_err(|source| DaemonError::Bind { path: cfg.control_socket(), source })?;
+        let (reload_tx, mut reload_rx) = mpsc::channel::<()>(4);
+        let ingest = tokio::spawn(ingest::serve(listener, shared.clone(), sub_tx, stop_rx.clone()));
+        let deliver = tokio::spawn(delivery::run(shared.clone(), stop_rx.clone()));
+        tokio::spawn(control::serve(control_l, shared.clone(), reload_tx));
+        // Hourly machine id check.
+        let s2 = shared.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(3600));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let c = s2.config();
+                match identity::current(&c.machine_id_file(), &c.static_machine_id_file(), SystemTime::now()) {
+                    Ok(id) => *s2.machine_id.lock().unwrap_or_else(|p| p.into_inner()) = id,
+                    Err(e) => tracing::error!("machine id: {e}"),
+                }
+            }
+        });
+        let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Runtime)?;
+        let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Runtime)?;
+        let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Runtime)?;
+        tracing::info!(
+            "telem-collector {} listening on {} (config: {})",
+            env!("CARGO_PKG_VERSION"),
+            cfg.socket_path.display(),
+            cfg.file.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "built-in defaults".into())
+        );
+        loop {
+            tokio::select! {
+                _ = hup.recv() => reload(&cfg_tx, &shared),
+                Some(()) = reload_rx.recv() => reload(&cfg_tx, &shared),
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+            }
+        }
+        tracing::info!("stopping: no new connections; finishing what was received");
+        let _ = stop_tx.send(true);
+        let _ = ingest.await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), deliver).await;
+        Ok::<(), DaemonError>(())
+    });
+    // Connections still open keep their sender; give them a moment, then go.
+    rt.shutdown_timeout(Duration::from_secs(2));
+    for c in committers {
+        let _ = c.join();
+    }
+    drop(shared);
+    drop(journal);
+    let _ = journal_thread.join();
+    let _ = std::fs::remove_file(&pid_file);
+    let _ = std::fs::remove_file(cfg.control_socket());
+    result
+}
+
+fn reload(cfg_tx: &watch::Sender<Arc<Config>>, shared: &Shared) {
+    let old = shared.config();
+    match Config::load(old.file.as_deref()) {
+        Ok(new) => {
+            for (what, a, b) in [
+                ("socket_path", &old.socket_path, &new.socket_path),
+                ("spool_dir", &old.spool_dir, &new.spool_dir),
+                ("journal_dir", &old.journal_dir, &new.journal_dir),
+                ("state_dir", &old.state_dir, &new.state_dir),
+            ] {
+                if a != b {
+                    tracing::warn!("{what} changed; it takes effect at the next start");
+                }
+            }
+            shared.limiter().reconfigure(&new);
+            tracing::info!("configuration reloaded");
+            let _ = cfg_tx.send(Arc::new(new));
+            shared.wake_delivery.notify_one();
+        }
+        Err(e) => tracing::error!("reload refused, keeping the running configuration: {e}"),
+    }
+}

@@ -1,0 +1,480 @@
+//! Stage: delivery. Takes records from the spool in FIFO order and posts
+//! them (reqwest + rustls with the `ring` provider, one pooled client, so
+//! connections are reused) in the `server_protocol` form with the
+//! `tidheader`, up to `delivery_concurrency` at once.
+//!
+//! - 2xx: delivered (journaled, removed from the spool).
+//! - 408, 429, 5xx, timeouts, connection errors: the record stays in the
+//!   spool; retry after an exponential backoff with jitter (429 honours
+//!   `Retry-After`), capped by `retry_max_backoff`; as soon as a retry
+//!   succeeds the spool drains at full speed.
+//! - other 4xx: the server refused this record: journaled as
+//!   `rejected-by-server` with status and body, not retried.
+//!
+//! Records over a rate window wait here until the window allows them.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use telemetry::posting::{self, V3_PATH};
+use telemetry::MachineId;
+use thiserror::Error;
+use tokio::task::JoinSet;
+
+use crate::config::{Config, Protocol};
+use crate::consent::Decision;
+use crate::journal::{Entry, Fate};
+use crate::pipeline::Shared;
+use crate::ratelimit::Verdict;
+use crate::spool::{Item, Ticket};
+use crate::stats::bump;
+
+/// First retry delay.
+pub const BASE_BACKOFF: Duration = Duration::from_millis(250);
+
+#[derive(Debug, Error)]
+pub enum ClientBuildError {
+    #[error("cannot read cainfo {path}: {source}")]
+    CaRead { path: String, source: std::io::Error },
+    #[error("cainfo {path} is not a PEM bundle: {reason}")]
+    CaParse { path: String, reason: String },
+    #[error("cannot build the HTTP client: {0}")]
+    Build(String),
+}
+
+/// Builds the HTTP client for `cfg`.
+pub fn build_client(cfg: &Config) -> Result<reqwest::Client, ClientBuildError> {
+    let mut b = reqwest::Client::builder()
+        .connect_timeout(cfg.connect_timeout)
+        .timeout(cfg.delivery_timeout)
+        .pool_max_idle_per_host(cfg.delivery_concurrency)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .user_agent(concat!("telem-collector/", env!("CARGO_PKG_VERSION")));
+    if let Some(ca) = &cfg.cainfo {
+        let pem = std::fs::read(ca).map_err(|source| ClientBuildError::CaRead { path: ca.display().to_string(), source })?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| ClientBuildError::CaParse { path: ca.display().to_string(), reason: e.to_string() })?;
+        b = b.tls_certs_only(certs);
+    }
+    b.build().map_err(|e| ClientBuildError::Build(e.to_string()))
+}
+
+/// The result of one post.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Delivered,
+    /// Try again later; `after` from a Retry-After header.
+    Retry { error: String, after: Option<Duration> },
+    /// The server refused the record for good.
+    Refused { status: u16, body: String },
+    /// This record cannot be sent in the configured form.
+    Unsendable(String),
+}
+
+/// Classifies an HTTP status.
+pub fn classify(status: u16, body: String, retry_after: Option<Duration>) -> Outcome {
+    match status {
+        200..=299 => Outcome::Delivered,
+        408 | 429 | 500..=599 => Outcome::Retry { error: format!("server answered {status}"), after: retry_after },
+        _ => Outcome::Refused { status, body },
+    }
+}
+
+/// The URL a post goes to.
+pub fn target(server: &reqwest::Url, protocol: Protocol) -> reqwest::Url {
+    match protocol {
+        Protocol::V2 => server.clone(),
+        Protocol::V3 if server.path().ends_with(V3_PATH) => server.clone(),
+        Protocol::V3 => {
+            let mut u = server.clone();
+            u.set_path(V3_PATH);
+            u
+        }
+    }
+}
+
+fn retry_after(h: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let v = h.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    v.parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// What every post of one configuration shares, parsed once.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub url: Option<reqwest::Url>,
+    pub protocol: Protocol,
+    tid: Option<(HeaderName, HeaderValue)>,
+    v2_names: Vec<HeaderName>,
+}
+
+impl Prepared {
+    pub fn new(cfg: &Config) -> Prepared {
+        let tid = HeaderName::from_bytes(cfg.tidheader.name.as_bytes())
+            .ok()
+            .zip(HeaderValue::from_str(&cfg.tidheader.value).ok());
+        Prepared {
+            url: cfg.server.as_ref().map(|s| target(s, cfg.server_protocol)),
+            protocol: cfg.server_protocol,
+            tid,
+            v2_names: posting::V2_HEADER_NAMES.iter().filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok()).collect(),
+        }
+    }
+
+    fn headers(&self, extra: usize) -> HeaderMap {
+        let mut h = HeaderMap::with_capacity(self.v2_names.len() + 2 + extra);
+        if let Some((n, v)) = &self.tid {
+            h.insert(n.clone(), v.clone());
+        }
+        h
+    }
+}
+
+/// Posts one record.
+pub async fn post(client: &reqwest::Client, prep: &Prepared, mid: &MachineId, item: &Item) -> Outcome {
+    let Some(url) = &prep.url else { return Outcome::Retry { error: "no server configured".into(), after: None } };
+    let req = match prep.protocol {
+        Protocol::V2 => {
+            let mut h = prep.headers(15);
+            for (name, v) in prep.v2_names.iter().zip(item.record.header_values(mid)) {
+                match HeaderValue::from_str(&v.to_string()) {
+                    Ok(v) => {
+                        h.insert(name.clone(), v);
+                    }
+                    Err(e) => return Outcome::Unsendable(format!("header {name}: {e}")),
+                }
+            }
+            h.insert(reqwest::header::CONTENT_TYPE, HeaderValue::from_static("application/text"));
+            client.post(url.clone()).headers(h).body(item.record.payload.as_bytes().to_vec())
+        }
+        Protocol::V3 => match posting::v3_body(&item.record, mid) {
+            Ok(body) => {
+                let mut h = prep.headers(1);
+                h.insert(reqwest::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                client.post(url.clone()).headers(h).body(body)
+            }
+            Err(e) => return Outcome::Unsendable(e.to_string()),
+        },
+    };
+    match req.send().await {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            let ra = retry_after(resp.headers());
+            let body = if (200..300).contains(&status) {
+                // Read it so the connection can be reused.
+                let _ = resp.bytes().await;
+                String::new()
+            } else {
+                let b = resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
+                // One line in the journal: control characters become spaces.
+                let s: String = String::from_utf8_lossy(&b[..b.len().min(512)])
+                    .chars()
+                    .map(|c| if c.is_control() { ' ' } else { c })
+                    .collect();
+                s.trim().to_string()
+            };
+            classify(status, body, ra)
+        }
+        Err(e) => {
+            let what = if e.is_timeout() {
+                "timed out"
+            } else if e.is_connect() {
+                "cannot connect"
+            } else {
+                "request failed"
+            };
+            let mut msg = format!("{what}: {e}");
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                msg.push_str(&format!(": {s}"));
+                src = s.source();
+            }
+            Outcome::Retry { error: msg, after: None }
+        }
+    }
+}
+
+/// The backoff before retry number `attempt` (1-based), with jitter in
+/// [50%, 100%] of the exponential value, capped at `max`.
+pub fn backoff(attempt: u32, max: Duration, jitter: f64) -> Duration {
+    let exp = BASE_BACKOFF.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+    let d = exp.min(max);
+    d.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+}
+
+fn jitter() -> f64 {
+    let b = telemetry::EventId::random();
+    (b.as_bytes()[0] as f64) / 255.0
+}
+
+struct Job {
+    ticket: Ticket,
+    /// Counted by the rate windows (at ingest or here).
+    counted: bool,
+}
+
+/// Runs the delivery stage until `stop` fires.
+pub async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut cfg = shared.config();
+    let mut prep = Arc::new(Prepared::new(&cfg));
+    let mut client = match build_client(&cfg) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::error!("delivery is paused: {e}");
+            shared.stats.set_error(Some(e.to_string()));
+            None
+        }
+    };
+    let mut retry: VecDeque<Job> = VecDeque::new();
+    let mut inflight: JoinSet<(Job, Outcome)> = JoinSet::new();
+    let mut attempt: u32 = 0;
+    let mut retry_at: Option<Instant> = None;
+    let mut rate_wait: Option<Instant> = None;
+    let mut cfg_rx = shared.cfg.clone();
+    let mut expiry_tick = tokio::time::interval(Duration::from_secs(1).max(cfg.spool_process_time.min(Duration::from_secs(10))));
+    loop {
+        // Flush: retry now.
+        if shared.flush.swap(false, Ordering::SeqCst) {
+            retry_at = None;
+            rate_wait = None;
+            attempt = 0;
+        }
+        let now = Instant::now();
+        if retry_at.is_some_and(|t| t <= now) {
+            retry_at = None;
+        }
+        if rate_wait.is_some_and(|t| t <= now) {
+            rate_wait = None;
+        }
+        shared.retry_at_ms.store(
+            retry_at.map(|t| t.saturating_duration_since(shared.since_instant).as_millis() as u64).unwrap_or(0),
+            Ordering::Relaxed,
+        );
+        let deliver = shared.consent(&cfg) == Decision::Deliver;
+        // While backing off, one probe request at a time.
+        let limit = if attempt > 0 { 1 } else { cfg.delivery_concurrency };
+        if deliver && retry_at.is_none() && rate_wait.is_none() {
+            if let Some(client) = &client {
+                while inflight.len() < limit {
+                    let job = match retry.pop_front() {
+                        Some(j) => j,
+                        None => match shared.spool.next() {
+                            Some(t) => {
+                                let counted = t.item.counted;
+                                Job { ticket: t, counted }
+                            }
+                            None => break,
+                        },
+                    };
+                    let expire_before = telemetry::record::now_unix().saturating_sub(cfg.record_expiry.as_secs());
+                    if job.ticket.item.accepted < expire_before {
+                        expire_one(&shared, &job.ticket);
+                        continue;
+                    }
+                    let mut job = job;
+                    if !job.counted {
+                        let size = size_of(&job.ticket.item);
+                        match shared.limiter().try_acquire(Instant::now(), size) {
+                            Verdict::Allowed => job.counted = true,
+                            Verdict::Limited { retry_in } => {
+                                let wait = retry_in.unwrap_or(Duration::from_secs(60));
+                                rate_wait = Some(Instant::now() + wait);
+                                retry.push_front(job);
+                                break;
+                            }
+                        }
+                    }
+                    let client = client.clone();
+                    let prep = prep.clone();
+                    let mid = shared.machine_id();
+                    inflight.spawn(async move {
+                        let out = post(&client, &prep, &mid, &job.ticket.item).await;
+                        (job, out)
+                    });
+                }
+            }
+        }
+        // Not allowed to send: look at the opt-in state again in a second.
+        let consent_wait = (!deliver).then(|| Instant::now() + Duration::from_secs(1));
+        let sleep_until = [retry_at, rate_wait, consent_wait].into_iter().flatten().min();
+        tokio::select! {
+            biased;
+            _ = stop.changed() => {
+                inflight.abort_all();
+                return;
+            }
+            Some(res) = inflight.join_next(), if !inflight.is_empty() => {
+                // Take every finished post, then journal their fates at once.
+                let mut updates = Vec::new();
+                let mut next = Some(res);
+                while let Some(res) = next.take() {
+                    if let Ok((job, out)) = res {
+                        handle(&shared, &cfg, job, out, &mut updates, &mut attempt, &mut retry_at, &mut retry);
+                    }
+                    next = inflight.try_join_next();
+                }
+                if !updates.is_empty() {
+                    shared.journal.append(updates, None);
+                }
+            }
+            _ = shared.wake_delivery.notified() => {}
+            _ = cfg_rx.changed() => {
+                let new = cfg_rx.borrow_and_update().clone();
+                if new.cainfo != cfg.cainfo || new.connect_timeout != cfg.connect_timeout
+                    || new.delivery_timeout != cfg.delivery_timeout || new.delivery_concurrency != cfg.delivery_concurrency {
+                    match build_client(&new) {
+                        Ok(c) => client = Some(c),
+                        Err(e) => {
+                            tracing::error!("delivery is paused: {e}");
+                            shared.stats.set_error(Some(e.to_string()));
+                            client = None;
+                        }
+                    }
+                }
+                cfg = new;
+                prep = Arc::new(Prepared::new(&cfg));
+                retry_at = None;
+                attempt = 0;
+            }
+            _ = expiry_tick.tick() => {
+                let before = telemetry::record::now_unix().saturating_sub(cfg.record_expiry.as_secs());
+                let gone = shared.spool.expire(before);
+                journal_expired(&shared, &gone);
+            }
+            _ = sleep_opt(sleep_until) => {}
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn handle(
+    shared: &Shared,
+    cfg: &Config,
+    job: Job,
+    out: Outcome,
+    updates: &mut Vec<Entry>,
+    attempt: &mut u32,
+    retry_at: &mut Option<Instant>,
+    retry: &mut VecDeque<Job>,
+) {
+    match out {
+        Outcome::Delivered => {
+            *attempt = 0;
+            shared.spool.done(job.ticket.seq);
+            bump(&shared.stats.delivered, 1);
+            updates.push(Entry::update(&job.ticket.item.record_id_hex(), &Fate::Delivered));
+        }
+        Outcome::Retry { error, after } => {
+            bump(&shared.stats.delivery_failures, 1);
+            *attempt = attempt.saturating_add(1);
+            let wait = after.unwrap_or_else(|| backoff(*attempt, cfg.retry_max_backoff, jitter()));
+            if retry_at.is_none() {
+                tracing::warn!(
+                    "delivery failed ({error}); {} record(s) spooled, retrying in {:.1} s",
+                    shared.spool.records(),
+                    wait.as_secs_f64()
+                );
+            }
+            shared.stats.set_error(Some(error));
+            *retry_at = Some(Instant::now() + wait);
+            // Keep FIFO order among the records to retry.
+            let pos = retry.iter().position(|j| j.ticket.seq > job.ticket.seq).unwrap_or(retry.len());
+            retry.insert(pos, job);
+        }
+        Outcome::Refused { status, body } => {
+            *attempt = 0;
+            shared.spool.done(job.ticket.seq);
+            bump(&shared.stats.rejected_by_server, 1);
+            tracing::warn!("server refused record {}: {status} {body}", job.ticket.item.record_id_hex());
+            updates.push(Entry::update(&job.ticket.item.record_id_hex(), &Fate::RejectedByServer { status, body }));
+        }
+        Outcome::Unsendable(why) => {
+            shared.spool.done(job.ticket.seq);
+            bump(&shared.stats.dropped, 1);
+            updates.push(Entry::update(&job.ticket.item.record_id_hex(), &Fate::Dropped(why)));
+        }
+    }
+}
+
+async fn sleep_opt(until: Option<Instant>) {
+    match until {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn size_of(item: &Item) -> u64 {
+    let mut v = Vec::new();
+    crate::spool::encode_item(item, &mut v).map(|n| n as u64).unwrap_or(0)
+}
+
+fn expire_one(shared: &Shared, t: &Ticket) {
+    shared.spool.done(t.seq);
+    journal_expired(shared, std::slice::from_ref(&*t.item));
+}
+
+/// Journals records dropped for age.
+pub fn journal_expired(shared: &Shared, items: &[Item]) {
+    if items.is_empty() {
+        return;
+    }
+    bump(&shared.stats.expired, items.len() as u64);
+    bump(&shared.stats.dropped, items.len() as u64);
+    tracing::info!("{} spooled record(s) expired (older than record_expiry)", items.len());
+    let fate = Fate::Dropped("expired".into());
+    shared.journal.append(items.iter().map(|i| Entry::update(&i.record_id_hex(), &fate)).collect(), None);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_classes() {
+        assert_eq!(classify(201, String::new(), None), Outcome::Delivered);
+        assert_eq!(classify(204, String::new(), None), Outcome::Delivered);
+        for s in [408, 429, 500, 502, 503, 599] {
+            assert!(matches!(classify(s, String::new(), None), Outcome::Retry { .. }), "{s}");
+        }
+        assert_eq!(classify(400, "bad tid".into(), None), Outcome::Refused { status: 400, body: "bad tid".into() });
+        assert!(matches!(classify(404, String::new(), None), Outcome::Refused { status: 404, .. }));
+        assert!(matches!(classify(302, String::new(), None), Outcome::Refused { status: 302, .. }));
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_and_cap() {
+        let max = Duration::from_secs(60);
+        assert_eq!(backoff(1, max, 1.0), BASE_BACKOFF);
+        assert_eq!(backoff(1, max, 0.0), BASE_BACKOFF / 2);
+        assert_eq!(backoff(3, max, 1.0), BASE_BACKOFF * 4);
+        assert_eq!(backoff(30, max, 1.0), max);
+        assert_eq!(backoff(30, max, 0.0), max / 2);
+    }
+
+    #[test]
+    fn cainfo_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let missing = dir.path().join("missing.pem");
+        let cfg = Config { cainfo: Some(missing.clone()), ..Config::default() };
+        let e = build_client(&cfg).unwrap_err().to_string();
+        assert!(e.contains("missing.pem"), "{e}");
+        let bad = dir.path().join("bad.pem");
+        std::fs::write(&bad, "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n").unwrap();
+        let cfg = Config { cainfo: Some(bad), ..Config::default() };
+        let e = build_client(&cfg).unwrap_err().to_string();
+        assert!(e.contains("bad.pem"), "{e}");
+        assert!(build_client(&Config::default()).is_ok());
+    }
+
+    #[test]
+    fn v3_target() {
+        let u: reqwest::Url = "https://h.example/".parse().unwrap();
+        assert_eq!(target(&u, Protocol::V3).as_str(), "https://h.example/v3/collector");
+        assert_eq!(target(&u, Protocol::V2).as_str(), "https://h.example/");
+        let u: reqwest::Url = "https://h.example/v3/collector".parse().unwrap();
+        assert_eq!(target(&u, Protocol::V3).as_str(), "https://h.example/v3/collector");
+    }
+}

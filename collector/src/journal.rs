@@ -1,0 +1,402 @@
+//! Stage: the journal, an append-only file of JSON lines under
+//! `journal_dir` (`journal`, rotated to `journal.1` past 32 MiB).
+//!
+//! Every accepted record gets one entry (record id, time, classification,
+//! event id, boot id, sender uid/pid, severity, fate, and the payload when
+//! `record_retention_enabled`). Later fates (delivered, rejected by the
+//! server, expired) are appended as short entries naming the same record id;
+//! readers keep the last fate. One writer thread batches whatever is queued
+//! into one write and one `fdatasync` (group commit) and then tells the
+//! waiters; entries nobody waits for (records already durable in the spool,
+//! later fates) are fsync'd within [`LAZY_SYNC`]. `telemctl journal` reads the files back through [`read`].
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Past this size the journal is rotated.
+pub const ROTATE_BYTES: u64 = 32 << 20;
+pub const FILE_NAME: &str = "journal";
+pub const OLD_FILE_NAME: &str = "journal.1";
+
+/// What became of a record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fate {
+    /// Durably in the spool, waiting for delivery.
+    Spooled,
+    /// Over a rate window, kept in the spool.
+    RateLimitedSpooled,
+    /// Over a rate window and dropped (`rate_limit_strategy=drop`).
+    RateLimitedDropped,
+    /// Posted and answered 2xx.
+    Delivered,
+    /// The server refused it (4xx other than 408/429).
+    RejectedByServer { status: u16, body: String },
+    /// Not sent by policy.
+    LocalOnly(String),
+    /// Dropped (spool full, expired, cannot store).
+    Dropped(String),
+}
+
+impl std::fmt::Display for Fate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fate::Spooled => f.write_str("spooled"),
+            Fate::RateLimitedSpooled => f.write_str("rate-limited: spooled"),
+            Fate::RateLimitedDropped => f.write_str("rate-limited: dropped"),
+            Fate::Delivered => f.write_str("delivered"),
+            Fate::RejectedByServer { status, body } => write!(f, "rejected-by-server: {status} {body}"),
+            Fate::LocalOnly(why) => write!(f, "local-only: {why}"),
+            Fate::Dropped(why) => write!(f, "dropped: {why}"),
+        }
+    }
+}
+
+/// One line of the journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Record id, 32 hex.
+    pub id: String,
+    /// Unix seconds when this entry was written.
+    pub time: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub severity: Option<u8>,
+    pub fate: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<String>,
+}
+
+impl Entry {
+    /// A fate update for a record already journaled.
+    pub fn update(id: &str, fate: &Fate) -> Entry {
+        Entry {
+            id: id.into(),
+            time: telemetry::record::now_unix(),
+            class: None,
+            event: None,
+            boot: None,
+            uid: None,
+            pid: None,
+            severity: None,
+            fate: fate.to_string(),
+            payload: None,
+        }
+    }
+}
+
+/// Why the journal cannot be written or read.
+#[derive(Debug, Error)]
+pub enum JournalError {
+    #[error("cannot open the journal {path}: {source} (check journal_dir and its permissions)")]
+    Open { path: PathBuf, source: std::io::Error },
+    #[error("cannot write the journal {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("the journal writer has stopped")]
+    Stopped,
+}
+
+/// Called once the entries of a batch are on disk (or failed to be).
+pub type Done = Box<dyn FnOnce(Result<(), String>) + Send>;
+
+struct Msg {
+    entries: Vec<Entry>,
+    done: Option<Done>,
+}
+
+/// A handle to the writer thread.
+#[derive(Clone)]
+pub struct Journal {
+    tx: mpsc::Sender<Msg>,
+}
+
+impl Journal {
+    /// Opens (creating) `dir/journal` and starts the writer thread. Every
+    /// written entry is also handed to `observe` (for `--follow`-like
+    /// displays and logs).
+    pub fn open(dir: &Path) -> Result<(Journal, std::thread::JoinHandle<()>), JournalError> {
+        std::fs::create_dir_all(dir).map_err(|source| JournalError::Open { path: dir.into(), source })?;
+        let path = dir.join(FILE_NAME);
+        let file = open_append(&path)?;
+        let (tx, rx) = mpsc::channel::<Msg>();
+        let dir = dir.to_path_buf();
+        let handle = std::thread::Builder::new()
+            .name("journal".into())
+            .spawn(move || writer(dir, path, file, rx))
+            .map_err(|source| JournalError::Open { path: "journal thread".into(), source })?;
+        Ok((Journal { tx }, handle))
+    }
+
+    /// Queues entries; `done` runs after they are fsync'd.
+    pub fn append(&self, entries: Vec<Entry>, done: Option<Done>) {
+        if let Err(mpsc::SendError(msg)) = self.tx.send(Msg { entries, done }) {
+            if let Some(d) = msg.done {
+                d(Err(JournalError::Stopped.to_string()));
+            }
+        }
+    }
+
+    /// Queues entries and waits until they are on disk.
+    pub async fn append_durable(&self, entries: Vec<Entry>) -> Result<(), String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.append(entries, Some(Box::new(move |r| drop(tx.send(r)))));
+        rx.await.unwrap_or_else(|_| Err(JournalError::Stopped.to_string()))
+    }
+}
+
+fn open_append(path: &Path) -> Result<File, JournalError> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|source| JournalError::Open { path: path.into(), source })
+}
+
+/// Entries nobody waits for are fsync'd at least this often.
+pub const LAZY_SYNC: std::time::Duration = std::time::Duration::from_millis(100);
+
+fn writer(dir: PathBuf, path: PathBuf, mut file: File, rx: mpsc::Receiver<Msg>) {
+    let mut size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut buf = Vec::with_capacity(1 << 16);
+    let mut dirty = false;
+    let mut last_sync = std::time::Instant::now();
+    loop {
+        let first = match rx.recv_timeout(LAZY_SYNC) {
+            Ok(m) => m,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if dirty {
+                    if let Err(e) = file.sync_data() {
+                        tracing::error!("{}", JournalError::Write { path: path.clone(), source: e });
+                    }
+                    dirty = false;
+                    last_sync = std::time::Instant::now();
+                }
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        let mut batch = vec![first];
+        while batch.len() < 4096 {
+            match rx.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
+            }
+        }
+        buf.clear();
+        for m in &batch {
+            for e in &m.entries {
+                if serde_json::to_writer(&mut buf, e).is_ok() {
+                    buf.push(b'\n');
+                }
+                tracing::debug!(target: "telem_collector::journal", id = %e.id, class = e.class.as_deref().unwrap_or(""), fate = %e.fate, "journaled");
+            }
+        }
+        // Group commit: one write; one fdatasync when someone waits for
+        // it (records kept only here), else at most every LAZY_SYNC
+        // (spooled records are durable in the spool already).
+        let waited = batch.iter().any(|m| m.done.is_some());
+        let mut result = file.write_all(&buf);
+        dirty = true;
+        if result.is_ok() && (waited || last_sync.elapsed() >= LAZY_SYNC) {
+            result = file.sync_data();
+            dirty = false;
+            last_sync = std::time::Instant::now();
+        }
+        let result = result.map_err(|source| JournalError::Write { path: path.clone(), source }.to_string());
+        if let Err(e) = &result {
+            tracing::error!("{e}");
+        }
+        size += buf.len() as u64;
+        for m in batch {
+            if let Some(d) = m.done {
+                d(result.clone());
+            }
+        }
+        if size > ROTATE_BYTES {
+            let _ = file.sync_data();
+            match rotate(&dir, &path) {
+                Ok(f) => {
+                    file = f;
+                    size = 0;
+                }
+                Err(e) => tracing::error!("cannot rotate the journal: {e}"),
+            }
+        }
+        if buf.capacity() > 1 << 20 {
+            buf = Vec::with_capacity(1 << 16);
+        }
+    }
+    let _ = file.sync_all();
+}
+
+fn rotate(dir: &Path, path: &Path) -> Result<File, JournalError> {
+    let old = dir.join(OLD_FILE_NAME);
+    std::fs::rename(path, &old).map_err(|source| JournalError::Write { path: old.clone(), source })?;
+    let f = open_append(path)?;
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(f)
+}
+
+/// One record as the journal knows it: its first entry with the last fate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Merged {
+    #[serde(flatten)]
+    pub entry: Entry,
+    /// Unix seconds of the last fate.
+    pub fate_time: u64,
+}
+
+/// Reads `journal.1` then `journal` and merges fate updates into their
+/// records, in the order records were first journaled. A torn last line
+/// (crash while writing) is skipped.
+pub fn read(dir: &Path) -> Result<Vec<Merged>, JournalError> {
+    let mut out: Vec<Merged> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for name in [OLD_FILE_NAME, FILE_NAME] {
+        let path = dir.join(name);
+        let f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => return Err(JournalError::Open { path, source }),
+        };
+        for line in BufReader::new(f).split(b'\n') {
+            let line = line.map_err(|source| JournalError::Open { path: path.clone(), source })?;
+            let Ok(e) = serde_json::from_slice::<Entry>(&line) else { continue };
+            match index.get(&e.id) {
+                Some(&i) if e.class.is_none() => {
+                    out[i].entry.fate = e.fate;
+                    out[i].fate_time = e.time;
+                }
+                Some(_) => {}
+                None if e.class.is_some() => {
+                    index.insert(e.id.clone(), out.len());
+                    out.push(Merged { fate_time: e.time, entry: e });
+                }
+                // An update whose record was rotated away.
+                None => {}
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The `telemctl journal` filters.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub record_id: Option<String>,
+    pub event_id: Option<String>,
+    /// Exact, or a prefix ending in `/*`.
+    pub classification: Option<String>,
+    pub boot_id: Option<String>,
+}
+
+impl Filter {
+    pub fn matches(&self, m: &Merged) -> bool {
+        let e = &m.entry;
+        let eq = |want: &Option<String>, have: &Option<String>| want.as_ref().is_none_or(|w| have.as_deref() == Some(w.as_str()));
+        if self.record_id.as_ref().is_some_and(|r| *r != e.id) {
+            return false;
+        }
+        if !eq(&self.event_id, &e.event) || !eq(&self.boot_id, &e.boot) {
+            return false;
+        }
+        if let Some(pattern) = &self.classification {
+            let class = e.class.as_deref().unwrap_or("");
+            let ok = match pattern.strip_suffix("/*") {
+                Some(prefix) => class.starts_with(prefix) && class[prefix.len()..].starts_with('/'),
+                None => class == pattern,
+            };
+            if !ok {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// `YYYY-MM-DD HH:MM:SS` (UTC) for unix seconds.
+pub fn format_time(t: u64) -> String {
+    let days = (t / 86_400) as i64;
+    let rem = t % 86_400;
+    // Howard Hinnant's civil-from-days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str, class: &str) -> Entry {
+        Entry {
+            id: id.into(),
+            time: 1,
+            class: Some(class.into()),
+            event: Some("e".repeat(32)),
+            boot: Some("b".repeat(32)),
+            uid: Some(0),
+            pid: Some(1),
+            severity: Some(1),
+            fate: Fate::Spooled.to_string(),
+            payload: None,
+        }
+    }
+
+    #[test]
+    fn write_merge_filter() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, h) = Journal::open(dir.path()).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(async {
+            j.append_durable(vec![entry("a", "org.x/crash/clr"), entry("b", "org.x/hello/world")]).await.unwrap();
+            j.append_durable(vec![Entry::update("a", &Fate::Delivered)]).await.unwrap();
+        });
+        // A torn line at the end is ignored.
+        std::fs::OpenOptions::new().append(true).open(dir.path().join(FILE_NAME)).unwrap().write_all(b"{\"id\":").unwrap();
+        drop(j);
+        h.join().unwrap();
+        let all = read(dir.path()).unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0].entry.fate, "delivered");
+        assert_eq!(all[1].entry.fate, "spooled");
+        let f = Filter { classification: Some("org.x/crash/*".into()), ..Default::default() };
+        assert_eq!(all.iter().filter(|m| f.matches(m)).count(), 1);
+        let f = Filter { classification: Some("org.x/*".into()), ..Default::default() };
+        assert_eq!(all.iter().filter(|m| f.matches(m)).count(), 2);
+        let f = Filter { classification: Some("org.x/cr/*".into()), ..Default::default() };
+        assert_eq!(all.iter().filter(|m| f.matches(m)).count(), 0);
+        let f = Filter { record_id: Some("b".into()), ..Default::default() };
+        assert_eq!(all.iter().filter(|m| f.matches(m)).count(), 1);
+    }
+
+    #[test]
+    fn time_format() {
+        assert_eq!(format_time(0), "1970-01-01 00:00:00");
+        assert_eq!(format_time(1_700_000_000), "2023-11-14 22:13:20");
+        assert_eq!(format_time(951_782_400), "2000-02-29 00:00:00");
+    }
+}

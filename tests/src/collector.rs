@@ -1,0 +1,187 @@
+//! Running the real `telem-collector` in collector tests: a configuration
+//! whose socket, spool, journal, state and etc folders live in a temporary
+//! directory, the process started and killed by the test, and `telemctl`
+//! run against the same configuration.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::bin;
+
+/// A collector process and its folders; killed when dropped.
+pub struct Collector {
+    pub dir: PathBuf,
+    pub conf: PathBuf,
+    pub socket: PathBuf,
+    pub spool: PathBuf,
+    child: Option<Child>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Collector {
+    /// Writes a configuration in a fresh temporary directory. `server`:
+    /// the URL to deliver to (the test opts in when it is given). `extra`:
+    /// more `key=value` lines.
+    pub fn new(server: Option<&str>, extra: &str) -> Collector {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut c = Collector::in_dir(tmp.path(), server, extra);
+        c._tmp = Some(tmp);
+        c
+    }
+
+    /// As [`new`](Self::new), in `dir`.
+    pub fn in_dir(dir: &Path, server: Option<&str>, extra: &str) -> Collector {
+        let socket = dir.join("telem.sock");
+        let spool = dir.join("spool");
+        let mut conf = format!(
+            "[settings]\nsocket_path={}\nspool_dir={}\njournal_dir={}\nstate_dir={}\netc_dir={}\n",
+            socket.display(),
+            spool.display(),
+            dir.join("journal").display(),
+            dir.join("state").display(),
+            dir.join("etc").display(),
+        );
+        if let Some(s) = server {
+            conf.push_str(&format!("server={s}\n"));
+            std::fs::create_dir_all(dir.join("etc")).expect("etc dir");
+            std::fs::write(dir.join("etc/opt-in"), b"").expect("opt in");
+        }
+        conf.push_str("retry_max_backoff=1\ndelivery_timeout=3\nconnect_timeout=2\n");
+        conf.push_str(extra);
+        conf.push('\n');
+        let path = dir.join("telemetrics.conf");
+        std::fs::write(&path, conf).expect("write conf");
+        Collector { dir: dir.into(), conf: path, socket, spool, child: None, _tmp: None }
+    }
+
+    /// Appends lines to the configuration (later keys override earlier ones).
+    pub fn set(&self, lines: &str) {
+        let mut c = std::fs::read_to_string(&self.conf).expect("read conf");
+        c.push_str(lines);
+        c.push('\n');
+        std::fs::write(&self.conf, c).expect("write conf");
+    }
+
+    /// Starts the daemon and waits until its socket answers.
+    pub fn start(&mut self) -> &mut Self {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("collector.log"))
+            .expect("log file");
+        let child = Command::new(bin("telem-collector"))
+            .arg("-f")
+            .arg(&self.conf)
+            .env("RUST_LOG", std::env::var("TELEM_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn telem-collector");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok()
+                && self.dir.join("state/control.sock").exists()
+            {
+                return self;
+            }
+            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("telem-collector exited at start ({st}):\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("telem-collector did not start:\n{}", self.log());
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// kill -9.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, waiting for a clean exit; returns whether it exited 0.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut c) = self.child.take() else { return true };
+        // SAFETY: signalling our own child.
+        unsafe { libc_kill(c.id() as i32, 15) };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = c.try_wait() {
+                return st.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        false
+    }
+
+    /// Sends a signal to the daemon.
+    pub fn signal(&self, sig: i32) {
+        if let Some(c) = &self.child {
+            // SAFETY: signalling our own child.
+            unsafe { libc_kill(c.id() as i32, sig) };
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("collector.log")).unwrap_or_default()
+    }
+
+    /// Runs `telemctl -f CONF ARGS`.
+    pub fn telemctl(&self, args: &[&str]) -> Output {
+        Command::new(bin("telemctl")).arg("-f").arg(&self.conf).args(args).output().expect("run telemctl")
+    }
+
+    /// `telemctl status --json`.
+    pub fn status(&self) -> serde_json::Value {
+        let out = self.telemctl(&["status", "--json"]);
+        assert!(out.status.success(), "telemctl status failed: {}", String::from_utf8_lossy(&out.stderr));
+        parse_json(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    /// `telemctl journal --json`, one parsed object per record.
+    pub fn journal(&self, extra: &[&str]) -> Vec<serde_json::Value> {
+        let mut args = vec!["journal", "--json"];
+        args.extend_from_slice(extra);
+        let out = self.telemctl(&args);
+        assert!(out.status.success(), "telemctl journal failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().map(parse_json).collect()
+    }
+
+    /// Waits until the status satisfies `pred`.
+    pub fn wait_status(&self, timeout: Duration, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.status();
+            if pred(&s) || Instant::now() >= deadline {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+/// Parses one line of JSON printed by `telemctl`.
+pub fn parse_json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}

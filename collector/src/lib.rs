@@ -29,6 +29,7 @@
 pub mod config;
 pub mod consent;
 pub mod control;
+pub mod crash;
 pub mod daemon;
 pub mod delivery;
 pub mod identity;

@@ -5,7 +5,10 @@
 //! state, etc; made on start), sends one `hprobe` record, and shows each
 //! record live as it is journaled. Without `--server` nothing leaves the
 //! machine (records are journaled `local-only`); with it the run opts in and
-//! delivers to that URL. Ctrl-C stops the collector cleanly.
+//! delivers to that URL. As root it also installs crashprobe as the
+//! kernel's core handler for the duration of the run (the previous
+//! core_pattern comes back on exit) and starts eventprobe beside the
+//! collector. Ctrl-C stops everything cleanly.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -74,6 +77,16 @@ fn prepare(run: &Path, server: Option<&str>) -> Result<PathBuf, String> {
 
 pub fn main(args: &[String]) -> Result<(), String> {
     let server = parse(args)?;
+    // eventprobe embeds the eBPF object: build it (installing the toolchain
+    // when missing) before the binaries. Without it the run goes on without
+    // eventprobe.
+    let ebpf_ok = match crate::ebpf::build() {
+        Ok(_) => true,
+        Err(e) => {
+            eprintln!("xtask run: eBPF object not built ({e}); running without eventprobe");
+            false
+        }
+    };
     util::cargo(&["build", "--workspace", "--bins"])?;
     let bins = bin_dir()?;
     let run = util::root().join(".run");
@@ -119,14 +132,91 @@ pub fn main(args: &[String]) -> Result<(), String> {
         .spawn()
         .map_err(|e| eprintln!("xtask run: cannot show the journal live: {e}"))
         .ok();
+    let root = is_root();
+    let _crash = if root {
+        CrashHandler::install(&bins, &conf, &run.join("state/crashprobe.state"))
+    } else {
+        println!("xtask run: not root: crashprobe is not installed as the core handler, eventprobe not started");
+        None
+    };
+    let mut events = if root && ebpf_ok { start_eventprobe(&bins, &socket) } else { None };
     send_hello(&bins, &socket);
     let status = collector.wait().map_err(|e| format!("waiting for telem-collector: {e}"))?;
-    if let Some(f) = follower.as_mut() {
-        let _ = f.kill();
-        let _ = f.wait();
+    for child in [follower.as_mut(), events.as_mut()].into_iter().flatten() {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { kill(child.id() as i32, SIGTERM) };
+        let _ = child.wait();
     }
     println!("xtask run: collector stopped ({status}); journal and spool are kept in {}", run.display());
     Ok(())
+}
+
+extern "C" {
+    fn geteuid() -> u32;
+    fn kill(pid: i32, sig: i32) -> i32;
+}
+const SIGTERM: i32 = 15;
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { geteuid() == 0 }
+}
+
+/// crashprobe installed as core_pattern for the run; the previous
+/// core_pattern and core_pipe_limit come back when it is dropped.
+struct CrashHandler {
+    crashprobe: PathBuf,
+    state: PathBuf,
+}
+
+impl CrashHandler {
+    fn install(bins: &Path, conf: &Path, state: &Path) -> Option<CrashHandler> {
+        let crashprobe = bins.join("crashprobe");
+        let out = Command::new(&crashprobe)
+            .args(["--install", "-c"])
+            .arg(conf)
+            .arg("--state-file")
+            .arg(state)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => {
+                println!("xtask run: crash handler installed ({}); restored on exit", String::from_utf8_lossy(&o.stdout).trim());
+                Some(CrashHandler { crashprobe, state: state.to_path_buf() })
+            }
+            Ok(o) => {
+                eprintln!("xtask run: crashprobe not installed: {}", String::from_utf8_lossy(&o.stderr).trim());
+                None
+            }
+            Err(e) => {
+                eprintln!("xtask run: cannot run {}: {e}", crashprobe.display());
+                None
+            }
+        }
+    }
+}
+
+impl Drop for CrashHandler {
+    fn drop(&mut self) {
+        match Command::new(&self.crashprobe).arg("--uninstall").arg("--state-file").arg(&self.state).output() {
+            Ok(o) if o.status.success() => println!("xtask run: {}", String::from_utf8_lossy(&o.stdout).trim()),
+            Ok(o) => eprintln!("xtask run: FAILED to restore core_pattern: {}", String::from_utf8_lossy(&o.stderr).trim()),
+            Err(e) => eprintln!("xtask run: FAILED to restore core_pattern: {e}"),
+        }
+    }
+}
+
+/// Starts eventprobe beside the collector.
+fn start_eventprobe(bins: &Path, socket: &Path) -> Option<Child> {
+    match Command::new(bins.join("eventprobe")).arg("--socket").arg(socket).spawn() {
+        Ok(c) => {
+            println!("xtask run: eventprobe attached (fatal signals, abnormal exits, OOM kills)");
+            Some(c)
+        }
+        Err(e) => {
+            eprintln!("xtask run: cannot start eventprobe: {e}");
+            None
+        }
+    }
 }
 
 /// Sends one hello record with hprobe (or telem-record-gen).

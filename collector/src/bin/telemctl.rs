@@ -51,6 +51,29 @@ enum Cmd {
     Restart,
     /// Print `active` (exit 0) or `inactive` (exit 3).
     IsActive,
+    /// Install or remove crashprobe as the kernel's core handler.
+    #[command(subcommand)]
+    Crash(CrashCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum CrashCmd {
+    /// Make crashprobe the core_pattern handler (pipe mode, or socket mode
+    /// with --socket), saving the previous core_pattern and core_pipe_limit.
+    Install {
+        /// Socket mode: core_pattern `@SOCKET`, served by `crashprobe --serve SOCKET`
+        /// (kernel 6.16+). Without a value: /run/telemetrics/crash.sock.
+        #[arg(long, value_name = "SOCKET", num_args = 0..=1,
+              default_missing_value = crashprobe::install::DEFAULT_CRASH_SOCKET)]
+        socket: Option<PathBuf>,
+        /// The crashprobe executable (default: beside telemctl, else /usr/bin/crashprobe).
+        #[arg(long, value_name = "PATH")]
+        exe: Option<PathBuf>,
+    },
+    /// Restore the core_pattern and core_pipe_limit saved by `crash install`.
+    Uninstall,
+    /// Show the current core_pattern and whether crashprobe installed it.
+    Status,
 }
 
 #[derive(clap::Args, Debug)]
@@ -81,6 +104,43 @@ struct JournalArgs {
     follow: bool,
 }
 
+fn crash_cmd(c: CrashCmd, config: Option<&std::path::Path>) -> ExitCode {
+    use telem_collector::crash;
+    match c {
+        CrashCmd::Install { socket, exe } => {
+            let exe = exe.unwrap_or_else(crash::default_exe);
+            match crash::install(socket.as_deref(), &exe, config) {
+                Ok(p) => {
+                    println!("core_pattern = {p}");
+                    if let Some(s) = socket {
+                        println!("run `crashprobe --serve {}` (as root) to receive the cores", s.display());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+        CrashCmd::Uninstall => match crash::uninstall() {
+            Ok(s) => {
+                println!("restored core_pattern {:?} and core_pipe_limit {}", s.core_pattern, s.core_pipe_limit);
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+        CrashCmd::Status => match crash::status() {
+            Ok((cur, saved)) => {
+                println!("core_pattern: {cur}");
+                match saved {
+                    Some(s) => println!("installed by telemctl; uninstall restores {:?}", s.core_pattern),
+                    None => println!("not installed by telemctl"),
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+    }
+}
+
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("telemctl: {msg}");
     ExitCode::FAILURE
@@ -96,6 +156,7 @@ fn main() -> ExitCode {
         }
     };
     match args.cmd {
+        Cmd::Crash(c) => crash_cmd(c, args.config.as_deref()),
         Cmd::OptIn => match consent::opt_in(&cfg) {
             Ok(()) => {
                 println!("opted in: records may now be sent to the server ({})", cfg.opt_in_file().display());

@@ -28,11 +28,15 @@ const SAME: &str = "same";
 const DMI_PLACEHOLDER: &str = "`anonymous` (placeholder)";
 
 /// Every field, record fields first (in wire order), then the journal's.
+/// The journal also keeps, per record, the sent fields it needs for
+/// `telemctl preview` (`severity`, `creation_timestamp`,
+/// `payload_format_version`, the host facts, and `payload` when
+/// `record_retention_enabled`), under their names above.
 pub const FIELDS: &[Field] = &[
     Field { name: "record_format_version", scope: Scope::Sent, source: "constant", example: "4", why: "lets the backend parse the record", anonymous: SAME },
     Field { name: "classification", scope: Scope::Sent, source: "the probe", example: "org.clearlinux/crash/clr", why: "says what kind of event this is; the backend groups and purges by it", anonymous: SAME },
     Field { name: "severity", scope: Scope::Sent, source: "the probe", example: "3", why: "ranks events (1 low .. 4 critical)", anonymous: SAME },
-    Field { name: "machine_id", scope: Scope::Sent, source: "the collector: random, rotated every 3 days (standard), the static id file (static), or random per collector start (anonymous)", example: "5f2c0a9be1d84c7a9e0b3f6d2a1c8e47", why: "counts how many machines see a problem without identifying any for long", anonymous: "a random id per collector start" },
+    Field { name: "machine_id", scope: Scope::Sent, source: "the collector: random, rotated every 3 days (standard), the static id file (static), or random per collector start (anonymous)", example: "5f2c0a9be1d84c7a9e0b3f6d2a1c8e47", why: "counts how many machines see a problem without identifying any for long", anonymous: "a random id per collector start, never written to disk" },
     Field { name: "creation_timestamp", scope: Scope::Sent, source: "the probe's clock, unix seconds", example: "1700000000", why: "orders events and lets old ones expire", anonymous: SAME },
     Field { name: "arch", scope: Scope::Sent, source: "uname(2) machine", example: "x86_64", why: "crashes differ by architecture", anonymous: SAME },
     Field { name: "host_type", scope: Scope::Sent, source: "/sys/class/dmi/id sys_vendor|product_name|product_version", example: "QEMU|Standard PC (i440FX + PIIX, 1996)|pc-i440fx-9.0", why: "hardware-specific failures", anonymous: DMI_PLACEHOLDER },
@@ -45,12 +49,15 @@ pub const FIELDS: &[Field] = &[
     Field { name: "bios_version", scope: Scope::Sent, source: "/sys/class/dmi/id bios_version", example: "1.16.3", why: "firmware-specific failures", anonymous: DMI_PLACEHOLDER },
     Field { name: "event_id", scope: Scope::Sent, source: "random, or derived by crashprobe/eventprobe from (boot id, pid, process start time)", example: "0123456789abcdef0123456789abcdef", why: "groups the records of one occurrence", anonymous: SAME },
     Field { name: "payload", scope: Scope::Sent, source: "the probe (crash backtraces, messages); scrubbed of user names, host name, addresses and e-mail by default", example: "Process: /usr/bin/segv ...", why: "what happened", anonymous: SAME },
-    Field { name: "record_id", scope: Scope::Local, source: "the collector, random", example: "9a0b...", why: "names the record in `telemctl journal`", anonymous: SAME },
-    Field { name: "received_at", scope: Scope::Local, source: "the collector's clock", example: "2026-11-22T07:40:00Z", why: "when the record arrived", anonymous: SAME },
-    Field { name: "boot_id", scope: Scope::Local, source: "/proc/sys/kernel/random/boot_id", example: "4f1e...", why: "filter the journal by boot (`telemctl journal -b`)", anonymous: SAME },
-    Field { name: "sender_uid", scope: Scope::Local, source: "SO_PEERCRED of the probe's connection", example: "0", why: "who sent the record, for local auditing", anonymous: SAME },
-    Field { name: "sender_pid", scope: Scope::Local, source: "SO_PEERCRED of the probe's connection", example: "1234", why: "which process sent the record, for local auditing", anonymous: SAME },
+    Field { name: "id", scope: Scope::Local, source: "the collector: a random per-start prefix and a counter", example: "9a0b1c2d3e4f50610000000000000001", why: "names the record in `telemctl journal` and `telemctl preview`", anonymous: SAME },
+    Field { name: "time", scope: Scope::Local, source: "the collector's clock, unix seconds", example: "1763797200", why: "when the record arrived; local retention prunes by it", anonymous: SAME },
+    Field { name: "class", scope: Scope::Local, source: "the record's classification", example: "org.clearlinux/crash/clr", why: "filter the journal (`telemctl journal -c`)", anonymous: SAME },
+    Field { name: "event", scope: Scope::Local, source: "the record's event_id", example: "0123456789abcdef0123456789abcdef", why: "filter the journal (`telemctl journal -e`)", anonymous: SAME },
+    Field { name: "boot", scope: Scope::Local, source: "/proc/sys/kernel/random/boot_id", example: "4f1e2d3c4b5a69788796a5b4c3d2e1f0", why: "filter the journal by boot (`telemctl journal -b`)", anonymous: SAME },
+    Field { name: "uid", scope: Scope::Local, source: "SO_PEERCRED of the probe's connection", example: "0", why: "who sent the record, for local auditing", anonymous: SAME },
+    Field { name: "pid", scope: Scope::Local, source: "SO_PEERCRED of the probe's connection", example: "1234", why: "which process sent the record, for local auditing", anonymous: SAME },
     Field { name: "fate", scope: Scope::Local, source: "the collector", example: "delivered / spooled / local-only: not opted in", why: "what happened to the record, and why", anonymous: SAME },
+    Field { name: "fate_time", scope: Scope::Local, source: "the collector's clock, unix seconds (`telemctl journal --json` only)", example: "1763797201", why: "when the last fate was decided", anonymous: SAME },
 ];
 
 /// Looks a field up by name.

@@ -20,13 +20,47 @@ use telemetry::client::{self, Client, ClientError, SocketPath};
 use telemetry::config::ConfigError;
 use telemetry::Record;
 
-/// How a record goes to the collector.
-#[derive(Debug, Clone)]
+/// How a record goes to the collector: the options both probes share.
+#[derive(Debug, Clone, clap::Args)]
 pub struct SendOptions {
+    /// Collector socket (default: $TELEM_SOCKET, then the config file's
+    /// socket_path, then /run/telem-0).
+    #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
+    /// Configuration file to read socket_path from (sent as CFG: with --legacy).
+    #[arg(short = 'f', long = "config", value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Use the original C library's framing (no acknowledgement).
+    #[arg(long)]
     pub legacy: bool,
+    /// Seconds to wait for the collector.
+    #[arg(long = "timeout", value_name = "SECONDS", default_value = "10", value_parser = parse_secs)]
     pub timeout: Duration,
+    /// Print the record id the collector gave the record.
+    #[arg(long)]
+    pub print_id: bool,
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    s.parse::<u64>().map(Duration::from_secs).map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// Sends `record` and reports the outcome as a probe does: the record id
+/// on stdout with --print-id, a one-line reason on stderr and a failure
+/// exit status otherwise.
+pub fn send_and_report(program: &str, record: Result<Record, ProbeError>, opts: &SendOptions) -> std::process::ExitCode {
+    match record.and_then(|r| send(&r, opts)) {
+        Ok(id) => {
+            if let (true, Some(id)) = (opts.print_id, id) {
+                println!("{id}");
+            }
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{program}: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 /// Why a probe failed; printed as one line.

@@ -93,7 +93,7 @@ pub fn encode_into(record: &Record, config_path: Option<&str>, out: &mut Vec<u8>
     for (name, value) in HEADER_NAMES.iter().zip(record.header_values(&unset)) {
         use std::io::Write;
         // Writing to a Vec cannot fail.
-        let _ = write!(out, "{name}: {value}\n");
+        let _ = writeln!(out, "{name}: {value}");
     }
     let header_len = (out.len() - header_start) as u32;
     out[hsize_at..hsize_at + 4].copy_from_slice(&header_len.to_le_bytes());

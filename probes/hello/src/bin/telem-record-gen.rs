@@ -3,10 +3,9 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::Parser;
-use hello_probes::{read_payload, send, ProbeError, SendOptions};
+use hello_probes::{read_payload, send_and_report, ProbeError, SendOptions};
 use telemetry::{Classification, EventId, Payload, Record, Severity};
 
 /// Make a telemetry record and send it to the collector.
@@ -39,22 +38,8 @@ struct Args {
     /// Payload format version.
     #[arg(short = 'V', long = "payload-version", value_name = "PAYLOAD_VERSION", default_value_t = 1)]
     payload_version: u32,
-    /// Collector socket (default: $TELEM_SOCKET, then the config file's
-    /// socket_path, then /run/telem-0).
-    #[arg(long, value_name = "PATH")]
-    socket: Option<PathBuf>,
-    /// Configuration file to read socket_path from (sent as CFG: with --legacy).
-    #[arg(short = 'f', long = "config", value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Use the original C library's framing (no acknowledgement).
-    #[arg(long)]
-    legacy: bool,
-    /// Seconds to wait for the collector.
-    #[arg(long, default_value_t = 10)]
-    timeout: u64,
-    /// Print the record id the collector gave the record.
-    #[arg(long)]
-    print_id: bool,
+    #[command(flatten)]
+    send: SendOptions,
 }
 
 fn build(args: &Args) -> Result<Record, ProbeError> {
@@ -76,27 +61,7 @@ fn build(args: &Args) -> Result<Record, ProbeError> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let result = build(&args).and_then(|record| {
-        let opts = SendOptions {
-            socket: args.socket.clone(),
-            config: args.config.clone(),
-            legacy: args.legacy,
-            timeout: Duration::from_secs(args.timeout),
-        };
-        send(&record, &opts)
-    });
-    match result {
-        Ok(id) => {
-            if let (true, Some(id)) = (args.print_id, id) {
-                println!("{id}");
-            }
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("telem-record-gen: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    send_and_report("telem-record-gen", build(&args), &args.send)
 }
 
 #[cfg(test)]

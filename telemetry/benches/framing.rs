@@ -41,7 +41,7 @@ fn benches(c: &mut Criterion) {
     g.bench_function("legacy encode (1 KiB payload)", |b| {
         b.iter(|| {
             buf.clear();
-            legacy::encode_into(black_box(&record_ref()), None, &mut buf).expect("encode");
+            legacy::encode_into(black_box(record_ref()), None, &mut buf).expect("encode");
         })
     });
     g.finish();

@@ -149,6 +149,13 @@ impl AsRef<str> for Classification {
     }
 }
 
+// Serialized as a plain string, borrowed: no copy on the way out.
+impl Serialize for Classification {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,9 +200,3 @@ mod tests {
     }
 }
 
-// Serialized as a plain string, borrowed: no copy on the way out.
-impl Serialize for Classification {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
-    }
-}

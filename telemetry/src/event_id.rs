@@ -189,6 +189,13 @@ impl fmt::Debug for MachineId {
     }
 }
 
+// Serialized as a plain string, borrowed: no copy on the way out.
+impl Serialize for MachineId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,9 +225,3 @@ mod tests {
     }
 }
 
-// Serialized as a plain string, borrowed: no copy on the way out.
-impl Serialize for MachineId {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
-    }
-}

@@ -106,6 +106,13 @@ impl fmt::Debug for HeaderText {
     }
 }
 
+// Serialized as a plain string, borrowed: no copy on the way out.
+impl Serialize for HeaderText {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,9 +138,3 @@ mod tests {
     }
 }
 
-// Serialized as a plain string, borrowed: no copy on the way out.
-impl Serialize for HeaderText {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
-    }
-}

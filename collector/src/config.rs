@@ -31,6 +31,28 @@ pub enum Protocol {
     V3,
 }
 
+/// How much identifies the machine (`privacy_level`); see docs/PRIVACY.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrivacyLevel {
+    /// No persistent id: a random session id per collector start, never
+    /// written to disk; host facts reduced to arch, OS and kernel.
+    Anonymous,
+    /// A random machine id rotated every 3 days (the default).
+    Standard,
+    /// The id in `etc_dir/opt-in-static-machine-id` (required).
+    Static,
+}
+
+impl PrivacyLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PrivacyLevel::Anonymous => "anonymous",
+            PrivacyLevel::Standard => "standard",
+            PrivacyLevel::Static => "static",
+        }
+    }
+}
+
 /// What happens to records over a rate window (`rate_limit_strategy`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Strategy {
@@ -102,6 +124,24 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// `max_connections` (1024): probe connections served at once.
     pub max_connections: usize,
+    // ---- privacy keys (docs/PRIVACY.md) ----
+    /// `privacy_level` (`anonymous` | `standard` | `static`; standard).
+    pub privacy_level: PrivacyLevel,
+    /// `airgap` (false): never send anything, whatever else is set.
+    pub airgap: bool,
+    /// `debug` (false): log each request instead of sending it; the
+    /// records stay local (`local-only: debug`).
+    pub debug: bool,
+    /// `local_retention_days` (14): journal entries (and retained payloads)
+    /// older than this are pruned.
+    pub local_retention_days: u32,
+    /// `local_retention_records` (10000): at most this many records are
+    /// kept in the journal (the oldest are pruned).
+    pub local_retention_records: u64,
+    /// `DO_NOT_TRACK` set (not empty, `0` or `false`) in the environment of
+    /// the process that loaded the configuration ([`Config::load`]); not
+    /// an INI key. Forces local-only.
+    pub do_not_track: bool,
 }
 
 impl Default for Config {
@@ -159,6 +199,12 @@ impl Reader<'_> {
     }
 }
 
+/// Whether a `DO_NOT_TRACK` value asks for no tracking: any value but
+/// empty, `0` and `false`.
+pub fn do_not_track(value: Option<&std::ffi::OsStr>) -> bool {
+    value.is_some_and(|v| !matches!(v.to_str().map(str::trim), Some("" | "0" | "false" | "FALSE")))
+}
+
 /// Whether `host` names this machine's loopback interface.
 pub fn is_loopback_host(url: &reqwest::Url) -> bool {
     match url.host() {
@@ -173,7 +219,9 @@ impl Config {
     /// Loads by the lookup order (`-f FILE` first) and types every key.
     pub fn load(explicit: Option<&Path>) -> Result<Config, BadConfig> {
         let settings = Settings::load(explicit)?;
-        Config::from_settings(&settings)
+        let mut cfg = Config::from_settings(&settings)?;
+        cfg.do_not_track = do_not_track(std::env::var_os("DO_NOT_TRACK").as_deref());
+        Ok(cfg)
     }
 
     /// Types the keys of `settings`.
@@ -220,6 +268,12 @@ impl Config {
             v => return Err(r.bad("server_protocol", v, "expected v2 or v3")),
         };
         let spool_kib = r.limit("spool_max_size", 5120)?;
+        let privacy_level = match r.raw("privacy_level").unwrap_or("standard") {
+            "anonymous" => PrivacyLevel::Anonymous,
+            "standard" => PrivacyLevel::Standard,
+            "static" => PrivacyLevel::Static,
+            v => return Err(r.bad("privacy_level", v, "expected anonymous, standard or static")),
+        };
         Ok(Config {
             file: s.path.clone(),
             server,
@@ -249,6 +303,12 @@ impl Config {
             retry_max_backoff: r.secs("retry_max_backoff", 30, 1)?,
             idle_timeout: r.secs("idle_timeout", 30, 1)?,
             max_connections: r.int("max_connections", 1024, 1, 1 << 20)? as usize,
+            privacy_level,
+            airgap: r.bool("airgap", false)?,
+            debug: r.bool("debug", false)?,
+            local_retention_days: r.int("local_retention_days", 14, 1, 36_500)? as u32,
+            local_retention_records: r.int("local_retention_records", 10_000, 1, 1 << 40)? as u64,
+            do_not_track: false,
         })
     }
 
@@ -270,6 +330,11 @@ impl Config {
     /// The file whose presence means the user opted in.
     pub fn opt_in_file(&self) -> PathBuf {
         self.etc_dir.join("opt-in")
+    }
+
+    /// The file whose presence turns scrubbing off (the original's name).
+    pub fn no_privacy_filters_file(&self) -> PathBuf {
+        self.etc_dir.join("opt-in-no-privacy-filters")
     }
 
     /// The static machine id override.
@@ -351,5 +416,21 @@ mod tests {
         assert_eq!(c.server_protocol, Protocol::V3);
         assert_eq!(c.record_max_bytes, 100);
         assert_eq!(c.rate_limit_strategy, Strategy::Drop);
+    }
+
+    #[test]
+    fn privacy_keys() {
+        let c = Config::default();
+        assert_eq!(c.privacy_level, PrivacyLevel::Standard);
+        assert!(!c.airgap && !c.debug && !c.do_not_track);
+        assert_eq!((c.local_retention_days, c.local_retention_records), (14, 10_000));
+        let c = parse("[settings]\nprivacy_level=anonymous\nairgap=true\ndebug=1\nlocal_retention_days=2\nlocal_retention_records=5\n").unwrap();
+        assert_eq!(c.privacy_level, PrivacyLevel::Anonymous);
+        assert!(c.airgap && c.debug);
+        assert_eq!((c.local_retention_days, c.local_retention_records), (2, 5));
+        assert!(parse("[settings]\nprivacy_level=secret\n").unwrap_err().to_string().contains("privacy_level"));
+        use std::ffi::OsStr;
+        assert!(do_not_track(Some(OsStr::new("1"))) && do_not_track(Some(OsStr::new("yes"))));
+        assert!(!do_not_track(None) && !do_not_track(Some(OsStr::new("0"))) && !do_not_track(Some(OsStr::new(""))));
     }
 }

@@ -11,7 +11,6 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
 
-use crate::consent::Decision;
 use crate::pipeline::Shared;
 use crate::stats::Status;
 
@@ -20,6 +19,7 @@ pub fn status(shared: &Shared) -> Status {
     let [received, accepted, rejected, delivered, rate_limited, dropped, expired, rejected_by_server, local_only, delivery_failures] =
         shared.stats.snapshot();
     let cfg = shared.config();
+    let policy = shared.policy(&cfg);
     let retry_ms = shared.retry_at_ms.load(Ordering::Relaxed);
     let now_ms = shared.since_instant.elapsed().as_millis() as u64;
     Status {
@@ -39,11 +39,12 @@ pub fn status(shared: &Shared) -> Status {
         delivery_failures,
         last_delivery_error: shared.stats.error(),
         server: cfg.server.as_ref().map(|u| u.to_string()),
-        consent: match shared.consent(&cfg) {
-            Decision::Deliver => "deliver".into(),
-            Decision::LocalOnly(why) => format!("local-only: {why}"),
-        },
+        consent: policy.decision.describe(),
         retry_in_secs: (retry_ms > now_ms).then(|| (retry_ms - now_ms) as f64 / 1000.0),
+        mode: crate::consent::explain(&policy.decision, &cfg),
+        privacy_level: cfg.privacy_level.as_str().into(),
+        scrubbing: policy.scrub,
+        do_not_track: cfg.do_not_track,
     }
 }
 

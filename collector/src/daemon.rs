@@ -112,7 +112,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     for d in [&cfg.spool_dir, &cfg.journal_dir, &cfg.state_dir] {
         mkdir(d)?;
     }
-    let (journal, journal_thread) = Journal::open(&cfg.journal_dir)?;
+    let (journal, journal_thread) = Journal::open_with(&cfg.journal_dir, Some(crate::journal::Retention::from_config(&cfg)))?;
     let expire_before = telemetry::record::now_unix().saturating_sub(cfg.record_expiry.as_secs());
     let (spool, recovered) = Spool::open(&cfg.spool_dir, expire_before)?;
     if recovered.records > 0 || recovered.torn > 0 {
@@ -123,7 +123,15 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
             recovered.torn
         );
     }
-    let mid = identity::current(&cfg.machine_id_file(), &cfg.static_machine_id_file(), SystemTime::now())?;
+    // The anonymous level's id: made now, kept in memory only.
+    let session = telemetry::MachineId::random();
+    let mid = identity::for_level(&cfg, &session, SystemTime::now())?;
+    tracing::info!(
+        "privacy_level = {}; {}; payload scrubbing {}",
+        cfg.privacy_level.as_str(),
+        crate::consent::decide(&cfg).describe(),
+        if crate::consent::scrubbing(&cfg) { "on" } else { "off (opt-in-no-privacy-filters)" }
+    );
     let listener = match activated {
         Some(l) => {
             tracing::info!("using the socket passed by systemd");
@@ -137,7 +145,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     let _ = std::fs::write(&pid_file, format!("{}\n", std::process::id()));
 
     let (cfg_tx, cfg_rx) = watch::channel(Arc::new(cfg.clone()));
-    let shared = Arc::new(Shared::new(cfg_rx, spool, journal.clone(), mid));
+    let shared = Arc::new(Shared::new(cfg_rx, spool, journal.clone(), mid, session));
     delivery::journal_expired(&shared, &recovered.expired);
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -174,7 +182,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
             loop {
                 tick.tick().await;
                 let c = s2.config();
-                match identity::current(&c.machine_id_file(), &c.static_machine_id_file(), SystemTime::now()) {
+                match identity::for_level(&c, &s2.session_id, SystemTime::now()) {
                     Ok(id) => *s2.machine_id.lock().unwrap_or_else(|p| p.into_inner()) = id,
                     Err(e) => tracing::error!("machine id: {e}"),
                 }
@@ -231,6 +239,10 @@ fn reload(cfg_tx: &watch::Sender<Arc<Config>>, shared: &Shared) {
                 }
             }
             shared.limiter().reconfigure(&new);
+            match identity::for_level(&new, &shared.session_id, SystemTime::now()) {
+                Ok(id) => *shared.machine_id.lock().unwrap_or_else(|p| p.into_inner()) = id,
+                Err(e) => tracing::error!("machine id after reload: {e}; keeping the previous one"),
+            }
             tracing::info!("configuration reloaded");
             let _ = cfg_tx.send(Arc::new(new));
             shared.wake_delivery.notify_one();

@@ -52,7 +52,7 @@ pub fn build_client(cfg: &Config) -> Result<reqwest::Client, ClientBuildError> {
         .timeout(cfg.delivery_timeout)
         .pool_max_idle_per_host(cfg.delivery_concurrency)
         .pool_idle_timeout(Duration::from_secs(90))
-        .user_agent(concat!("telem-collector/", env!("CARGO_PKG_VERSION")));
+        .user_agent(USER_AGENT);
     if let Some(ca) = &cfg.cainfo {
         let pem = std::fs::read(ca).map_err(|source| ClientBuildError::CaRead { path: ca.display().to_string(), source })?;
         let certs = reqwest::Certificate::from_pem_bundle(&pem)
@@ -122,42 +122,97 @@ impl Prepared {
             v2_names: posting::V2_HEADER_NAMES.iter().filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok()).collect(),
         }
     }
+}
 
-    fn headers(&self, extra: usize) -> HeaderMap {
-        let mut h = HeaderMap::with_capacity(self.v2_names.len() + 2 + extra);
-        if let Some((n, v)) = &self.tid {
-            h.insert(n.clone(), v.clone());
+/// The `User-Agent` every post carries.
+pub const USER_AGENT: &str = concat!("telem-collector/", env!("CARGO_PKG_VERSION"));
+
+/// Exactly the HTTP request a record is posted as: what [`post`] sends and
+/// what `telemctl preview` and the `debug` setting show. Headers are in
+/// sending order, names lower-case as they go on the wire; `host` and
+/// `content-length` are included with the values the HTTP client derives
+/// from the URL and the body.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RequestDesc {
+    pub method: &'static str,
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// Headers the HTTP client adds itself from the URL and the body.
+const TRANSPORT_HEADERS: [&str; 2] = ["host", "content-length"];
+
+impl RequestDesc {
+    /// As text: request line, headers, blank line, body (lossy UTF-8).
+    pub fn render(&self) -> String {
+        let mut s = format!("{} {}\n", self.method, self.url);
+        for (k, v) in &self.headers {
+            s.push_str(&format!("{k}: {v}\n"));
         }
-        h
+        s.push('\n');
+        s.push_str(&String::from_utf8_lossy(&self.body));
+        if !s.ends_with('\n') {
+            s.push('\n');
+        }
+        s
     }
+}
+
+/// Builds the request for `record` stamped with `mid` (no I/O).
+pub fn describe(prep: &Prepared, mid: &MachineId, record: &telemetry::Record) -> Result<RequestDesc, String> {
+    let url = prep.url.as_ref().ok_or_else(|| "no server configured".to_string())?;
+    let mut h: Vec<(String, String)> = Vec::with_capacity(22);
+    if let Some((n, v)) = &prep.tid {
+        h.push((n.as_str().into(), v.to_str().unwrap_or_default().into()));
+    }
+    let body = match prep.protocol {
+        Protocol::V2 => {
+            for (name, v) in prep.v2_names.iter().zip(record.header_values(mid)) {
+                let v = v.to_string();
+                HeaderValue::from_str(&v).map_err(|e| format!("header {name}: {e}"))?;
+                h.push((name.as_str().into(), v));
+            }
+            h.push(("content-type".into(), "application/text".into()));
+            record.payload.as_bytes().to_vec()
+        }
+        Protocol::V3 => {
+            let body = posting::v3_body(record, mid).map_err(|e| e.to_string())?;
+            h.push(("content-type".into(), "application/json".into()));
+            body
+        }
+    };
+    h.push(("user-agent".into(), USER_AGENT.into()));
+    h.push(("accept".into(), "*/*".into()));
+    let host = match url.port() {
+        Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
+        None => url.host_str().unwrap_or_default().to_string(),
+    };
+    h.push(("host".into(), host));
+    h.push(("content-length".into(), body.len().to_string()));
+    Ok(RequestDesc { method: "POST", url: url.to_string(), headers: h, body })
 }
 
 /// Posts one record.
 pub async fn post(client: &reqwest::Client, prep: &Prepared, mid: &MachineId, item: &Item) -> Outcome {
     let Some(url) = &prep.url else { return Outcome::Retry { error: "no server configured".into(), after: None } };
-    let req = match prep.protocol {
-        Protocol::V2 => {
-            let mut h = prep.headers(15);
-            for (name, v) in prep.v2_names.iter().zip(item.record.header_values(mid)) {
-                match HeaderValue::from_str(&v.to_string()) {
-                    Ok(v) => {
-                        h.insert(name.clone(), v);
-                    }
-                    Err(e) => return Outcome::Unsendable(format!("header {name}: {e}")),
-                }
-            }
-            h.insert(reqwest::header::CONTENT_TYPE, HeaderValue::from_static("application/text"));
-            client.post(url.clone()).headers(h).body(item.record.payload.as_bytes().to_vec())
-        }
-        Protocol::V3 => match posting::v3_body(&item.record, mid) {
-            Ok(body) => {
-                let mut h = prep.headers(1);
-                h.insert(reqwest::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                client.post(url.clone()).headers(h).body(body)
-            }
-            Err(e) => return Outcome::Unsendable(e.to_string()),
-        },
+    let desc = match describe(prep, mid, &item.record) {
+        Ok(d) => d,
+        Err(e) => return Outcome::Unsendable(e),
     };
+    let mut h = HeaderMap::with_capacity(desc.headers.len());
+    for (k, v) in &desc.headers {
+        if TRANSPORT_HEADERS.contains(&k.as_str()) {
+            continue;
+        }
+        match (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+            (Ok(k), Ok(v)) => {
+                h.insert(k, v);
+            }
+            _ => return Outcome::Unsendable(format!("header {k}: not a valid HTTP header")),
+        }
+    }
+    let req = client.post(url.clone()).headers(h).body(desc.body);
     match req.send().await {
         Ok(resp) => {
             let status = resp.status().as_u16();
@@ -362,8 +417,10 @@ fn handle(
     match out {
         Outcome::Delivered => {
             *attempt = 0;
-            shared.spool.done(job.ticket.seq);
+            // Counted before it leaves the spool, so a status never shows
+            // it neither spooled nor delivered.
             bump(&shared.stats.delivered, 1);
+            shared.spool.done(job.ticket.seq);
             updates.push(Entry::update(&job.ticket.item.record_id_hex(), &Fate::Delivered));
         }
         Outcome::Retry { error, after } => {

@@ -79,6 +79,14 @@ pub struct Entry {
     pub fate: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload: Option<String>,
+    /// The record's own creation time (as it would be sent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creation_timestamp: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_format_version: Option<u32>,
+    /// The host facts as they would be sent (after the privacy level).
+    #[serde(default, flatten, skip_serializing_if = "Option::is_none")]
+    pub host: Option<telemetry::HostInfo>,
 }
 
 impl Entry {
@@ -95,6 +103,9 @@ impl Entry {
             severity: None,
             fate: fate.to_string(),
             payload: None,
+            creation_timestamp: None,
+            payload_format_version: None,
+            host: None,
         }
     }
 }
@@ -108,6 +119,88 @@ pub enum JournalError {
     Write { path: PathBuf, source: std::io::Error },
     #[error("the journal writer has stopped")]
     Stopped,
+}
+
+/// Local retention (`local_retention_days`, `local_retention_records`):
+/// what [`prune`] keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Records first journaled more than this many seconds ago are pruned.
+    pub max_age_secs: u64,
+    /// At most this many records are kept (the newest).
+    pub max_records: u64,
+}
+
+impl Retention {
+    pub fn from_config(cfg: &crate::config::Config) -> Retention {
+        Retention { max_age_secs: u64::from(cfg.local_retention_days) * 86_400, max_records: cfg.local_retention_records }
+    }
+}
+
+/// How often the writer prunes (also once at open).
+pub const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// What [`prune`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub kept: u64,
+    pub removed: u64,
+}
+
+/// Removes from `journal.1` and `journal` every record (its first entry,
+/// its retained payload and its later fates) first journaled before
+/// `now - max_age_secs`, and the oldest beyond `max_records`. Rewrites the
+/// journal only when something goes: `journal.tmp`, fsync, rename over
+/// `journal`, remove `journal.1`, fsync the directory. The writer thread
+/// calls it (and reopens its file); `now` is explicit for tests.
+pub fn prune(dir: &Path, now: u64, r: &Retention) -> Result<Pruned, JournalError> {
+    let mut lines: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut firsts: Vec<(String, u64)> = Vec::new();
+    let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
+    for name in [OLD_FILE_NAME, FILE_NAME] {
+        let path = dir.join(name);
+        let f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => return Err(JournalError::Open { path, source }),
+        };
+        for line in BufReader::new(f).split(b'\n') {
+            let line = line.map_err(|source| JournalError::Open { path: path.clone(), source })?;
+            let Ok(e) = serde_json::from_slice::<Entry>(&line) else { continue };
+            if e.class.is_some() && seen.insert(e.id.clone()) {
+                firsts.push((e.id.clone(), e.time));
+            }
+            lines.push((e.id, line));
+        }
+    }
+    let cutoff = now.saturating_sub(r.max_age_secs);
+    let young: Vec<&(String, u64)> = firsts.iter().filter(|(_, t)| *t >= cutoff).collect();
+    let skip = young.len().saturating_sub(r.max_records as usize);
+    let keep: std::collections::HashSet<&str> = young[skip..].iter().map(|(id, _)| id.as_str()).collect();
+    let removed = (firsts.len() - keep.len()) as u64;
+    let dropped_lines = lines.iter().any(|(id, _)| !keep.contains(id.as_str()));
+    if !dropped_lines && !dir.join(OLD_FILE_NAME).exists() {
+        return Ok(Pruned { kept: keep.len() as u64, removed });
+    }
+    let tmp = dir.join("journal.tmp");
+    let werr = |source| JournalError::Write { path: tmp.clone(), source };
+    let mut out = std::io::BufWriter::new(File::create(&tmp).map_err(werr)?);
+    for (id, line) in &lines {
+        if keep.contains(id.as_str()) {
+            out.write_all(line).and_then(|()| out.write_all(b"\n")).map_err(werr)?;
+        }
+    }
+    let f = out.into_inner().map_err(|e| werr(e.into_error()))?;
+    f.sync_all().map_err(werr)?;
+    std::fs::rename(&tmp, dir.join(FILE_NAME)).map_err(werr)?;
+    match std::fs::remove_file(dir.join(OLD_FILE_NAME)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(werr(e)),
+        _ => {}
+    }
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(Pruned { kept: keep.len() as u64, removed })
 }
 
 /// Called once the entries of a batch are on disk (or failed to be).
@@ -129,14 +222,26 @@ impl Journal {
     /// written entry is also handed to `observe` (for `--follow`-like
     /// displays and logs).
     pub fn open(dir: &Path) -> Result<(Journal, std::thread::JoinHandle<()>), JournalError> {
+        Journal::open_with(dir, None)
+    }
+
+    /// As [`open`](Self::open), pruning by `retention` at open and every
+    /// [`PRUNE_EVERY`].
+    pub fn open_with(dir: &Path, retention: Option<Retention>) -> Result<(Journal, std::thread::JoinHandle<()>), JournalError> {
         std::fs::create_dir_all(dir).map_err(|source| JournalError::Open { path: dir.into(), source })?;
+        if let Some(r) = &retention {
+            let p = prune(dir, telemetry::record::now_unix(), r)?;
+            if p.removed > 0 {
+                tracing::info!("journal: {} record(s) pruned by local retention, {} kept", p.removed, p.kept);
+            }
+        }
         let path = dir.join(FILE_NAME);
         let file = open_append(&path)?;
         let (tx, rx) = mpsc::channel::<Msg>();
         let dir = dir.to_path_buf();
         let handle = std::thread::Builder::new()
             .name("journal".into())
-            .spawn(move || writer(dir, path, file, rx))
+            .spawn(move || writer(dir, path, file, rx, retention))
             .map_err(|source| JournalError::Open { path: "journal thread".into(), source })?;
         Ok((Journal { tx }, handle))
     }
@@ -169,12 +274,27 @@ fn open_append(path: &Path) -> Result<File, JournalError> {
 /// Entries nobody waits for are fsync'd at least this often.
 pub const LAZY_SYNC: std::time::Duration = std::time::Duration::from_millis(100);
 
-fn writer(dir: PathBuf, path: PathBuf, mut file: File, rx: mpsc::Receiver<Msg>) {
+fn writer(dir: PathBuf, path: PathBuf, mut file: File, rx: mpsc::Receiver<Msg>, retention: Option<Retention>) {
     let mut size = file.metadata().map(|m| m.len()).unwrap_or(0);
     let mut buf = Vec::with_capacity(1 << 16);
     let mut dirty = false;
     let mut last_sync = std::time::Instant::now();
+    let mut last_prune = std::time::Instant::now();
     loop {
+        if let Some(r) = retention.as_ref().filter(|_| last_prune.elapsed() >= PRUNE_EVERY) {
+            last_prune = std::time::Instant::now();
+            let _ = file.sync_data();
+            match prune(&dir, telemetry::record::now_unix(), r).and_then(|p| open_append(&path).map(|f| (p, f))) {
+                Ok((p, f)) => {
+                    file = f;
+                    size = file.metadata().map(|m| m.len()).unwrap_or(0);
+                    if p.removed > 0 {
+                        tracing::info!("journal: {} record(s) pruned by local retention, {} kept", p.removed, p.kept);
+                    }
+                }
+                Err(e) => tracing::error!("journal retention: {e}"),
+            }
+        }
         let first = match rx.recv_timeout(LAZY_SYNC) {
             Ok(m) => m,
             Err(mpsc::RecvTimeoutError::Timeout) => {
@@ -363,6 +483,9 @@ mod tests {
             severity: Some(1),
             fate: Fate::Spooled.to_string(),
             payload: None,
+            creation_timestamp: Some(5),
+            payload_format_version: Some(1),
+            host: Some(telemetry::HostInfo::current().clone()),
         }
     }
 
@@ -391,6 +514,55 @@ mod tests {
         assert_eq!(all.iter().filter(|m| f.matches(m)).count(), 0);
         let f = Filter { record_id: Some("b".into()), ..Default::default() };
         assert_eq!(all.iter().filter(|m| f.matches(m)).count(), 1);
+    }
+
+    #[test]
+    fn retention_prunes_old_and_excess_records_with_their_fates() {
+        let dir = tempfile::tempdir().unwrap();
+        let day = 86_400;
+        let now = 100 * day;
+        let mut old = entry("old", "org.x/a/b");
+        old.time = now - 15 * day;
+        old.payload = Some("secret old payload".into());
+        let mut lines = vec![old, Entry { time: now - 15 * day + 5, ..Entry::update("old", &Fate::Delivered) }];
+        for i in 0..5u64 {
+            let mut e = entry(&format!("r{i}"), "org.x/a/b");
+            e.time = now - 13 * day + i;
+            lines.push(e);
+            lines.push(Entry { time: now, ..Entry::update(&format!("r{i}"), &Fate::Delivered) });
+        }
+        let text: String = lines.iter().map(|e| serde_json::to_string(e).unwrap() + "\n").collect();
+        // Half in the rotated file.
+        let (a, b) = text.split_at(text.match_indices('\n').nth(3).unwrap().0 + 1);
+        std::fs::write(dir.path().join(OLD_FILE_NAME), a).unwrap();
+        std::fs::write(dir.path().join(FILE_NAME), b).unwrap();
+        let r = Retention { max_age_secs: 14 * day, max_records: 3 };
+        assert_eq!(prune(dir.path(), now, &r).unwrap(), Pruned { kept: 3, removed: 3 });
+        let all = read(dir.path()).unwrap();
+        let ids: Vec<&str> = all.iter().map(|m| m.entry.id.as_str()).collect();
+        assert_eq!(ids, ["r2", "r3", "r4"]);
+        assert!(all.iter().all(|m| m.entry.fate == "delivered"));
+        let raw = std::fs::read_to_string(dir.path().join(FILE_NAME)).unwrap();
+        assert!(!raw.contains("secret old payload") && !raw.contains("\"r0\""));
+        assert!(!dir.path().join(OLD_FILE_NAME).exists());
+        // Nothing more to prune: the file is left alone.
+        assert_eq!(prune(dir.path(), now, &r).unwrap(), Pruned { kept: 3, removed: 0 });
+        // Everything ages out.
+        assert_eq!(prune(dir.path(), now + 20 * day, &r).unwrap(), Pruned { kept: 0, removed: 3 });
+        assert!(read(dir.path()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn every_journal_key_is_in_the_data_dictionary() {
+        let mut e = entry("a", "org.x/a/b");
+        e.payload = Some("p".into());
+        let m = Merged { entry: e, fate_time: 1 };
+        let v = serde_json::to_value(&m).unwrap();
+        for key in v.as_object().unwrap().keys() {
+            let f = telemetry::fields::field(key)
+                .unwrap_or_else(|| panic!("journal key {key} is missing from telemetry::fields::FIELDS"));
+            assert!(matches!(f.scope, telemetry::fields::Scope::Local | telemetry::fields::Scope::Sent), "{key}");
+        }
     }
 
     #[test]

@@ -11,10 +11,13 @@
 //!    │ bounded mpsc<Submission>  (frame size, idle timeout, max_connections bounds)
 //!    ▼
 //!  pipeline    committer threads, group commit:
-//!    │           consent   -> local-only? (not opted in / delivery off / no server)
+//!    │           consent   -> local-only? (DO_NOT_TRACK / airgap / no server /
+//!    │                        delivery off / not opted in / debug); scrub?
+//!    │           privacy   -> host facts per privacy_level, payload scrubbed
 //!    │           ratelimit -> record + byte windows (monotonic), spool or drop
 //!    │           spool     -> one segment per batch: write, fdatasync  ==> Ack::Accepted
-//!    │           journal   -> one JSON line per record (fdatasync'd, group commit)
+//!    │           journal   -> one JSON line per record (fdatasync'd, group commit),
+//!    │                        pruned by local_retention_days / _records
 //!    ▼
 //!  delivery    FIFO from the spool, reqwest+rustls, v2/v3 (identity stamps the
 //!    │         machine id), 2xx delivered, 408/429/5xx/errors backoff+retry,
@@ -24,7 +27,9 @@
 //! ```
 //!
 //! `main` of both binaries is thin: `telem-collector` calls [`daemon::run`],
-//! `telemctl` uses [`control`], [`journal::read`], [`consent`] and [`service`].
+//! `telemctl` uses [`control`], [`journal::read`], [`consent`], [`preview`]
+//! (the requests delivery would send, built by [`delivery::describe`]) and
+//! [`service`]. Privacy: docs/PRIVACY.md.
 
 pub mod config;
 pub mod consent;
@@ -36,6 +41,7 @@ pub mod identity;
 pub mod ingest;
 pub mod journal;
 pub mod pipeline;
+pub mod preview;
 pub mod ratelimit;
 pub mod service;
 pub mod spool;

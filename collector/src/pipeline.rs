@@ -8,8 +8,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use telemetry::scrub::Scrubber;
 use telemetry::wire::native::Ack;
-use telemetry::{MachineId, Record};
+use telemetry::{MachineId, Payload, Record};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::config::{Config, Strategy};
@@ -54,9 +55,22 @@ pub struct Shared {
     /// Delivery's backoff deadline (ms since `since_instant`), 0 = none.
     pub retry_at_ms: AtomicU64,
     pub since_instant: Instant,
+    /// This collector start's id (the `anonymous` level's id; in memory
+    /// only, never written).
+    pub session_id: MachineId,
+    /// Scrubs payloads (unless `opt-in-no-privacy-filters` exists).
+    pub scrubber: Scrubber,
     id_prefix: [u8; 8],
     id_counter: AtomicU64,
-    consent_cache: Mutex<Option<(Instant, Decision, Arc<Config>)>>,
+    consent_cache: Mutex<Option<(Instant, Policy, Arc<Config>)>>,
+}
+
+/// What consent decided for records accepted now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub decision: Decision,
+    /// Payloads are scrubbed.
+    pub scrub: bool,
 }
 
 /// How long a consent decision is reused.
@@ -68,6 +82,7 @@ impl Shared {
         spool: Arc<Spool>,
         journal: Journal,
         machine_id: MachineId,
+        session_id: MachineId,
     ) -> Shared {
         let limiter = RateLimiter::new(&cfg.borrow(), Instant::now());
         let mut id_prefix = [0u8; 8];
@@ -85,6 +100,8 @@ impl Shared {
             since: telemetry::record::now_unix(),
             retry_at_ms: AtomicU64::new(0),
             since_instant: Instant::now(),
+            session_id,
+            scrubber: Scrubber::for_this_host(),
             id_prefix,
             id_counter: AtomicU64::new(0),
             consent_cache: Mutex::new(None),
@@ -99,14 +116,19 @@ impl Shared {
     /// The consent decision, re-read from the opt-in file at most every
     /// [`CONSENT_TTL`] (a stat per record would cost more than the rest).
     pub fn consent(&self, cfg: &Arc<Config>) -> Decision {
+        self.policy(cfg).decision
+    }
+
+    /// The consent decision and the scrubbing switch, cached as [`consent`](Self::consent).
+    pub fn policy(&self, cfg: &Arc<Config>) -> Policy {
         let mut c = self.consent_cache.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         match &*c {
-            Some((at, d, for_cfg)) if now.duration_since(*at) < CONSENT_TTL && Arc::ptr_eq(for_cfg, cfg) => d.clone(),
+            Some((at, p, for_cfg)) if now.duration_since(*at) < CONSENT_TTL && Arc::ptr_eq(for_cfg, cfg) => p.clone(),
             _ => {
-                let d = consent::decide(cfg);
-                *c = Some((now, d.clone(), cfg.clone()));
-                d
+                let p = Policy { decision: consent::decide(cfg), scrub: consent::scrubbing(cfg) };
+                *c = Some((now, p.clone(), cfg.clone()));
+                p
             }
         }
     }
@@ -138,6 +160,27 @@ pub fn boot_id() -> String {
         .unwrap_or_else(|| "0".repeat(32))
 }
 
+/// Applies the privacy settings to a record before it is journaled or
+/// spooled: host facts reduced at the `anonymous` level, payload scrubbed
+/// when `scrubber` is given (bytes payloads only when they are UTF-8).
+pub fn protect(record: &mut Record, cfg: &Config, scrubber: Option<&Scrubber>) {
+    crate::identity::anonymize_host(&mut record.host, cfg.privacy_level);
+    let Some(sc) = scrubber else { return };
+    let scrubbed = match &record.payload {
+        Payload::Text(t) => match sc.scrub(t) {
+            std::borrow::Cow::Owned(o) => Some(Payload::Text(o)),
+            std::borrow::Cow::Borrowed(_) => None,
+        },
+        Payload::Bytes(b) => match std::str::from_utf8(b).map(|t| sc.scrub(t)) {
+            Ok(std::borrow::Cow::Owned(o)) => Some(Payload::Bytes(o.into_bytes())),
+            _ => None,
+        },
+    };
+    if let Some(p) = scrubbed {
+        record.payload = p;
+    }
+}
+
 /// Runs one committer thread until the submission channel closes.
 pub fn committer(shared: Arc<Shared>, rx: Arc<Mutex<mpsc::Receiver<Submission>>>) {
     loop {
@@ -164,7 +207,8 @@ pub fn committer(shared: Arc<Shared>, rx: Arc<Mutex<mpsc::Receiver<Submission>>>
 /// Decides, stores and answers one batch.
 pub fn commit_batch(shared: &Shared, batch: Vec<Submission>) {
     let cfg = shared.config();
-    let decision = shared.consent(&cfg);
+    let Policy { decision, scrub } = shared.policy(&cfg);
+    let debug = cfg.debug.then(|| (crate::delivery::Prepared::new(&cfg), shared.machine_id()));
     let now = Instant::now();
     let now_unix = telemetry::record::now_unix();
     let retention = cfg.record_retention_enabled;
@@ -179,7 +223,8 @@ pub fn commit_batch(shared: &Shared, batch: Vec<Submission>) {
     let mut body = Vec::new();
     let mut reserved = 0u64;
 
-    for sub in batch {
+    for mut sub in batch {
+        protect(&mut sub.record, &cfg, scrub.then_some(&shared.scrubber));
         let record_id = shared.next_record_id();
         let id_hex = telemetry::client::record_id_hex(&record_id);
         let mut entry = Entry {
@@ -193,7 +238,16 @@ pub fn commit_batch(shared: &Shared, batch: Vec<Submission>) {
             severity: Some(sub.record.severity.as_u8()),
             fate: String::new(),
             payload: retention.then(|| sub.record.payload.to_text_lossy().into_owned()),
+            creation_timestamp: Some(sub.record.creation_timestamp),
+            payload_format_version: Some(sub.record.payload_format_version),
+            host: Some(sub.record.host.clone()),
         };
+        if let Some((prep, mid)) = &debug {
+            match crate::delivery::describe(prep, mid, &sub.record) {
+                Ok(d) => tracing::info!("debug: record {} would be sent as:\n{}", entry.id, d.render()),
+                Err(e) => tracing::info!("debug: record {} cannot be sent: {e}", entry.id),
+            }
+        }
         let accepted = Ack::Accepted { record_id };
         let counted = match &decision {
             Decision::LocalOnly(why) => {
@@ -300,5 +354,60 @@ pub fn commit_batch(shared: &Shared, batch: Vec<Submission>) {
     }
     if any_spooled {
         shared.wake_delivery.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use telemetry::{Classification, Severity};
+
+    fn shared(dir: &std::path::Path, cfg: Config) -> (Arc<Shared>, watch::Sender<Arc<Config>>, std::thread::JoinHandle<()>) {
+        let (spool, _) = Spool::open(&dir.join("spool"), 0).unwrap();
+        let (journal, h) = Journal::open(&dir.join("journal")).unwrap();
+        let (tx, rx) = watch::channel(Arc::new(cfg));
+        (Arc::new(Shared::new(rx, spool, journal, MachineId::random(), MachineId::random())), tx, h)
+    }
+
+    fn submit(shared: &Shared, text: &str) -> oneshot::Receiver<Ack> {
+        let record = Record::builder(Classification::parse("org.t/pipe/x").unwrap(), Severity::Low, Payload::text(text)).build();
+        let (tx, rx) = oneshot::channel();
+        commit_batch(shared, vec![Submission { record, uid: 1, pid: 2, size: 10, reply: tx }]);
+        rx
+    }
+
+    #[test]
+    fn consent_is_not_retroactive_and_payloads_are_scrubbed_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config {
+            etc_dir: dir.path().join("etc"),
+            server: Some("http://127.0.0.1:9/".parse().unwrap()),
+            record_retention_enabled: true,
+            privacy_level: crate::config::PrivacyLevel::Anonymous,
+            ..Config::default()
+        };
+        let (sh, tx, h) = shared(dir.path(), cfg.clone());
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        // Not opted in: journaled, acknowledged, never spooled.
+        let ack = rt.block_on(submit(&sh, "user alice@example.org at 10.1.2.3 in /home/alice/x")).unwrap();
+        assert!(matches!(ack, Ack::Accepted { .. }));
+        assert_eq!(sh.spool.records(), 0);
+        // A later opt-in (and a new configuration, so the cache is gone).
+        crate::consent::opt_in(&cfg).unwrap();
+        tx.send(Arc::new(cfg.clone())).unwrap();
+        assert_eq!(sh.consent(&sh.config()), Decision::Deliver);
+        assert_eq!(sh.spool.next().map(|t| t.item.record_id), None, "the earlier record is not in the spool");
+        drop(rt.block_on(submit(&sh, "plain")));
+        let t = sh.spool.next().expect("the record after the opt-in is spooled");
+        assert_eq!(t.item.record.host.cpu_model.as_str(), crate::identity::PLACEHOLDER);
+        assert!(sh.spool.next().is_none());
+        drop(sh);
+        drop(tx);
+        h.join().unwrap();
+        let j = crate::journal::read(&dir.path().join("journal")).unwrap();
+        assert_eq!(j.len(), 2);
+        assert_eq!(j[0].entry.fate, "local-only: not opted in");
+        assert_eq!(j[0].entry.payload.as_deref(), Some("user <email> at <ipv4> in /home/<user>/x"));
+        assert_eq!(j[1].entry.fate, "spooled");
     }
 }

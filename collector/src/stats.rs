@@ -58,6 +58,18 @@ pub struct Status {
     pub consent: String,
     /// Seconds until the next delivery retry, when backing off.
     pub retry_in_secs: Option<f64>,
+    /// One plain sentence: which mode is in force and why.
+    #[serde(default)]
+    pub mode: String,
+    /// `anonymous`, `standard` or `static`.
+    #[serde(default)]
+    pub privacy_level: String,
+    /// Payloads are scrubbed of personal data.
+    #[serde(default)]
+    pub scrubbing: bool,
+    /// DO_NOT_TRACK was set in the collector's environment.
+    #[serde(default)]
+    pub do_not_track: bool,
 }
 
 impl Stats {

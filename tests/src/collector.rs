@@ -15,6 +15,9 @@ pub struct Collector {
     pub conf: PathBuf,
     pub socket: PathBuf,
     pub spool: PathBuf,
+    /// Environment variables for the daemon (`DO_NOT_TRACK` is removed
+    /// from what it inherits unless set here).
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
     _tmp: Option<tempfile::TempDir>,
 }
@@ -52,7 +55,7 @@ impl Collector {
         conf.push('\n');
         let path = dir.join("telemetrics.conf");
         std::fs::write(&path, conf).expect("write conf");
-        Collector { dir: dir.into(), conf: path, socket, spool, child: None, _tmp: None }
+        Collector { dir: dir.into(), conf: path, socket, spool, env: Vec::new(), child: None, _tmp: None }
     }
 
     /// Appends lines to the configuration (later keys override earlier ones).
@@ -74,6 +77,8 @@ impl Collector {
             .arg("-f")
             .arg(&self.conf)
             .env("RUST_LOG", std::env::var("TELEM_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .env_remove("DO_NOT_TRACK")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log"))
             .stderr(log)

@@ -29,6 +29,8 @@ pub enum Mode {
 /// One post as received.
 #[derive(Debug, Clone)]
 pub struct Post {
+    /// The request method (`POST`).
+    pub method: String,
     pub path: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
@@ -180,6 +182,7 @@ fn serve(conn: TcpStream, mode: &Mutex<Mode>, state: &State, running: &AtomicBoo
         if !running.load(Ordering::SeqCst) {
             return;
         }
+        let method = request_line.split_whitespace().next().unwrap_or("").to_string();
         let path = request_line.split_whitespace().nth(1).unwrap_or("/").to_string();
         let mut headers = Vec::new();
         loop {
@@ -219,7 +222,7 @@ fn serve(conn: TcpStream, mode: &Mutex<Mode>, state: &State, running: &AtomicBoo
             Mode::Status(s, t) => (s, String::new(), t),
             Mode::TooMany(secs) => (429, format!("Retry-After: {secs}\r\n"), String::new()),
             Mode::Hang => {
-                record(state, path, headers, body, decoded, None);
+                record(state, method.clone(), path, headers, body, decoded, None);
                 // Hold the connection until the mode changes or the peer goes.
                 let start = Instant::now();
                 while *mode.lock().unwrap() == Mode::Hang && start.elapsed() < Duration::from_secs(60) {
@@ -228,11 +231,11 @@ fn serve(conn: TcpStream, mode: &Mutex<Mode>, state: &State, running: &AtomicBoo
                 return;
             }
             Mode::Drop => {
-                record(state, path, headers, body, decoded, None);
+                record(state, method.clone(), path, headers, body, decoded, None);
                 return;
             }
         };
-        record(state, path, headers, body, decoded, Some(status));
+        record(state, method.clone(), path, headers, body, decoded, Some(status));
         let resp = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\n{extra}\r\n{text}", text.len());
         if wr.write_all(resp.as_bytes()).is_err() {
             return;
@@ -240,14 +243,16 @@ fn serve(conn: TcpStream, mode: &Mutex<Mode>, state: &State, running: &AtomicBoo
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn record(
     state: &State,
+    method: String,
     path: String,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
     decoded: Result<(Record, MachineId), String>,
     answered: Option<u16>,
 ) {
-    state.posts.lock().unwrap().push(Post { path, headers, body, decoded, answered });
+    state.posts.lock().unwrap().push(Post { method, path, headers, body, decoded, answered });
     state.cv.notify_all();
 }

@@ -7,7 +7,8 @@ use clap::Parser;
 
 /// The telemetrics collector daemon: receives records from probes on a unix
 /// socket (native and legacy framing), journals them, spools them durably
-/// and delivers them to the configured server once the user opted in.
+/// and delivers them to the configured server once the user opted in
+/// (never when DO_NOT_TRACK is set or airgap = true; see docs/PRIVACY.md).
 ///
 /// Configuration: -f FILE, else /etc/telemetrics/telemetrics.conf, else
 /// /usr/share/defaults/telemetrics/telemetrics.conf, else built-in

@@ -26,11 +26,15 @@ struct Args {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Allow records to leave this machine (creates etc_dir/opt-in).
+    /// Allow records accepted from now on to leave this machine (creates
+    /// etc_dir/opt-in). Records already journaled stay local; DO_NOT_TRACK,
+    /// airgap and debug still keep everything local.
     OptIn,
     /// Keep every record on this machine (removes etc_dir/opt-in).
     OptOut,
-    /// Show the daemon's counters since it started and the last delivery error.
+    /// Show which mode is in force (upload or local only, and why), the
+    /// privacy level, the daemon's counters since it started and the last
+    /// delivery error.
     Status {
         /// Print the status as JSON.
         #[arg(long)]
@@ -54,6 +58,30 @@ enum Cmd {
     /// Install or remove crashprobe as the kernel's core handler.
     #[command(subcommand)]
     Crash(CrashCmd),
+    /// Show, for records in the journal, exactly the HTTP request the
+    /// collector would send (method, URL, headers, body), without sending.
+    /// Bodies need record_retention_enabled=true (the payload is kept only then).
+    Preview(PreviewArgs),
+    /// Print the data dictionary: every field collected, its source, an
+    /// example and why (docs/DATA.md is generated from the same table).
+    Fields {
+        /// Print it as Markdown (the text of docs/DATA.md).
+        #[arg(long)]
+        markdown: bool,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct PreviewArgs {
+    /// Only the record with this record id.
+    #[arg(short = 'r', long = "record-id", value_name = "ID")]
+    record_id: Option<String>,
+    /// One JSON object per record (method, url, headers, body).
+    #[arg(long)]
+    json: bool,
+    /// After the journal, keep previewing records as they arrive (Ctrl-C stops).
+    #[arg(long)]
+    follow: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -157,6 +185,15 @@ fn main() -> ExitCode {
     };
     match args.cmd {
         Cmd::Crash(c) => crash_cmd(c, args.config.as_deref()),
+        Cmd::Preview(p) => preview_cmd(&cfg, &p),
+        Cmd::Fields { markdown } => {
+            if markdown {
+                print!("{}", telemetry::fields::markdown());
+            } else {
+                print_fields();
+            }
+            ExitCode::SUCCESS
+        }
         Cmd::OptIn => match consent::opt_in(&cfg) {
             Ok(()) => {
                 println!("opted in: records may now be sent to the server ({})", cfg.opt_in_file().display());
@@ -213,8 +250,67 @@ fn main() -> ExitCode {
     }
 }
 
+fn print_fields() {
+    use std::io::Write;
+    use telemetry::fields::{Scope, FIELDS};
+    let mut out = std::io::stdout().lock();
+    for f in FIELDS {
+        let scope = match f.scope {
+            Scope::Sent => "sent (only when opted in)",
+            Scope::Local => "local (never sent)",
+        };
+        let text = format!(
+            "{}\n  scope:     {scope}\n  source:    {}\n  example:   {}\n  why:       {}\n  anonymous: {}\n\n",
+            f.name, f.source, f.example, f.why, f.anonymous
+        );
+        // A closed pipe (`| head`) ends the listing quietly.
+        if out.write_all(text.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+fn preview_cmd(cfg: &Config, p: &PreviewArgs) -> ExitCode {
+    use telem_collector::{delivery::Prepared, preview};
+    if cfg.server.is_none() {
+        return fail("no server is configured, so nothing would ever be sent (set `server` to preview requests)");
+    }
+    let prep = Prepared::new(cfg);
+    let (mid, note) = preview::machine_id(cfg);
+    if let Some(n) = &note {
+        eprintln!("note: {n}");
+    }
+    let show = |e: &journal::Entry| {
+        if p.record_id.as_ref().is_some_and(|r| *r != e.id) {
+            return;
+        }
+        let (pv, desc) = preview::preview(&prep, &mid, e);
+        if p.json {
+            println!("{}", serde_json::to_string(&pv).unwrap_or_default());
+        } else {
+            println!("{}", preview::render(&pv, desc.as_ref()));
+        }
+    };
+    match preview::journal_records(&cfg.journal_dir) {
+        Ok(all) => all.iter().for_each(show),
+        Err(e) => return fail(e),
+    }
+    if p.follow {
+        preview::follow(&cfg.journal_dir, |e| {
+            show(&e);
+            true
+        });
+    }
+    ExitCode::SUCCESS
+}
+
 fn print_status(s: &telem_collector::stats::Status) {
     println!("telem-collector (pid {}) running since {} UTC", s.pid, journal::format_time(s.since));
+    if !s.mode.is_empty() {
+        println!("  mode:                {}", s.mode);
+        println!("  privacy level:       {}", s.privacy_level);
+        println!("  payload scrubbing:   {}", if s.scrubbing { "on" } else { "off (opt-in-no-privacy-filters)" });
+    }
     println!("  server:              {}", s.server.as_deref().unwrap_or("(none)"));
     println!("  consent:             {}", s.consent);
     println!("  received:            {}", s.received);

@@ -1,0 +1,228 @@
+//! `telemctl preview`: for records in the journal (and, with `--follow`,
+//! records arriving live) the exact HTTP request the collector would post,
+//! built by the same function delivery uses ([`delivery::describe`]),
+//! without sending anything.
+//!
+//! The journal keeps, per record, every sent field (classification,
+//! severity, event id, creation time, payload format version, the host
+//! facts after the privacy level) and, when `record_retention_enabled`, the
+//! payload after scrubbing. Without a retained payload the request cannot
+//! be shown exactly, and the preview says so instead of guessing. The
+//! machine id is the one the collector stamps now (standard, static); at
+//! the anonymous level the collector's session id lives only in its
+//! memory, so the preview shows [`MachineId::unset`] and says so.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use telemetry::{Classification, EventId, MachineId, Payload, Record, Severity};
+
+use crate::config::Config;
+use crate::delivery::{self, Prepared, RequestDesc};
+use crate::identity;
+use crate::journal::{self, Entry};
+
+/// One record's preview.
+#[derive(Debug, Clone, Serialize)]
+pub struct Preview {
+    pub record_id: String,
+    pub classification: String,
+    /// The record's fate in the journal (a `local-only` record is never
+    /// sent, even after a later opt-in).
+    pub fate: String,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub request: Option<RequestJson>,
+    /// Why no request can be shown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A [`RequestDesc`] for JSON output (body as text).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RequestJson {
+    pub method: String,
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl From<&RequestDesc> for RequestJson {
+    fn from(d: &RequestDesc) -> Self {
+        RequestJson {
+            method: d.method.into(),
+            url: d.url.clone(),
+            headers: d.headers.clone(),
+            body: String::from_utf8_lossy(&d.body).into_owned(),
+        }
+    }
+}
+
+/// The machine id to stamp previews with, and a note when it is not the
+/// one the collector will use.
+pub fn machine_id(cfg: &Config) -> (MachineId, Option<String>) {
+    match identity::peek(cfg, SystemTime::now()) {
+        Some(id) => (id, None),
+        None if cfg.privacy_level == crate::config::PrivacyLevel::Anonymous => (
+            MachineId::unset(),
+            Some(format!(
+                "privacy_level = anonymous: the collector stamps its session id (random per start, never stored); shown as {}",
+                MachineId::UNSET_STR
+            )),
+        ),
+        None => (
+            MachineId::unset(),
+            Some(format!(
+                "no current machine id in {} (the collector makes one when it starts); shown as {}",
+                cfg.machine_id_file().display(),
+                MachineId::UNSET_STR
+            )),
+        ),
+    }
+}
+
+/// Rebuilds the record a journal entry describes.
+pub fn record_of(e: &Entry) -> Result<Record, String> {
+    let class = e.class.as_deref().ok_or("not a record entry")?;
+    let classification = Classification::parse(class).map_err(|x| x.to_string())?;
+    let severity = Severity::try_from(e.severity.ok_or("no severity in the journal entry")?).map_err(|x| x.to_string())?;
+    let event_id = EventId::from_str(e.event.as_deref().ok_or("no event id in the journal entry")?).map_err(|x| x.to_string())?;
+    let host = e.host.clone().ok_or("the journal entry has no host facts (journaled by an older collector)")?;
+    let ts = e.creation_timestamp.ok_or("no creation_timestamp in the journal entry (journaled by an older collector)")?;
+    let payload = e
+        .payload
+        .clone()
+        .ok_or("the payload was not kept (set record_retention_enabled = true to preview request bodies)")?;
+    Ok(Record::builder(classification, severity, Payload::text(payload))
+        .event_id(event_id)
+        .creation_timestamp(ts)
+        .payload_format_version(e.payload_format_version.unwrap_or(1))
+        .host(host)
+        .build())
+}
+
+/// The preview of one journal entry's record.
+pub fn preview(prep: &Prepared, mid: &MachineId, e: &Entry) -> (Preview, Option<RequestDesc>) {
+    let desc = record_of(e).and_then(|r| delivery::describe(prep, mid, &r));
+    let (request, error, desc) = match desc {
+        Ok(d) => (Some(RequestJson::from(&d)), None, Some(d)),
+        Err(why) => (None, Some(why), None),
+    };
+    (
+        Preview {
+            record_id: e.id.clone(),
+            classification: e.class.clone().unwrap_or_default(),
+            fate: e.fate.clone(),
+            request,
+            error,
+        },
+        desc,
+    )
+}
+
+/// Text form: a comment line naming the record and its fate, then the
+/// request (or why none can be shown).
+pub fn render(p: &Preview, desc: Option<&RequestDesc>) -> String {
+    let mut s = format!("# record {} {} (fate: {})\n", p.record_id, p.classification, p.fate);
+    if p.fate.starts_with("local-only") {
+        s.push_str("# this record stays on this machine (consent is not retroactive); the request shows what such a record carries\n");
+    }
+    match (desc, &p.error) {
+        (Some(d), _) => s.push_str(&d.render()),
+        (None, Some(e)) => s.push_str(&format!("(no request: {e})\n")),
+        (None, None) => {}
+    }
+    s
+}
+
+/// Journal records (first entries) for `telemctl preview`, oldest first.
+pub fn journal_records(dir: &Path) -> Result<Vec<Entry>, journal::JournalError> {
+    Ok(journal::read(dir)?.into_iter().map(|m| m.entry).collect())
+}
+
+/// Calls `f` with every record entry appended to the journal from now on
+/// (polls every 100 ms; follows rotation). Returns when `f` returns false.
+pub fn follow(dir: &Path, mut f: impl FnMut(Entry) -> bool) {
+    let path = dir.join(journal::FILE_NAME);
+    let mut pos = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let mut pending = Vec::new();
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let Ok(mut file) = std::fs::File::open(&path) else { continue };
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        if len < pos {
+            pos = 0; // rotated or pruned
+            pending.clear();
+        }
+        if len == pos || file.seek(SeekFrom::Start(pos)).is_err() {
+            continue;
+        }
+        let mut buf = Vec::new();
+        if file.read_to_end(&mut buf).is_err() {
+            continue;
+        }
+        pos += buf.len() as u64;
+        pending.extend_from_slice(&buf);
+        let cut = pending.iter().rposition(|&b| b == b'\n').map(|p| p + 1).unwrap_or(0);
+        let complete: Vec<u8> = pending.drain(..cut).collect();
+        for line in complete.split(|&b| b == b'\n') {
+            let Ok(e) = serde_json::from_slice::<Entry>(line) else { continue };
+            if e.class.is_some() && !f(e) {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::Fate;
+
+    fn entry(record: &Record, payload: Option<&str>) -> Entry {
+        Entry {
+            id: "a".repeat(32),
+            time: 1,
+            class: Some(record.classification.to_string()),
+            event: Some(record.event_id.to_string()),
+            boot: None,
+            uid: Some(0),
+            pid: Some(1),
+            severity: Some(record.severity.as_u8()),
+            fate: Fate::LocalOnly("not opted in".into()).to_string(),
+            payload: payload.map(str::to_string),
+            creation_timestamp: Some(record.creation_timestamp),
+            payload_format_version: Some(record.payload_format_version),
+            host: Some(record.host.clone()),
+        }
+    }
+
+    #[test]
+    fn journal_entry_rebuilds_the_request_delivery_builds() {
+        let r = Record::builder(Classification::parse("org.t/preview/x").unwrap(), Severity::High, Payload::text("hello\n"))
+            .creation_timestamp(1_700_000_000)
+            .payload_format_version(2)
+            .build();
+        let mid = MachineId::random();
+        for proto in ["v2", "v3"] {
+            let cfg = Config::from_settings(
+                &telemetry::config::Settings::parse(
+                    &format!("[settings]\nserver=http://127.0.0.1:9/\nserver_protocol={proto}\n"),
+                    None,
+                )
+                .unwrap(),
+            )
+            .unwrap();
+            let prep = Prepared::new(&cfg);
+            let (p, d) = preview(&prep, &mid, &entry(&r, Some("hello\n")));
+            assert_eq!(d.unwrap(), delivery::describe(&prep, &mid, &r).unwrap(), "{proto}");
+            let text = render(&p, delivery::describe(&prep, &mid, &r).ok().as_ref());
+            assert!(text.contains("POST http://127.0.0.1:9/") && text.contains("stays on this machine"), "{text}");
+            // Without the payload: said, not guessed.
+            let (p, d) = preview(&prep, &mid, &entry(&r, None));
+            assert!(d.is_none() && p.error.unwrap().contains("record_retention_enabled"));
+        }
+    }
+}

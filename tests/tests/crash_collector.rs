@@ -1,16 +1,21 @@
-//! The whole crash path with real parts: `telemctl crash install` writes
-//! core_pattern, a real program crashes, the kernel pipes its core to
-//! crashprobe, crashprobe sends the record to the real collector, and the
-//! collector journals it; `telemctl crash uninstall` restores the kernel's
-//! settings (a guard restores them too if the test fails).
+//! Every probe, real parts end to end: `telemctl crash install` writes
+//! core_pattern, eventprobe is attached, hprobe sends, a real program
+//! crashes; crashprobe (through the kernel's pipe) and eventprobe send their
+//! records to the real collector, which has a real HTTP sink configured.
+//! Not opted in: the sink gets nothing while the journal holds every
+//! record. Opted in: the next crash's records reach the sink, the earlier
+//! ones stay local (consent is not retroactive). `telemctl crash uninstall`
+//! restores the kernel's settings (a guard restores them on failure too).
 
+use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use e2e::collector::Collector;
+use e2e::sink::Sink;
 
 const STATE: &str = "/run/telemetrics/crashprobe.state";
 const SYSCTLS: [&str; 2] = ["/proc/sys/kernel/core_pattern", "/proc/sys/kernel/core_pipe_limit"];
@@ -28,7 +33,16 @@ impl Drop for KernelGuard {
     }
 }
 
-fn crash_program(dir: &Path) -> std::path::PathBuf {
+struct Probe(Child);
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn crash_program(dir: &Path) -> PathBuf {
     let src = dir.join("boom.c");
     std::fs::write(&src, "int *volatile p;\nint main(void) { return *p; }\n").unwrap();
     let exe = dir.join("boom");
@@ -37,29 +51,8 @@ fn crash_program(dir: &Path) -> std::path::PathBuf {
     exe
 }
 
-#[test]
-fn telemctl_crash_install_delivers_crashes_to_the_collector() {
-    if !e2e::require_root("telemctl_crash_install_delivers_crashes_to_the_collector") {
-        return;
-    }
-    assert!(!Path::new(STATE).exists(), "{STATE} exists: a real install is active; not touching it");
-    let guard = KernelGuard(SYSCTLS.iter().map(|p| (*p, std::fs::read_to_string(p).unwrap())).collect());
-    let tmp = tempfile::Builder::new().prefix("cc").tempdir_in("/tmp").unwrap();
-    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    // Short paths: core_pattern holds at most 127 bytes.
-    let mut c = Collector::in_dir(tmp.path(), None, &format!("crash_third_party=unwind\ncrash_system_prefixes={}/\n", tmp.path().display()));
-    c.start();
-    let telemctl = e2e::bin("telemctl");
-    let crashprobe = e2e::bin("crashprobe");
-    let out = Command::new(&telemctl).arg("-f").arg(&c.conf).args(["crash", "install", "--exe"]).arg(&crashprobe).output().unwrap();
-    assert!(out.status.success(), "install: {}", String::from_utf8_lossy(&out.stderr));
-    let pattern = std::fs::read_to_string(SYSCTLS[0]).unwrap();
-    assert!(pattern.starts_with(&format!("|{}", crashprobe.display())), "{pattern}");
-    assert!(pattern.contains(&format!("-c {}", c.conf.display())), "{pattern}");
-    assert_eq!(std::fs::read_to_string(SYSCTLS[1]).unwrap().trim(), "16");
-
-    let exe = crash_program(tmp.path());
-    let mut cmd = Command::new(&exe);
+fn crash(exe: &Path) {
+    let mut cmd = Command::new(exe);
     cmd.stdout(Stdio::null()).stderr(Stdio::null());
     // SAFETY: setrlimit is async-signal-safe.
     unsafe {
@@ -71,18 +64,107 @@ fn telemctl_crash_install_delivers_crashes_to_the_collector() {
     }
     let st = cmd.status().unwrap();
     assert_eq!(st.signal(), Some(11), "{st}");
+}
 
+fn start_eventprobe(socket: &Path) -> Probe {
+    let obj = e2e::workspace_root().join("probe-ebpf/target/bpfel-unknown-none/release/probe-ebpf");
+    if !obj.exists() {
+        let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["run", "--quiet", "-p", "xtask", "--", "build-ebpf"])
+            .current_dir(e2e::workspace_root())
+            .status()
+            .expect("run cargo xtask build-ebpf");
+        assert!(st.success(), "cargo xtask build-ebpf failed");
+    }
+    let mut child = Command::new(e2e::bin("eventprobe"))
+        .arg("--socket")
+        .arg(socket)
+        .args(["--duration", "55", "--comm", "boom", "--no-exits"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start eventprobe");
+    let out = child.stdout.take().expect("stdout");
+    let probe = Probe(child);
+    let mut line = String::new();
+    BufReader::new(out).read_line(&mut line).expect("read eventprobe stdout");
+    assert!(line.contains("ready"), "eventprobe did not get ready: {line:?}");
+    probe
+}
+
+/// Waits until the journal holds `n` entries of classification `class`
+/// (a `/*` prefix allowed); returns them.
+fn wait_journal(c: &Collector, class: &str, n: usize) -> Vec<serde_json::Value> {
     let deadline = Instant::now() + Duration::from_secs(30);
-    let entry = loop {
-        let j = c.journal(&["-c", "org.clearlinux/crash/*"]);
-        if let Some(e) = j.into_iter().next() {
-            break e;
+    loop {
+        let j = c.journal(&["-c", class]);
+        if j.len() >= n {
+            return j;
         }
-        assert!(Instant::now() < deadline, "no crash record journaled; collector log:\n{}", c.log());
+        assert!(Instant::now() < deadline, "{n} {class} record(s) not journaled (have {j:?}); log:\n{}", c.log());
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn every_probe_through_the_real_collector_and_consent() {
+    if !e2e::require_root("every_probe_through_the_real_collector_and_consent") {
+        return;
+    }
+    assert!(!Path::new(STATE).exists(), "{STATE} exists: a real install is active; not touching it");
+    let guard = KernelGuard(SYSCTLS.iter().map(|p| (*p, std::fs::read_to_string(p).unwrap())).collect());
+    let sink = Sink::start();
+    let tmp = tempfile::Builder::new().prefix("cc").tempdir_in("/tmp").unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // A server is configured, but the machine is not opted in.
+    let extra = format!(
+        "server={}\ncrash_third_party=unwind\ncrash_system_prefixes={}/\n",
+        sink.url(),
+        tmp.path().display()
+    );
+    let mut c = Collector::in_dir(tmp.path(), None, &extra);
+    c.start();
+    let telemctl = e2e::bin("telemctl");
+    let crashprobe = e2e::bin("crashprobe");
+    let out = Command::new(&telemctl).arg("-f").arg(&c.conf).args(["crash", "install", "--exe"]).arg(&crashprobe).output().unwrap();
+    assert!(out.status.success(), "install: {}", String::from_utf8_lossy(&out.stderr));
+    let pattern = std::fs::read_to_string(SYSCTLS[0]).unwrap();
+    assert!(pattern.starts_with(&format!("|{}", crashprobe.display())), "{pattern}");
+    assert!(pattern.contains(&format!("-c {}", c.conf.display())), "{pattern}");
+    assert_eq!(std::fs::read_to_string(SYSCTLS[1]).unwrap().trim(), "16");
+    let _events = start_eventprobe(&c.socket);
+    let exe = crash_program(tmp.path());
+
+    // Not opted in: everything journaled, nothing sent.
+    let st = Command::new(e2e::bin("hprobe")).arg("--socket").arg(&c.socket).status().unwrap();
+    assert!(st.success());
+    crash(&exe);
+    let crashes = wait_journal(&c, "org.clearlinux/crash/*", 1);
+    let fatal = wait_journal(&c, "org.clearlinux/signal/fatal", 1);
+    let hello = wait_journal(&c, "org.clearlinux/hello/world", 1);
+    for e in crashes.iter().chain(&fatal).chain(&hello) {
+        assert_eq!(e["fate"], "local-only: not opted in", "{e}");
+    }
+    assert_eq!(crashes[0]["event"], fatal[0]["event"], "crashprobe and eventprobe share the event id");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(sink.posts().len(), 0, "nothing may leave the machine before opt-in");
+
+    // Opted in: the next crash is delivered; the first stays local.
+    let out = Command::new(&telemctl).arg("-f").arg(&c.conf).arg("opt-in").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::thread::sleep(Duration::from_millis(400)); // the collector re-checks opt-in every 200 ms
+    crash(&exe);
+    let classes = |posts: &[e2e::sink::Post]| -> Vec<String> {
+        posts.iter().filter_map(|p| p.decoded.as_ref().ok()).map(|(r, _)| r.classification.to_string()).collect()
     };
-    let class = entry["class"].as_str().unwrap_or_default().to_string();
-    assert!(class.starts_with("org.clearlinux/crash/"), "{entry}");
+    let ok = sink.wait_for(Duration::from_secs(30), |p| {
+        let cl = classes(p);
+        cl.iter().any(|c| c.starts_with("org.clearlinux/crash/")) && cl.iter().any(|c| c == "org.clearlinux/signal/fatal")
+    });
+    assert!(ok, "second crash not delivered: {:?}; log:\n{}", classes(&sink.posts()), c.log());
+    std::thread::sleep(Duration::from_millis(500));
+    let cl = classes(&sink.posts());
+    assert_eq!(cl.iter().filter(|c| c.starts_with("org.clearlinux/crash/")).count(), 1, "{cl:?}");
+    assert!(!cl.iter().any(|c| c.contains("hello/world")), "records from before the opt-in stay local: {cl:?}");
 
     let out = Command::new(&telemctl).arg("-f").arg(&c.conf).args(["crash", "uninstall"]).output().unwrap();
     assert!(out.status.success(), "uninstall: {}", String::from_utf8_lossy(&out.stderr));

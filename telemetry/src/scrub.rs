@@ -23,27 +23,23 @@ use std::sync::OnceLock;
 
 use regex::Regex;
 
-struct Patterns {
-    home: Regex,
-    email: Regex,
-    mac: Regex,
-    ipv4: Regex,
-    ipv6: Regex,
-}
-
-fn patterns() -> &'static Patterns {
-    static P: OnceLock<Patterns> = OnceLock::new();
+/// All classes in one automaton, so a payload is scanned once: the
+/// alternatives are tried left to right at each position (e-mail before
+/// home directories, MAC before IPv6).
+fn pattern() -> &'static Regex {
+    static P: OnceLock<Regex> = OnceLock::new();
     P.get_or_init(|| {
-        let re = |s: &str| Regex::new(s).unwrap_or_else(|e| panic!("scrub pattern {s}: {e}"));
-        Patterns {
-            home: re(r"(/(?:home|var/home|Users)/)([^/\s:'\x22]+)"),
-            email: re(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"),
-            mac: re(r"\b[0-9A-Fa-f]{2}(?:[:-][0-9A-Fa-f]{2}){5}\b"),
-            ipv4: re(r"\b(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\b"),
+        let src = concat!(
+            r"(?P<email>[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})",
+            r"|(?P<home>/(?:home|var/home|Users)/)[^/\s:'\x22]+",
+            r"|(?P<mac>\b[0-9A-Fa-f]{2}(?:[:-][0-9A-Fa-f]{2}){5}\b)",
+            r"|(?P<ipv4>\b(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\b)",
             // Eight full groups, or a compressed form with "::"; at least one
-            // group must hold a digit (so `cafe::babe`-like C++ names stay).
-            ipv6: re(r"(?i)(?:\b[0-9a-f]{1,4}(?::[0-9a-f]{1,4}){7}\b|(?:\b[0-9a-f]{1,4}(?::[0-9a-f]{1,4}){0,6})?::(?:[0-9a-f]{1,4}(?::[0-9a-f]{1,4}){0,6}\b)?)"),
-        }
+            // group must hold a digit (checked on the match, so C++ names
+            // such as `cafe::babe` stay).
+            r"|(?P<ipv6>(?i:\b[0-9a-f]{1,4}(?::[0-9a-f]{1,4}){7}\b|(?:\b[0-9a-f]{1,4}(?::[0-9a-f]{1,4}){0,6})?::(?:[0-9a-f]{1,4}(?::[0-9a-f]{1,4}){0,6}\b)?))",
+        );
+        Regex::new(src).unwrap_or_else(|e| panic!("scrub pattern: {e}"))
     })
 }
 
@@ -80,36 +76,35 @@ impl Scrubber {
 
     /// `text` with every personal datum replaced by its marker.
     pub fn scrub<'a>(&self, text: &'a str) -> Cow<'a, str> {
-        let p = patterns();
         let mut out: Cow<'a, str> = Cow::Borrowed(text);
         for h in &self.hostnames {
             if out.contains(h.as_str()) {
                 out = Cow::Owned(replace_word(&out, h, "<hostname>"));
             }
         }
-        let apply = |s: Cow<'a, str>, re: &Regex, with: &str| -> Cow<'a, str> {
-            match re.replace_all(&s, with) {
-                Cow::Borrowed(_) => s,
-                Cow::Owned(o) => Cow::Owned(o),
-            }
-        };
-        out = apply(out, &p.email, "<email>");
-        out = apply(out, &p.home, "${1}<user>");
-        out = apply(out, &p.mac, "<mac>");
-        out = apply(out, &p.ipv4, "<ipv4>");
-        out = match p.ipv6.replace_all(&out, |c: &regex::Captures<'_>| {
-            let m = &c[0];
-            if m.bytes().any(|b| b.is_ascii_digit()) && m.len() > 2 {
-                "<ipv6>".to_string()
+        let replaced = pattern().replace_all(&out, |c: &regex::Captures<'_>| -> String {
+            if c.name("email").is_some() {
+                "<email>".into()
+            } else if let Some(home) = c.name("home") {
+                format!("{}<user>", home.as_str())
+            } else if c.name("mac").is_some() {
+                "<mac>".into()
+            } else if c.name("ipv4").is_some() {
+                "<ipv4>".into()
             } else {
-                m.to_string()
+                let m = &c[0];
+                if m.len() > 2 && m.bytes().any(|b| b.is_ascii_digit()) {
+                    "<ipv6>".into()
+                } else {
+                    m.to_string()
+                }
             }
-        }) {
+        });
+        match replaced {
             Cow::Borrowed(_) => out,
             Cow::Owned(o) if o == *out => out,
             Cow::Owned(o) => Cow::Owned(o),
-        };
-        out
+        }
     }
 }
 

@@ -357,7 +357,20 @@ pub async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<boo
         tokio::select! {
             biased;
             _ = stop.changed() => {
+                // Let posts already on the wire finish (up to 3 s), so a
+                // record the server received is not sent again after a
+                // restart; then give up on the rest (they stay spooled).
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+                let mut updates = Vec::new();
+                while let Ok(Some(res)) = tokio::time::timeout_at(deadline, inflight.join_next()).await {
+                    if let Ok((job, out)) = res {
+                        handle(&shared, &cfg, job, out, &mut updates, &mut attempt, &mut retry_at, &mut retry);
+                    }
+                }
                 inflight.abort_all();
+                if !updates.is_empty() {
+                    shared.journal.append(updates, None);
+                }
                 return;
             }
             Some(res) = inflight.join_next(), if !inflight.is_empty() => {

@@ -24,6 +24,8 @@ pub enum Mode {
     Hang,
     /// Close the connection without answering.
     Drop,
+    /// Record the post at once, answer 201 after this many milliseconds.
+    Slow(u64),
 }
 
 /// One post as received.
@@ -233,6 +235,15 @@ fn serve(conn: TcpStream, mode: &Mutex<Mode>, state: &State, running: &AtomicBoo
             Mode::Drop => {
                 record(state, method.clone(), path, headers, body, decoded, None);
                 return;
+            }
+            Mode::Slow(ms) => {
+                record(state, method.clone(), path, headers, body, decoded, Some(201));
+                std::thread::sleep(Duration::from_millis(ms));
+                let resp = "HTTP/1.1 201 X\r\nContent-Length: 0\r\n\r\n";
+                if wr.write_all(resp.as_bytes()).is_err() {
+                    return;
+                }
+                continue;
             }
         };
         record(state, method.clone(), path, headers, body, decoded, Some(status));

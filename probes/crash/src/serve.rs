@@ -73,7 +73,11 @@ pub fn serve(listener: UnixListener, cfg: Config, collector: Option<PathBuf>, st
         let conn = match listener.accept() {
             Ok((c, _)) => c,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(20));
+                // Wait for the kernel's next connection (woken at once),
+                // looking at the stop flag every 200 ms.
+                let mut p = libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+                // SAFETY: one valid pollfd on a listener we hold.
+                unsafe { libc::poll(&mut p, 1, 200) };
                 continue;
             }
             Err(e) => {

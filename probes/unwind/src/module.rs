@@ -320,7 +320,12 @@ impl Module {
     fn section_bytes(&self, obj: &object::File<'_>, name: &str) -> SharedBytes {
         let empty = SharedBytes { owner: self.data.clone(), range: 0..0 };
         let Some(s) = obj.section_by_name(name) else { return empty };
-        match s.uncompressed_data() {
+        let Ok(c) = s.compressed_data() else { return empty };
+        if !plausible_size(&c) {
+            tracing::debug!(section = name, size = c.uncompressed_size, "compressed section claims an implausible size; ignored");
+            return empty;
+        }
+        match c.decompress() {
             Ok(std::borrow::Cow::Borrowed(b)) => {
                 let start = (b.as_ptr() as usize).wrapping_sub(self.data.as_ptr() as usize);
                 if start.checked_add(b.len()).is_some_and(|e| e <= self.data.len()) {
@@ -488,6 +493,22 @@ mod fallible_iterator_shim {
         fn next_frame(&mut self) -> Option<addr2line::Frame<'a, super::Reader>> {
             self.next().ok().flatten()
         }
+    }
+}
+
+/// Largest section decompressed (libc's whole `.debug_info` is ~10 MiB).
+pub const MAX_DECOMPRESSED: u64 = 256 << 20;
+
+/// Whether a compressed section's claimed size is worth allocating: at
+/// most [`MAX_DECOMPRESSED`], and for zlib at most what deflate can expand
+/// to (1032:1), so a hostile header cannot make us reserve terabytes.
+fn plausible_size(c: &object::CompressedData<'_>) -> bool {
+    match c.format {
+        object::CompressionFormat::None => true,
+        object::CompressionFormat::Zlib => {
+            c.uncompressed_size <= MAX_DECOMPRESSED && c.uncompressed_size <= (c.data.len() as u64).saturating_mul(1032) + 64
+        }
+        _ => c.uncompressed_size <= MAX_DECOMPRESSED,
     }
 }
 

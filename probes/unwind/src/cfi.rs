@@ -42,6 +42,39 @@ impl std::fmt::Display for CfiError {
     }
 }
 
+/// Size of a fixed-size DWARF pointer encoding (low nibble), or None.
+fn enc_size(enc: u8) -> Option<usize> {
+    match enc & 0x0f {
+        0x00 | 0x04 | 0x0c => Some(8),
+        0x02 | 0x0a => Some(2),
+        0x03 | 0x0b => Some(4),
+        _ => None,
+    }
+}
+
+/// Whether the `.eh_frame_hdr` search table holds the `fde_count` rows its
+/// header claims (gimli's binary search multiplies that count unchecked, so
+/// a lying header must not reach it). Unusual encodings count as not sane:
+/// the caller then scans `.eh_frame` instead.
+pub(crate) fn hdr_table_fits(b: &[u8], big_endian: bool) -> bool {
+    let (Some(&1), Some(&ptr_enc), Some(&count_enc), Some(&table_enc)) = (b.first(), b.get(1), b.get(2), b.get(3)) else {
+        return false;
+    };
+    let (Some(ptr), Some(cnt), Some(row)) = (enc_size(ptr_enc), enc_size(count_enc), enc_size(table_enc)) else {
+        return false;
+    };
+    let Some(raw) = b.get(4 + ptr..4 + ptr + cnt) else { return false };
+    let mut v = [0u8; 8];
+    if big_endian {
+        v[8 - cnt..].copy_from_slice(raw);
+    } else {
+        v[..cnt].copy_from_slice(raw);
+    }
+    let count = if big_endian { u64::from_be_bytes(v) } else { u64::from_le_bytes(v) };
+    let table_len = (b.len() - 4 - ptr - cnt) as u64;
+    count.checked_mul(2 * row as u64).is_some_and(|need| need <= table_len)
+}
+
 fn bad(e: gimli::Error) -> CfiError {
     match e {
         gimli::Error::NoUnwindInfoForAddress => CfiError::NoInfo,
@@ -67,8 +100,10 @@ pub(crate) fn step<M: Memory + ?Sized>(
         let found = match &module.eh_frame_hdr {
             Some(hdr) => {
                 bases = bases.set_eh_frame_hdr(hdr.addr);
-                let parsed = EhFrameHdr::new(module.section(hdr), endian).parse(&bases, 8);
-                match parsed.as_ref().ok().and_then(|p| p.table().map(|t| (p, t))) {
+                let bytes = module.section(hdr);
+                let parsed = EhFrameHdr::new(bytes, endian).parse(&bases, 8);
+                let sane = hdr_table_fits(bytes, gimli::Endianity::is_big_endian(endian));
+                match parsed.as_ref().ok().filter(|_| sane).and_then(|p| p.table().map(|t| (p, t))) {
                     // Binary search of the table; the pointer-to-offset step
                     // is done here with checked arithmetic (gimli's
                     // subtracts unchecked, which a lying header overflows).
@@ -240,5 +275,28 @@ fn eval<M: Memory + ?Sized>(
         Some(Location::Address { address }) => Ok(Out::Addr(*address)),
         Some(Location::Value { value }) => value.to_u64(!0).map(Out::Val).map_err(bad),
         _ => Err(CfiError::Bad("CFI expression has no address result".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hdr_table_fits;
+    use object::{Object, ObjectSection};
+
+    #[test]
+    fn eh_frame_hdr_count_must_fit_its_table() {
+        let exe = std::fs::read("/proc/self/exe").unwrap();
+        let obj = object::File::parse(&*exe).unwrap();
+        let hdr = obj.section_by_name(".eh_frame_hdr").unwrap().data().unwrap().to_vec();
+        assert!(hdr_table_fits(&hdr, false), "this test binary's own table fits");
+        // A header claiming more rows than the table holds (here: what made
+        // gimli's search overflow) is refused; so is a truncated header.
+        let mut lying = hdr.clone();
+        let at = 4 + super::enc_size(hdr[1]).unwrap();
+        lying[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(!hdr_table_fits(&lying, false));
+        assert!(!hdr_table_fits(&hdr[..hdr.len() - 1], false));
+        assert!(!hdr_table_fits(&hdr[..6], false));
+        assert!(!hdr_table_fits(&[], false));
     }
 }

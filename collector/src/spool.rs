@@ -115,7 +115,11 @@ pub struct ReadSegment {
 
 /// Reads and checks one segment file. `Ok(None)`: empty (a free file).
 pub fn read_segment(path: &Path) -> Result<Option<ReadSegment>, String> {
-    let mut f = File::open(path).map_err(|e| e.to_string())?;
+    read_segment_from(File::open(path).map_err(|e| e.to_string())?)
+}
+
+/// [`read_segment`] of an open file.
+pub fn read_segment_from(mut f: File) -> Result<Option<ReadSegment>, String> {
     let len = f.metadata().map_err(|e| e.to_string())?.len();
     if len == 0 {
         return Ok(None);
@@ -176,6 +180,10 @@ struct Index {
 enum House {
     Rename { seq: u64 },
     Refill,
+    /// A segment whose records are all final: emptied and kept as a free
+    /// file (creating and unlinking a file per segment is what costs most
+    /// on ext4 under churn), or unlinked when the pool is full.
+    Recycle(PathBuf),
 }
 
 /// The spool; cheap to share (`Arc`).
@@ -365,6 +373,7 @@ impl Spool {
             return Err(err);
         }
         drop(f);
+        tracing::debug!(seq, records = items.len(), "spool segment committed");
         let bytes = (HEADER_LEN + body.len()) as u64;
         {
             let mut ix = self.lock();
@@ -393,72 +402,94 @@ impl Spool {
         Ok(seq)
     }
 
-    /// The next record to deliver, FIFO.
+    /// The next record to deliver, FIFO. A segment no longer in memory is
+    /// opened under the lock (the descriptor survives the housekeeper's
+    /// rename) but read and decoded outside it, so commits (and their acks)
+    /// never wait for that.
     pub fn next(&self) -> Option<Ticket> {
-        let mut ix = self.lock();
-        let ix = &mut *ix;
         loop {
-            let seg = ix.segments.iter_mut().find(|s| s.handed < s.total)?;
-            if seg.records.is_none() {
-                match read_segment(&seg.path) {
-                    Ok(Some(s)) if s.items.len() == seg.total as usize => {
-                        ix.cached += seg.bytes;
-                        seg.records = Some(s.items.into_iter().map(Arc::new).collect());
-                    }
-                    other => {
-                        let why = match other {
-                            Err(e) => e,
-                            _ => "empty or changed".into(),
-                        };
-                        tracing::error!(
-                            "spool segment {} cannot be read back: {why}; its {} record(s) are lost",
-                            seg.path.display(),
-                            seg.total - seg.handed
-                        );
-                        // Nothing of it can be handed out: let it go.
-                        let lost = (seg.total - seg.handed) as u64;
-                        seg.handed = seg.total;
-                        seg.outstanding = seg.outstanding.saturating_sub(lost as u32);
-                        ix.records = ix.records.saturating_sub(lost);
-                        if seg.outstanding == 0 {
-                            let seq = seg.seq;
-                            if let Some(pos) = ix.segments.iter().position(|s| s.seq == seq) {
-                                if let Some(gone) = ix.segments.remove(pos) {
-                                    ix.bytes = ix.bytes.saturating_sub(gone.bytes);
-                                    let _ = std::fs::remove_file(&gone.path);
-                                }
-                            }
-                        }
+            let (seq, file) = {
+                let mut ix = self.lock();
+                let seg = ix.segments.iter_mut().find(|s| s.handed < s.total)?;
+                if let Some(recs) = &seg.records {
+                    let item = recs.get(seg.handed as usize)?.clone();
+                    seg.handed += 1;
+                    return Some(Ticket { seq: seg.seq, item });
+                }
+                let seq = seg.seq;
+                match File::open(&seg.path) {
+                    Ok(f) => (seq, f),
+                    Err(e) => {
+                        Self::lose(&mut ix, seq, &e.to_string());
                         continue;
                     }
                 }
+            };
+            let read = read_segment_from(file);
+            let mut ix = self.lock();
+            let Some(seg) = ix.segments.iter_mut().find(|s| s.seq == seq) else { continue };
+            if seg.records.is_some() {
+                continue;
             }
-            let recs = seg.records.as_ref()?;
-            let item = recs.get(seg.handed as usize)?.clone();
-            seg.handed += 1;
-            return Some(Ticket { seq: seg.seq, item });
+            match read {
+                Ok(Some(s)) if s.items.len() == seg.total as usize => {
+                    let bytes = seg.bytes;
+                    seg.records = Some(s.items.into_iter().map(Arc::new).collect());
+                    ix.cached += bytes;
+                }
+                other => {
+                    let why = match other {
+                        Err(e) => e,
+                        _ => "empty or changed".into(),
+                    };
+                    Self::lose(&mut ix, seq, &why);
+                }
+            }
+        }
+    }
+
+    /// A segment that cannot be read back: nothing of it can be handed out.
+    fn lose(ix: &mut Index, seq: u64, why: &str) {
+        let Some(pos) = ix.segments.iter().position(|s| s.seq == seq) else { return };
+        let seg = &mut ix.segments[pos];
+        tracing::error!(
+            "spool segment {} cannot be read back: {why}; its {} record(s) are lost",
+            seg.path.display(),
+            seg.total - seg.handed
+        );
+        let lost = (seg.total - seg.handed) as u64;
+        seg.handed = seg.total;
+        seg.outstanding = seg.outstanding.saturating_sub(lost as u32);
+        ix.records = ix.records.saturating_sub(lost);
+        if ix.segments[pos].outstanding == 0 {
+            if let Some(gone) = ix.segments.remove(pos) {
+                ix.bytes = ix.bytes.saturating_sub(gone.bytes);
+                let _ = std::fs::remove_file(&gone.path);
+            }
         }
     }
 
     /// Marks a handed-out record final (delivered, refused, expired);
     /// unlinks its segment once all of the segment's records are final.
     pub fn done(&self, seq: u64) {
-        let mut ix = self.lock();
-        let Some(pos) = ix.segments.iter().position(|s| s.seq == seq) else { return };
-        ix.records = ix.records.saturating_sub(1);
-        let seg = &mut ix.segments[pos];
-        seg.outstanding = seg.outstanding.saturating_sub(1);
-        if seg.outstanding == 0 && seg.handed == seg.total {
-            if let Some(seg) = ix.segments.remove(pos) {
-                ix.bytes = ix.bytes.saturating_sub(seg.bytes);
-                if seg.records.is_some() {
-                    ix.cached = ix.cached.saturating_sub(seg.bytes);
-                }
-                if let Err(e) = std::fs::remove_file(&seg.path) {
-                    tracing::warn!("cannot remove delivered spool segment {}: {e}", seg.path.display());
-                }
+        let gone = {
+            let mut ix = self.lock();
+            let Some(pos) = ix.segments.iter().position(|s| s.seq == seq) else { return };
+            ix.records = ix.records.saturating_sub(1);
+            let seg = &mut ix.segments[pos];
+            seg.outstanding = seg.outstanding.saturating_sub(1);
+            if seg.outstanding != 0 || seg.handed != seg.total {
+                return;
             }
-        }
+            let Some(seg) = ix.segments.remove(pos) else { return };
+            ix.bytes = ix.bytes.saturating_sub(seg.bytes);
+            if seg.records.is_some() {
+                ix.cached = ix.cached.saturating_sub(seg.bytes);
+            }
+            seg
+        };
+        // Gone from the index, so nothing renames it any more.
+        self.send_house(House::Recycle(gone.path));
     }
 
     /// Removes segments accepted before `before` (unix seconds) that have
@@ -490,6 +521,32 @@ impl Spool {
     }
 }
 
+/// Empties a finished segment file and renames it `free-N`, ready for the
+/// next commit. Neither step is synced: after a crash the file may still
+/// hold its old, delivered records under either name, and they are
+/// delivered again (at least once, as when an unlink is lost). A commit
+/// into it makes its new content durable with its own fdatasync, and
+/// recovery goes by the header's sequence number, not the name.
+fn recycle(spool: &Spool, path: &Path) {
+    let full = spool.lock().free.len() >= POOL;
+    let emptied = !full && OpenOptions::new().write(true).open(path).and_then(|f| f.set_len(0)).is_ok();
+    if emptied {
+        let n = {
+            let mut ix = spool.lock();
+            ix.next_free += 1;
+            ix.next_free - 1
+        };
+        let to = spool.dir.join(format!("free-{n}"));
+        if std::fs::rename(path, &to).is_ok() {
+            spool.lock().free.push(to);
+            return;
+        }
+    }
+    if let Err(e) = std::fs::remove_file(path) {
+        tracing::warn!("cannot remove delivered spool segment {}: {e}", path.display());
+    }
+}
+
 fn housekeeper(spool: std::sync::Weak<Spool>, rx: mpsc::Receiver<House>) {
     while let Ok(first) = rx.recv() {
         let mut msgs = vec![first];
@@ -499,15 +556,19 @@ fn housekeeper(spool: std::sync::Weak<Spool>, rx: mpsc::Receiver<House>) {
         let Some(spool) = spool.upgrade() else { return };
         let mut renamed = false;
         for m in &msgs {
-            if let House::Rename { seq } = m {
-                let mut ix = spool.lock();
-                if let Some(seg) = ix.segments.iter_mut().find(|s| s.seq == *seq) {
-                    let to = spool.dir.join(format!("seg-{seq:016}"));
-                    if std::fs::rename(&seg.path, &to).is_ok() {
-                        seg.path = to;
-                        renamed = true;
+            match m {
+                House::Rename { seq } => {
+                    let mut ix = spool.lock();
+                    if let Some(seg) = ix.segments.iter_mut().find(|s| s.seq == *seq) {
+                        let to = spool.dir.join(format!("seg-{seq:016}"));
+                        if std::fs::rename(&seg.path, &to).is_ok() {
+                            seg.path = to;
+                            renamed = true;
+                        }
                     }
                 }
+                House::Recycle(path) => recycle(&spool, path),
+                House::Refill => {}
             }
         }
         let need = {
@@ -602,15 +663,49 @@ mod tests {
         assert_eq!(t.item.record_id, [2; 16]);
         s.done(t.seq);
         assert_eq!((s.bytes(), s.records()), (0, 0));
-        let segs = std::fs::read_dir(dir.path())
-            .unwrap()
-            .filter(|e| std::fs::metadata(e.as_ref().unwrap().path()).unwrap().len() > 0)
-            .count();
-        assert_eq!(segs, 0);
+        // The housekeeper empties (recycles) the finished segment.
+        let nonempty = || {
+            std::fs::read_dir(dir.path())
+                .unwrap()
+                .filter(|e| std::fs::metadata(e.as_ref().unwrap().path()).map(|m| m.len() > 0).unwrap_or(false))
+                .count()
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while nonempty() > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(nonempty(), 0);
         // Expiry on open too.
         commit(&s, vec![item(3, 10)]);
         drop(s);
         let (_, rec) = Spool::open(dir.path(), 500).unwrap();
         assert_eq!(rec.expired.len(), 1);
+    }
+
+    #[test]
+    fn recycled_files_carry_new_segments_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, _) = Spool::open(dir.path(), 0).unwrap();
+        let files = || std::fs::read_dir(dir.path()).unwrap().count();
+        // Let the pool fill, then churn: every finished segment is reused.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while files() < POOL && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        for i in 0..(2 * POOL as u8).min(200) {
+            commit(&s, vec![item(i, 1000)]);
+            let t = s.next().unwrap();
+            assert_eq!(t.item.record_id, [i; 16]);
+            s.done(t.seq);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        commit(&s, vec![item(250, 1000)]);
+        commit(&s, vec![item(251, 1000)]);
+        drop(s);
+        let (s, rec) = Spool::open(dir.path(), 0).unwrap();
+        assert_eq!(rec.records, 2, "exactly the two undelivered records come back");
+        assert_eq!(s.next().unwrap().item.record_id, [250; 16]);
+        assert_eq!(s.next().unwrap().item.record_id, [251; 16]);
+        assert!(s.next().is_none());
     }
 }

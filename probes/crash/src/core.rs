@@ -339,7 +339,7 @@ fn plan(notes: &Notes, crashing: usize, policy: &KeepPolicy, vdso: Option<u64>, 
         }
         if let Some(v) = vdso {
             if let Some(p) = loads.iter().find(|p| p.vaddr == v && p.filesz <= 64 << 10) {
-                wants.push(Want { start: v, end: v + p.filesz });
+                wants.push(Want { start: v, end: v.saturating_add(p.filesz) });
             }
         }
     }
@@ -420,7 +420,10 @@ pub fn read_core_with<R: Read>(
                 if s >= e {
                     continue;
                 }
-                let file_off = p.offset + (s - p.vaddr);
+                let Some(file_off) = p.offset.checked_add(s - p.vaddr) else {
+                    notes.errors.push(format!("segment at offset {:#x} lies past any file size; skipped", p.offset));
+                    break;
+                };
                 stream.skip_to(file_off)?;
                 let bytes = stream.read_vec((e - s) as usize)?;
                 let vdso = notes.auxv.iter().find(|(k, _)| *k == AT_SYSINFO_EHDR).map(|(_, v)| *v);

@@ -1,26 +1,36 @@
-//! Stage: the durable spool under `spool_dir`, a FIFO of segment files.
+//! Stage: the durable spool under `spool_dir`: a FIFO of blocks (one per
+//! group commit) appended to spool files.
 //!
 //! Every record to be delivered is in the spool before its sender gets
 //! `Accepted`, so a kill -9 at any moment loses no acknowledged record
-//! (delivery is at least once). One segment holds one group commit: many
-//! records, one write, one `fdatasync`.
+//! (delivery is at least once). One block holds one group commit: many
+//! records, one write, one `fdatasync`. A spool file takes blocks until it
+//! holds [`MAX_FILE`] bytes, so files are made per megabytes, not per commit
+//! (on ext4, making a file per commit cost more CPU than the rest of the
+//! spool under load).
 //!
 //! ```text
 //! free-N   empty files made ahead of time, their directory entry fsync'd
 //!          (the "create" half of write/fsync/rename/fsync-dir, off the ack path)
-//! commit:  write the batch into a free file, fdatasync  -> acks go out
-//! then:    rename free-N -> seg-SEQ, fsync the directory (housekeeper thread)
-//! done:    a segment whose records are all delivered/refused/expired is unlinked
+//! commit:  append the batch as a block to an open spool file (each file is
+//!          appended by one committer at a time), fdatasync  -> acks go out
+//! then:    a file's first block: rename free-N -> seg-SEQ, fsync the
+//!          directory (housekeeper thread)
+//! done:    a file whose blocks are all delivered/refused/expired, and that
+//!          takes no more blocks, is emptied and returned to the free pool
 //! ```
 //!
-//! A segment file starts with a header (magic, sequence number, record count,
-//! accept time, body length, FNV-1a checksum of the body), so on start a
-//! written-but-not-yet-renamed `free-N` is recognised as a segment, and a
-//! torn write (never acknowledged: the ack waits for fdatasync) is deleted.
+//! Every block starts with a header (magic, sequence number, record count,
+//! accept time, body length, FNV-1a checksum of the body). On start every
+//! file is read block by block, so a written-but-not-yet-renamed `free-N`
+//! is recognised, and a torn block (never acknowledged: the ack waits for
+//! fdatasync) ends its file's valid blocks: appends to a file are
+//! sequential, so only the last block can be torn.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Read;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 
@@ -38,6 +48,8 @@ const POOL: usize = 256;
 const CACHE_BYTES: u64 = 1 << 20;
 /// Largest segment file read back (a sanity bound on a corrupt header).
 const MAX_SEGMENT: u64 = 1 << 30;
+/// A spool file takes no more blocks once it holds this many bytes.
+pub const MAX_FILE: u64 = 4 << 20;
 
 /// Why the spool cannot store or read records.
 #[derive(Debug, Error)]
@@ -104,59 +116,99 @@ fn header(seq: u64, count: u32, accepted: u64, body: &[u8]) -> [u8; HEADER_LEN] 
     h
 }
 
-/// A segment read back from disk.
+/// A block read back from disk.
 #[derive(Debug)]
 pub struct ReadSegment {
     pub seq: u64,
     pub accepted: u64,
     pub items: Vec<Item>,
+    /// Bytes of the block (header and body).
     pub bytes: u64,
 }
 
-/// Reads and checks one segment file. `Ok(None)`: empty (a free file).
-pub fn read_segment(path: &Path) -> Result<Option<ReadSegment>, String> {
-    read_segment_from(File::open(path).map_err(|e| e.to_string())?)
-}
-
-/// [`read_segment`] of an open file.
-pub fn read_segment_from(mut f: File) -> Result<Option<ReadSegment>, String> {
-    let len = f.metadata().map_err(|e| e.to_string())?.len();
-    if len == 0 {
+/// Parses the block at the start of `b`; `Ok(None)`: `b` is empty.
+fn parse_block(b: &[u8]) -> Result<Option<ReadSegment>, String> {
+    if b.is_empty() {
         return Ok(None);
     }
-    if len > MAX_SEGMENT {
-        return Err(format!("{len} bytes is too large for a segment"));
+    if b.len() < HEADER_LEN || &b[..8] != MAGIC {
+        return Err("not a spool block (bad magic or torn header)".into());
     }
-    let mut buf = Vec::with_capacity(len as usize);
-    f.read_to_end(&mut buf).map_err(|e| e.to_string())?;
-    if buf.len() < HEADER_LEN || &buf[..8] != MAGIC {
-        return Err("not a spool segment (bad magic or torn header)".into());
-    }
-    let u64at = |at: usize| u64::from_le_bytes(buf[at..at + 8].try_into().unwrap_or([0; 8]));
+    let u64at = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap_or([0; 8]));
     let seq = u64at(8);
-    let count = u32::from_le_bytes(buf[16..20].try_into().unwrap_or([0; 4]));
+    let count = u32::from_le_bytes(b[16..20].try_into().unwrap_or([0; 4]));
     let accepted = u64at(20);
-    let body_len = u64at(28) as usize;
+    let body_len = usize::try_from(u64at(28)).map_err(|_| "block length does not fit".to_string())?;
     let sum = u64at(36);
-    let body = buf.get(HEADER_LEN..HEADER_LEN + body_len).ok_or("torn segment (body shorter than its header says)")?;
+    let end = HEADER_LEN.checked_add(body_len).ok_or("block length overflows")?;
+    let body = b.get(HEADER_LEN..end).ok_or("torn block (body shorter than its header says)")?;
     if fnv1a(body) != sum {
-        return Err("torn segment (checksum mismatch)".into());
+        return Err("torn block (checksum mismatch)".into());
     }
-    let mut items = Vec::with_capacity(count as usize);
+    let mut items = Vec::with_capacity((count as usize).min(body_len / 4 + 1));
     let mut at = 0;
     for _ in 0..count {
-        let l = body.get(at..at + 4).ok_or("segment entry header missing")?;
+        let l = body.get(at..at + 4).ok_or("block entry header missing")?;
         let l = u32::from_le_bytes([l[0], l[1], l[2], l[3]]) as usize;
-        let b = body.get(at + 4..at + 4 + l).ok_or("segment entry truncated")?;
-        items.push(opts().deserialize::<Item>(b).map_err(|e| format!("segment entry does not decode: {e}"))?);
+        let e = body.get(at + 4..at + 4 + l).ok_or("block entry truncated")?;
+        items.push(opts().deserialize::<Item>(e).map_err(|e| format!("block entry does not decode: {e}"))?);
         at += 4 + l;
     }
-    Ok(Some(ReadSegment { seq, accepted, items, bytes: len }))
+    Ok(Some(ReadSegment { seq, accepted, items, bytes: end as u64 }))
 }
 
+/// Reads every valid block of a spool file, in file order. The error is
+/// why reading stopped early (a torn last block), with what came before.
+pub fn read_file(mut f: File) -> (Vec<(u64, ReadSegment)>, Option<String>) {
+    let mut buf = Vec::new();
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    if len > MAX_SEGMENT {
+        return (Vec::new(), Some(format!("{len} bytes is too large for a spool file")));
+    }
+    if let Err(e) = f.read_to_end(&mut buf) {
+        return (Vec::new(), Some(e.to_string()));
+    }
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    while at < buf.len() {
+        match parse_block(&buf[at..]) {
+            Ok(Some(s)) => {
+                let n = s.bytes as usize;
+                out.push((at as u64, s));
+                at += n;
+            }
+            Ok(None) => break,
+            Err(e) => return (out, Some(e)),
+        }
+    }
+    (out, None)
+}
+
+/// Reads the block at `offset` of an open spool file.
+fn read_block_at(f: &File, offset: u64) -> Result<Option<ReadSegment>, String> {
+    let mut h = [0u8; HEADER_LEN];
+    f.read_exact_at(&mut h, offset).map_err(|e| e.to_string())?;
+    if &h[..8] != MAGIC {
+        return Err("not a spool block (bad magic)".into());
+    }
+    let body_len = u64::from_le_bytes(h[28..36].try_into().unwrap_or([0; 8]));
+    if body_len > MAX_SEGMENT {
+        return Err(format!("a {body_len}-byte block is too large"));
+    }
+    let mut b = vec![0u8; HEADER_LEN + body_len as usize];
+    f.read_exact_at(&mut b, offset).map_err(|e| e.to_string())?;
+    parse_block(&b)
+}
+
+/// A spool file found on start: (file id, path, its valid blocks with their offsets).
+type FoundFile = (u64, PathBuf, Vec<(u64, ReadSegment)>);
+
+/// One group commit in a spool file.
 struct Segment {
     seq: u64,
-    path: PathBuf,
+    /// The spool file (key of `Index::files`) and where the block starts.
+    file: u64,
+    offset: u64,
     bytes: u64,
     accepted: u64,
     total: u32,
@@ -165,8 +217,23 @@ struct Segment {
     records: Option<Vec<Arc<Item>>>,
 }
 
+/// A spool file holding blocks.
+struct SpoolFile {
+    path: PathBuf,
+    /// Bytes written (where the next block goes).
+    len: u64,
+    /// Blocks not yet final.
+    live: u32,
+    /// Takes more blocks (it is in `Index::writers`, or a committer holds it).
+    open: bool,
+}
+
 struct Index {
     segments: VecDeque<Segment>,
+    files: HashMap<u64, SpoolFile>,
+    /// Open spool files no committer is appending to right now.
+    writers: Vec<(u64, File)>,
+    next_file: u64,
     free: Vec<PathBuf>,
     next_seq: u64,
     next_free: u64,
@@ -177,12 +244,31 @@ struct Index {
     reserved: u64,
 }
 
+impl Index {
+    /// One block of `file` is final; the file's path when the file can go
+    /// back to the free pool (no live blocks and it takes no more).
+    fn release_block(&mut self, file: u64) -> Option<PathBuf> {
+        let f = self.files.get_mut(&file)?;
+        f.live = f.live.saturating_sub(1);
+        if f.live > 0 {
+            return None;
+        }
+        if f.open {
+            // Idle in the writers pool: retire it rather than keep dead
+            // blocks on disk. (If a committer holds it, it lives on.)
+            let pos = self.writers.iter().position(|(id, _)| *id == file)?;
+            self.writers.swap_remove(pos);
+        }
+        self.files.remove(&file).map(|f| f.path)
+    }
+}
+
 enum House {
-    Rename { seq: u64 },
+    /// A file got its first block (sequence number `seq`): name it after it.
+    Rename { file: u64, seq: u64 },
     Refill,
-    /// A segment whose records are all final: emptied and kept as a free
-    /// file (creating and unlinking a file per segment is what costs most
-    /// on ext4 under churn), or unlinked when the pool is full.
+    /// A spool file whose blocks are all final: emptied and kept as a free
+    /// file, or unlinked when the pool is full.
     Recycle(PathBuf),
 }
 
@@ -223,10 +309,11 @@ impl Spool {
     pub fn open(dir: &Path, expire_before: u64) -> Result<(Arc<Spool>, Recovered), SpoolError> {
         let derr = |source| SpoolError::Dir { path: dir.into(), source };
         std::fs::create_dir_all(dir).map_err(derr)?;
-        let mut found: Vec<(PathBuf, ReadSegment)> = Vec::new();
+        let mut found: Vec<FoundFile> = Vec::new();
         let mut free = Vec::new();
         let mut rec = Recovered::default();
         let mut next_free = 0u64;
+        let mut next_file = 0u64;
         for e in std::fs::read_dir(dir).map_err(derr)? {
             let e = e.map_err(derr)?;
             let name = e.file_name().to_string_lossy().into_owned();
@@ -236,36 +323,53 @@ impl Spool {
             if name.starts_with("free-") {
                 next_free = next_free.max(n + 1);
             }
-            match read_segment(&path) {
-                Ok(None) => free.push(path),
-                Ok(Some(s)) if s.accepted < expire_before => {
-                    rec.expired.extend(s.items);
-                    let _ = std::fs::remove_file(&path);
-                }
-                Ok(Some(s)) => found.push((path, s)),
-                Err(why) => {
-                    tracing::warn!("removing {} from the spool: {why} (it was never acknowledged)", path.display());
-                    rec.torn += 1;
-                    let _ = std::fs::remove_file(&path);
-                }
+            let (blocks, torn) = match File::open(&path) {
+                Ok(f) => read_file(f),
+                Err(e) => (Vec::new(), Some(e.to_string())),
+            };
+            if let Some(why) = &torn {
+                tracing::warn!("{}: {why} after {} valid block(s); the rest was never acknowledged", path.display(), blocks.len());
+                rec.torn += 1;
+            }
+            let (old, keep): (Vec<_>, Vec<_>) = blocks.into_iter().partition(|(_, s)| s.accepted < expire_before);
+            for (_, s) in old {
+                rec.expired.extend(s.items);
+            }
+            if !keep.is_empty() {
+                found.push((next_file, path, keep));
+                next_file += 1;
+            } else if torn.is_none() && std::fs::metadata(&path).map(|m| m.len() == 0).unwrap_or(false) {
+                free.push(path);
+            } else {
+                let _ = std::fs::remove_file(&path);
             }
         }
-        found.sort_by_key(|(_, s)| s.seq);
+        let mut blocks: Vec<(u64, u64, ReadSegment)> = Vec::new();
+        let mut files = HashMap::new();
+        for (id, path, bs) in found {
+            let len = bs.last().map(|(o, s)| o + s.bytes).unwrap_or(0);
+            // Name the file after its first block (it may still be free-N).
+            let first = bs.iter().map(|(_, s)| s.seq).min().unwrap_or(0);
+            let want = dir.join(format!("seg-{first:016}"));
+            let path = if path != want && !want.exists() && std::fs::rename(&path, &want).is_ok() { want } else { path };
+            files.insert(id, SpoolFile { path, len, live: bs.len() as u32, open: false });
+            blocks.extend(bs.into_iter().map(|(o, s)| (id, o, s)));
+        }
+        blocks.sort_by_key(|(_, _, s)| s.seq);
         let mut index = Index {
             segments: VecDeque::new(),
+            files,
+            writers: Vec::new(),
+            next_file,
             free,
-            next_seq: found.last().map(|(_, s)| s.seq + 1).unwrap_or(1),
+            next_seq: blocks.last().map(|(_, _, s)| s.seq + 1).unwrap_or(1),
             next_free,
             bytes: 0,
             records: 0,
             cached: 0,
             reserved: 0,
         };
-        for (mut path, s) in found {
-            let want = dir.join(format!("seg-{:016}", s.seq));
-            if path != want && std::fs::rename(&path, &want).is_ok() {
-                path = want;
-            }
+        for (file, offset, s) in blocks {
             rec.segments += 1;
             rec.records += s.items.len() as u64;
             index.bytes += s.bytes;
@@ -276,7 +380,8 @@ impl Spool {
             }
             index.segments.push_back(Segment {
                 seq: s.seq,
-                path,
+                file,
+                offset,
                 bytes: s.bytes,
                 accepted: s.accepted,
                 total: s.items.len() as u32,
@@ -309,7 +414,7 @@ impl Spool {
         &self.dir
     }
 
-    /// Bytes of segment files in the spool.
+    /// Bytes of the blocks waiting in the spool.
     pub fn bytes(&self) -> u64 {
         self.lock().bytes
     }
@@ -330,7 +435,7 @@ impl Spool {
         true
     }
 
-    /// Writes `items` as one segment, durably (fdatasync), and queues them
+    /// Writes `items` as one block, durably (fdatasync), and queues them
     /// for delivery. `body` holds their [`encode_item`] encodings;
     /// `reserved` bytes (from [`reserve`](Self::reserve)) are released.
     pub fn commit(&self, items: Vec<Item>, body: &[u8], reserved: u64) -> Result<u64, SpoolError> {
@@ -340,40 +445,69 @@ impl Spool {
         r
     }
 
-    fn commit_inner(&self, items: Vec<Item>, body: &[u8]) -> Result<u64, SpoolError> {
-        let accepted = items.iter().map(|i| i.accepted).max().unwrap_or(0);
-        let (seq, slot, fresh) = {
+    /// An open spool file for this committer alone: an idle writer, else a
+    /// free file (made durable first if none was prepared).
+    fn take_writer(&self) -> Result<(u64, File, u64), SpoolError> {
+        let (slot, fresh) = {
             let mut ix = self.lock();
-            let seq = ix.next_seq;
-            ix.next_seq += 1;
+            if let Some((id, f)) = ix.writers.pop() {
+                let off = ix.files.get(&id).map_or(0, |f| f.len);
+                return Ok((id, f, off));
+            }
             match ix.free.pop() {
-                Some(p) => (seq, p, false),
+                Some(p) => (p, false),
                 None => {
                     let n = ix.next_free;
                     ix.next_free += 1;
-                    (seq, self.dir.join(format!("free-{n}")), true)
+                    (self.dir.join(format!("free-{n}")), true)
                 }
             }
         };
         self.send_house(House::Refill);
         let werr = |source| SpoolError::Write { path: slot.clone(), source };
-        let mut f = OpenOptions::new().write(true).create(true).truncate(false).open(&slot).map_err(werr)?;
+        let f = OpenOptions::new().write(true).read(true).create(true).truncate(false).open(&slot).map_err(werr)?;
         if fresh {
             // No prepared file was left: make this one's name durable first.
             sync_dir(&self.dir).map_err(werr)?;
         }
+        let mut ix = self.lock();
+        let id = ix.next_file;
+        ix.next_file += 1;
+        ix.files.insert(id, SpoolFile { path: slot, len: 0, live: 0, open: true });
+        Ok((id, f, 0))
+    }
+
+    fn commit_inner(&self, items: Vec<Item>, body: &[u8]) -> Result<u64, SpoolError> {
+        let accepted = items.iter().map(|i| i.accepted).max().unwrap_or(0);
+        let (file, f, offset) = self.take_writer()?;
+        let seq = {
+            let mut ix = self.lock();
+            ix.next_seq += 1;
+            ix.next_seq - 1
+        };
         let h = header(seq, items.len() as u32, accepted, body);
-        let written = f.write_all(&h).and_then(|()| f.write_all(body)).and_then(|()| f.sync_data());
+        let written = f.write_all_at(&h, offset).and_then(|()| f.write_all_at(body, offset + HEADER_LEN as u64)).and_then(|()| f.sync_data());
         if let Err(e) = written {
-            // Give the space back; the file stays a free slot.
-            let _ = f.set_len(0);
+            // Give the space back; the file takes no more blocks.
+            let _ = f.set_len(offset);
             let _ = f.sync_data();
-            let err = werr(e);
-            self.lock().free.push(slot);
-            return Err(err);
+            let mut ix = self.lock();
+            let path = ix.files.get(&file).map(|sf| sf.path.clone()).unwrap_or_default();
+            let recycle = match ix.files.get_mut(&file) {
+                Some(sf) if sf.live == 0 => ix.files.remove(&file).map(|sf| sf.path),
+                Some(sf) => {
+                    sf.open = false;
+                    None
+                }
+                None => None,
+            };
+            drop(ix);
+            if let Some(p) = recycle {
+                self.send_house(House::Recycle(p));
+            }
+            return Err(SpoolError::Write { path, source: e });
         }
-        drop(f);
-        tracing::debug!(seq, records = items.len(), "spool segment committed");
+        tracing::debug!(seq, records = items.len(), offset, "spool block committed");
         let bytes = (HEADER_LEN + body.len()) as u64;
         {
             let mut ix = self.lock();
@@ -384,7 +518,8 @@ impl Spool {
             let n = items.len() as u32;
             let seg = Segment {
                 seq,
-                path: slot,
+                file,
+                offset,
                 bytes,
                 accepted,
                 total: n,
@@ -394,21 +529,32 @@ impl Spool {
             };
             ix.bytes += bytes;
             ix.records += n as u64;
+            if let Some(sf) = ix.files.get_mut(&file) {
+                sf.len = offset + bytes;
+                sf.live += 1;
+                if sf.len >= MAX_FILE {
+                    sf.open = false;
+                } else {
+                    ix.writers.push((file, f));
+                }
+            }
             // Concurrent commits may finish out of order; keep seq order.
             let pos = ix.segments.iter().rposition(|s| s.seq < seq).map(|p| p + 1).unwrap_or(0);
             ix.segments.insert(pos, seg);
         }
-        self.send_house(House::Rename { seq });
+        if offset == 0 {
+            self.send_house(House::Rename { file, seq });
+        }
         Ok(seq)
     }
 
-    /// The next record to deliver, FIFO. A segment no longer in memory is
+    /// The next record to deliver, FIFO. A block no longer in memory is
     /// opened under the lock (the descriptor survives the housekeeper's
     /// rename) but read and decoded outside it, so commits (and their acks)
     /// never wait for that.
     pub fn next(&self) -> Option<Ticket> {
         loop {
-            let (seq, file) = {
+            let (seq, file, offset) = {
                 let mut ix = self.lock();
                 let seg = ix.segments.iter_mut().find(|s| s.handed < s.total)?;
                 if let Some(recs) = &seg.records {
@@ -416,23 +562,27 @@ impl Spool {
                     seg.handed += 1;
                     return Some(Ticket { seq: seg.seq, item });
                 }
-                let seq = seg.seq;
-                match File::open(&seg.path) {
-                    Ok(f) => (seq, f),
-                    Err(e) => {
-                        Self::lose(&mut ix, seq, &e.to_string());
+                let (seq, fid, offset) = (seg.seq, seg.file, seg.offset);
+                match ix.files.get(&fid).map(|f| File::open(&f.path)) {
+                    Some(Ok(f)) => (seq, f, offset),
+                    Some(Err(e)) => {
+                        self.lose(&mut ix, seq, &e.to_string());
+                        continue;
+                    }
+                    None => {
+                        self.lose(&mut ix, seq, "its file is gone");
                         continue;
                     }
                 }
             };
-            let read = read_segment_from(file);
+            let read = read_block_at(&file, offset);
             let mut ix = self.lock();
             let Some(seg) = ix.segments.iter_mut().find(|s| s.seq == seq) else { continue };
             if seg.records.is_some() {
                 continue;
             }
             match read {
-                Ok(Some(s)) if s.items.len() == seg.total as usize => {
+                Ok(Some(s)) if s.items.len() == seg.total as usize && s.seq == seq => {
                     let bytes = seg.bytes;
                     seg.records = Some(s.items.into_iter().map(Arc::new).collect());
                     ix.cached += bytes;
@@ -442,19 +592,19 @@ impl Spool {
                         Err(e) => e,
                         _ => "empty or changed".into(),
                     };
-                    Self::lose(&mut ix, seq, &why);
+                    self.lose(&mut ix, seq, &why);
                 }
             }
         }
     }
 
-    /// A segment that cannot be read back: nothing of it can be handed out.
-    fn lose(ix: &mut Index, seq: u64, why: &str) {
+    /// A block that cannot be read back: nothing of it can be handed out.
+    fn lose(&self, ix: &mut Index, seq: u64, why: &str) {
         let Some(pos) = ix.segments.iter().position(|s| s.seq == seq) else { return };
         let seg = &mut ix.segments[pos];
         tracing::error!(
-            "spool segment {} cannot be read back: {why}; its {} record(s) are lost",
-            seg.path.display(),
+            "spool block {seq} (file {}) cannot be read back: {why}; its {} record(s) are lost",
+            ix.files.get(&seg.file).map(|f| f.path.display().to_string()).unwrap_or_default(),
             seg.total - seg.handed
         );
         let lost = (seg.total - seg.handed) as u64;
@@ -464,38 +614,41 @@ impl Spool {
         if ix.segments[pos].outstanding == 0 {
             if let Some(gone) = ix.segments.remove(pos) {
                 ix.bytes = ix.bytes.saturating_sub(gone.bytes);
-                let _ = std::fs::remove_file(&gone.path);
+                if let Some(p) = ix.release_block(gone.file) {
+                    self.send_house(House::Recycle(p));
+                }
             }
         }
     }
 
-    /// Marks a handed-out record final (delivered, refused, expired);
-    /// unlinks its segment once all of the segment's records are final.
+    /// Marks a handed-out record final (delivered, refused, expired); a
+    /// block whose records are all final is dropped, and a file whose
+    /// blocks all are goes back to the free pool.
     pub fn done(&self, seq: u64) {
-        let gone = {
-            let mut ix = self.lock();
-            let Some(pos) = ix.segments.iter().position(|s| s.seq == seq) else { return };
-            ix.records = ix.records.saturating_sub(1);
-            let seg = &mut ix.segments[pos];
-            seg.outstanding = seg.outstanding.saturating_sub(1);
-            if seg.outstanding != 0 || seg.handed != seg.total {
-                return;
-            }
-            let Some(seg) = ix.segments.remove(pos) else { return };
-            ix.bytes = ix.bytes.saturating_sub(seg.bytes);
-            if seg.records.is_some() {
-                ix.cached = ix.cached.saturating_sub(seg.bytes);
-            }
-            seg
-        };
-        // Gone from the index, so nothing renames it any more.
-        self.send_house(House::Recycle(gone.path));
+        let mut ix = self.lock();
+        let Some(pos) = ix.segments.iter().position(|s| s.seq == seq) else { return };
+        ix.records = ix.records.saturating_sub(1);
+        let seg = &mut ix.segments[pos];
+        seg.outstanding = seg.outstanding.saturating_sub(1);
+        if seg.outstanding != 0 || seg.handed != seg.total {
+            return;
+        }
+        let Some(seg) = ix.segments.remove(pos) else { return };
+        ix.bytes = ix.bytes.saturating_sub(seg.bytes);
+        if seg.records.is_some() {
+            ix.cached = ix.cached.saturating_sub(seg.bytes);
+        }
+        if let Some(p) = ix.release_block(seg.file) {
+            drop(ix);
+            self.send_house(House::Recycle(p));
+        }
     }
 
-    /// Removes segments accepted before `before` (unix seconds) that have
+    /// Removes blocks accepted before `before` (unix seconds) that have
     /// nothing handed out; returns their records.
     pub fn expire(&self, before: u64) -> Vec<Item> {
         let mut out = Vec::new();
+        let mut recycle = Vec::new();
         let mut ix = self.lock();
         while let Some(seg) = ix.segments.front() {
             if seg.accepted >= before || seg.handed > 0 {
@@ -510,23 +663,31 @@ impl Spool {
                     out.extend(r.iter().map(|i| (**i).clone()));
                 }
                 None => {
-                    if let Ok(Some(s)) = read_segment(&seg.path) {
+                    let read = ix.files.get(&seg.file).and_then(|f| File::open(&f.path).ok()).map(|f| read_block_at(&f, seg.offset));
+                    if let Some(Ok(Some(s))) = read {
                         out.extend(s.items);
                     }
                 }
             }
-            let _ = std::fs::remove_file(&seg.path);
+            if let Some(p) = ix.release_block(seg.file) {
+                recycle.push(p);
+            }
+        }
+        drop(ix);
+        for p in recycle {
+            self.send_house(House::Recycle(p));
         }
         out
     }
 }
 
-/// Empties a finished segment file and renames it `free-N`, ready for the
-/// next commit. Neither step is synced: after a crash the file may still
-/// hold its old, delivered records under either name, and they are
-/// delivered again (at least once, as when an unlink is lost). A commit
-/// into it makes its new content durable with its own fdatasync, and
-/// recovery goes by the header's sequence number, not the name.
+/// Empties a spool file whose blocks are all final and renames it
+/// `free-N`, ready for the next commit. Neither step is synced: after a
+/// crash the file may still hold its old, delivered blocks under either
+/// name, and they are delivered again (at least once, as when an unlink is
+/// lost). Blocks appended to it later are made durable by their own
+/// fdatasync, and recovery goes by the blocks' sequence numbers, not by
+/// names.
 fn recycle(spool: &Spool, path: &Path) {
     let full = spool.lock().free.len() >= POOL;
     let emptied = !full && OpenOptions::new().write(true).open(path).and_then(|f| f.set_len(0)).is_ok();
@@ -543,7 +704,7 @@ fn recycle(spool: &Spool, path: &Path) {
         }
     }
     if let Err(e) = std::fs::remove_file(path) {
-        tracing::warn!("cannot remove delivered spool segment {}: {e}", path.display());
+        tracing::warn!("cannot remove finished spool file {}: {e}", path.display());
     }
 }
 
@@ -557,12 +718,12 @@ fn housekeeper(spool: std::sync::Weak<Spool>, rx: mpsc::Receiver<House>) {
         let mut renamed = false;
         for m in &msgs {
             match m {
-                House::Rename { seq } => {
+                House::Rename { file, seq } => {
                     let mut ix = spool.lock();
-                    if let Some(seg) = ix.segments.iter_mut().find(|s| s.seq == *seq) {
+                    if let Some(f) = ix.files.get_mut(file) {
                         let to = spool.dir.join(format!("seg-{seq:016}"));
-                        if std::fs::rename(&seg.path, &to).is_ok() {
-                            seg.path = to;
+                        if std::fs::rename(&f.path, &to).is_ok() {
+                            f.path = to;
                             renamed = true;
                         }
                     }
@@ -707,5 +868,34 @@ mod tests {
         assert_eq!(s.next().unwrap().item.record_id, [250; 16]);
         assert_eq!(s.next().unwrap().item.record_id, [251; 16]);
         assert!(s.next().is_none());
+    }
+
+    #[test]
+    fn blocks_share_a_file_and_a_torn_last_block_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let nonempty = |d: &Path| -> Vec<PathBuf> {
+            std::fs::read_dir(d)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| std::fs::metadata(p).map(|m| m.len() > 0).unwrap_or(false))
+                .collect()
+        };
+        {
+            let (s, _) = Spool::open(dir.path(), 0).unwrap();
+            commit(&s, vec![item(1, 100), item(2, 100)]);
+            commit(&s, vec![item(3, 100)]);
+            // One committer, one open file: both group commits went into it.
+            assert_eq!(nonempty(dir.path()).len(), 1);
+        }
+        // A crash in the middle of appending a third block.
+        let file = nonempty(dir.path()).remove(0);
+        let mut torn = std::fs::read(&file).unwrap();
+        torn.extend_from_slice(&MAGIC[..]);
+        torn.extend_from_slice(&[7u8; 20]);
+        std::fs::write(&file, &torn).unwrap();
+        let (s, rec) = Spool::open(dir.path(), 0).unwrap();
+        assert_eq!((rec.segments, rec.records, rec.torn), (2, 3, 1));
+        let ids: Vec<u8> = std::iter::from_fn(|| s.next()).map(|t| t.item.record_id[0]).collect();
+        assert_eq!(ids, vec![1, 2, 3]);
     }
 }

@@ -140,9 +140,6 @@ pub struct RequestDesc {
     pub body: Vec<u8>,
 }
 
-/// Headers the HTTP client adds itself from the URL and the body.
-const TRANSPORT_HEADERS: [&str; 2] = ["host", "content-length"];
-
 impl RequestDesc {
     /// As text: request line, headers, blank line, body (lossy UTF-8).
     pub fn render(&self) -> String {
@@ -159,31 +156,46 @@ impl RequestDesc {
     }
 }
 
-/// Builds the request for `record` stamped with `mid` (no I/O).
-pub fn describe(prep: &Prepared, mid: &MachineId, record: &telemetry::Record) -> Result<RequestDesc, String> {
-    let url = prep.url.as_ref().ok_or_else(|| "no server configured".to_string())?;
-    let mut h: Vec<(String, String)> = Vec::with_capacity(22);
+/// The headers (in sending order, without the transport's `host` and
+/// `content-length`) and the body `record` is posted with, stamped with
+/// `mid` (no I/O). What [`post`] sends and [`describe`] shows.
+pub fn request_parts(prep: &Prepared, mid: &MachineId, record: &telemetry::Record) -> Result<(HeaderMap, Vec<u8>), String> {
+    use reqwest::header::{ACCEPT, CONTENT_TYPE, USER_AGENT as UA};
+    use telemetry::record::HeaderValue as V;
+    let mut h = HeaderMap::with_capacity(24);
     if let Some((n, v)) = &prep.tid {
-        h.push((n.as_str().into(), v.to_str().unwrap_or_default().into()));
+        h.insert(n.clone(), v.clone());
     }
     let body = match prep.protocol {
         Protocol::V2 => {
             for (name, v) in prep.v2_names.iter().zip(record.header_values(mid)) {
-                let v = v.to_string();
-                HeaderValue::from_str(&v).map_err(|e| format!("header {name}: {e}"))?;
-                h.push((name.as_str().into(), v));
+                let value = match v {
+                    V::Num(n) => HeaderValue::from(n),
+                    V::Str(s) => HeaderValue::from_str(s).map_err(|e| format!("header {name}: {e}"))?,
+                    V::Id(id) => HeaderValue::from_str(&id.to_string()).map_err(|e| format!("header {name}: {e}"))?,
+                };
+                h.insert(name.clone(), value);
             }
-            h.push(("content-type".into(), "application/text".into()));
+            h.insert(CONTENT_TYPE, HeaderValue::from_static("application/text"));
             record.payload.as_bytes().to_vec()
         }
         Protocol::V3 => {
             let body = posting::v3_body(record, mid).map_err(|e| e.to_string())?;
-            h.push(("content-type".into(), "application/json".into()));
+            h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             body
         }
     };
-    h.push(("user-agent".into(), USER_AGENT.into()));
-    h.push(("accept".into(), "*/*".into()));
+    h.insert(UA, HeaderValue::from_static(USER_AGENT));
+    h.insert(ACCEPT, HeaderValue::from_static("*/*"));
+    Ok((h, body))
+}
+
+/// Builds the request for `record` stamped with `mid` (no I/O).
+pub fn describe(prep: &Prepared, mid: &MachineId, record: &telemetry::Record) -> Result<RequestDesc, String> {
+    let url = prep.url.as_ref().ok_or_else(|| "no server configured".to_string())?;
+    let (map, body) = request_parts(prep, mid, record)?;
+    let mut h: Vec<(String, String)> =
+        map.iter().map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect();
     let host = match url.port() {
         Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
         None => url.host_str().unwrap_or_default().to_string(),
@@ -196,23 +208,11 @@ pub fn describe(prep: &Prepared, mid: &MachineId, record: &telemetry::Record) ->
 /// Posts one record.
 pub async fn post(client: &reqwest::Client, prep: &Prepared, mid: &MachineId, item: &Item) -> Outcome {
     let Some(url) = &prep.url else { return Outcome::Retry { error: "no server configured".into(), after: None } };
-    let desc = match describe(prep, mid, &item.record) {
-        Ok(d) => d,
+    let (h, body) = match request_parts(prep, mid, &item.record) {
+        Ok(p) => p,
         Err(e) => return Outcome::Unsendable(e),
     };
-    let mut h = HeaderMap::with_capacity(desc.headers.len());
-    for (k, v) in &desc.headers {
-        if TRANSPORT_HEADERS.contains(&k.as_str()) {
-            continue;
-        }
-        match (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
-            (Ok(k), Ok(v)) => {
-                h.insert(k, v);
-            }
-            _ => return Outcome::Unsendable(format!("header {k}: not a valid HTTP header")),
-        }
-    }
-    let req = client.post(url.clone()).headers(h).body(desc.body);
+    let req = client.post(url.clone()).headers(h).body(body);
     match req.send().await {
         Ok(resp) => {
             let status = resp.status().as_u16();

@@ -359,16 +359,15 @@ fn main() {
     let mut rss = 0;
     let (mut e2e, mut acc, mut p99s, mut p50s) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
-        let (r, m) = end_to_end(8, 2_500 * scale);
+        let (r, m1) = end_to_end(8, 2_500 * scale);
         e2e.push(r);
-        rss = rss.max(m);
-        let (r, m) = accept_one_connection(50_000 * scale);
+        let (r, m2) = accept_one_connection(50_000 * scale);
         acc.push(r);
-        rss = rss.max(m);
-        let (p50, p99, m) = ack_latency(10_000, if quick { 2 } else { 4 });
+        let (p50, p99, m3) = ack_latency(10_000, if quick { 2 } else { 4 });
         p50s.push(p50);
         p99s.push(p99);
-        rss = rss.max(m);
+        println!("  (collector peak RSS: end to end {:.1} MB, one connection {:.1} MB, latency {:.1} MB)", m1 as f64 / 1024.0, m2 as f64 / 1024.0, m3 as f64 / 1024.0);
+        rss = rss.max(m1).max(m2).max(m3);
     }
     let (e_best, e_med) = best_median(e2e, false);
     println!(

@@ -45,7 +45,7 @@ pub const HEADER_LEN: usize = 8 + 8 + 4 + 8 + 8 + 8;
 /// Free files kept ready.
 const POOL: usize = 256;
 /// Records of segments kept in memory, in bytes of segment file.
-const CACHE_BYTES: u64 = 1 << 20;
+const CACHE_BYTES: u64 = 256 << 10;
 /// Largest segment file read back (a sanity bound on a corrupt header).
 const MAX_SEGMENT: u64 = 1 << 30;
 /// A spool file takes no more blocks once it holds this many bytes.

@@ -117,7 +117,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     let (spool, recovered) = Spool::open(&cfg.spool_dir, expire_before)?;
     if recovered.records > 0 || recovered.torn > 0 {
         tracing::info!(
-            "spool: {} record(s) in {} segment(s) recovered, {} torn write(s) removed",
+            "spool: {} record(s) in {} block(s) recovered, {} torn write(s) removed",
             recovered.records,
             recovered.segments,
             recovered.torn

@@ -15,7 +15,7 @@
 //!    │                        delivery off / not opted in / debug); scrub?
 //!    │           privacy   -> host facts per privacy_level, payload scrubbed
 //!    │           ratelimit -> record + byte windows (monotonic), spool or drop
-//!    │           spool     -> one segment per batch: write, fdatasync  ==> Ack::Accepted
+//!    │           spool     -> one block per batch, appended: write, fdatasync  ==> Ack::Accepted
 //!    │           journal   -> one JSON line per record (fdatasync'd, group commit),
 //!    │                        pruned by local_retention_days / _records
 //!    ▼

@@ -1,7 +1,7 @@
 //! The shared state of the stages, and the commit stage: committer threads
 //! take every submission queued by ingest (group commit), decide each
-//! record's fate (consent, rate windows, spool room), write one spool
-//! segment with one fdatasync, queue the journal entries, and only then
+//! record's fate (consent, rate windows, spool room), append one
+//! spool block with one fdatasync, queue the journal entries, and only then
 //! answer the senders.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -217,7 +217,7 @@ pub fn commit_batch(shared: &Shared, batch: Vec<Submission>) {
     let mut entries = Vec::with_capacity(batch.len());
     // Answered once the journal is on disk (records not spooled).
     let mut after_journal: Vec<(oneshot::Sender<Ack>, Ack)> = Vec::new();
-    // Answered once the spool segment is on disk.
+    // Answered once the spool block is on disk.
     let mut after_spool: Vec<(oneshot::Sender<Ack>, [u8; 16], usize)> = Vec::new();
     let mut items = Vec::new();
     let mut body = Vec::new();

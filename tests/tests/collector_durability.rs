@@ -192,7 +192,7 @@ fn spool_max_size_is_counted_in_real_bytes() {
         }
     }
     assert!(reason.contains("spool is full"), "{reason}");
-    // 16 KiB of ~1.3 KB segments: about a dozen, never more than the cap.
+    // 16 KiB of ~1.3 KB blocks: about a dozen, never more than the cap.
     assert!((8..=16).contains(&accepted), "accepted {accepted}");
     let on_disk: u64 = std::fs::read_dir(&c.spool).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
     assert!(on_disk <= 16 * 1024, "spool holds {on_disk} bytes");

@@ -8,7 +8,8 @@
 //! 3. p99 acknowledgement latency at 10,000 records/s
 //! 4. collector peak RSS (VmHWM) over the runs
 //!
-//! `--quick` runs one round at half the load. `BENCH_CONCURRENCY` sets the
+//! `--quick` runs one round at half the load; `BENCH_ONLY=e2e|one|latency`
+//! runs one phase (to profile it). `BENCH_CONCURRENCY` sets the
 //! collector's `delivery_concurrency` (default 32); `BENCH_TRACE=1` prints
 //! when the worst acknowledgement latencies happened (stalls from the
 //! shared disk show up as one burst).
@@ -358,16 +359,37 @@ fn main() {
     );
     let mut rss = 0;
     let (mut e2e, mut acc, mut p99s, mut p50s) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // BENCH_ONLY=e2e|one|latency: run one phase (to profile it).
+    let only = std::env::var("BENCH_ONLY").ok();
+    let run = |name: &str| only.as_deref().is_none_or(|o| o == name);
     for _ in 0..runs {
-        let (r, m1) = end_to_end(8, 2_500 * scale);
-        e2e.push(r);
-        let (r, m2) = accept_one_connection(50_000 * scale);
-        acc.push(r);
-        let (p50, p99, m3) = ack_latency(10_000, if quick { 2 } else { 4 });
-        p50s.push(p50);
-        p99s.push(p99);
+        let (mut m1, mut m2, mut m3) = (0, 0, 0);
+        if run("e2e") {
+            let (r, m) = end_to_end(8, 2_500 * scale);
+            e2e.push(r);
+            m1 = m;
+        }
+        if run("one") {
+            let (r, m) = accept_one_connection(50_000 * scale);
+            acc.push(r);
+            m2 = m;
+        }
+        if run("latency") {
+            let (p50, p99, m) = ack_latency(10_000, if quick { 2 } else { 4 });
+            p50s.push(p50);
+            p99s.push(p99);
+            m3 = m;
+        }
         println!("  (collector peak RSS: end to end {:.1} MB, one connection {:.1} MB, latency {:.1} MB)", m1 as f64 / 1024.0, m2 as f64 / 1024.0, m3 as f64 / 1024.0);
         rss = rss.max(m1).max(m2).max(m3);
+    }
+    if only.is_some() {
+        for (name, v) in [("end to end records/s", &e2e), ("one connection records/s", &acc), ("p99 ms", &p99s)] {
+            if !v.is_empty() {
+                println!("{name}: {v:.0?}");
+            }
+        }
+        return;
     }
     let (e_best, e_med) = best_median(e2e, false);
     println!(

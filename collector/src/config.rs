@@ -77,7 +77,7 @@ pub struct Config {
     /// The file it came from (`None` = built-in defaults).
     pub file: Option<PathBuf>,
     /// `server`: the backend URL; empty = none (records stay local).
-    pub server: Option<reqwest::Url>,
+    pub server: Option<url::Url>,
     pub socket_path: PathBuf,
     pub spool_dir: PathBuf,
     /// `cainfo`: a PEM bundle of the CAs to trust instead of the system's.
@@ -206,7 +206,7 @@ pub fn do_not_track(value: Option<&std::ffi::OsStr>) -> bool {
 }
 
 /// Whether `host` names this machine's loopback interface.
-pub fn is_loopback_host(url: &reqwest::Url) -> bool {
+pub fn is_loopback_host(url: &url::Url) -> bool {
     match url.host() {
         Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
@@ -233,7 +233,7 @@ impl Config {
         let server = match r.raw("server").filter(|v| !v.is_empty()) {
             None => None,
             Some(v) => {
-                let url = reqwest::Url::parse(v).map_err(|e| r.bad("server", v, e.to_string()))?;
+                let url = url::Url::parse(v).map_err(|e| r.bad("server", v, e.to_string()))?;
                 match url.scheme() {
                     "https" => {}
                     "http" if allow_insecure_http || is_loopback_host(&url) => {}

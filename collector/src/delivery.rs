@@ -1,6 +1,6 @@
 //! Stage: delivery. Takes records from the spool in FIFO order and posts
-//! them (reqwest + rustls with the `ring` provider, one pooled client, so
-//! connections are reused) in the `server_protocol` form with the
+//! them (through [`crate::transport`]: one pooled hyper client over rustls,
+//! so connections are reused) in the `server_protocol` form with the
 //! `tidheader`, up to `delivery_concurrency` at once.
 //!
 //! - 2xx: delivered (journaled, removed from the spool).
@@ -18,11 +18,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use telemetry::posting::{self, V3_PATH};
 use telemetry::MachineId;
-use thiserror::Error;
 use tokio::task::JoinSet;
+use url::Url;
 
 use crate::config::{Config, Protocol};
 use crate::consent::Decision;
@@ -31,36 +31,10 @@ use crate::pipeline::Shared;
 use crate::ratelimit::Verdict;
 use crate::spool::{Item, Ticket};
 use crate::stats::bump;
+use crate::transport::{SendError, Transport};
 
 /// First retry delay.
 pub const BASE_BACKOFF: Duration = Duration::from_millis(250);
-
-#[derive(Debug, Error)]
-pub enum ClientBuildError {
-    #[error("cannot read cainfo {path}: {source}")]
-    CaRead { path: String, source: std::io::Error },
-    #[error("cainfo {path} is not a PEM bundle: {reason}")]
-    CaParse { path: String, reason: String },
-    #[error("cannot build the HTTP client: {0}")]
-    Build(String),
-}
-
-/// Builds the HTTP client for `cfg`.
-pub fn build_client(cfg: &Config) -> Result<reqwest::Client, ClientBuildError> {
-    let mut b = reqwest::Client::builder()
-        .connect_timeout(cfg.connect_timeout)
-        .timeout(cfg.delivery_timeout)
-        .pool_max_idle_per_host(cfg.delivery_concurrency)
-        .pool_idle_timeout(Duration::from_secs(90))
-        .user_agent(USER_AGENT);
-    if let Some(ca) = &cfg.cainfo {
-        let pem = std::fs::read(ca).map_err(|source| ClientBuildError::CaRead { path: ca.display().to_string(), source })?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| ClientBuildError::CaParse { path: ca.display().to_string(), reason: e.to_string() })?;
-        b = b.tls_certs_only(certs);
-    }
-    b.build().map_err(|e| ClientBuildError::Build(e.to_string()))
-}
 
 /// The result of one post.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,7 +58,7 @@ pub fn classify(status: u16, body: String, retry_after: Option<Duration>) -> Out
 }
 
 /// The URL a post goes to.
-pub fn target(server: &reqwest::Url, protocol: Protocol) -> reqwest::Url {
+pub fn target(server: &Url, protocol: Protocol) -> Url {
     match protocol {
         Protocol::V2 => server.clone(),
         Protocol::V3 if server.path().ends_with(V3_PATH) => server.clone(),
@@ -96,15 +70,12 @@ pub fn target(server: &reqwest::Url, protocol: Protocol) -> reqwest::Url {
     }
 }
 
-fn retry_after(h: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let v = h.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
-    v.parse::<u64>().ok().map(Duration::from_secs)
-}
-
 /// What every post of one configuration shares, parsed once.
 #[derive(Debug, Clone)]
 pub struct Prepared {
-    pub url: Option<reqwest::Url>,
+    pub url: Option<Url>,
+    /// `url` as the HTTP client takes it (parsed once, not per post).
+    uri: Option<http::Uri>,
     pub protocol: Protocol,
     tid: Option<(HeaderName, HeaderValue)>,
     v2_names: Vec<HeaderName>,
@@ -115,8 +86,10 @@ impl Prepared {
         let tid = HeaderName::from_bytes(cfg.tidheader.name.as_bytes())
             .ok()
             .zip(HeaderValue::from_str(&cfg.tidheader.value).ok());
+        let url = cfg.server.as_ref().map(|s| target(s, cfg.server_protocol));
         Prepared {
-            url: cfg.server.as_ref().map(|s| target(s, cfg.server_protocol)),
+            uri: url.as_ref().and_then(|u| u.as_str().parse().ok()),
+            url,
             protocol: cfg.server_protocol,
             tid,
             v2_names: posting::V2_HEADER_NAMES.iter().filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok()).collect(),
@@ -160,7 +133,41 @@ impl RequestDesc {
 /// `content-length`) and the body `record` is posted with, stamped with
 /// `mid` (no I/O). What [`post`] sends and [`describe`] shows.
 pub fn request_parts(prep: &Prepared, mid: &MachineId, record: &telemetry::Record) -> Result<(HeaderMap, Vec<u8>), String> {
-    use reqwest::header::{ACCEPT, CONTENT_TYPE, USER_AGENT as UA};
+    request_parts_cached(prep, mid, record, &mut ValueCache::default())
+}
+
+/// The v2 header values of the last record, per header: records from one
+/// host repeat most of them (host facts, machine id), and reusing a value
+/// is a reference count instead of a validated copy.
+#[derive(Debug, Default)]
+pub struct ValueCache {
+    last: Vec<Option<(String, HeaderValue)>>,
+}
+
+impl ValueCache {
+    fn get(&mut self, i: usize, s: &str) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
+        if self.last.len() <= i {
+            self.last.resize(i + 1, None);
+        }
+        if let Some((k, v)) = &self.last[i] {
+            if k == s {
+                return Ok(v.clone());
+            }
+        }
+        let v = HeaderValue::from_str(s)?;
+        self.last[i] = Some((s.to_string(), v.clone()));
+        Ok(v)
+    }
+}
+
+/// [`request_parts`], reusing the header values of the previous record.
+pub fn request_parts_cached(
+    prep: &Prepared,
+    mid: &MachineId,
+    record: &telemetry::Record,
+    cache: &mut ValueCache,
+) -> Result<(HeaderMap, Vec<u8>), String> {
+    use http::header::{ACCEPT, CONTENT_TYPE, USER_AGENT as UA};
     use telemetry::record::HeaderValue as V;
     let mut h = HeaderMap::with_capacity(24);
     if let Some((n, v)) = &prep.tid {
@@ -168,10 +175,10 @@ pub fn request_parts(prep: &Prepared, mid: &MachineId, record: &telemetry::Recor
     }
     let body = match prep.protocol {
         Protocol::V2 => {
-            for (name, v) in prep.v2_names.iter().zip(record.header_values(mid)) {
+            for (i, (name, v)) in prep.v2_names.iter().zip(record.header_values(mid)).enumerate() {
                 let value = match v {
                     V::Num(n) => HeaderValue::from(n),
-                    V::Str(s) => HeaderValue::from_str(s).map_err(|e| format!("header {name}: {e}"))?,
+                    V::Str(s) => cache.get(i, s).map_err(|e| format!("header {name}: {e}"))?,
                     V::Id(id) => HeaderValue::from_str(&id.to_string()).map_err(|e| format!("header {name}: {e}"))?,
                 };
                 h.insert(name.clone(), value);
@@ -205,48 +212,33 @@ pub fn describe(prep: &Prepared, mid: &MachineId, record: &telemetry::Record) ->
     Ok(RequestDesc { method: "POST", url: url.to_string(), headers: h, body })
 }
 
-/// Posts one record.
-pub async fn post(client: &reqwest::Client, prep: &Prepared, mid: &MachineId, item: &Item) -> Outcome {
-    let Some(url) = &prep.url else { return Outcome::Retry { error: "no server configured".into(), after: None } };
-    let (h, body) = match request_parts(prep, mid, &item.record) {
+/// Posts one record, as [`request_parts`] built it.
+pub async fn post(client: &Transport, prep: &Prepared, parts: Result<(HeaderMap, Vec<u8>), String>) -> Outcome {
+    let Some(uri) = &prep.uri else { return Outcome::Retry { error: "no server configured".into(), after: None } };
+    let (h, body) = match parts {
         Ok(p) => p,
         Err(e) => return Outcome::Unsendable(e),
     };
-    let req = client.post(url.clone()).headers(h).body(body);
-    match req.send().await {
-        Ok(resp) => {
-            let status = resp.status().as_u16();
-            let ra = retry_after(resp.headers());
-            let body = if (200..300).contains(&status) {
-                // Read it so the connection can be reused.
-                let _ = resp.bytes().await;
+    let mut req = http::Request::new(bytes::Bytes::from(body));
+    *req.method_mut() = http::Method::POST;
+    *req.uri_mut() = uri.clone();
+    *req.headers_mut() = h;
+    match client.send(req).await {
+        Ok(a) => {
+            let body = if (200..300).contains(&a.status) {
                 String::new()
             } else {
-                let b = resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
                 // One line in the journal: control characters become spaces.
-                let s: String = String::from_utf8_lossy(&b[..b.len().min(512)])
+                let s: String = String::from_utf8_lossy(&a.body[..a.body.len().min(512)])
                     .chars()
                     .map(|c| if c.is_control() { ' ' } else { c })
                     .collect();
                 s.trim().to_string()
             };
-            classify(status, body, ra)
+            classify(a.status, body, a.retry_after)
         }
-        Err(e) => {
-            let what = if e.is_timeout() {
-                "timed out"
-            } else if e.is_connect() {
-                "cannot connect"
-            } else {
-                "request failed"
-            };
-            let mut msg = format!("{what}: {e}");
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                msg.push_str(&format!(": {s}"));
-                src = s.source();
-            }
-            Outcome::Retry { error: msg, after: None }
+        Err(e @ (SendError::TimedOut(_) | SendError::Connect(_) | SendError::Failed(_))) => {
+            Outcome::Retry { error: e.to_string(), after: None }
         }
     }
 }
@@ -274,7 +266,7 @@ struct Job {
 pub async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut cfg = shared.config();
     let mut prep = Arc::new(Prepared::new(&cfg));
-    let mut client = match build_client(&cfg) {
+    let mut client = match Transport::new(&cfg) {
         Ok(c) => Some(c),
         Err(e) => {
             tracing::error!("delivery is paused: {e}");
@@ -285,6 +277,7 @@ pub async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<boo
     let mut retry: VecDeque<Job> = VecDeque::new();
     let mut inflight: JoinSet<(Job, Outcome)> = JoinSet::new();
     let mut attempt: u32 = 0;
+    let mut values = ValueCache::default();
     let mut retry_at: Option<Instant> = None;
     let mut rate_wait: Option<Instant> = None;
     let mut cfg_rx = shared.cfg.clone();
@@ -312,6 +305,7 @@ pub async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<boo
         let limit = if attempt > 0 { 1 } else { cfg.delivery_concurrency };
         if deliver && retry_at.is_none() && rate_wait.is_none() {
             if let Some(client) = &client {
+                let mid = shared.machine_id();
                 while inflight.len() < limit {
                     let job = match retry.pop_front() {
                         Some(j) => j,
@@ -343,9 +337,9 @@ pub async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<boo
                     }
                     let client = client.clone();
                     let prep = prep.clone();
-                    let mid = shared.machine_id();
+                    let parts = request_parts_cached(&prep, &mid, &job.ticket.item.record, &mut values);
                     inflight.spawn(async move {
-                        let out = post(&client, &prep, &mid, &job.ticket.item).await;
+                        let out = post(&client, &prep, parts).await;
                         (job, out)
                     });
                 }
@@ -392,7 +386,7 @@ pub async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<boo
                 let new = cfg_rx.borrow_and_update().clone();
                 if new.cainfo != cfg.cainfo || new.connect_timeout != cfg.connect_timeout
                     || new.delivery_timeout != cfg.delivery_timeout || new.delivery_concurrency != cfg.delivery_concurrency {
-                    match build_client(&new) {
+                    match Transport::new(&new) {
                         Ok(c) => client = Some(c),
                         Err(e) => {
                             tracing::error!("delivery is paused: {e}");
@@ -524,27 +518,32 @@ mod tests {
     }
 
     #[test]
-    fn cainfo_errors_name_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let missing = dir.path().join("missing.pem");
-        let cfg = Config { cainfo: Some(missing.clone()), ..Config::default() };
-        let e = build_client(&cfg).unwrap_err().to_string();
-        assert!(e.contains("missing.pem"), "{e}");
-        let bad = dir.path().join("bad.pem");
-        std::fs::write(&bad, "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n").unwrap();
-        let cfg = Config { cainfo: Some(bad), ..Config::default() };
-        let e = build_client(&cfg).unwrap_err().to_string();
-        assert!(e.contains("bad.pem"), "{e}");
-        assert!(build_client(&Config::default()).is_ok());
+    fn cached_header_values_equal_fresh_ones() {
+        use telemetry::{Classification, Payload, Record, Severity};
+        let cfg = Config { server: Some("http://127.0.0.1:9/".parse().unwrap()), ..Config::default() };
+        let prep = Prepared::new(&cfg);
+        let mid = MachineId::random();
+        let rec = |cpu: &str| {
+            let mut host = telemetry::HostInfo::current().clone();
+            host.cpu_model = telemetry::HeaderText::new(cpu).unwrap();
+            Record::builder(Classification::parse("org.t/cache/x").unwrap(), Severity::Low, Payload::text("p\n")).host(host).build()
+        };
+        let mut cache = ValueCache::default();
+        for cpu in ["Intel(R) Xeon(R) A", "Intel(R) Xeon(R) A", "AMD B", "Intel(R) Xeon(R) A"] {
+            let r = rec(cpu);
+            let fresh = request_parts(&prep, &mid, &r).unwrap();
+            let cached = request_parts_cached(&prep, &mid, &r, &mut cache).unwrap();
+            assert_eq!(fresh, cached);
+            assert_eq!(cached.0.get("Cpu-Model").unwrap(), cpu);
+        }
     }
 
     #[test]
     fn v3_target() {
-        let u: reqwest::Url = "https://h.example/".parse().unwrap();
+        let u: Url = "https://h.example/".parse().unwrap();
         assert_eq!(target(&u, Protocol::V3).as_str(), "https://h.example/v3/collector");
         assert_eq!(target(&u, Protocol::V2).as_str(), "https://h.example/");
-        let u: reqwest::Url = "https://h.example/v3/collector".parse().unwrap();
+        let u: Url = "https://h.example/v3/collector".parse().unwrap();
         assert_eq!(target(&u, Protocol::V3).as_str(), "https://h.example/v3/collector");
     }
 }

@@ -19,7 +19,7 @@
 //!    │           journal   -> one JSON line per record (fdatasync'd, group commit),
 //!    │                        pruned by local_retention_days / _records
 //!    ▼
-//!  delivery    FIFO from the spool, reqwest+rustls, v2/v3 (identity stamps the
+//!  delivery    FIFO from the spool, hyper+rustls, v2/v3 (identity stamps the
 //!    │         machine id), 2xx delivered, 408/429/5xx/errors backoff+retry,
 //!    │         other 4xx rejected-by-server; fates appended to the journal
 //!    ▼
@@ -46,6 +46,7 @@ pub mod ratelimit;
 pub mod service;
 pub mod spool;
 pub mod stats;
+pub mod transport;
 
 pub use config::Config;
 

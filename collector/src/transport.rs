@@ -12,7 +12,10 @@
 //! What it keeps: connections are pooled and reused (up to
 //! `delivery_concurrency` idle per host, 90 s idle timeout), TLS via rustls
 //! with the platform verifier, or only the CAs of `cainfo`; the connect
-//! timeout and the total timeout per post (connect, send, answer and body).
+//! timeout and the total timeout per post (connect, send, answer and body);
+//! the proxy environment as curl reads it (`HTTPS_PROXY`, `HTTP_PROXY`,
+//! `ALL_PROXY`, `NO_PROXY`, and lower-case), through an HTTP proxy's
+//! `CONNECT` tunnel (credentials in the proxy URL are sent as basic auth).
 //! Redirects are not followed (as the original's libcurl): a 3xx is the
 //! server's answer.
 //!
@@ -23,15 +26,20 @@
 //! # }
 //! ```
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::client::proxy::matcher::Matcher;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use thiserror::Error;
@@ -72,10 +80,75 @@ pub struct Answer {
     pub body: Bytes,
 }
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Opens the TCP connection a post goes over: straight to the server, or
+/// through the HTTP proxy the environment names for it (a `CONNECT`
+/// tunnel, so TLS still runs end to end with the server).
+#[derive(Clone)]
+pub struct Connector {
+    tcp: HttpConnector,
+    proxies: Arc<Matcher>,
+}
+
+impl Connector {
+    /// A connector using `proxies` (e.g. [`Matcher::from_env`]).
+    pub fn new(tcp: HttpConnector, proxies: Matcher) -> Connector {
+        Connector { tcp, proxies: Arc::new(proxies) }
+    }
+}
+
+/// `dst` with its scheme's port spelled out (a tunnel names host:port).
+fn with_port(dst: http::Uri) -> http::Uri {
+    if dst.port().is_some() {
+        return dst;
+    }
+    let port = if dst.scheme_str() == Some("http") { 80 } else { 443 };
+    let Some(host) = dst.host() else { return dst };
+    let mut parts = dst.clone().into_parts();
+    match format!("{host}:{port}").parse() {
+        Ok(a) => {
+            parts.authority = Some(a);
+            http::Uri::from_parts(parts).unwrap_or(dst)
+        }
+        Err(_) => dst,
+    }
+}
+
+impl tower_service::Service<http::Uri> for Connector {
+    type Response = TokioIo<tokio::net::TcpStream>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.tcp.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, dst: http::Uri) -> Self::Future {
+        let Some(proxy) = self.proxies.intercept(&dst) else {
+            let direct = self.tcp.call(dst);
+            return Box::pin(async move { direct.await.map_err(Into::into) });
+        };
+        let via = proxy.uri().clone();
+        if via.scheme_str() != Some("http") {
+            return Box::pin(async move { Err(format!("proxy {via}: only http:// proxies (CONNECT) are supported").into()) });
+        }
+        let mut tunnel = Tunnel::new(via.clone(), self.tcp.clone());
+        if let Some(auth) = proxy.basic_auth() {
+            tunnel = tunnel.with_auth(auth.clone());
+        }
+        let dst = with_port(dst);
+        Box::pin(async move {
+            std::future::poll_fn(|cx| tunnel.poll_ready(cx)).await.map_err(|e| format!("proxy {via}: {}", chain(&e)))?;
+            tunnel.call(dst).await.map_err(|e| format!("proxy {via}: {}", chain(&e)).into())
+        })
+    }
+}
+
 /// The pooled client of one configuration.
 #[derive(Clone)]
 pub struct Transport {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: Client<HttpsConnector<Connector>, Full<Bytes>>,
     timeout: Duration,
 }
 
@@ -120,6 +193,12 @@ impl Transport {
     /// `delivery_timeout`, `delivery_concurrency`). No I/O but reading
     /// `cainfo`.
     pub fn new(cfg: &Config) -> Result<Transport, ClientBuildError> {
+        Transport::with_proxies(cfg, Matcher::from_env())
+    }
+
+    /// [`new`](Self::new) with these proxy rules instead of the
+    /// environment's.
+    pub fn with_proxies(cfg: &Config, proxies: Matcher) -> Result<Transport, ClientBuildError> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -128,7 +207,7 @@ impl Transport {
             .with_tls_config(tls_config(cfg)?)
             .https_or_http()
             .enable_http1()
-            .wrap_connector(http);
+            .wrap_connector(Connector::new(http, proxies));
         let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(cfg.delivery_concurrency)
             .pool_idle_timeout(Duration::from_secs(90))
@@ -185,6 +264,13 @@ fn chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tunnels_name_the_port() {
+        assert_eq!(with_port("https://h.example/v3".parse().unwrap()).to_string(), "https://h.example:443/v3");
+        assert_eq!(with_port("http://h.example/".parse().unwrap()).to_string(), "http://h.example:80/");
+        assert_eq!(with_port("http://h.example:8080/".parse().unwrap()).to_string(), "http://h.example:8080/");
+    }
 
     #[test]
     fn cainfo_errors_name_the_file() {

@@ -9,14 +9,18 @@ use std::time::{Duration, Instant};
 
 use crate::bin;
 
+/// The proxy environment the daemon reads (blanked unless a test sets it).
+const PROXY_VARS: [&str; 8] =
+    ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"];
+
 /// A collector process and its folders; killed when dropped.
 pub struct Collector {
     pub dir: PathBuf,
     pub conf: PathBuf,
     pub socket: PathBuf,
     pub spool: PathBuf,
-    /// Environment variables for the daemon (`DO_NOT_TRACK` is removed
-    /// from what it inherits unless set here).
+    /// Environment variables for the daemon (`DO_NOT_TRACK` and the proxy
+    /// variables are removed from what it inherits unless set here).
     pub env: Vec<(String, String)>,
     child: Option<Child>,
     _tmp: Option<tempfile::TempDir>,
@@ -78,6 +82,7 @@ impl Collector {
             .arg(&self.conf)
             .env("RUST_LOG", std::env::var("TELEM_TEST_LOG").unwrap_or_else(|_| "info".into()))
             .env_remove("DO_NOT_TRACK")
+            .envs(PROXY_VARS.iter().map(|v| (v, "")))
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log"))

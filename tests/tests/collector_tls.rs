@@ -1,6 +1,7 @@
 //! Delivery over HTTPS (rustls on both ends) with `cainfo` naming the CA
 //! that signed the server's certificate; without it the server is not
-//! trusted and nothing is delivered.
+//! trusted and nothing is delivered. And through an HTTP proxy named by
+//! `HTTPS_PROXY` (a real CONNECT tunnel on loopback).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -133,4 +134,89 @@ fn delivers_over_https_trusting_cainfo_only() {
     assert!(got[0].iter().any(|(k, v)| k.eq_ignore_ascii_case("classification") && v == "org.test/collector/tls"));
     let s = c.wait_status(Duration::from_secs(10), |s| s["delivered"] == 2);
     assert_eq!(s["delivered"], 2, "{s}");
+}
+
+/// What the proxy saw: each CONNECT request's head.
+type Tunnels = Arc<Mutex<Vec<String>>>;
+
+/// An HTTP proxy on loopback that serves CONNECT only: answers 200 and
+/// copies bytes both ways, keeping each request head.
+fn connect_proxy() -> (u16, Tunnels) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    std::thread::spawn(move || {
+        for conn in l.incoming().flatten() {
+            let seen = s2.clone();
+            std::thread::spawn(move || {
+                let mut rd = BufReader::new(conn);
+                let mut head = String::new();
+                loop {
+                    let mut line = String::new();
+                    if rd.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push_str(&line);
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                seen.lock().unwrap().push(head.clone());
+                let Some(target) = head.strip_prefix("CONNECT ").and_then(|r| r.split_whitespace().next()) else { return };
+                let Ok(up) = std::net::TcpStream::connect(target) else { return };
+                let mut client = rd.into_inner();
+                if client.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n").is_err() {
+                    return;
+                }
+                let (mut c2, mut u2) = (client.try_clone().unwrap(), up.try_clone().unwrap());
+                let mut up = up;
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut u2, &mut c2);
+                    let _ = c2.shutdown(std::net::Shutdown::Write);
+                });
+                let _ = std::io::copy(&mut client, &mut up);
+                let _ = up.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    (port, seen)
+}
+
+#[test]
+fn delivers_through_the_https_proxy_of_the_environment() {
+    let certs = tempfile::tempdir().unwrap();
+    make_certs(certs.path());
+    let (url, posts) = tls_sink(certs.path());
+    let (proxy_port, tunnels) = connect_proxy();
+    let mut c = Collector::new(Some(&url), &format!("cainfo={}", certs.path().join("ca.pem").display()));
+    c.env.push(("HTTPS_PROXY".into(), format!("http://alice:s3cret@127.0.0.1:{proxy_port}")));
+    c.start();
+    let mut client = Client::connect_path(&c.socket, Duration::from_secs(10)).unwrap();
+    client.send(&record()).unwrap();
+    client.send(&record()).unwrap();
+    let s = c.wait_status(Duration::from_secs(15), |s| s["delivered"] == 2);
+    assert_eq!(s["delivered"], 2, "{s}\n{}", c.log());
+    assert_eq!(posts.lock().unwrap().len(), 2);
+    let seen = tunnels.lock().unwrap().clone();
+    let sink_port = url.trim_end_matches('/').rsplit(':').next().unwrap().to_string();
+    // Every connection was a tunnel to the sink (one per concurrent post
+    // at most); TLS ran through it. alice:s3cret went as basic auth.
+    assert!((1..=2).contains(&seen.len()), "{seen:?}");
+    for head in &seen {
+        assert!(head.starts_with(&format!("CONNECT 127.0.0.1:{sink_port} HTTP/1.1\r\n")), "{seen:?}");
+        assert!(head.to_lowercase().contains("proxy-authorization: basic ywxpy2u6cznjcmv0"), "{seen:?}");
+    }
+    let tunnels_before = seen.len();
+
+    // NO_PROXY naming the server: straight there, the proxy sees nothing new.
+    drop(c);
+    let mut c = Collector::new(Some(&url), &format!("cainfo={}", certs.path().join("ca.pem").display()));
+    c.env.push(("HTTPS_PROXY".into(), format!("http://127.0.0.1:{proxy_port}")));
+    c.env.push(("NO_PROXY".into(), "127.0.0.1".into()));
+    c.start();
+    Client::connect_path(&c.socket, Duration::from_secs(10)).unwrap().send(&record()).unwrap();
+    let s = c.wait_status(Duration::from_secs(15), |s| s["delivered"] == 1);
+    assert_eq!(s["delivered"], 1, "{s}\n{}", c.log());
+    assert_eq!(tunnels.lock().unwrap().len(), tunnels_before);
 }

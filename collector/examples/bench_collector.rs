@@ -12,7 +12,9 @@
 //! runs one phase (to profile it). `BENCH_CONCURRENCY` sets the
 //! collector's `delivery_concurrency` (default 32); `BENCH_TRACE=1` prints
 //! when the worst acknowledgement latencies happened (stalls from the
-//! shared disk show up as one burst).
+//! shared disk show up as one burst). Each round prints the share of CPU
+//! time the hypervisor gave to other guests (steal), which moves the
+//! absolute figures.
 
 use std::io::{BufReader, Write};
 use std::net::TcpListener;
@@ -362,7 +364,9 @@ fn main() {
     // BENCH_ONLY=e2e|one|latency: run one phase (to profile it).
     let only = std::env::var("BENCH_ONLY").ok();
     let run = |name: &str| only.as_deref().is_none_or(|o| o == name);
+    let steal_at_start = cpu_steal();
     for _ in 0..runs {
+        let round_start = cpu_steal();
         let (mut m1, mut m2, mut m3) = (0, 0, 0);
         if run("e2e") {
             let (r, m) = end_to_end(8, 2_500 * scale);
@@ -382,7 +386,9 @@ fn main() {
         }
         println!("  (collector peak RSS: end to end {:.1} MB, one connection {:.1} MB, latency {:.1} MB)", m1 as f64 / 1024.0, m2 as f64 / 1024.0, m3 as f64 / 1024.0);
         rss = rss.max(m1).max(m2).max(m3);
+        println!("  (CPU time stolen by the hypervisor this round: {:.0}%)", steal_pct(round_start, cpu_steal()));
     }
+    let steal = steal_pct(steal_at_start, cpu_steal());
     if only.is_some() {
         for (name, v) in [("end to end records/s", &e2e), ("one connection records/s", &acc), ("p99 ms", &p99s)] {
             if !v.is_empty() {
@@ -418,6 +424,28 @@ fn main() {
         rss as f64 / 1024.0,
         verdict(rss < 20 * 1024)
     );
+    println!(
+        "CPU time stolen by the hypervisor over the run: {steal:.0}% (other guests on this host; \
+         absolute figures fall with it, compare builds within one run with BENCH_COLLECTOR)"
+    );
+}
+
+/// (steal, total) jiffies of all CPUs, from the first line of /proc/stat.
+fn cpu_steal() -> (u64, u64) {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else { return (0, 0) };
+    let Some(line) = stat.lines().next() else { return (0, 0) };
+    // cpu user nice system idle iowait irq softirq steal guest guest_nice
+    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let total = v.iter().take(8).sum();
+    (v.get(7).copied().unwrap_or(0), total)
+}
+
+fn steal_pct(a: (u64, u64), b: (u64, u64)) -> f64 {
+    let total = b.1.saturating_sub(a.1);
+    if total == 0 {
+        return 0.0;
+    }
+    100.0 * b.0.saturating_sub(a.0) as f64 / total as f64
 }
 
 fn verdict(ok: bool) -> &'static str {

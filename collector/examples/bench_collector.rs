@@ -149,11 +149,11 @@ impl Daemon {
 
     /// CPU seconds the collector used so far (user + system).
     fn cpu_secs(&self) -> f64 {
-        let s = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        let after = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let st = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        let after = st.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
         let f: Vec<u64> = after.split_whitespace().filter_map(|x| x.parse().ok()).collect();
-        // Fields 14 and 15 (utime, stime) are at 11 and 12 after the state.
-        (f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0)) as f64 / 100.0
+        eprintln!("DEBUG stat {} schedstat {}", (f[10]+f[11]) as f64/100.0, proc_cpu_secs(self.child.id()));
+        proc_cpu_secs(self.child.id())
     }
 
     fn peak_rss_kib(&self) -> u64 {
@@ -187,10 +187,16 @@ fn bench_tmp() -> PathBuf {
 }
 
 fn proc_cpu_secs(pid: u32) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<u64> = after.split_whitespace().filter_map(|x| x.parse().ok()).collect();
-    (f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0)) as f64 / 100.0
+    // The scheduler's run time of every thread, in ns (schedstat), not the
+    // tick-sampled utime/stime of /proc/PID/stat, which misses much of the
+    // time of threads that run in short bursts between wake-ups.
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0.0 };
+    let ns: u64 = tasks
+        .filter_map(|t| t.ok())
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()))
+        .sum();
+    ns as f64 / 1e9
 }
 
 fn end_to_end(senders: usize, per_sender: u64) -> (f64, u64) {

@@ -118,6 +118,9 @@ pub struct Config {
     pub delivery_timeout: Duration,
     /// `delivery_concurrency` (16): posts in flight at once.
     pub delivery_concurrency: usize,
+    /// `delivery_pipeline` (8): posts written back to back on one
+    /// connection before their answers (HTTP/1.1 pipelining; 1 = off).
+    pub delivery_pipeline: usize,
     /// `retry_max_backoff` (s, 30): longest wait between delivery retries.
     pub retry_max_backoff: Duration,
     /// `idle_timeout` (s, 30): a probe connection silent this long is closed.
@@ -300,6 +303,7 @@ impl Config {
             connect_timeout: r.secs("connect_timeout", 10, 1)?,
             delivery_timeout: r.secs("delivery_timeout", 30, 1)?,
             delivery_concurrency: r.int("delivery_concurrency", 16, 1, 1024)? as usize,
+            delivery_pipeline: r.int("delivery_pipeline", 8, 1, 256)? as usize,
             retry_max_backoff: r.secs("retry_max_backoff", 30, 1)?,
             idle_timeout: r.secs("idle_timeout", 30, 1)?,
             max_connections: r.int("max_connections", 1024, 1, 1 << 20)? as usize,

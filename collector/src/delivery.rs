@@ -1,25 +1,33 @@
 //! Stage: delivery. Takes records from the spool in FIFO order and posts
-//! them (through [`crate::transport`]: one pooled hyper client over rustls,
-//! so connections are reused) in the `server_protocol` form with the
-//! `tidheader`, up to `delivery_concurrency` at once.
+//! them (through [`crate::transport`]: pooled keep-alive connections,
+//! pipelined, over rustls) in the `server_protocol` form with the
+//! `tidheader`, up to `delivery_concurrency` at once, in batches of up to
+//! `delivery_pipeline` per connection.
 //!
 //! - 2xx: delivered (journaled, removed from the spool).
 //! - 408, 429, 5xx, timeouts, connection errors: the record stays in the
 //!   spool; retry after an exponential backoff with jitter (429 honours
-//!   `Retry-After`), capped by `retry_max_backoff`; as soon as a retry
-//!   succeeds the spool drains at full speed.
+//!   `Retry-After`), capped by `retry_max_backoff`; while backing off one
+//!   record at a time probes the server, and as soon as it is answered
+//!   the spool drains at full speed.
 //! - other 4xx: the server refused this record: journaled as
 //!   `rejected-by-server` with status and body, not retried.
 //!
 //! Records over a rate window wait here until the window allows them.
+//! Every request is built by [`request_parts`], which `telemctl preview`
+//! and the `debug` setting show through [`describe`], byte for byte what
+//! [`encode_request`] puts on the wire.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
+use std::io::Write;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use bytes::Bytes;
 use telemetry::posting::{self, V3_PATH};
+use telemetry::record::HeaderValue;
 use telemetry::MachineId;
 use tokio::task::JoinSet;
 use url::Url;
@@ -31,7 +39,7 @@ use crate::pipeline::Shared;
 use crate::ratelimit::Verdict;
 use crate::spool::{Item, Ticket};
 use crate::stats::bump;
-use crate::transport::{SendError, Transport};
+use crate::transport::{Answer, SendError, Transport};
 
 /// First retry delay.
 pub const BASE_BACKOFF: Duration = Duration::from_millis(250);
@@ -57,6 +65,26 @@ pub fn classify(status: u16, body: String, retry_after: Option<Duration>) -> Out
     }
 }
 
+/// The outcome of a post from what the transport got back.
+pub fn outcome(answer: Result<Answer, SendError>) -> Outcome {
+    match answer {
+        Ok(a) => {
+            let body = if (200..300).contains(&a.status) {
+                String::new()
+            } else {
+                // One line in the journal: control characters become spaces.
+                let s: String = String::from_utf8_lossy(&a.body[..a.body.len().min(512)])
+                    .chars()
+                    .map(|c| if c.is_control() { ' ' } else { c })
+                    .collect();
+                s.trim().to_string()
+            };
+            classify(a.status, body, a.retry_after)
+        }
+        Err(e) => Outcome::Retry { error: e.to_string(), after: None },
+    }
+}
+
 /// The URL a post goes to.
 pub fn target(server: &Url, protocol: Protocol) -> Url {
     match protocol {
@@ -70,29 +98,44 @@ pub fn target(server: &Url, protocol: Protocol) -> Url {
     }
 }
 
-/// What every post of one configuration shares, parsed once.
+/// What every post of one configuration shares, worked out once.
 #[derive(Debug, Clone)]
 pub struct Prepared {
     pub url: Option<Url>,
-    /// `url` as the HTTP client takes it (parsed once, not per post).
+    /// `url` as the transport connects to it.
     uri: Option<http::Uri>,
+    /// The request target (path and query) and the `Host` header.
+    path: String,
+    host: String,
     pub protocol: Protocol,
-    tid: Option<(HeaderName, HeaderValue)>,
-    v2_names: Vec<HeaderName>,
+    tid: (String, String),
 }
 
 impl Prepared {
     pub fn new(cfg: &Config) -> Prepared {
-        let tid = HeaderName::from_bytes(cfg.tidheader.name.as_bytes())
-            .ok()
-            .zip(HeaderValue::from_str(&cfg.tidheader.value).ok());
         let url = cfg.server.as_ref().map(|s| target(s, cfg.server_protocol));
+        let (path, host) = match &url {
+            Some(u) => {
+                let mut path = u.path().to_string();
+                if let Some(q) = u.query() {
+                    path.push('?');
+                    path.push_str(q);
+                }
+                let host = match u.port() {
+                    Some(p) => format!("{}:{p}", u.host_str().unwrap_or_default()),
+                    None => u.host_str().unwrap_or_default().to_string(),
+                };
+                (path, host)
+            }
+            None => (String::new(), String::new()),
+        };
         Prepared {
             uri: url.as_ref().and_then(|u| u.as_str().parse().ok()),
             url,
+            path,
+            host,
             protocol: cfg.server_protocol,
-            tid,
-            v2_names: posting::V2_HEADER_NAMES.iter().filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok()).collect(),
+            tid: (cfg.tidheader.name.clone(), cfg.tidheader.value.clone()),
         }
     }
 }
@@ -100,11 +143,10 @@ impl Prepared {
 /// The `User-Agent` every post carries.
 pub const USER_AGENT: &str = concat!("telem-collector/", env!("CARGO_PKG_VERSION"));
 
-/// Exactly the HTTP request a record is posted as: what [`post`] sends and
+/// Exactly the HTTP request a record is posted as: what delivery sends and
 /// what `telemctl preview` and the `debug` setting show. Headers are in
-/// sending order, names lower-case as they go on the wire; `host` and
-/// `content-length` are included with the values the HTTP client derives
-/// from the URL and the body.
+/// sending order, spelled as they go on the wire, `Host` and
+/// `Content-Length` included.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct RequestDesc {
     pub method: &'static str,
@@ -129,118 +171,92 @@ impl RequestDesc {
     }
 }
 
-/// The headers (in sending order, without the transport's `host` and
-/// `content-length`) and the body `record` is posted with, stamped with
-/// `mid` (no I/O). What [`post`] sends and [`describe`] shows.
-pub fn request_parts(prep: &Prepared, mid: &MachineId, record: &telemetry::Record) -> Result<(HeaderMap, Vec<u8>), String> {
-    request_parts_cached(prep, mid, record, &mut ValueCache::default())
+/// The headers (in sending order, as spelled on the wire) and the body of
+/// the post of one record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parts<'a> {
+    pub headers: Vec<(&'a str, Cow<'a, str>)>,
+    pub body: Cow<'a, [u8]>,
 }
 
-/// The v2 header values of the last record, per header: records from one
-/// host repeat most of them (host facts, machine id), and reusing a value
-/// is a reference count instead of a validated copy.
-#[derive(Debug, Default)]
-pub struct ValueCache {
-    last: Vec<Option<(String, HeaderValue)>>,
-}
-
-impl ValueCache {
-    fn get(&mut self, i: usize, s: &str) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
-        if self.last.len() <= i {
-            self.last.resize(i + 1, None);
-        }
-        if let Some((k, v)) = &self.last[i] {
-            if k == s {
-                return Ok(v.clone());
-            }
-        }
-        let v = HeaderValue::from_str(s)?;
-        self.last[i] = Some((s.to_string(), v.clone()));
-        Ok(v)
-    }
-}
-
-/// [`request_parts`], reusing the header values of the previous record.
-pub fn request_parts_cached(
-    prep: &Prepared,
-    mid: &MachineId,
-    record: &telemetry::Record,
-    cache: &mut ValueCache,
-) -> Result<(HeaderMap, Vec<u8>), String> {
-    use http::header::{ACCEPT, CONTENT_TYPE, USER_AGENT as UA};
-    use telemetry::record::HeaderValue as V;
-    let mut h = HeaderMap::with_capacity(24);
-    if let Some((n, v)) = &prep.tid {
-        h.insert(n.clone(), v.clone());
-    }
+/// The request `record` is posted with, stamped with `mid` (no I/O): what
+/// [`encode_request`] sends and [`describe`] shows. Every value is a
+/// parsed record field (no control characters, see
+/// `telemetry::HeaderText`) or a checked setting, so it can be written on
+/// a header line as it is.
+pub fn request_parts<'a>(prep: &'a Prepared, mid: &'a MachineId, record: &'a telemetry::Record) -> Result<Parts<'a>, String> {
+    let mut h: Vec<(&str, Cow<str>)> = Vec::with_capacity(22);
+    h.push((prep.tid.0.as_str(), Cow::Borrowed(prep.tid.1.as_str())));
     let body = match prep.protocol {
         Protocol::V2 => {
-            for (i, (name, v)) in prep.v2_names.iter().zip(record.header_values(mid)).enumerate() {
+            for (name, v) in posting::V2_HEADER_NAMES.iter().zip(record.header_values(mid)) {
                 let value = match v {
-                    V::Num(n) => HeaderValue::from(n),
-                    V::Str(s) => cache.get(i, s).map_err(|e| format!("header {name}: {e}"))?,
-                    V::Id(id) => HeaderValue::from_str(&id.to_string()).map_err(|e| format!("header {name}: {e}"))?,
+                    HeaderValue::Str(s) => Cow::Borrowed(s),
+                    HeaderValue::Num(n) => Cow::Owned(n.to_string()),
+                    HeaderValue::Id(id) => Cow::Owned(id.to_string()),
                 };
-                h.insert(name.clone(), value);
+                h.push((name, value));
             }
-            h.insert(CONTENT_TYPE, HeaderValue::from_static("application/text"));
-            record.payload.as_bytes().to_vec()
+            h.push(("Content-Type", Cow::Borrowed("application/text")));
+            Cow::Borrowed(record.payload.as_bytes())
         }
         Protocol::V3 => {
             let body = posting::v3_body(record, mid).map_err(|e| e.to_string())?;
-            h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            body
+            h.push(("Content-Type", Cow::Borrowed("application/json")));
+            Cow::Owned(body)
         }
     };
-    h.insert(UA, HeaderValue::from_static(USER_AGENT));
-    h.insert(ACCEPT, HeaderValue::from_static("*/*"));
-    Ok((h, body))
+    h.push(("User-Agent", Cow::Borrowed(USER_AGENT)));
+    h.push(("Accept", Cow::Borrowed("*/*")));
+    h.push(("Host", Cow::Borrowed(prep.host.as_str())));
+    h.push(("Content-Length", Cow::Owned(body.len().to_string())));
+    Ok(Parts { headers: h, body })
 }
 
-/// Builds the request for `record` stamped with `mid` (no I/O).
+/// The post as bytes on the wire: request line, header lines, body.
+pub fn encode_request(prep: &Prepared, parts: &Parts) -> Bytes {
+    let head: usize = parts.headers.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
+    let mut out = Vec::with_capacity(prep.path.len() + 20 + head + parts.body.len());
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, "POST {} HTTP/1.1\r\n", prep.path);
+    for (k, v) in &parts.headers {
+        out.extend_from_slice(k.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&parts.body);
+    Bytes::from(out)
+}
+
+/// The request for `record` stamped with `mid` (no I/O).
 pub fn describe(prep: &Prepared, mid: &MachineId, record: &telemetry::Record) -> Result<RequestDesc, String> {
     let url = prep.url.as_ref().ok_or_else(|| "no server configured".to_string())?;
-    let (map, body) = request_parts(prep, mid, record)?;
-    let mut h: Vec<(String, String)> =
-        map.iter().map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect();
-    let host = match url.port() {
-        Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
-        None => url.host_str().unwrap_or_default().to_string(),
-    };
-    h.push(("host".into(), host));
-    h.push(("content-length".into(), body.len().to_string()));
-    Ok(RequestDesc { method: "POST", url: url.to_string(), headers: h, body })
+    let parts = request_parts(prep, mid, record)?;
+    Ok(RequestDesc {
+        method: "POST",
+        url: url.to_string(),
+        headers: parts.headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        body: parts.body.into_owned(),
+    })
 }
 
-/// Posts one record, as [`request_parts`] built it.
-pub async fn post(client: &Transport, prep: &Prepared, parts: Result<(HeaderMap, Vec<u8>), String>) -> Outcome {
-    let Some(uri) = &prep.uri else { return Outcome::Retry { error: "no server configured".into(), after: None } };
-    let (h, body) = match parts {
-        Ok(p) => p,
-        Err(e) => return Outcome::Unsendable(e),
+/// Posts a batch of records on one connection (pipelined); the outcomes
+/// in the same order.
+async fn post_batch(client: &Transport, prep: &Prepared, requests: Vec<Result<Bytes, String>>) -> Vec<Outcome> {
+    let Some(uri) = &prep.uri else {
+        return requests.iter().map(|_| Outcome::Retry { error: "no server configured".into(), after: None }).collect();
     };
-    let mut req = http::Request::new(bytes::Bytes::from(body));
-    *req.method_mut() = http::Method::POST;
-    *req.uri_mut() = uri.clone();
-    *req.headers_mut() = h;
-    match client.send(req).await {
-        Ok(a) => {
-            let body = if (200..300).contains(&a.status) {
-                String::new()
-            } else {
-                // One line in the journal: control characters become spaces.
-                let s: String = String::from_utf8_lossy(&a.body[..a.body.len().min(512)])
-                    .chars()
-                    .map(|c| if c.is_control() { ' ' } else { c })
-                    .collect();
-                s.trim().to_string()
-            };
-            classify(a.status, body, a.retry_after)
-        }
-        Err(e @ (SendError::TimedOut(_) | SendError::Connect(_) | SendError::Failed(_))) => {
-            Outcome::Retry { error: e.to_string(), after: None }
-        }
-    }
+    let sendable: Vec<Bytes> = requests.iter().filter_map(|r| r.as_ref().ok().cloned()).collect();
+    let mut answers = client.exchange(uri, &sendable).await.into_iter();
+    requests
+        .into_iter()
+        .map(|r| match r {
+            Err(why) => Outcome::Unsendable(why),
+            Ok(_) => outcome(answers.next().unwrap_or_else(|| Err(SendError::Failed("no answer".into())))),
+        })
+        .collect()
 }
 
 /// The backoff before retry number `attempt` (1-based), with jitter in
@@ -262,120 +278,250 @@ struct Job {
     counted: bool,
 }
 
+/// The delivery stage's state between wake-ups.
+struct Deliverer {
+    shared: Arc<Shared>,
+    cfg: Arc<Config>,
+    prep: Arc<Prepared>,
+    client: Option<Transport>,
+    /// Records that failed, to be posted again first (FIFO order).
+    retry: VecDeque<Job>,
+    inflight: JoinSet<Vec<(Job, Outcome)>>,
+    /// Records in the batches of `inflight`.
+    posting: usize,
+    /// Backoff rounds since the server last answered.
+    attempt: u32,
+    retry_at: Option<Instant>,
+    rate_wait: Option<Instant>,
+}
+
+impl Deliverer {
+    fn new(shared: Arc<Shared>) -> Deliverer {
+        let cfg = shared.config();
+        let mut d = Deliverer {
+            prep: Arc::new(Prepared::new(&cfg)),
+            client: None,
+            cfg,
+            shared,
+            retry: VecDeque::new(),
+            inflight: JoinSet::new(),
+            posting: 0,
+            attempt: 0,
+            retry_at: None,
+            rate_wait: None,
+        };
+        d.new_client();
+        d
+    }
+
+    fn new_client(&mut self) {
+        self.client = match Transport::new(&self.cfg) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::error!("delivery is paused: {e}");
+                self.shared.stats.set_error(Some(e.to_string()));
+                None
+            }
+        };
+    }
+
+    fn reconfigure(&mut self, new: Arc<Config>) {
+        let c = &self.cfg;
+        let transport_changed = new.cainfo != c.cainfo
+            || new.connect_timeout != c.connect_timeout
+            || new.delivery_timeout != c.delivery_timeout
+            || new.delivery_concurrency != c.delivery_concurrency
+            || new.delivery_pipeline != c.delivery_pipeline;
+        self.cfg = new;
+        if transport_changed {
+            self.new_client();
+        }
+        self.prep = Arc::new(Prepared::new(&self.cfg));
+        self.retry_at = None;
+        self.attempt = 0;
+    }
+
+    /// The next record to post: a retry, else the spool's next; `None`
+    /// when there is none or a rate window makes it wait.
+    fn next_job(&mut self) -> Option<Job> {
+        loop {
+            let mut job = match self.retry.pop_front() {
+                Some(j) => j,
+                None => {
+                    let t = self.shared.spool.next()?;
+                    let counted = t.item.counted;
+                    Job { ticket: t, counted }
+                }
+            };
+            let expire_before = telemetry::record::now_unix().saturating_sub(self.cfg.record_expiry.as_secs());
+            if job.ticket.item.accepted < expire_before {
+                expire_one(&self.shared, &job.ticket);
+                continue;
+            }
+            if !job.counted {
+                let size = size_of(&job.ticket.item);
+                match self.shared.limiter().try_acquire(Instant::now(), size) {
+                    Verdict::Allowed => job.counted = true,
+                    Verdict::Limited { retry_in } => {
+                        self.rate_wait = Some(Instant::now() + retry_in.unwrap_or(Duration::from_secs(60)));
+                        self.retry.push_front(job);
+                        return None;
+                    }
+                }
+            }
+            return Some(job);
+        }
+    }
+
+    /// Starts posts until `delivery_concurrency` records are on the wire
+    /// (one, while backing off), in batches of `delivery_pipeline`.
+    fn start_posts(&mut self) {
+        let Some(client) = self.client.clone() else { return };
+        let (limit, depth) =
+            if self.attempt > 0 { (1, 1) } else { (self.cfg.delivery_concurrency, client.pipeline().min(self.cfg.delivery_concurrency)) };
+        let mid = self.shared.machine_id();
+        while self.posting < limit && self.retry_at.is_none() && self.rate_wait.is_none() {
+            let room = (limit - self.posting).min(depth);
+            let mut jobs = Vec::with_capacity(room);
+            while jobs.len() < room {
+                match self.next_job() {
+                    Some(j) => jobs.push(j),
+                    None => break,
+                }
+            }
+            if jobs.is_empty() {
+                return;
+            }
+            let prep = self.prep.clone();
+            let requests: Vec<Result<Bytes, String>> = jobs
+                .iter()
+                .map(|j| request_parts(&prep, &mid, &j.ticket.item.record).map(|p| encode_request(&prep, &p)))
+                .collect();
+            self.posting += jobs.len();
+            let client = client.clone();
+            self.inflight.spawn(async move {
+                let outcomes = post_batch(&client, &prep, requests).await;
+                jobs.into_iter().zip(outcomes).collect()
+            });
+        }
+    }
+
+    /// Takes the outcomes of one batch; journal entries go to `updates`.
+    fn finished(&mut self, batch: Vec<(Job, Outcome)>, updates: &mut Vec<Entry>) {
+        let shared = self.shared.clone();
+        self.posting = self.posting.saturating_sub(batch.len());
+        for (job, out) in batch {
+            match out {
+                Outcome::Delivered => {
+                    self.attempt = 0;
+                    // Counted before it leaves the spool, so a status never
+                    // shows it neither spooled nor delivered.
+                    bump(&shared.stats.delivered, 1);
+                    shared.spool.done(job.ticket.seq);
+                    updates.push(Entry::update(&job.ticket.item.record_id_hex(), &Fate::Delivered));
+                }
+                Outcome::Retry { error, after } => {
+                    bump(&shared.stats.delivery_failures, 1);
+                    // One backoff round per failure of the server, not per
+                    // record that was on the wire when it failed.
+                    if self.retry_at.is_none() {
+                        self.attempt = self.attempt.saturating_add(1);
+                        let wait = after.unwrap_or_else(|| backoff(self.attempt, self.cfg.retry_max_backoff, jitter()));
+                        tracing::warn!(
+                            "delivery failed ({error}); {} record(s) spooled, retrying in {:.1} s",
+                            shared.spool.records(),
+                            wait.as_secs_f64()
+                        );
+                        self.retry_at = Some(Instant::now() + wait);
+                    } else if let Some(after) = after {
+                        // A later Retry-After extends the wait.
+                        self.retry_at = self.retry_at.max(Some(Instant::now() + after));
+                    }
+                    shared.stats.set_error(Some(error));
+                    // Keep FIFO order among the records to retry.
+                    let pos = self.retry.iter().position(|j| j.ticket.seq > job.ticket.seq).unwrap_or(self.retry.len());
+                    self.retry.insert(pos, job);
+                }
+                Outcome::Refused { status, body } => {
+                    self.attempt = 0;
+                    shared.spool.done(job.ticket.seq);
+                    bump(&shared.stats.rejected_by_server, 1);
+                    tracing::warn!("server refused record {}: {status} {body}", job.ticket.item.record_id_hex());
+                    updates.push(Entry::update(&job.ticket.item.record_id_hex(), &Fate::RejectedByServer { status, body }));
+                }
+                Outcome::Unsendable(why) => {
+                    shared.spool.done(job.ticket.seq);
+                    bump(&shared.stats.dropped, 1);
+                    updates.push(Entry::update(&job.ticket.item.record_id_hex(), &Fate::Dropped(why)));
+                }
+            }
+        }
+    }
+
+    /// Lets posts already on the wire finish (up to 3 s), so a record the
+    /// server received is not sent again after a restart; the rest stay
+    /// spooled.
+    async fn stop(&mut self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        let mut updates = Vec::new();
+        while let Ok(Some(res)) = tokio::time::timeout_at(deadline, self.inflight.join_next()).await {
+            if let Ok(batch) = res {
+                self.finished(batch, &mut updates);
+            }
+        }
+        self.inflight.abort_all();
+        if !updates.is_empty() {
+            self.shared.journal.append(updates, None);
+        }
+    }
+}
+
 /// Runs the delivery stage until `stop` fires.
 pub async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let mut cfg = shared.config();
-    let mut prep = Arc::new(Prepared::new(&cfg));
-    let mut client = match Transport::new(&cfg) {
-        Ok(c) => Some(c),
-        Err(e) => {
-            tracing::error!("delivery is paused: {e}");
-            shared.stats.set_error(Some(e.to_string()));
-            None
-        }
-    };
-    let mut retry: VecDeque<Job> = VecDeque::new();
-    let mut inflight: JoinSet<(Job, Outcome)> = JoinSet::new();
-    let mut attempt: u32 = 0;
-    let mut values = ValueCache::default();
-    let mut retry_at: Option<Instant> = None;
-    let mut rate_wait: Option<Instant> = None;
+    let mut d = Deliverer::new(shared.clone());
     let mut cfg_rx = shared.cfg.clone();
-    let mut expiry_tick = tokio::time::interval(Duration::from_secs(1).max(cfg.spool_process_time.min(Duration::from_secs(10))));
+    let mut expiry_tick =
+        tokio::time::interval(Duration::from_secs(1).max(d.cfg.spool_process_time.min(Duration::from_secs(10))));
     loop {
         // Flush: retry now.
         if shared.flush.swap(false, Ordering::SeqCst) {
-            retry_at = None;
-            rate_wait = None;
-            attempt = 0;
+            d.retry_at = None;
+            d.rate_wait = None;
+            d.attempt = 0;
         }
         let now = Instant::now();
-        if retry_at.is_some_and(|t| t <= now) {
-            retry_at = None;
+        if d.retry_at.is_some_and(|t| t <= now) {
+            d.retry_at = None;
         }
-        if rate_wait.is_some_and(|t| t <= now) {
-            rate_wait = None;
+        if d.rate_wait.is_some_and(|t| t <= now) {
+            d.rate_wait = None;
         }
         shared.retry_at_ms.store(
-            retry_at.map(|t| t.saturating_duration_since(shared.since_instant).as_millis() as u64).unwrap_or(0),
+            d.retry_at.map(|t| t.saturating_duration_since(shared.since_instant).as_millis() as u64).unwrap_or(0),
             Ordering::Relaxed,
         );
-        let deliver = shared.consent(&cfg) == Decision::Deliver;
-        // While backing off, one probe request at a time.
-        let limit = if attempt > 0 { 1 } else { cfg.delivery_concurrency };
-        if deliver && retry_at.is_none() && rate_wait.is_none() {
-            if let Some(client) = &client {
-                let mid = shared.machine_id();
-                while inflight.len() < limit {
-                    let job = match retry.pop_front() {
-                        Some(j) => j,
-                        None => match shared.spool.next() {
-                            Some(t) => {
-                                let counted = t.item.counted;
-                                Job { ticket: t, counted }
-                            }
-                            None => break,
-                        },
-                    };
-                    let expire_before = telemetry::record::now_unix().saturating_sub(cfg.record_expiry.as_secs());
-                    if job.ticket.item.accepted < expire_before {
-                        expire_one(&shared, &job.ticket);
-                        continue;
-                    }
-                    let mut job = job;
-                    if !job.counted {
-                        let size = size_of(&job.ticket.item);
-                        match shared.limiter().try_acquire(Instant::now(), size) {
-                            Verdict::Allowed => job.counted = true,
-                            Verdict::Limited { retry_in } => {
-                                let wait = retry_in.unwrap_or(Duration::from_secs(60));
-                                rate_wait = Some(Instant::now() + wait);
-                                retry.push_front(job);
-                                break;
-                            }
-                        }
-                    }
-                    let client = client.clone();
-                    let prep = prep.clone();
-                    let parts = request_parts_cached(&prep, &mid, &job.ticket.item.record, &mut values);
-                    inflight.spawn(async move {
-                        let out = post(&client, &prep, parts).await;
-                        (job, out)
-                    });
-                }
-            }
+        let deliver = shared.consent(&d.cfg) == Decision::Deliver;
+        if deliver {
+            d.start_posts();
         }
         // Not allowed to send: look at the opt-in state again in a second.
         let consent_wait = (!deliver).then(|| Instant::now() + Duration::from_secs(1));
-        let sleep_until = [retry_at, rate_wait, consent_wait].into_iter().flatten().min();
+        let sleep_until = [d.retry_at, d.rate_wait, consent_wait].into_iter().flatten().min();
         tokio::select! {
             biased;
             _ = stop.changed() => {
-                // Let posts already on the wire finish (up to 3 s), so a
-                // record the server received is not sent again after a
-                // restart; then give up on the rest (they stay spooled).
-                let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-                let mut updates = Vec::new();
-                while let Ok(Some(res)) = tokio::time::timeout_at(deadline, inflight.join_next()).await {
-                    if let Ok((job, out)) = res {
-                        handle(&shared, &cfg, job, out, &mut updates, &mut attempt, &mut retry_at, &mut retry);
-                    }
-                }
-                inflight.abort_all();
-                if !updates.is_empty() {
-                    shared.journal.append(updates, None);
-                }
+                d.stop().await;
                 return;
             }
-            Some(res) = inflight.join_next(), if !inflight.is_empty() => {
-                // Take every finished post, then journal their fates at once.
+            Some(res) = d.inflight.join_next(), if !d.inflight.is_empty() => {
+                // Take every finished batch, then journal their fates at once.
                 let mut updates = Vec::new();
                 let mut next = Some(res);
                 while let Some(res) = next.take() {
-                    if let Ok((job, out)) = res {
-                        handle(&shared, &cfg, job, out, &mut updates, &mut attempt, &mut retry_at, &mut retry);
+                    if let Ok(batch) = res {
+                        d.finished(batch, &mut updates);
                     }
-                    next = inflight.try_join_next();
+                    next = d.inflight.try_join_next();
                 }
                 if !updates.is_empty() {
                     shared.journal.append(updates, None);
@@ -384,80 +530,14 @@ pub async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<boo
             _ = shared.wake_delivery.notified() => {}
             _ = cfg_rx.changed() => {
                 let new = cfg_rx.borrow_and_update().clone();
-                if new.cainfo != cfg.cainfo || new.connect_timeout != cfg.connect_timeout
-                    || new.delivery_timeout != cfg.delivery_timeout || new.delivery_concurrency != cfg.delivery_concurrency {
-                    match Transport::new(&new) {
-                        Ok(c) => client = Some(c),
-                        Err(e) => {
-                            tracing::error!("delivery is paused: {e}");
-                            shared.stats.set_error(Some(e.to_string()));
-                            client = None;
-                        }
-                    }
-                }
-                cfg = new;
-                prep = Arc::new(Prepared::new(&cfg));
-                retry_at = None;
-                attempt = 0;
+                d.reconfigure(new);
             }
             _ = expiry_tick.tick() => {
-                let before = telemetry::record::now_unix().saturating_sub(cfg.record_expiry.as_secs());
+                let before = telemetry::record::now_unix().saturating_sub(d.cfg.record_expiry.as_secs());
                 let gone = shared.spool.expire(before);
                 journal_expired(&shared, &gone);
             }
             _ = sleep_opt(sleep_until) => {}
-        }
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn handle(
-    shared: &Shared,
-    cfg: &Config,
-    job: Job,
-    out: Outcome,
-    updates: &mut Vec<Entry>,
-    attempt: &mut u32,
-    retry_at: &mut Option<Instant>,
-    retry: &mut VecDeque<Job>,
-) {
-    match out {
-        Outcome::Delivered => {
-            *attempt = 0;
-            // Counted before it leaves the spool, so a status never shows
-            // it neither spooled nor delivered.
-            bump(&shared.stats.delivered, 1);
-            shared.spool.done(job.ticket.seq);
-            updates.push(Entry::update(&job.ticket.item.record_id_hex(), &Fate::Delivered));
-        }
-        Outcome::Retry { error, after } => {
-            bump(&shared.stats.delivery_failures, 1);
-            *attempt = attempt.saturating_add(1);
-            let wait = after.unwrap_or_else(|| backoff(*attempt, cfg.retry_max_backoff, jitter()));
-            if retry_at.is_none() {
-                tracing::warn!(
-                    "delivery failed ({error}); {} record(s) spooled, retrying in {:.1} s",
-                    shared.spool.records(),
-                    wait.as_secs_f64()
-                );
-            }
-            shared.stats.set_error(Some(error));
-            *retry_at = Some(Instant::now() + wait);
-            // Keep FIFO order among the records to retry.
-            let pos = retry.iter().position(|j| j.ticket.seq > job.ticket.seq).unwrap_or(retry.len());
-            retry.insert(pos, job);
-        }
-        Outcome::Refused { status, body } => {
-            *attempt = 0;
-            shared.spool.done(job.ticket.seq);
-            bump(&shared.stats.rejected_by_server, 1);
-            tracing::warn!("server refused record {}: {status} {body}", job.ticket.item.record_id_hex());
-            updates.push(Entry::update(&job.ticket.item.record_id_hex(), &Fate::RejectedByServer { status, body }));
-        }
-        Outcome::Unsendable(why) => {
-            shared.spool.done(job.ticket.seq);
-            bump(&shared.stats.dropped, 1);
-            updates.push(Entry::update(&job.ticket.item.record_id_hex(), &Fate::Dropped(why)));
         }
     }
 }
@@ -518,23 +598,41 @@ mod tests {
     }
 
     #[test]
-    fn cached_header_values_equal_fresh_ones() {
+    fn the_wire_bytes_are_what_describe_shows() {
         use telemetry::{Classification, Payload, Record, Severity};
-        let cfg = Config { server: Some("http://127.0.0.1:9/".parse().unwrap()), ..Config::default() };
-        let prep = Prepared::new(&cfg);
-        let mid = MachineId::random();
-        let rec = |cpu: &str| {
+        let rec = {
             let mut host = telemetry::HostInfo::current().clone();
-            host.cpu_model = telemetry::HeaderText::new(cpu).unwrap();
-            Record::builder(Classification::parse("org.t/cache/x").unwrap(), Severity::Low, Payload::text("p\n")).host(host).build()
+            host.cpu_model = telemetry::HeaderText::new("Intel(R) Xeon(R) CPU @ 2.10GHz – ünïcode").unwrap();
+            Record::builder(Classification::parse("org.t/wire/x").unwrap(), Severity::Low, Payload::text("p\n")).host(host).build()
         };
-        let mut cache = ValueCache::default();
-        for cpu in ["Intel(R) Xeon(R) A", "Intel(R) Xeon(R) A", "AMD B", "Intel(R) Xeon(R) A"] {
-            let r = rec(cpu);
-            let fresh = request_parts(&prep, &mid, &r).unwrap();
-            let cached = request_parts_cached(&prep, &mid, &r, &mut cache).unwrap();
-            assert_eq!(fresh, cached);
-            assert_eq!(cached.0.get("Cpu-Model").unwrap(), cpu);
+        let mid = MachineId::random();
+        for (server, proto) in [("http://127.0.0.1:9/a?b=c", Protocol::V2), ("https://h.example/", Protocol::V3)] {
+            let cfg = Config { server: Some(server.parse().unwrap()), server_protocol: proto, ..Config::default() };
+            let prep = Prepared::new(&cfg);
+            let d = describe(&prep, &mid, &rec).unwrap();
+            let wire = encode_request(&prep, &request_parts(&prep, &mid, &rec).unwrap());
+            let mut hs = [httparse::EMPTY_HEADER; 32];
+            let mut req = httparse::Request::new(&mut hs);
+            let head = match req.parse(&wire).unwrap() {
+                httparse::Status::Complete(n) => n,
+                httparse::Status::Partial => panic!("incomplete request"),
+            };
+            assert_eq!(req.method, Some("POST"));
+            let url: Url = d.url.parse().unwrap();
+            let want_path = format!("{}{}", url.path(), url.query().map(|q| format!("?{q}")).unwrap_or_default());
+            assert_eq!(req.path, Some(want_path.as_str()));
+            let got: Vec<(String, String)> =
+                req.headers.iter().map(|h| (h.name.to_string(), String::from_utf8(h.value.to_vec()).unwrap())).collect();
+            assert_eq!(got, d.headers, "{server}");
+            assert_eq!(&wire[head..], &d.body[..]);
+            let len = d.headers.iter().find(|(k, _)| k == "Content-Length").unwrap();
+            assert_eq!(len.1, d.body.len().to_string());
+            if proto == Protocol::V2 {
+                assert!(d.headers.iter().any(|(k, v)| k == "Cpu-Model" && v.ends_with("ünïcode")), "{:?}", d.headers);
+                assert!(d.headers.iter().any(|(k, v)| k == "Host" && v == "127.0.0.1:9"));
+            } else {
+                assert!(d.headers.iter().any(|(k, v)| k == "Host" && v == "h.example"));
+            }
         }
     }
 

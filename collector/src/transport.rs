@@ -1,54 +1,87 @@
-//! The HTTP client delivery posts with: hyper-util's pooled HTTP/1.1
-//! client over hyper-rustls (rustls with the `ring` provider), the stack
-//! reqwest is built on, used directly.
+//! The HTTP client delivery posts with: HTTP/1.1 over pooled keep-alive
+//! connections, plain or TLS (rustls with the `ring` provider, through
+//! hyper-rustls' connector), with **pipelining**: a batch of requests goes
+//! out in one write and the answers come back in order
+//! ([RFC 9112 §9.3.2](https://www.rfc-editor.org/rfc/rfc9112#section-9.3.2)).
+//! Answers are parsed with `httparse` (hyper's parser).
 //!
-//! Why not reqwest itself: the backend takes one record per POST, so the
-//! client's per-request cost is the delivery rate. reqwest wraps every
-//! request in layers we do not use (a redirect policy that re-parses the
-//! URL twice per request, proxy matching, decompression and timeout
-//! layers); against the same loopback sink, in one run, this client posts
-//! 36-46k records/s where reqwest posts 18-25k/s (docs/BENCHMARKS.md).
+//! Why not hyper's (or reqwest's) client: the backend takes one record per
+//! POST, and their HTTP/1.1 clients send one request per round trip, so
+//! every record paid a write, a read and two cross-CPU wake-ups on each
+//! side; the kernel's TCP send path alone was 27% of the collector's CPU
+//! under load (docs/BENCHMARKS.md). Sending `delivery_pipeline` requests
+//! per write divides that by the batch size.
 //!
-//! What it keeps: connections are pooled and reused (up to
-//! `delivery_concurrency` idle per host, 90 s idle timeout), TLS via rustls
-//! with the platform verifier, or only the CAs of `cainfo`; the connect
-//! timeout and the total timeout per post (connect, send, answer and body);
-//! the proxy environment as curl reads it (`HTTPS_PROXY`, `HTTP_PROXY`,
+//! Pipelining is used only where it is known to work:
+//! - a new connection carries one request alone; only once an HTTP/1.1
+//!   keep-alive answer came back on it are later requests pipelined;
+//! - an answer with `Connection: close` (e.g. nginx's `keepalive_requests`)
+//!   ends the connection: the requests behind it are sent again on a new
+//!   one (they were not answered, so not processed);
+//! - a server that answers part of a pipelined batch and then closes the
+//!   connection without saying so, or stops answering, gets one request
+//!   per round trip for [`PIPELINING_PAUSE`], with a warning;
+//! - a pooled connection the server closed while it was idle is detected on
+//!   use, and the batch is sent once more on a new connection.
+//!
+//! Delivery is at least once: a request whose answer never came is
+//! reported as failed and sent again later, even if the server had in fact
+//! processed it.
+//!
+//! What it keeps of a full client: connections are reused (up to
+//! `delivery_concurrency` idle, [`IDLE_TIMEOUT`]), TLS via rustls with the
+//! platform verifier, or only the CAs of `cainfo`; the connect timeout and
+//! one total timeout per batch (connect, send, answers and bodies); the
+//! proxy environment as curl reads it (`HTTPS_PROXY`, `HTTP_PROXY`,
 //! `ALL_PROXY`, `NO_PROXY`, and lower-case), through an HTTP proxy's
 //! `CONNECT` tunnel (credentials in the proxy URL are sent as basic auth).
 //! Redirects are not followed (as the original's libcurl): a 3xx is the
-//! server's answer.
+//! server's answer. Answers may be `Content-Length`, chunked or
+//! close-delimited.
 //!
 //! ```no_run
-//! # async fn f(cfg: &telem_collector::Config, req: http::Request<bytes::Bytes>) {
+//! # async fn f(cfg: &telem_collector::Config, uri: http::Uri, requests: Vec<bytes::Bytes>) {
+//! // `requests`: whole HTTP/1.1 requests, as `delivery::encode_request` writes them.
 //! let t = telem_collector::transport::Transport::new(cfg).unwrap();
-//! let answer = t.send(req).await;
+//! for answer in t.exchange(&uri, &requests).await {
+//!     println!("{:?}", answer.map(|a| a.status));
+//! }
 //! # }
 //! ```
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
+use bytes::{Buf, Bytes, BytesMut};
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::proxy::Tunnel;
-use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::proxy::matcher::Matcher;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
 
 use crate::config::Config;
 
-/// The most of an answer's body that is read (the journal keeps 512 bytes
-/// of a refusal; a 2xx body is read so the connection can be reused).
+/// The most of an answer's body that is kept (the journal keeps 512 bytes
+/// of a refusal).
 pub const MAX_ANSWER_BODY: usize = 64 * 1024;
+/// The most of an answer's body that is read and thrown away so the
+/// connection can be reused; past it the connection is closed.
+pub const MAX_DISCARD: usize = 1 << 20;
+/// The most bytes an answer's head (status line and headers) may have.
+pub const MAX_HEAD: usize = 64 * 1024;
+/// A pooled connection unused this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long requests go one per round trip after the server mishandled
+/// pipelined ones (then pipelining is tried again).
+pub const PIPELINING_PAUSE: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Error)]
 pub enum ClientBuildError {
@@ -60,8 +93,8 @@ pub enum ClientBuildError {
     Tls(String),
 }
 
-/// Why a post got no answer.
-#[derive(Debug, Error)]
+/// Why a request got no answer.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum SendError {
     #[error("timed out: no complete answer within {0:?}")]
     TimedOut(Duration),
@@ -73,7 +106,7 @@ pub enum SendError {
 
 /// A server's answer: status, `Retry-After` (seconds form), body (at most
 /// [`MAX_ANSWER_BODY`] bytes; longer bodies are cut).
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {
     pub status: u16,
     pub retry_after: Option<Duration>,
@@ -145,19 +178,6 @@ impl tower_service::Service<http::Uri> for Connector {
     }
 }
 
-/// The pooled client of one configuration.
-#[derive(Clone)]
-pub struct Transport {
-    client: Client<HttpsConnector<Connector>, Full<Bytes>>,
-    timeout: Duration,
-}
-
-impl std::fmt::Debug for Transport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Transport").field("timeout", &self.timeout).finish_non_exhaustive()
-    }
-}
-
 /// The rustls configuration: only the CAs of `cainfo` when it is set, else
 /// the platform verifier (the system's trust store).
 fn tls_config(cfg: &Config) -> Result<rustls::ClientConfig, ClientBuildError> {
@@ -188,10 +208,56 @@ fn tls_config(cfg: &Config) -> Result<rustls::ClientConfig, ClientBuildError> {
     Ok(b.with_no_client_auth())
 }
 
+/// The stream of one connection: TCP, maybe tunnelled, maybe TLS.
+type Stream = TokioIo<MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>>;
+
+/// One keep-alive connection and what was read ahead on it.
+struct Conn {
+    io: Stream,
+    rbuf: BytesMut,
+    /// `scheme://authority` it is connected to.
+    origin: String,
+    /// Answers read on it so far (0: it has not shown yet that it keeps
+    /// connections alive, so nothing is pipelined on it).
+    answers: u64,
+    idle_since: Instant,
+}
+
+/// The client of one configuration; cheap to clone (shared pool).
+#[derive(Clone)]
+pub struct Transport {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    connector: HttpsConnector<Connector>,
+    idle: Mutex<Vec<Conn>>,
+    max_idle: usize,
+    timeout: Duration,
+    /// Most requests written back to back on one connection.
+    pipeline: usize,
+    /// When the server was last seen to mishandle pipelined requests.
+    pipelining_off: Mutex<Option<Instant>>,
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transport")
+            .field("timeout", &self.inner.timeout)
+            .field("pipeline", &self.pipeline())
+            .finish_non_exhaustive()
+    }
+}
+
+/// `scheme://authority` of `uri` (what a pooled connection is for).
+fn origin_of(uri: &http::Uri) -> String {
+    format!("{}://{}", uri.scheme_str().unwrap_or(""), uri.authority().map(|a| a.as_str()).unwrap_or(""))
+}
+
 impl Transport {
     /// The client for `cfg` (`cainfo`, `connect_timeout`,
-    /// `delivery_timeout`, `delivery_concurrency`). No I/O but reading
-    /// `cainfo`.
+    /// `delivery_timeout`, `delivery_concurrency`, `delivery_pipeline`).
+    /// No I/O but reading `cainfo`.
     pub fn new(cfg: &Config) -> Result<Transport, ClientBuildError> {
         Transport::with_proxies(cfg, Matcher::from_env())
     }
@@ -203,51 +269,414 @@ impl Transport {
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(cfg.connect_timeout));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls_config(cfg)?)
             .https_or_http()
             .enable_http1()
             .wrap_connector(Connector::new(http, proxies));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(cfg.delivery_concurrency)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_timer(TokioTimer::new())
-            .build(https);
-        Ok(Transport { client, timeout: cfg.delivery_timeout })
+        Ok(Transport {
+            inner: Arc::new(Inner {
+                connector,
+                idle: Mutex::new(Vec::new()),
+                max_idle: cfg.delivery_concurrency.max(1),
+                timeout: cfg.delivery_timeout,
+                pipeline: cfg.delivery_pipeline.max(1),
+                pipelining_off: Mutex::new(None),
+            }),
+        })
     }
 
-    /// Sends `req` and reads the answer, all within the total timeout.
-    pub async fn send(&self, req: http::Request<Bytes>) -> Result<Answer, SendError> {
-        let req = req.map(Full::new);
-        let exchange = async {
-            let resp = self.client.request(req).await.map_err(|e| {
-                let msg = chain(&e);
-                if e.is_connect() {
-                    SendError::Connect(msg)
-                } else {
-                    SendError::Failed(msg)
-                }
-            })?;
-            let status = resp.status().as_u16();
-            let retry_after = resp
-                .headers()
-                .get(http::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
-            // An answer whose body is too long is cut: its connection is
-            // then dropped instead of reused.
-            let body = match Limited::new(resp.into_body(), MAX_ANSWER_BODY).collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(_) => Bytes::new(),
-            };
-            Ok(Answer { status, retry_after, body })
-        };
-        match tokio::time::timeout(self.timeout, exchange).await {
-            Ok(r) => r,
-            Err(_) => Err(SendError::TimedOut(self.timeout)),
+    /// Requests written back to back on one connection now (1: no
+    /// pipelining, by configuration, or for [`PIPELINING_PAUSE`] after the
+    /// server mishandled it).
+    pub fn pipeline(&self) -> usize {
+        if self.inner.pipeline == 1 {
+            return 1;
+        }
+        let mut off = self.inner.pipelining_off.lock().unwrap_or_else(|p| p.into_inner());
+        match *off {
+            Some(at) if at.elapsed() < PIPELINING_PAUSE => 1,
+            Some(_) => {
+                *off = None;
+                tracing::info!("trying pipelined requests again");
+                self.inner.pipeline
+            }
+            None => self.inner.pipeline,
         }
     }
+
+    fn stop_pipelining(&self, why: &str) {
+        let mut off = self.inner.pipelining_off.lock().unwrap_or_else(|p| p.into_inner());
+        if off.is_none() {
+            tracing::warn!(
+                "the server {why}; sending one request per round trip for the next {} s",
+                PIPELINING_PAUSE.as_secs()
+            );
+        }
+        *off = Some(Instant::now());
+    }
+
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Conn>> {
+        self.inner.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn checkout(&self, origin: &str) -> Option<Conn> {
+        let mut idle = self.idle();
+        idle.retain(|c| c.idle_since.elapsed() < IDLE_TIMEOUT);
+        let pos = idle.iter().rposition(|c| c.origin == origin)?;
+        Some(idle.swap_remove(pos))
+    }
+
+    fn checkin(&self, mut conn: Conn) {
+        conn.idle_since = Instant::now();
+        let mut idle = self.idle();
+        idle.push(conn);
+        if idle.len() > self.inner.max_idle {
+            idle.remove(0);
+        }
+    }
+
+    /// Drops every idle connection to `origin` (one was found closed by
+    /// the server: the others probably are too).
+    fn forget(&self, origin: &str) {
+        self.idle().retain(|c| c.origin != origin);
+    }
+
+    async fn connect(&self, uri: &http::Uri, origin: &str, deadline: Instant) -> Result<Conn, SendError> {
+        use tower_service::Service;
+        let mut connector = self.inner.connector.clone();
+        let connecting = async {
+            std::future::poll_fn(|cx| connector.poll_ready(cx)).await.map_err(|e| SendError::Connect(chain(&*e)))?;
+            connector.call(uri.clone()).await.map_err(|e| SendError::Connect(chain(&*e)))
+        };
+        let stream = match tokio::time::timeout_at(deadline, connecting).await {
+            Ok(s) => s?,
+            Err(_) => return Err(SendError::TimedOut(self.inner.timeout)),
+        };
+        Ok(Conn {
+            io: TokioIo::new(stream),
+            rbuf: BytesMut::with_capacity(16 * 1024),
+            origin: origin.to_string(),
+            answers: 0,
+            idle_since: Instant::now(),
+        })
+    }
+
+    /// Sends `requests` (each a whole HTTP/1.1 request) to `uri`'s origin
+    /// and returns their answers, in order, all within the total timeout.
+    /// Requests go out pipelined where that is known to work (see the
+    /// module doc); a request without an answer gets the error that ended
+    /// the exchange.
+    pub async fn exchange(&self, uri: &http::Uri, requests: &[Bytes]) -> Vec<Result<Answer, SendError>> {
+        let deadline = Instant::now() + self.inner.timeout;
+        let origin = origin_of(uri);
+        let n = requests.len();
+        let mut out: Vec<Result<Answer, SendError>> = Vec::with_capacity(n);
+        let fail = |out: &mut Vec<Result<Answer, SendError>>, e: SendError| {
+            while out.len() < n {
+                out.push(Err(e.clone()));
+            }
+        };
+        // A pooled connection may have been closed by the server while idle:
+        // then the batch is sent once more, on a new connection.
+        let mut may_retry_stale = true;
+        'conns: while out.len() < n {
+            let (mut conn, reused) = match self.checkout(&origin) {
+                Some(c) => (c, true),
+                None => match self.connect(uri, &origin, deadline).await {
+                    Ok(c) => (c, false),
+                    Err(e) => {
+                        fail(&mut out, e);
+                        break;
+                    }
+                },
+            };
+            let mut answered_here = 0usize;
+            loop {
+                let first = out.len();
+                let window = if conn.answers > 0 { (n - first).min(self.pipeline()) } else { 1 };
+                let written = if window == 1 {
+                    write_all(&mut conn.io, &requests[first], deadline, self.inner.timeout).await
+                } else {
+                    let mut buf = Vec::with_capacity(requests[first..first + window].iter().map(Bytes::len).sum());
+                    for r in &requests[first..first + window] {
+                        buf.extend_from_slice(r);
+                    }
+                    write_all(&mut conn.io, &buf, deadline, self.inner.timeout).await
+                };
+                if let Err(e) = written {
+                    if answered_here == 0 && reused && may_retry_stale {
+                        may_retry_stale = false;
+                        self.forget(&origin);
+                        continue 'conns;
+                    }
+                    fail(&mut out, e);
+                    break 'conns;
+                }
+                for k in 0..window {
+                    match read_answer(&mut conn.io, &mut conn.rbuf, deadline, self.inner.timeout).await {
+                        Ok((answer, reusable)) => {
+                            out.push(Ok(answer));
+                            answered_here += 1;
+                            conn.answers += 1;
+                            if !reusable {
+                                // The rest were not answered: a new connection.
+                                continue 'conns;
+                            }
+                        }
+                        Err(ReadError::Closed) if answered_here == 0 && reused && may_retry_stale => {
+                            may_retry_stale = false;
+                            self.forget(&origin);
+                            continue 'conns;
+                        }
+                        Err(ReadError::Closed) if answered_here > 0 => {
+                            if window > 1 {
+                                self.stop_pipelining("closed the connection in the middle of pipelined requests");
+                            }
+                            continue 'conns;
+                        }
+                        Err(ReadError::Closed) => {
+                            fail(&mut out, SendError::Failed("the server closed the connection without answering".into()));
+                            break 'conns;
+                        }
+                        Err(ReadError::Send(e)) => {
+                            if k > 0 && matches!(e, SendError::TimedOut(_)) {
+                                self.stop_pipelining("stopped answering pipelined requests");
+                            }
+                            fail(&mut out, e);
+                            break 'conns;
+                        }
+                    }
+                }
+                if out.len() == n {
+                    self.checkin(conn);
+                    break 'conns;
+                }
+            }
+        }
+        out
+    }
+}
+
+async fn write_all<W: AsyncWrite + Unpin>(io: &mut W, bytes: &[u8], deadline: Instant, timeout: Duration) -> Result<(), SendError> {
+    let w = async {
+        io.write_all(bytes).await?;
+        io.flush().await
+    };
+    match tokio::time::timeout_at(deadline, w).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(SendError::Failed(format!("sending: {e}"))),
+        Err(_) => Err(SendError::TimedOut(timeout)),
+    }
+}
+
+/// Why no answer was read.
+#[derive(Debug, PartialEq, Eq)]
+enum ReadError {
+    /// The connection ended before any byte of this answer.
+    Closed,
+    Send(SendError),
+}
+
+impl From<SendError> for ReadError {
+    fn from(e: SendError) -> Self {
+        ReadError::Send(e)
+    }
+}
+
+/// Reads more of the connection into `rbuf`; the byte count (0: closed).
+async fn fill<R: AsyncRead + Unpin>(io: &mut R, rbuf: &mut BytesMut, deadline: Instant, timeout: Duration) -> Result<usize, SendError> {
+    rbuf.reserve(16 * 1024);
+    match tokio::time::timeout_at(deadline, io.read_buf(rbuf)).await {
+        Ok(Ok(n)) => Ok(n),
+        Ok(Err(e)) => Err(SendError::Failed(format!("reading the answer: {e}"))),
+        Err(_) => Err(SendError::TimedOut(timeout)),
+    }
+}
+
+fn cut_short() -> SendError {
+    SendError::Failed("the server closed the connection in the middle of an answer".into())
+}
+
+/// What an answer's head says.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Head {
+    len: usize,
+    status: u16,
+    http11: bool,
+    content_length: Option<u64>,
+    chunked: bool,
+    close: bool,
+    keep_alive: bool,
+    retry_after: Option<Duration>,
+}
+
+/// Parses the answer head at the start of `buf`; `Ok(None)`: incomplete.
+fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
+    let mut hs = [httparse::EMPTY_HEADER; 64];
+    let mut r = httparse::Response::new(&mut hs);
+    let len = match r.parse(buf) {
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Ok(httparse::Status::Complete(len)) => len,
+        Err(e) => return Err(format!("malformed answer: {e}")),
+    };
+    let mut head = Head { len, status: r.code.unwrap_or(0), http11: r.version == Some(1), ..Head::default() };
+    for h in r.headers.iter() {
+        let value = String::from_utf8_lossy(h.value);
+        let value = value.trim();
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let n: u64 = value.parse().map_err(|_| format!("malformed answer: Content-Length {value:?}"))?;
+            if head.content_length.is_some_and(|m| m != n) {
+                return Err("malformed answer: two different Content-Length headers".into());
+            }
+            head.content_length = Some(n);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            head.chunked = value.rsplit(',').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked"));
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            for t in value.split(',').map(str::trim) {
+                head.close |= t.eq_ignore_ascii_case("close");
+                head.keep_alive |= t.eq_ignore_ascii_case("keep-alive");
+            }
+        } else if h.name.eq_ignore_ascii_case("retry-after") {
+            head.retry_after = value.parse::<u64>().ok().map(Duration::from_secs);
+        }
+    }
+    Ok(Some(head))
+}
+
+/// Reads an answer's body from a connection.
+struct Body<'a, R> {
+    io: &'a mut R,
+    rbuf: &'a mut BytesMut,
+    /// The first [`MAX_ANSWER_BODY`] bytes.
+    kept: BytesMut,
+    total: usize,
+    deadline: Instant,
+    timeout: Duration,
+}
+
+impl<R: AsyncRead + Unpin> Body<'_, R> {
+    /// Reads more; false: the connection ended.
+    async fn more(&mut self) -> Result<bool, SendError> {
+        Ok(fill(self.io, self.rbuf, self.deadline, self.timeout).await? > 0)
+    }
+
+    /// Takes `want` bytes of body (to the end of the connection when
+    /// `to_eof`); false: more than [`MAX_DISCARD`] (the rest is not read).
+    async fn take(&mut self, want: u64, to_eof: bool) -> Result<bool, ReadError> {
+        let mut left = want;
+        while left > 0 {
+            if self.rbuf.is_empty() && !self.more().await? {
+                if to_eof {
+                    break;
+                }
+                return Err(cut_short().into());
+            }
+            let n = (self.rbuf.len() as u64).min(left) as usize;
+            let keep = n.min(MAX_ANSWER_BODY.saturating_sub(self.kept.len()));
+            self.kept.extend_from_slice(&self.rbuf[..keep]);
+            self.rbuf.advance(n);
+            left -= n as u64;
+            self.total += n;
+            if self.total > MAX_DISCARD {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Takes a chunked body and its trailers; false as [`take`](Self::take).
+    async fn chunked(&mut self) -> Result<bool, ReadError> {
+        let bad = |what: &str| ReadError::Send(SendError::Failed(format!("malformed answer: {what}")));
+        loop {
+            let size = loop {
+                match httparse::parse_chunk_size(self.rbuf) {
+                    Ok(httparse::Status::Complete((i, size))) => {
+                        self.rbuf.advance(i);
+                        break size;
+                    }
+                    Ok(httparse::Status::Partial) if self.rbuf.len() > 1024 => return Err(bad("chunk size line too long")),
+                    Ok(httparse::Status::Partial) => {
+                        if !self.more().await? {
+                            return Err(cut_short().into());
+                        }
+                    }
+                    Err(_) => return Err(bad("bad chunk size")),
+                }
+            };
+            if size == 0 {
+                // Trailer lines, up to the empty line.
+                loop {
+                    match self.rbuf.windows(2).position(|w| w == b"\r\n") {
+                        Some(0) => {
+                            self.rbuf.advance(2);
+                            return Ok(true);
+                        }
+                        Some(i) => self.rbuf.advance(i + 2),
+                        None if self.rbuf.len() > MAX_HEAD => return Err(bad("trailers too long")),
+                        None => {
+                            if !self.more().await? {
+                                return Err(cut_short().into());
+                            }
+                        }
+                    }
+                }
+            }
+            if !self.take(size, false).await? {
+                return Ok(false);
+            }
+            while self.rbuf.len() < 2 {
+                if !self.more().await? {
+                    return Err(cut_short().into());
+                }
+            }
+            if &self.rbuf[..2] != b"\r\n" {
+                return Err(bad("chunk not followed by CRLF"));
+            }
+            self.rbuf.advance(2);
+        }
+    }
+}
+
+/// Reads one answer; with it, whether the connection can carry more.
+async fn read_answer<R: AsyncRead + Unpin>(
+    io: &mut R,
+    rbuf: &mut BytesMut,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<(Answer, bool), ReadError> {
+    let mut started = !rbuf.is_empty();
+    let head = loop {
+        match parse_head(rbuf).map_err(SendError::Failed)? {
+            // 1xx (100 Continue, 103 Early Hints) precede the answer.
+            Some(h) if (100..200).contains(&h.status) && h.status != 101 => rbuf.advance(h.len),
+            Some(h) => break h,
+            None if rbuf.len() > MAX_HEAD => return Err(SendError::Failed(format!("answer head over {MAX_HEAD} bytes")).into()),
+            None => {
+                if fill(io, rbuf, deadline, timeout).await? == 0 {
+                    return Err(if started { ReadError::Send(cut_short()) } else { ReadError::Closed });
+                }
+                started = true;
+            }
+        }
+    };
+    rbuf.advance(head.len);
+    let mut body = Body { io, rbuf, kept: BytesMut::new(), total: 0, deadline, timeout };
+    // After 101 Switching Protocols the connection is no longer HTTP.
+    let mut reusable = if head.http11 { !head.close } else { head.keep_alive } && head.status != 101;
+    if head.status == 204 || head.status == 304 {
+        // No body, whatever the headers say.
+    } else if head.chunked {
+        reusable &= body.chunked().await?;
+    } else if let Some(len) = head.content_length {
+        reusable &= body.take(len, false).await?;
+    } else {
+        // Neither length nor chunks: the body ends with the connection.
+        body.take(u64::MAX, true).await?;
+        reusable = false;
+    }
+    let answer = Answer { status: head.status, retry_after: head.retry_after, body: body.kept.freeze() };
+    Ok((answer, reusable))
 }
 
 /// An error and its sources, as one line.
@@ -264,12 +693,261 @@ fn chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering;
 
     #[test]
     fn tunnels_name_the_port() {
         assert_eq!(with_port("https://h.example/v3".parse().unwrap()).to_string(), "https://h.example:443/v3");
         assert_eq!(with_port("http://h.example/".parse().unwrap()).to_string(), "http://h.example:80/");
         assert_eq!(with_port("http://h.example:8080/".parse().unwrap()).to_string(), "http://h.example:8080/");
+    }
+
+    /// Reads one answer from `bytes` (the connection ends after them).
+    fn answer_of(bytes: &[u8]) -> (Result<(Answer, bool), ReadError>, usize) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let mut io = bytes;
+        let mut rbuf = BytesMut::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let r = rt.block_on(read_answer(&mut io, &mut rbuf, deadline, Duration::from_secs(5)));
+        (r, rbuf.len())
+    }
+
+    #[test]
+    fn answers_of_every_framing() {
+        // Content-Length, keep-alive; what follows stays for the next answer.
+        let (r, left) = answer_of(b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 201");
+        let (a, reusable) = r.unwrap();
+        assert_eq!((a.status, &a.body[..], reusable, left), (201, &b"ok"[..], true, 12));
+        // Interim 100 Continue, then chunked with a trailer.
+        let (r, _) = answer_of(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 400 Bad\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nbad\r\n4;x=y\r\n tid\r\n0\r\nX-T: 1\r\n\r\n");
+        let (a, reusable) = r.unwrap();
+        assert_eq!((a.status, &a.body[..], reusable), (400, &b"bad tid"[..], true));
+        // Close-delimited (HTTP/1.0, no length): not reusable.
+        let (r, _) = answer_of(b"HTTP/1.0 500 Oops\r\n\r\nall of it");
+        let (a, reusable) = r.unwrap();
+        assert_eq!((a.status, &a.body[..], reusable), (500, &b"all of it"[..], false));
+        // Connection: close; Retry-After.
+        let (r, _) = answer_of(b"HTTP/1.1 429 Slow down\r\nRetry-After: 7\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+        let (a, reusable) = r.unwrap();
+        assert_eq!((a.status, a.retry_after, reusable), (429, Some(Duration::from_secs(7)), false));
+        // HTTP/1.0 keep-alive is honoured; 204 has no body whatever it says.
+        let (r, left) = answer_of(b"HTTP/1.0 204 No Content\r\nConnection: keep-alive\r\nContent-Length: 5\r\n\r\n");
+        assert!(r.unwrap().1);
+        assert_eq!(left, 0);
+        // Nothing at all: closed cleanly. Half an answer, garbage, lies: errors.
+        assert_eq!(answer_of(b"").0.unwrap_err(), ReadError::Closed);
+        for bad in [
+            &b"HTTP/1.1 201 Created\r\nContent-Le"[..],
+            b"HTTP/1.1 201 Created\r\nContent-Length: 9\r\n\r\nshort",
+            b"SSH-2.0-OpenSSH\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxx",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabX",
+        ] {
+            assert!(matches!(answer_of(bad).0, Err(ReadError::Send(SendError::Failed(_)))), "{:?}", String::from_utf8_lossy(bad));
+        }
+        // A long body is cut to MAX_ANSWER_BODY.
+        let mut long = format!("HTTP/1.1 400 Bad\r\nContent-Length: {}\r\n\r\n", 100_000).into_bytes();
+        long.extend(std::iter::repeat_n(b'x', 100_000));
+        let (a, reusable) = answer_of(&long).0.unwrap();
+        assert_eq!((a.body.len(), reusable), (MAX_ANSWER_BODY, true));
+    }
+
+    /// What a scripted server does with one request.
+    #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+    enum Act {
+        /// Answer 201 with the request's number (over all connections) as body.
+        Answer,
+        /// Answer, with `Connection: close`, and close.
+        AnswerAndClose,
+        /// Close without answering (and without saying so before).
+        Close,
+        /// Never answer.
+        Hang,
+    }
+
+    /// A real HTTP/1.1 server on 127.0.0.1 that decides per request
+    /// (connection number, request number on it, requests already buffered
+    /// behind it); it records how many whole requests each read held.
+    struct Scripted {
+        uri: http::Uri,
+        reads: Arc<Mutex<Vec<(usize, usize)>>>,
+        conns: Arc<std::sync::atomic::AtomicUsize>,
+        closer: Arc<Mutex<Vec<std::net::TcpStream>>>,
+    }
+
+    impl Scripted {
+        fn start(script: fn(usize, usize, usize) -> Act) -> Scripted {
+            use std::io::{Read, Write};
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let uri: http::Uri = format!("http://{}/", l.local_addr().unwrap()).parse().unwrap();
+            let reads = Arc::new(Mutex::new(Vec::new()));
+            let conns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let closer = Arc::new(Mutex::new(Vec::new()));
+            let numbered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let (r2, c2, cl2) = (reads.clone(), conns.clone(), closer.clone());
+            std::thread::spawn(move || {
+                for s in l.incoming() {
+                    let Ok(mut s) = s else { continue };
+                    let conn = c2.fetch_add(1, Ordering::SeqCst);
+                    cl2.lock().unwrap().push(s.try_clone().unwrap());
+                    let (reads, numbered) = (r2.clone(), numbered.clone());
+                    std::thread::spawn(move || {
+                        let mut buf = Vec::new();
+                        let mut on_conn = 0;
+                        let mut tmp = [0u8; 65536];
+                        loop {
+                            let n = match s.read(&mut tmp) {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            buf.extend_from_slice(&tmp[..n]);
+                            // Whole requests in the buffer.
+                            let mut whole = Vec::new();
+                            let mut at = 0;
+                            loop {
+                                let mut hs = [httparse::EMPTY_HEADER; 32];
+                                let mut req = httparse::Request::new(&mut hs);
+                                let Ok(httparse::Status::Complete(h)) = req.parse(&buf[at..]) else { break };
+                                let len: usize = req
+                                    .headers
+                                    .iter()
+                                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                                    .and_then(|h| std::str::from_utf8(h.value).ok()?.parse().ok())
+                                    .unwrap_or(0);
+                                if buf.len() < at + h + len {
+                                    break;
+                                }
+                                at += h + len;
+                                whole.push(());
+                            }
+                            buf.drain(..at);
+                            reads.lock().unwrap().push((conn, whole.len()));
+                            let total = whole.len();
+                            for (k, ()) in whole.into_iter().enumerate() {
+                                let behind = total - k - 1;
+                                match script(conn, on_conn, behind) {
+                                    Act::Hang => loop {
+                                        std::thread::sleep(Duration::from_secs(1));
+                                    },
+                                    Act::Close => {
+                                        let _ = s.shutdown(std::net::Shutdown::Both);
+                                        return;
+                                    }
+                                    act => {
+                                        let i = numbered.fetch_add(1, Ordering::SeqCst).to_string();
+                                        let close = if act == Act::AnswerAndClose { "Connection: close\r\n" } else { "" };
+                                        let a = format!("HTTP/1.1 201 Created\r\n{close}Content-Length: {}\r\n\r\n{i}", i.len());
+                                        if s.write_all(a.as_bytes()).is_err() || act == Act::AnswerAndClose {
+                                            let _ = s.shutdown(std::net::Shutdown::Both);
+                                            return;
+                                        }
+                                    }
+                                }
+                                on_conn += 1;
+                            }
+                        }
+                    });
+                }
+            });
+            Scripted { uri, reads, conns, closer }
+        }
+
+        /// Closes every connection accepted so far.
+        fn close_all(&self) {
+            for s in self.closer.lock().unwrap().drain(..) {
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+
+    fn client(timeout: Duration) -> Transport {
+        let cfg = Config { delivery_timeout: timeout, delivery_pipeline: 8, delivery_concurrency: 8, ..Config::default() };
+        Transport::with_proxies(&cfg, Matcher::builder().build()).unwrap()
+    }
+
+    fn requests(n: usize) -> Vec<Bytes> {
+        (0..n).map(|i| Bytes::from(format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{:02}", i % 100))).collect()
+    }
+
+    fn bodies(answers: &[Result<Answer, SendError>]) -> Vec<String> {
+        answers.iter().map(|a| String::from_utf8_lossy(&a.as_ref().expect("answered").body).into_owned()).collect()
+    }
+
+    fn numbers(from: usize, n: usize) -> Vec<String> {
+        (from..from + n).map(|i| i.to_string()).collect()
+    }
+
+    #[test]
+    fn pipelines_only_after_a_keep_alive_answer_and_keeps_the_order() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let srv = Scripted::start(|_, _, _| Act::Answer);
+        let t = client(Duration::from_secs(5));
+        let got = rt.block_on(t.exchange(&srv.uri, &requests(8)));
+        assert_eq!(bodies(&got), numbers(0, 8));
+        let got = rt.block_on(t.exchange(&srv.uri, &requests(8)));
+        assert_eq!(bodies(&got), numbers(8, 8));
+        let reads = srv.reads.lock().unwrap().clone();
+        assert_eq!(srv.conns.load(Ordering::SeqCst), 1, "one pooled connection: {reads:?}");
+        // The first request went alone; then the rest of the batch in one
+        // write, and the whole second batch on the now-proven connection.
+        assert_eq!(reads[0], (0, 1), "{reads:?}");
+        assert!(reads.iter().any(|&(_, n)| n >= 7), "{reads:?}");
+        assert_eq!(t.pipeline(), 8);
+    }
+
+    #[test]
+    fn connection_close_sends_the_rest_on_a_new_connection() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        // As nginx's keepalive_requests: the third answer on a connection is its last.
+        let srv = Scripted::start(|_, i, _| if i == 2 { Act::AnswerAndClose } else { Act::Answer });
+        let t = client(Duration::from_secs(5));
+        let got = rt.block_on(t.exchange(&srv.uri, &requests(8)));
+        assert_eq!(bodies(&got), numbers(0, 8));
+        assert_eq!(srv.conns.load(Ordering::SeqCst), 3);
+        assert_eq!(t.pipeline(), 8, "that is not a reason to stop pipelining");
+    }
+
+    #[test]
+    fn a_server_that_drops_pipelined_requests_gets_one_at_a_time() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        // Answers a request, but closes the connection when another one
+        // arrived with it (without saying so).
+        let srv = Scripted::start(|_, _, behind| if behind > 0 { Act::Close } else { Act::Answer });
+        let t = client(Duration::from_secs(5));
+        let got = rt.block_on(t.exchange(&srv.uri, &requests(8)));
+        assert!(got.iter().all(|a| a.as_ref().is_ok_and(|a| a.status == 201)), "{got:?}");
+        assert_eq!(t.pipeline(), 1);
+        let got = rt.block_on(t.exchange(&srv.uri, &requests(3)));
+        assert!(got.iter().all(|a| a.is_ok()), "{got:?}");
+    }
+
+    #[test]
+    fn a_pooled_connection_closed_by_the_server_is_replaced() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let srv = Scripted::start(|_, _, _| Act::Answer);
+        let t = client(Duration::from_secs(5));
+        assert_eq!(bodies(&rt.block_on(t.exchange(&srv.uri, &requests(2)))), numbers(0, 2));
+        srv.close_all();
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(bodies(&rt.block_on(t.exchange(&srv.uri, &requests(3)))), numbers(2, 3));
+        assert_eq!(srv.conns.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn no_answer_is_an_error_for_every_request() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let t = client(Duration::from_millis(300));
+        let hang = Scripted::start(|_, _, _| Act::Hang);
+        let got = rt.block_on(t.exchange(&hang.uri, &requests(3)));
+        assert!(got.iter().all(|a| matches!(a, Err(SendError::TimedOut(_)))), "{got:?}");
+        let close = Scripted::start(|_, _, _| Act::Close);
+        let got = rt.block_on(t.exchange(&close.uri, &requests(3)));
+        assert!(got.iter().all(|a| matches!(a, Err(SendError::Failed(_)))), "{got:?}");
+        // Nothing listening.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let got = rt.block_on(t.exchange(&format!("http://127.0.0.1:{port}/").parse().unwrap(), &requests(2)));
+        assert!(got.iter().all(|a| matches!(a, Err(SendError::Connect(_)))), "{got:?}");
     }
 
     #[test]

@@ -68,7 +68,12 @@ impl TidHeader {
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
             return Err(PostingError::BadTidHeader(s.into()));
         }
-        Ok(TidHeader { name: name.into(), value: value.trim().into() })
+        let value = value.trim();
+        // It goes on a header line as it is.
+        if value.chars().any(|c| c.is_control()) {
+            return Err(PostingError::BadTidHeader(s.into()));
+        }
+        Ok(TidHeader { name: name.into(), value: value.into() })
     }
 }
 

@@ -3,7 +3,10 @@
 //! per connection. It decodes every post with `telemetry::posting`
 //! (`v2_decode` for headers, `v3_decode` for `/v3/collector`) and answers as
 //! told: a status, a hang, or a dropped connection; it can also stop
-//! listening and start again on the same port.
+//! listening and start again on the same port. Pipelined requests are
+//! served in order (and counted), and, like nginx's `keepalive_requests`,
+//! it can end each connection after a number of requests with
+//! `Connection: close`.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -53,6 +56,11 @@ struct State {
     posts: Mutex<Vec<Post>>,
     cv: Condvar,
     connections: AtomicU64,
+    /// Requests that were already in the buffer when the one before them
+    /// was answered (sent pipelined).
+    pipelined: AtomicU64,
+    /// Requests served per connection before it is closed (0: no limit).
+    keepalive_requests: AtomicU64,
 }
 
 /// A running sink; stops when dropped.
@@ -137,6 +145,18 @@ impl Sink {
         self.state.posts.lock().unwrap().clone()
     }
 
+    /// Ends each connection after `n` requests (0: never), announcing it
+    /// with `Connection: close` on the last answer, as nginx's
+    /// `keepalive_requests` does.
+    pub fn set_keepalive_requests(&self, n: u64) {
+        self.state.keepalive_requests.store(n, Ordering::SeqCst);
+    }
+
+    /// Requests that arrived pipelined (behind an unanswered one).
+    pub fn pipelined(&self) -> u64 {
+        self.state.pipelined.load(Ordering::SeqCst)
+    }
+
     /// TCP connections accepted so far.
     pub fn connections(&self) -> u64 {
         self.state.connections.load(Ordering::SeqCst)
@@ -175,6 +195,7 @@ fn serve(conn: TcpStream, mode: &Mutex<Mode>, state: &State, running: &AtomicBoo
     let Ok(wr) = conn.try_clone() else { return };
     let mut wr = wr;
     let mut rd = BufReader::new(conn);
+    let mut served = 0u64;
     loop {
         let mut request_line = String::new();
         match rd.read_line(&mut request_line) {
@@ -247,8 +268,17 @@ fn serve(conn: TcpStream, mode: &Mutex<Mode>, state: &State, running: &AtomicBoo
             }
         };
         record(state, method.clone(), path, headers, body, decoded, Some(status));
-        let resp = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\n{extra}\r\n{text}", text.len());
-        if wr.write_all(resp.as_bytes()).is_err() {
+        if !rd.buffer().is_empty() {
+            state.pipelined.fetch_add(1, Ordering::SeqCst);
+        }
+        served += 1;
+        let limit = state.keepalive_requests.load(Ordering::SeqCst);
+        let last = limit > 0 && served >= limit;
+        let close = if last { "Connection: close\r\n" } else { "" };
+        let resp = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\n{close}{extra}\r\n{text}", text.len());
+        if wr.write_all(resp.as_bytes()).is_err() || last {
+            // Requests behind the last one are not read: not processed.
+            let _ = wr.shutdown(std::net::Shutdown::Both);
             return;
         }
     }

@@ -99,6 +99,33 @@ fn delivers_v3_json() {
 }
 
 #[test]
+fn pipelined_posts_survive_servers_that_end_connections() {
+    let sink = Sink::start();
+    // As nginx with keepalive_requests = 5: every fifth answer closes its
+    // connection, with pipelined requests still unanswered behind it.
+    sink.set_keepalive_requests(5);
+    let mut c = Collector::new(Some(&sink.url()), "delivery_pipeline=8\ndelivery_concurrency=16");
+    c.start();
+    let mut client = connect(&c);
+    let sent: Vec<Record> = (0..300).map(record).collect();
+    for chunk in sent.chunks(50) {
+        let acks = client.send_many(chunk).expect("sent");
+        assert!(acks.iter().all(|a| a.is_ok()), "{acks:?}");
+    }
+    let s = c.wait_status(Duration::from_secs(20), |s| s["delivered"] == 300);
+    assert_eq!(s["delivered"], 300, "{s}\n{}", c.log());
+    // Unanswered requests were sent again on new connections, and only
+    // those: each record reached the server exactly once.
+    let mut got: Vec<u64> = sink.delivered().iter().map(|p| p.decoded.as_ref().unwrap().0.creation_timestamp).collect();
+    got.sort();
+    assert_eq!(got, (0..300).map(|i| 1_700_000_000 + i as u64).collect::<Vec<_>>());
+    assert!(sink.pipelined() > 0, "no request was pipelined");
+    assert!(sink.connections() >= 60, "{} connections for 300 posts at 5 per connection", sink.connections());
+    assert!(!c.log().contains("pipelining"), "ending a connection is not mishandling pipelining:\n{}", c.log());
+    assert!(c.stop());
+}
+
+#[test]
 fn server_down_then_back() {
     let mut sink = Sink::start();
     let url = sink.url();

@@ -9,8 +9,9 @@
 //! 4. collector peak RSS (VmHWM) over the runs
 //!
 //! `--quick` runs one round at half the load; `BENCH_ONLY=e2e|one|latency`
-//! runs one phase (to profile it). `BENCH_CONCURRENCY` sets the
-//! collector's `delivery_concurrency` (default 32); `BENCH_TRACE=1` prints
+//! runs one phase (to profile it). `BENCH_CONCURRENCY` and `BENCH_PIPELINE`
+//! set the collector's `delivery_concurrency` and `delivery_pipeline`
+//! (default: the collector's defaults); `BENCH_TRACE=1` prints
 //! when the worst acknowledgement latencies happened (stalls from the
 //! shared disk show up as one burst). Each round prints the share of CPU
 //! time the hypervisor gave to other guests (steal), which moves the
@@ -120,13 +121,18 @@ impl Daemon {
             &conf,
             format!(
                 "[settings]\nserver={server}\nsocket_path={}\nspool_dir={}\njournal_dir={}\nstate_dir={}\netc_dir={}\n\
-                 rate_limit_enabled=false\nspool_max_size=-1\ndelivery_concurrency={}\nretry_max_backoff=600\n{extra}\n",
+                 rate_limit_enabled=false\nspool_max_size=-1\nretry_max_backoff=600\n{}{extra}\n",
                 socket.display(),
                 d.join("spool").display(),
                 d.join("journal").display(),
                 d.join("state").display(),
                 d.join("etc").display(),
-                std::env::var("BENCH_CONCURRENCY").unwrap_or_else(|_| "32".into())
+                // The collector's own defaults unless asked otherwise.
+                ["BENCH_CONCURRENCY", "BENCH_PIPELINE"]
+                    .iter()
+                    .zip(["delivery_concurrency", "delivery_pipeline"])
+                    .filter_map(|(var, key)| std::env::var(var).ok().map(|v| format!("{key}={v}\n")))
+                    .collect::<String>()
             ),
         )
         .expect("conf");
@@ -149,10 +155,6 @@ impl Daemon {
 
     /// CPU seconds the collector used so far (user + system).
     fn cpu_secs(&self) -> f64 {
-        let st = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        let after = st.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let f: Vec<u64> = after.split_whitespace().filter_map(|x| x.parse().ok()).collect();
-        eprintln!("DEBUG stat {} schedstat {}", (f[10]+f[11]) as f64/100.0, proc_cpu_secs(self.child.id()));
         proc_cpu_secs(self.child.id())
     }
 
@@ -186,6 +188,15 @@ fn bench_tmp() -> PathBuf {
     p
 }
 
+/// CPU seconds the calling thread used so far.
+fn thread_cpu_secs() -> f64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()))
+        .unwrap_or(0) as f64
+        / 1e9
+}
+
 fn proc_cpu_secs(pid: u32) -> f64 {
     // The scheduler's run time of every thread, in ns (schedstat), not the
     // tick-sampled utime/stime of /proc/PID/stat, which misses much of the
@@ -217,12 +228,11 @@ fn end_to_end(senders: usize, per_sender: u64) -> (f64, u64) {
                     assert!(acks.iter().all(|a| a.is_ok()), "all accepted");
                     sent += n as u64;
                 }
+                thread_cpu_secs()
             })
         })
         .collect();
-    for h in handles {
-        h.join().expect("sender");
-    }
+    let senders_cpu: f64 = handles.into_iter().map(|h| h.join().expect("sender")).sum();
     let ingest_s = t.elapsed().as_secs_f64();
     let delivered_then = count.load(Ordering::Relaxed);
     let total = senders as u64 * per_sender;
@@ -237,8 +247,10 @@ fn end_to_end(senders: usize, per_sender: u64) -> (f64, u64) {
         "  (all {total} acknowledged after {ingest_s:.2} s, {delivered_then} delivered by then; all delivered after {el:.2} s)"
     );
     println!(
-        "  (CPU per record delivered: collector {:.1} us, senders + sink {:.1} us)",
+        "  (CPU per record delivered: collector {:.1} us; bench senders {:.1} us, sink {:.1} us)",
         d.cpu_secs() * 1e6 / total as f64,
+        senders_cpu * 1e6 / total as f64,
+        // The sink's thread (the senders have ended: their time is above).
         (proc_cpu_secs(std::process::id()) - own0) * 1e6 / total as f64
     );
     (total as f64 / el, d.peak_rss_kib())

@@ -116,10 +116,11 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// `delivery_timeout` (s, 30): whole request.
     pub delivery_timeout: Duration,
-    /// `delivery_concurrency` (16): posts in flight at once.
+    /// `delivery_concurrency` (16): connections posting at once.
     pub delivery_concurrency: usize,
     /// `delivery_pipeline` (8): posts written back to back on one
-    /// connection before their answers (HTTP/1.1 pipelining; 1 = off).
+    /// connection before their answers (HTTP/1.1 pipelining; 1 = off), when
+    /// more records wait than there are connections.
     pub delivery_pipeline: usize,
     /// `retry_max_backoff` (s, 30): longest wait between delivery retries.
     pub retry_max_backoff: Duration,

@@ -115,6 +115,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     let (journal, journal_thread) = Journal::open_with(&cfg.journal_dir, Some(crate::journal::Retention::from_config(&cfg)))?;
     let expire_before = telemetry::record::now_unix().saturating_sub(cfg.record_expiry.as_secs());
     let (spool, recovered) = Spool::open(&cfg.spool_dir, expire_before)?;
+    spool.set_cap(cfg.spool_max_bytes);
     if recovered.records > 0 || recovered.torn > 0 {
         tracing::info!(
             "spool: {} record(s) in {} block(s) recovered, {} torn write(s) removed",
@@ -216,6 +217,9 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     for c in committers {
         let _ = c.join();
     }
+    // Files whose records were all delivered go back to the pool now, so
+    // the next start does not find (and send) them again.
+    shared.spool.settle(Duration::from_secs(2));
     drop(shared);
     drop(journal);
     let _ = journal_thread.join();
@@ -239,6 +243,7 @@ fn reload(cfg_tx: &watch::Sender<Arc<Config>>, shared: &Shared) {
                 }
             }
             shared.limiter().reconfigure(&new);
+            shared.spool.set_cap(new.spool_max_bytes);
             match identity::for_level(&new, &shared.session_id, SystemTime::now()) {
                 Ok(id) => *shared.machine_id.lock().unwrap_or_else(|p| p.into_inner()) = id,
                 Err(e) => tracing::error!("machine id after reload: {e}; keeping the previous one"),

@@ -1,8 +1,8 @@
 //! Stage: delivery. Takes records from the spool in FIFO order and posts
 //! them (through [`crate::transport`]: pooled keep-alive connections,
 //! pipelined, over rustls) in the `server_protocol` form with the
-//! `tidheader`, up to `delivery_concurrency` at once, in batches of up to
-//! `delivery_pipeline` per connection.
+//! `tidheader`, on up to `delivery_concurrency` connections at once, each
+//! carrying up to `delivery_pipeline` pipelined posts when records wait.
 //!
 //! - 2xx: delivered (journaled, removed from the spool).
 //! - 408, 429, 5xx, timeouts, connection errors: the record stays in the
@@ -34,7 +34,7 @@ use url::Url;
 
 use crate::config::{Config, Protocol};
 use crate::consent::Decision;
-use crate::journal::{Entry, Fate};
+use crate::journal::{Fate, Line};
 use crate::pipeline::Shared;
 use crate::ratelimit::Verdict;
 use crate::spool::{Item, Ticket};
@@ -286,9 +286,8 @@ struct Deliverer {
     client: Option<Transport>,
     /// Records that failed, to be posted again first (FIFO order).
     retry: VecDeque<Job>,
+    /// One batch per connection in use.
     inflight: JoinSet<Vec<(Job, Outcome)>>,
-    /// Records in the batches of `inflight`.
-    posting: usize,
     /// Backoff rounds since the server last answered.
     attempt: u32,
     retry_at: Option<Instant>,
@@ -305,7 +304,6 @@ impl Deliverer {
             shared,
             retry: VecDeque::new(),
             inflight: JoinSet::new(),
-            posting: 0,
             attempt: 0,
             retry_at: None,
             rate_wait: None,
@@ -373,17 +371,20 @@ impl Deliverer {
         }
     }
 
-    /// Starts posts until `delivery_concurrency` records are on the wire
-    /// (one, while backing off), in batches of `delivery_pipeline`.
+    /// Starts posts on up to `delivery_concurrency` connections at once
+    /// (one record at a time while backing off). Ready records are spread
+    /// over the free connections first, and pipelined (up to
+    /// `delivery_pipeline` per connection) only when there are more of them
+    /// than connections: a slow server answers a pipelined batch one request
+    /// after the other.
     fn start_posts(&mut self) {
         let Some(client) = self.client.clone() else { return };
-        let (limit, depth) =
-            if self.attempt > 0 { (1, 1) } else { (self.cfg.delivery_concurrency, client.pipeline().min(self.cfg.delivery_concurrency)) };
+        let (connections, depth) = if self.attempt > 0 { (1, 1) } else { (self.cfg.delivery_concurrency, client.pipeline()) };
         let mid = self.shared.machine_id();
-        while self.posting < limit && self.retry_at.is_none() && self.rate_wait.is_none() {
-            let room = (limit - self.posting).min(depth);
-            let mut jobs = Vec::with_capacity(room);
-            while jobs.len() < room {
+        while self.inflight.len() < connections && self.retry_at.is_none() && self.rate_wait.is_none() {
+            let free = connections - self.inflight.len();
+            let mut jobs = Vec::new();
+            while jobs.len() < free * depth {
                 match self.next_job() {
                     Some(j) => jobs.push(j),
                     None => break,
@@ -392,24 +393,31 @@ impl Deliverer {
             if jobs.is_empty() {
                 return;
             }
-            let prep = self.prep.clone();
-            let requests: Vec<Result<Bytes, String>> = jobs
-                .iter()
-                .map(|j| request_parts(&prep, &mid, &j.ticket.item.record).map(|p| encode_request(&prep, &p)))
-                .collect();
-            self.posting += jobs.len();
-            let client = client.clone();
-            self.inflight.spawn(async move {
-                let outcomes = post_batch(&client, &prep, requests).await;
-                jobs.into_iter().zip(outcomes).collect()
-            });
+            // Contiguous runs of nearly equal size, one per connection.
+            let batches = free.min(jobs.len());
+            let mut rest = jobs.into_iter();
+            for b in 0..batches {
+                let n = rest.len().div_ceil(batches - b);
+                let jobs: Vec<Job> = rest.by_ref().take(n).collect();
+                self.post(&client, &mid, jobs);
+            }
         }
     }
 
+    fn post(&mut self, client: &Transport, mid: &MachineId, jobs: Vec<Job>) {
+        let prep = self.prep.clone();
+        let requests: Vec<Result<Bytes, String>> =
+            jobs.iter().map(|j| request_parts(&prep, mid, &j.ticket.item.record).map(|p| encode_request(&prep, &p))).collect();
+        let client = client.clone();
+        self.inflight.spawn(async move {
+            let outcomes = post_batch(&client, &prep, requests).await;
+            jobs.into_iter().zip(outcomes).collect()
+        });
+    }
+
     /// Takes the outcomes of one batch; journal entries go to `updates`.
-    fn finished(&mut self, batch: Vec<(Job, Outcome)>, updates: &mut Vec<Entry>) {
+    fn finished(&mut self, batch: Vec<(Job, Outcome)>, updates: &mut Vec<Line>) {
         let shared = self.shared.clone();
-        self.posting = self.posting.saturating_sub(batch.len());
         for (job, out) in batch {
             match out {
                 Outcome::Delivered => {
@@ -418,7 +426,7 @@ impl Deliverer {
                     // shows it neither spooled nor delivered.
                     bump(&shared.stats.delivered, 1);
                     shared.spool.done(job.ticket.seq);
-                    updates.push(Entry::update(&job.ticket.item.record_id_hex(), &Fate::Delivered));
+                    updates.push(Line::fate(job.ticket.item.record_id, Fate::Delivered));
                 }
                 Outcome::Retry { error, after } => {
                     bump(&shared.stats.delivery_failures, 1);
@@ -447,12 +455,12 @@ impl Deliverer {
                     shared.spool.done(job.ticket.seq);
                     bump(&shared.stats.rejected_by_server, 1);
                     tracing::warn!("server refused record {}: {status} {body}", job.ticket.item.record_id_hex());
-                    updates.push(Entry::update(&job.ticket.item.record_id_hex(), &Fate::RejectedByServer { status, body }));
+                    updates.push(Line::fate(job.ticket.item.record_id, Fate::RejectedByServer { status, body }));
                 }
                 Outcome::Unsendable(why) => {
                     shared.spool.done(job.ticket.seq);
                     bump(&shared.stats.dropped, 1);
-                    updates.push(Entry::update(&job.ticket.item.record_id_hex(), &Fate::Dropped(why)));
+                    updates.push(Line::fate(job.ticket.item.record_id, Fate::Dropped(why)));
                 }
             }
         }
@@ -568,7 +576,7 @@ pub fn journal_expired(shared: &Shared, items: &[Item]) {
     bump(&shared.stats.dropped, items.len() as u64);
     tracing::info!("{} spooled record(s) expired (older than record_expiry)", items.len());
     let fate = Fate::Dropped("expired".into());
-    shared.journal.append(items.iter().map(|i| Entry::update(&i.record_id_hex(), &fate)).collect(), None);
+    shared.journal.append(items.iter().map(|i| Line::fate(i.record_id, fate.clone())).collect(), None);
 }
 
 #[cfg(test)]

@@ -84,9 +84,12 @@ pub fn peek(cfg: &Config, now: SystemTime) -> Option<MachineId> {
 /// The host facts a record carries at `level`: all of them, or (anonymous)
 /// arch, build, system_name and kernel_version with the others replaced
 /// by [`PLACEHOLDER`].
-pub fn anonymize_host(host: &mut HostInfo, level: PrivacyLevel) {
-    if level == PrivacyLevel::Anonymous {
-        let p = HeaderText::sanitize(PLACEHOLDER);
+pub fn anonymize_host(host: &mut std::sync::Arc<HostInfo>, level: PrivacyLevel) {
+    let p = HeaderText::sanitize(PLACEHOLDER);
+    let done = |h: &HostInfo| [&h.host_type, &h.board_name, &h.cpu_model, &h.bios_version].iter().all(|v| **v == p);
+    if level == PrivacyLevel::Anonymous && !done(host) {
+        // A copy of the shared facts, for this record.
+        let host = std::sync::Arc::make_mut(host);
         host.host_type = p.clone();
         host.board_name = p.clone();
         host.cpu_model = p.clone();
@@ -184,11 +187,12 @@ mod tests {
 
     #[test]
     fn anonymous_host_keeps_arch_os_kernel_only() {
-        let full = HostInfo::current().clone();
+        let full = HostInfo::shared();
         let mut h = full.clone();
         anonymize_host(&mut h, PrivacyLevel::Standard);
-        assert_eq!(h, full);
+        assert!(std::sync::Arc::ptr_eq(&h, &full), "shared facts are not copied when nothing changes");
         anonymize_host(&mut h, PrivacyLevel::Anonymous);
+        assert_eq!(*full, *HostInfo::current(), "the shared facts are left alone");
         assert_eq!((&h.arch, &h.build, &h.system_name, &h.kernel_version), (&full.arch, &full.build, &full.system_name, &full.kernel_version));
         for f in [&h.host_type, &h.board_name, &h.cpu_model, &h.bios_version] {
             assert_eq!(f.as_str(), PLACEHOLDER);

@@ -3,29 +3,45 @@
 //! (`telemetry::wire::sniff`).
 //!
 //! - native: prefix check, `Hello { max_payload = record_max_bytes }`, then
-//!   per record frame: decode (which validates every field), submit to the
-//!   commit stage, and answer `Ack`s in order (pipelining allowed).
+//!   record frames, decoded (which validates every field) where they lie
+//!   in the connection's read buffer; every frame that arrived in one read
+//!   goes to the commit stage as one submission, and their `Ack`s come back
+//!   together and are written in order (pipelining allowed).
 //! - legacy: one record, no reply; the connection is closed once the
 //!   record is stored.
 //!
-//! Bounds: frame size, an idle timeout on every read, and a cap on
-//! concurrent connections. A bad frame is answered with a rejection naming
-//! the reason, and only that connection is closed.
+//! Bounds: frame size, an idle timeout on every read, a cap on concurrent
+//! connections, [`PIPELINE_DEPTH`] unacknowledged records per connection,
+//! and [`INFLIGHT_BYTES`] of records in the commit stage over all
+//! connections (taken in arrival order; a client that does not read its
+//! acks holds only its own pipeline). A bad frame is answered with a
+//! rejection naming the reason, and only that connection is closed.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::{Buf, BytesMut};
 use telemetry::wire::native::{self, Ack, ClientFrame, Hello, ServerFrame};
 use telemetry::wire::{self, legacy, Framing};
-use telemetry::Record;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use telemetry::{HostInfo, Record};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::pipeline::{Shared, Submission};
+use crate::pipeline::{Incoming, Shared, Submission};
 
-/// Acks a connection may have outstanding before its reader waits.
-const PIPELINE_DEPTH: usize = 1024;
+/// Records a connection may have unacknowledged before its reader waits.
+pub const PIPELINE_DEPTH: usize = 4096;
+/// Bytes (as sent) of records between ingest and the commit stage's
+/// answer, over all connections: what bounds the memory records take
+/// on their way to the spool.
+pub const INFLIGHT_BYTES: usize = 2 << 20;
+/// Most records in one submission.
+const MAX_SUBMISSION: usize = 512;
+/// A connection's read buffer starts this small (most connections send one
+/// record) and grows to [`MAX_READ_BUFFER`] while reads keep filling it.
+const MIN_READ_BUFFER: usize = 4 * 1024;
+const MAX_READ_BUFFER: usize = 128 * 1024;
 
 /// Accepts connections until `stop` fires.
 pub async fn serve(
@@ -36,6 +52,7 @@ pub async fn serve(
 ) {
     let max = shared.config().max_connections;
     let slots = Arc::new(Semaphore::new(max));
+    let budget = Arc::new(Semaphore::new(INFLIGHT_BYTES));
     loop {
         let conn = tokio::select! {
             c = listener.accept() => c,
@@ -56,9 +73,9 @@ pub async fn serve(
             continue;
         };
         let shared = shared.clone();
-        let submit = submit.clone();
+        let sender = Sender { submit: submit.clone(), budget: budget.clone() };
         tokio::spawn(async move {
-            if let Err(e) = connection(stream, &shared, submit).await {
+            if let Err(e) = connection(stream, &shared, sender).await {
                 tracing::debug!("probe connection ended: {e}");
             }
             drop(permit);
@@ -79,32 +96,63 @@ pub enum ConnError {
     Closing,
 }
 
-async fn read_exact_idle<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8], idle: Duration) -> Result<(), ConnError> {
-    match tokio::time::timeout(idle, r.read_exact(buf)).await {
-        Ok(Ok(_)) => Ok(()),
+const CLOSING: &str = "the collector is shutting down";
+
+/// Hands submissions to the commit stage within the shared byte budget.
+struct Sender {
+    submit: mpsc::Sender<Submission>,
+    budget: Arc<Semaphore>,
+}
+
+impl Sender {
+    /// Submits `records`; the receiver of their acks. The budget is held by
+    /// the submission and given back when the commit stage is done with it.
+    async fn send(&self, records: Vec<Incoming>, uid: u32, pid: u32) -> Result<oneshot::Receiver<Vec<Ack>>, ConnError> {
+        let bytes: usize = records.iter().map(|r| r.size as usize).sum();
+        let permits = bytes.clamp(1, INFLIGHT_BYTES) as u32;
+        let budget = self.budget.clone().acquire_many_owned(permits).await.map_err(|_| ConnError::Closing)?;
+        let (tx, rx) = oneshot::channel();
+        self.submit.send(Submission { records, uid, pid, reply: tx, budget: Some(budget) }).await.map_err(|_| ConnError::Closing)?;
+        Ok(rx)
+    }
+}
+
+/// Reads more into `buf` within `idle`; the byte count (0: end of stream).
+async fn read_more<R: AsyncRead + Unpin>(r: &mut R, buf: &mut BytesMut, want: usize, idle: Duration) -> Result<usize, ConnError> {
+    buf.reserve(want.saturating_sub(buf.len()).max(1));
+    match tokio::time::timeout(idle, r.read_buf(buf)).await {
+        Ok(Ok(n)) => Ok(n),
         Ok(Err(e)) => Err(e.into()),
         Err(_) => Err(ConnError::Idle(idle)),
     }
 }
 
-async fn connection(stream: UnixStream, shared: &Shared, submit: mpsc::Sender<Submission>) -> Result<(), ConnError> {
+/// Reads until `buf` holds at least `n` bytes.
+async fn read_at_least<R: AsyncRead + Unpin>(r: &mut R, buf: &mut BytesMut, n: usize, idle: Duration) -> Result<(), ConnError> {
+    while buf.len() < n {
+        if read_more(r, buf, n, idle).await? == 0 {
+            return Err(ConnError::Protocol("connection closed in the middle of a frame".into()));
+        }
+    }
+    Ok(())
+}
+
+async fn connection(stream: UnixStream, shared: &Shared, sender: Sender) -> Result<(), ConnError> {
     let cfg = shared.config();
     let (uid, pid) = match stream.peer_cred() {
         Ok(c) => (c.uid(), c.pid().unwrap_or(0).max(0) as u32),
         Err(_) => (u32::MAX, 0),
     };
-    let (rd, wr) = stream.into_split();
-    let mut rd = BufReader::with_capacity(16 * 1024, rd);
-    let mut first = [0u8; 4];
-    read_exact_idle(&mut rd, &mut first, cfg.idle_timeout).await?;
+    let (mut rd, wr) = stream.into_split();
+    let mut buf = BytesMut::with_capacity(MIN_READ_BUFFER);
+    read_at_least(&mut rd, &mut buf, 4, cfg.idle_timeout).await?;
+    let first = [buf[0], buf[1], buf[2], buf[3]];
     match wire::sniff(first) {
         Framing::Legacy { total_size } => {
             let size = legacy::check_total_size(total_size, cfg.max_legacy_record())
                 .map_err(|e| ConnError::Protocol(e.to_string()))?;
-            let mut buf = vec![0u8; size];
-            buf[..4].copy_from_slice(&first);
-            read_exact_idle(&mut rd, &mut buf[4..], cfg.idle_timeout).await?;
-            let rec = legacy::decode(&buf).map_err(|e| {
+            read_at_least(&mut rd, &mut buf, size, cfg.idle_timeout).await?;
+            let rec = legacy::decode(&buf[..size]).map_err(|e| {
                 tracing::warn!("legacy record from uid {uid} pid {pid} refused: {e}");
                 ConnError::Protocol(e.to_string())
             })?;
@@ -115,126 +163,166 @@ async fn connection(stream: UnixStream, shared: &Shared, submit: mpsc::Sender<Su
                 tracing::warn!("legacy record from uid {uid} pid {pid} refused: {e}");
                 return Err(ConnError::Protocol(e.to_string()));
             }
-            let (tx, rx) = oneshot::channel();
-            submit
-                .send(Submission { record: rec.record, uid, pid, size: size as u64, reply: tx })
-                .await
-                .map_err(|_| ConnError::Closing)?;
-            match rx.await {
-                Ok(Ack::Accepted { .. }) => {}
-                Ok(Ack::Rejected { reason }) => tracing::warn!("legacy record from uid {uid} pid {pid} not kept: {reason}"),
-                Err(_) => return Err(ConnError::Closing),
+            let acks = sender.send(vec![Incoming { record: rec.record, size: size as u64 }], uid, pid).await?;
+            match acks.await.map_err(|_| ConnError::Closing)?.pop() {
+                Some(Ack::Rejected { reason }) => tracing::warn!("legacy record from uid {uid} pid {pid} not kept: {reason}"),
+                Some(Ack::Accepted { .. }) => {}
+                None => return Err(ConnError::Closing),
             }
             // Closing tells the legacy sender its record was read.
             drop(wr);
             Ok(())
         }
-        Framing::Native => native_conn(rd, wr, first, &cfg, uid, pid, submit).await,
+        Framing::Native => native_conn(rd, wr, buf, &cfg, uid, pid, sender).await,
     }
 }
 
+/// Acks on their way to the writer.
 enum Out {
     Ready(Ack),
-    Wait(oneshot::Receiver<Ack>),
+    /// The acks of `n` records from the commit stage.
+    Wait(oneshot::Receiver<Vec<Ack>>, usize),
 }
 
+/// What one frame held.
+enum Frame {
+    Record(Incoming),
+    /// Answered with this rejection; the connection goes on.
+    Refused(String),
+}
+
+/// Keeps one copy of the host facts a connection's records repeat (a
+/// decoded record's own copy is dropped when it is the same).
+#[derive(Default)]
+struct Hosts(Option<Arc<HostInfo>>);
+
+impl Hosts {
+    fn share(&mut self, record: &mut Record) {
+        match &self.0 {
+            Some(h) if **h == *record.host => record.host = h.clone(),
+            _ => self.0 = Some(record.host.clone()),
+        }
+    }
+}
+
+fn decode_frame(body: &[u8], max_payload: usize, uid: u32, pid: u32, hosts: &mut Hosts) -> Result<Frame, String> {
+    let mut record: Record = match native::decode_body::<ClientFrame>(body) {
+        Ok(ClientFrame::Record(r)) => r,
+        Err(e) => {
+            let reason = e.to_string();
+            tracing::warn!("native frame from uid {uid} pid {pid} refused: {reason}");
+            return Err(reason);
+        }
+    };
+    if let Err(e) = record.payload.check_limit(max_payload) {
+        return Ok(Frame::Refused(e.to_string()));
+    }
+    hosts.share(&mut record);
+    Ok(Frame::Record(Incoming { record, size: (4 + body.len()) as u64 }))
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn native_conn(
-    mut rd: BufReader<tokio::net::unix::OwnedReadHalf>,
-    wr: tokio::net::unix::OwnedWriteHalf,
-    first: [u8; 4],
+    mut rd: tokio::net::unix::OwnedReadHalf,
+    mut wr: tokio::net::unix::OwnedWriteHalf,
+    mut buf: BytesMut,
     cfg: &crate::config::Config,
     uid: u32,
     pid: u32,
-    submit: mpsc::Sender<Submission>,
+    sender: Sender,
 ) -> Result<(), ConnError> {
     let idle = cfg.idle_timeout;
-    let mut wr = BufWriter::with_capacity(8 * 1024, wr);
+    read_at_least(&mut rd, &mut buf, 8, idle).await?;
     let mut prefix = [0u8; 8];
-    prefix[..4].copy_from_slice(&first);
-    read_exact_idle(&mut rd, &mut prefix[4..], idle).await?;
+    prefix.copy_from_slice(&buf[..8]);
+    buf.advance(8);
+    let mut out = Vec::with_capacity(1024);
     if let Err(e) = native::check_prefix(prefix) {
         let reason = e.to_string();
-        let _ = write_frame(&mut wr, &ServerFrame::Ack(Ack::Rejected { reason: reason.clone() })).await;
-        let _ = wr.flush().await;
+        let _ = native::encode_into(&ServerFrame::Ack(Ack::Rejected { reason: reason.clone() }), &mut out);
+        let _ = wr.write_all(&out).await;
         return Err(ConnError::Protocol(reason));
     }
     let max_payload = cfg.record_max_bytes;
-    write_frame(
-        &mut wr,
-        &ServerFrame::Hello(Hello { protocol: native::PROTOCOL_VERSION, max_payload: max_payload.min(u32::MAX as usize) as u32 }),
-    )
-    .await?;
-    wr.flush().await?;
+    let hello = Hello { protocol: native::PROTOCOL_VERSION, max_payload: max_payload.min(u32::MAX as usize) as u32 };
+    native::encode_into(&ServerFrame::Hello(hello), &mut out).map_err(|e| ConnError::Protocol(e.to_string()))?;
+    wr.write_all(&out).await?;
 
-    let (otx, mut orx) = mpsc::channel::<Out>(PIPELINE_DEPTH);
+    // Unacknowledged records of this connection.
+    let depth = Arc::new(Semaphore::new(PIPELINE_DEPTH));
+    let (otx, mut orx) = mpsc::unbounded_channel::<Out>();
+    let d2 = depth.clone();
     let writer = tokio::spawn(async move {
-        while let Some(o) = orx.recv().await {
-            let ack = match o {
-                Out::Ready(a) => a,
-                Out::Wait(rx) => rx.await.unwrap_or(Ack::Rejected { reason: "the collector is shutting down".into() }),
-            };
-            write_frame(&mut wr, &ServerFrame::Ack(ack)).await?;
-            if orx.is_empty() {
-                wr.flush().await?;
-            }
-        }
-        wr.flush().await?;
-        wr.shutdown().await
+        let r = write_acks(&mut wr, &mut orx, &d2, idle).await;
+        // The reader may wait for pipeline room that will never come back.
+        d2.close();
+        r
     });
 
     let limit = native::max_record_frame(max_payload);
-    let mut body = Vec::new();
-    let result = loop {
-        let mut h = [0u8; 4];
-        // A clean end of stream between frames ends the connection.
-        match tokio::time::timeout(idle, rd.read(&mut h[..1])).await {
-            Err(_) => break Err(ConnError::Idle(idle)),
-            Ok(Err(e)) => break Err(e.into()),
-            Ok(Ok(0)) => break Ok(()),
-            Ok(Ok(_)) => {}
+    let mut want = MIN_READ_BUFFER;
+    let mut hosts = Hosts::default();
+    let result: Result<(), ConnError> = 'conn: loop {
+        // Every whole frame already read, decoded where it lies.
+        let mut batch: Vec<Incoming> = Vec::new();
+        let mut fatal = None;
+        loop {
+            let (body, used) = match native::split_frame(&buf, limit) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    fatal = Some(e.to_string());
+                    break;
+                }
+            };
+            let frame = decode_frame(body, max_payload, uid, pid, &mut hosts);
+            buf.advance(used);
+            match frame {
+                Ok(Frame::Record(r)) => {
+                    batch.push(r);
+                    if batch.len() >= MAX_SUBMISSION {
+                        if let Err(e) = submit(&sender, &depth, &otx, std::mem::take(&mut batch), uid, pid).await {
+                            break 'conn Err(e);
+                        }
+                    }
+                }
+                Ok(Frame::Refused(reason)) => {
+                    if let Err(e) = submit(&sender, &depth, &otx, std::mem::take(&mut batch), uid, pid).await {
+                        break 'conn Err(e);
+                    }
+                    let _ = otx.send(Out::Ready(Ack::Rejected { reason }));
+                }
+                Err(reason) => {
+                    fatal = Some(reason);
+                    break;
+                }
+            }
         }
-        if let Err(e) = read_exact_idle(&mut rd, &mut h[1..], idle).await {
+        // Hand over what is ready before waiting for more bytes.
+        if let Err(e) = submit(&sender, &depth, &otx, batch, uid, pid).await {
             break Err(e);
         }
-        let len = match native::body_len(h, limit) {
-            Ok(l) => l,
-            Err(e) => {
-                let reason = e.to_string();
-                let _ = otx.send(Out::Ready(Ack::Rejected { reason: reason.clone() })).await;
-                break Err(ConnError::Protocol(reason));
-            }
+        if let Some(reason) = fatal {
+            let _ = otx.send(Out::Ready(Ack::Rejected { reason: reason.clone() }));
+            break Err(ConnError::Protocol(reason));
+        }
+        // The next frame's length, if known, sets how much to read.
+        let need = buf.get(..4).map(|h| 4 + u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize).unwrap_or(4);
+        let room = want.max(need);
+        let got = match read_more(&mut rd, &mut buf, room, idle).await {
+            Ok(n) => n,
+            Err(e) => break Err(e),
         };
-        body.clear();
-        body.resize(len, 0);
-        if let Err(e) = read_exact_idle(&mut rd, &mut body, idle).await {
-            break Err(e);
+        if got == 0 {
+            // A clean end of stream between frames ends the connection.
+            break if buf.is_empty() { Ok(()) } else { Err(ConnError::Protocol("connection closed in the middle of a frame".into())) };
         }
-        let record: Record = match native::decode_body::<ClientFrame>(&body) {
-            Ok(ClientFrame::Record(r)) => r,
-            Err(e) => {
-                let reason = e.to_string();
-                tracing::warn!("native frame from uid {uid} pid {pid} refused: {reason}");
-                let _ = otx.send(Out::Ready(Ack::Rejected { reason: reason.clone() })).await;
-                break Err(ConnError::Protocol(reason));
-            }
-        };
-        if let Err(e) = record.payload.check_limit(max_payload) {
-            if otx.send(Out::Ready(Ack::Rejected { reason: e.to_string() })).await.is_err() {
-                break Ok(());
-            }
-            continue;
+        // Reads that fill the buffer: a busy sender, read more at a time.
+        if buf.len() >= want && want < MAX_READ_BUFFER {
+            want *= 2;
         }
-        let (tx, rx) = oneshot::channel();
-        let sub = Submission { record, uid, pid, size: (4 + len) as u64, reply: tx };
-        if submit.send(sub).await.is_err() {
-            let _ = otx.send(Out::Ready(Ack::Rejected { reason: "the collector is shutting down".into() })).await;
-            break Err(ConnError::Closing);
-        }
-        if otx.send(Out::Wait(rx)).await.is_err() {
-            break Ok(());
-        }
-        if body.capacity() > 256 * 1024 {
-            body = Vec::new();
+        if buf.is_empty() && buf.capacity() > 2 * MAX_READ_BUFFER {
+            buf = BytesMut::with_capacity(want);
         }
     };
     drop(otx);
@@ -242,7 +330,70 @@ async fn native_conn(
     result
 }
 
-async fn write_frame<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, msg: &ServerFrame) -> std::io::Result<()> {
-    let bytes = native::encode(msg).map_err(|e| std::io::Error::other(e.to_string()))?;
-    w.write_all(&bytes).await
+/// Writes acks in order as they come, each burst in one write; a client
+/// that does not read them for `idle` is dropped.
+async fn write_acks(
+    wr: &mut tokio::net::unix::OwnedWriteHalf,
+    orx: &mut mpsc::UnboundedReceiver<Out>,
+    depth: &Semaphore,
+    idle: Duration,
+) -> Result<(), ConnError> {
+    let mut out = Vec::with_capacity(8 * 1024);
+    let encode = |a: Ack, out: &mut Vec<u8>| native::encode_into(&ServerFrame::Ack(a), out).map_err(|e| ConnError::Protocol(e.to_string()));
+    let mut freed = 0;
+    while let Some(o) = orx.recv().await {
+        match o {
+            Out::Ready(a) => encode(a, &mut out)?,
+            Out::Wait(rx, n) => {
+                let mut acks = rx.await.unwrap_or_default().into_iter();
+                for _ in 0..n {
+                    encode(acks.next().unwrap_or(Ack::Rejected { reason: CLOSING.into() }), &mut out)?;
+                }
+                freed += n;
+            }
+        }
+        if orx.is_empty() || out.len() >= 64 * 1024 {
+            write_idle(wr, &out, idle).await?;
+            out.clear();
+            depth.add_permits(std::mem::take(&mut freed));
+        }
+    }
+    write_idle(wr, &out, idle).await?;
+    wr.shutdown().await?;
+    Ok(())
+}
+
+async fn write_idle(wr: &mut tokio::net::unix::OwnedWriteHalf, bytes: &[u8], idle: Duration) -> Result<(), ConnError> {
+    match tokio::time::timeout(idle, wr.write_all(bytes)).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(ConnError::Idle(idle)),
+    }
+}
+
+/// Submits a batch (nothing when empty) within the connection's pipeline.
+async fn submit(
+    sender: &Sender,
+    depth: &Arc<Semaphore>,
+    otx: &mpsc::UnboundedSender<Out>,
+    batch: Vec<Incoming>,
+    uid: u32,
+    pid: u32,
+) -> Result<(), ConnError> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let n = batch.len();
+    depth.acquire_many(n as u32).await.map_err(|_| ConnError::Closing)?.forget();
+    match sender.send(batch, uid, pid).await {
+        Ok(rx) => {
+            let _ = otx.send(Out::Wait(rx, n));
+            Ok(())
+        }
+        Err(e) => {
+            for _ in 0..n {
+                let _ = otx.send(Out::Ready(Ack::Rejected { reason: CLOSING.into() }));
+            }
+            Err(e)
+        }
+    }
 }

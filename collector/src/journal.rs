@@ -5,19 +5,27 @@
 //! event id, boot id, sender uid/pid, severity, fate, and the payload when
 //! `record_retention_enabled`). Later fates (delivered, rejected by the
 //! server, expired) are appended as short entries naming the same record id;
-//! readers keep the last fate. One writer thread batches whatever is queued
-//! into one write and one `fdatasync` (group commit) and then tells the
-//! waiters; entries nobody waits for (records already durable in the spool,
-//! later fates) are fsync'd within [`LAZY_SYNC`]. `telemctl journal` reads the files back through [`read`].
+//! readers keep the last fate. Stages queue [`Line`]s (which borrow the
+//! accepted record, so nothing is copied for the journal); one writer
+//! thread turns whatever is queued into one write and one `fdatasync`
+//! (group commit) and then tells the waiters. Lines nobody waits for
+//! (records already durable in the spool, later fates) are gathered for
+//! [`GATHER`] before they are written, without waking the writer per
+//! append, and are fsync'd within [`LAZY_SYNC`]. `telemctl journal` reads
+//! the files back through [`read`].
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, Serializer};
+use telemetry::EventId;
 use thiserror::Error;
+
+use crate::spool::Item;
 
 /// Past this size the journal is rotated.
 pub const ROTATE_BYTES: u64 = 32 << 20;
@@ -106,6 +114,99 @@ impl Entry {
             creation_timestamp: None,
             payload_format_version: None,
             host: None,
+        }
+    }
+}
+
+/// A line to write: a record's first entry, or a later fate. Written as
+/// the JSON of an [`Entry`] (what [`read`] parses back).
+#[derive(Debug, Clone)]
+pub enum Line {
+    First {
+        /// The accepted record (shared with the spool, not copied).
+        item: Arc<Item>,
+        /// Unix seconds of the entry.
+        time: u64,
+        boot: Arc<str>,
+        fate: Fate,
+        /// Keep the payload (`record_retention_enabled`).
+        payload: bool,
+    },
+    Fate { id: [u8; 16], time: u64, fate: Fate },
+}
+
+impl Line {
+    /// A later fate of a record already journaled, now.
+    pub fn fate(id: [u8; 16], fate: Fate) -> Line {
+        Line::Fate { id, time: telemetry::record::now_unix(), fate }
+    }
+
+    /// The record id.
+    pub fn id(&self) -> [u8; 16] {
+        match self {
+            Line::First { item, .. } => item.record_id,
+            Line::Fate { id, .. } => *id,
+        }
+    }
+
+    /// The line's JSON, appended to `out` (no newline).
+    pub fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        /// Writes with `Display`, without an intermediate string.
+        struct Shown<T>(T);
+        impl<T: std::fmt::Display> Serialize for Shown<T> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(&self.0)
+            }
+        }
+        #[derive(Serialize)]
+        struct FirstJson<'a> {
+            id: Shown<EventId>,
+            time: u64,
+            class: &'a str,
+            event: Shown<EventId>,
+            boot: &'a str,
+            uid: u32,
+            pid: u32,
+            severity: u8,
+            fate: Shown<&'a Fate>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            payload: Option<std::borrow::Cow<'a, str>>,
+            creation_timestamp: u64,
+            payload_format_version: u32,
+            #[serde(flatten)]
+            host: &'a telemetry::HostInfo,
+        }
+        #[derive(Serialize)]
+        struct FateJson<'a> {
+            id: Shown<EventId>,
+            time: u64,
+            fate: Shown<&'a Fate>,
+        }
+        match self {
+            Line::First { item, time, boot, fate, payload } => {
+                let r = &item.record;
+                serde_json::to_writer(
+                    out,
+                    &FirstJson {
+                        id: Shown(EventId::from_bytes(item.record_id)),
+                        time: *time,
+                        class: r.classification.as_str(),
+                        event: Shown(r.event_id),
+                        boot,
+                        uid: item.uid,
+                        pid: item.pid,
+                        severity: r.severity.as_u8(),
+                        fate: Shown(fate),
+                        payload: payload.then(|| r.payload.to_text_lossy()),
+                        creation_timestamp: r.creation_timestamp,
+                        payload_format_version: r.payload_format_version,
+                        host: &r.host,
+                    },
+                )
+            }
+            Line::Fate { id, time, fate } => {
+                serde_json::to_writer(out, &FateJson { id: Shown(EventId::from_bytes(*id)), time: *time, fate: Shown(fate) })
+            }
         }
     }
 }
@@ -203,24 +304,56 @@ pub fn prune(dir: &Path, now: u64, r: &Retention) -> Result<Pruned, JournalError
     Ok(Pruned { kept: keep.len() as u64, removed })
 }
 
-/// Called once the entries of a batch are on disk (or failed to be).
+/// Called once the lines of a batch are on disk (or failed to be).
 pub type Done = Box<dyn FnOnce(Result<(), String>) + Send>;
 
-struct Msg {
-    entries: Vec<Entry>,
-    done: Option<Done>,
+/// What the stages queued for the writer.
+#[derive(Default)]
+struct Queue {
+    lines: Vec<Line>,
+    waiters: Vec<Done>,
+    /// The writer sleeps until told (nothing queued): wake it.
+    idle: bool,
+    closed: bool,
 }
 
-/// A handle to the writer thread.
+struct Shared {
+    q: Mutex<Queue>,
+    /// Wakes the writer.
+    cv: Condvar,
+    /// Wakes appenders waiting for room.
+    room: Condvar,
+}
+
+/// A handle to the writer thread; the writer finishes what is queued and
+/// stops when the last handle is dropped.
 #[derive(Clone)]
 pub struct Journal {
-    tx: mpsc::Sender<Msg>,
+    shared: Arc<Shared>,
+    _closer: Arc<Closer>,
 }
 
+/// Closes the queue when the last [`Journal`] handle goes.
+struct Closer(Arc<Shared>);
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        let mut q = self.0.q.lock().unwrap_or_else(|p| p.into_inner());
+        q.closed = true;
+        self.0.cv.notify_one();
+    }
+}
+
+/// Lines nobody waits for are gathered this long before they are written.
+pub const GATHER: Duration = Duration::from_millis(5);
+/// Past this many queued lines the writer is woken at once.
+const HIGH_WATER: usize = 2048;
+/// [`Journal::append_bounded`] waits while this many lines are queued (a
+/// queued first entry holds its record).
+pub const MAX_QUEUED: usize = 2048;
+
 impl Journal {
-    /// Opens (creating) `dir/journal` and starts the writer thread. Every
-    /// written entry is also handed to `observe` (for `--follow`-like
-    /// displays and logs).
+    /// Opens (creating) `dir/journal` and starts the writer thread.
     pub fn open(dir: &Path) -> Result<(Journal, std::thread::JoinHandle<()>), JournalError> {
         Journal::open_with(dir, None)
     }
@@ -237,28 +370,61 @@ impl Journal {
         }
         let path = dir.join(FILE_NAME);
         let file = open_append(&path)?;
-        let (tx, rx) = mpsc::channel::<Msg>();
+        let shared = Arc::new(Shared { q: Mutex::new(Queue::default()), cv: Condvar::new(), room: Condvar::new() });
         let dir = dir.to_path_buf();
+        let s2 = shared.clone();
         let handle = std::thread::Builder::new()
             .name("journal".into())
-            .spawn(move || writer(dir, path, file, rx, retention))
+            .spawn(move || writer(dir, path, file, &s2, retention))
             .map_err(|source| JournalError::Open { path: "journal thread".into(), source })?;
-        Ok((Journal { tx }, handle))
+        Ok((Journal { _closer: Arc::new(Closer(shared.clone())), shared }, handle))
     }
 
-    /// Queues entries; `done` runs after they are fsync'd.
-    pub fn append(&self, entries: Vec<Entry>, done: Option<Done>) {
-        if let Err(mpsc::SendError(msg)) = self.tx.send(Msg { entries, done }) {
-            if let Some(d) = msg.done {
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        self.shared.q.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues lines; `done` runs after they are fsync'd.
+    pub fn append(&self, lines: Vec<Line>, done: Option<Done>) {
+        self.append_inner(lines, done, false)
+    }
+
+    /// As [`append`](Self::append), but first waits (blocking the thread)
+    /// while [`MAX_QUEUED`] lines are queued: the commit stage's
+    /// backpressure when the journal's disk is slower than the spool's.
+    pub fn append_bounded(&self, lines: Vec<Line>, done: Option<Done>) {
+        self.append_inner(lines, done, true)
+    }
+
+    fn append_inner(&self, lines: Vec<Line>, done: Option<Done>, bounded: bool) {
+        let mut q = self.queue();
+        while bounded && q.lines.len() >= MAX_QUEUED && !q.closed {
+            q.idle = false;
+            self.shared.cv.notify_one();
+            q = self.shared.room.wait(q).unwrap_or_else(|p| p.into_inner());
+        }
+        if q.closed {
+            drop(q);
+            if let Some(d) = done {
                 d(Err(JournalError::Stopped.to_string()));
             }
+            return;
+        }
+        q.lines.extend(lines);
+        let wake = done.is_some() || q.idle || q.lines.len() >= HIGH_WATER;
+        if let Some(d) = done {
+            q.waiters.push(d);
+        }
+        if wake {
+            q.idle = false;
+            self.shared.cv.notify_one();
         }
     }
 
-    /// Queues entries and waits until they are on disk.
-    pub async fn append_durable(&self, entries: Vec<Entry>) -> Result<(), String> {
+    /// Queues lines and waits until they are on disk.
+    pub async fn append_durable(&self, lines: Vec<Line>) -> Result<(), String> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.append(entries, Some(Box::new(move |r| drop(tx.send(r)))));
+        self.append(lines, Some(Box::new(move |r| drop(tx.send(r)))));
         rx.await.unwrap_or_else(|_| Err(JournalError::Stopped.to_string()))
     }
 }
@@ -271,18 +437,57 @@ fn open_append(path: &Path) -> Result<File, JournalError> {
         .map_err(|source| JournalError::Open { path: path.into(), source })
 }
 
-/// Entries nobody waits for are fsync'd at least this often.
-pub const LAZY_SYNC: std::time::Duration = std::time::Duration::from_millis(100);
+/// Lines nobody waits for are fsync'd at least this often.
+pub const LAZY_SYNC: Duration = Duration::from_millis(100);
 
-fn writer(dir: PathBuf, path: PathBuf, mut file: File, rx: mpsc::Receiver<Msg>, retention: Option<Retention>) {
+/// Waits for the next batch: at once when someone waits for durability,
+/// the queue is long, or the writer was idle (the last write is older than
+/// [`GATHER`]); else, under a steady flow of lazy lines, after gathering
+/// for [`GATHER`]; with nothing queued, until woken (or until a lazy fsync
+/// is due: `None` then).
+fn next_batch(shared: &Shared, sync_due: Option<Instant>, last_write: Instant) -> Option<(Vec<Line>, Vec<Done>, bool)> {
+    let mut q = shared.q.lock().unwrap_or_else(|p| p.into_inner());
+    let mut gathering: Option<Instant> = None;
+    loop {
+        if !q.waiters.is_empty() || q.lines.len() >= HIGH_WATER || (q.closed && !q.lines.is_empty()) {
+            break;
+        }
+        if q.closed {
+            return Some((Vec::new(), Vec::new(), true));
+        }
+        let now = Instant::now();
+        if !q.lines.is_empty() {
+            let until = *gathering.get_or_insert(if now.duration_since(last_write) >= GATHER { now } else { now + GATHER });
+            if now >= until {
+                break;
+            }
+            q = shared.cv.wait_timeout(q, until - now).unwrap_or_else(|p| p.into_inner()).0;
+            continue;
+        }
+        q.idle = true;
+        match sync_due {
+            Some(due) if due <= now => {
+                q.idle = false;
+                return None;
+            }
+            Some(due) => q = shared.cv.wait_timeout(q, due - now).unwrap_or_else(|p| p.into_inner()).0,
+            None => q = shared.cv.wait(q).unwrap_or_else(|p| p.into_inner()),
+        }
+        q.idle = false;
+    }
+    shared.room.notify_all();
+    Some((std::mem::take(&mut q.lines), std::mem::take(&mut q.waiters), q.closed))
+}
+
+fn writer(dir: PathBuf, path: PathBuf, mut file: File, shared: &Shared, retention: Option<Retention>) {
     let mut size = file.metadata().map(|m| m.len()).unwrap_or(0);
     let mut buf = Vec::with_capacity(1 << 16);
-    let mut dirty = false;
-    let mut last_sync = std::time::Instant::now();
-    let mut last_prune = std::time::Instant::now();
+    let mut dirty_since: Option<Instant> = None;
+    let mut last_prune = Instant::now();
+    let mut last_write = Instant::now() - GATHER;
     loop {
         if let Some(r) = retention.as_ref().filter(|_| last_prune.elapsed() >= PRUNE_EVERY) {
-            last_prune = std::time::Instant::now();
+            last_prune = Instant::now();
             let _ = file.sync_data();
             match prune(&dir, telemetry::record::now_unix(), r).and_then(|p| open_append(&path).map(|f| (p, f))) {
                 Ok((p, f)) => {
@@ -295,56 +500,47 @@ fn writer(dir: PathBuf, path: PathBuf, mut file: File, rx: mpsc::Receiver<Msg>, 
                 Err(e) => tracing::error!("journal retention: {e}"),
             }
         }
-        let first = match rx.recv_timeout(LAZY_SYNC) {
-            Ok(m) => m,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                if dirty {
-                    if let Err(e) = file.sync_data() {
-                        tracing::error!("{}", JournalError::Write { path: path.clone(), source: e });
-                    }
-                    dirty = false;
-                    last_sync = std::time::Instant::now();
-                }
-                continue;
+        let Some((lines, waiters, closed)) = next_batch(shared, dirty_since.map(|t| t + LAZY_SYNC), last_write) else {
+            // A lazy fsync is due and nothing new came.
+            if let Err(e) = file.sync_data() {
+                tracing::error!("{}", JournalError::Write { path: path.clone(), source: e });
             }
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            dirty_since = None;
+            continue;
         };
-        let mut batch = vec![first];
-        while batch.len() < 4096 {
-            match rx.try_recv() {
-                Ok(m) => batch.push(m),
-                Err(_) => break,
-            }
-        }
         buf.clear();
-        for m in &batch {
-            for e in &m.entries {
-                if serde_json::to_writer(&mut buf, e).is_ok() {
-                    buf.push(b'\n');
+        for l in &lines {
+            if l.write_json(&mut buf).is_ok() {
+                buf.push(b'\n');
+            }
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                if let Line::First { item, fate, .. } = l {
+                    tracing::debug!(target: "telem_collector::journal", id = %EventId::from_bytes(item.record_id), class = item.record.classification.as_str(), fate = %fate, "journaled");
                 }
-                tracing::debug!(target: "telem_collector::journal", id = %e.id, class = e.class.as_deref().unwrap_or(""), fate = %e.fate, "journaled");
             }
         }
         // Group commit: one write; one fdatasync when someone waits for
         // it (records kept only here), else at most every LAZY_SYNC
         // (spooled records are durable in the spool already).
-        let waited = batch.iter().any(|m| m.done.is_some());
-        let mut result = file.write_all(&buf);
-        dirty = true;
-        if result.is_ok() && (waited || last_sync.elapsed() >= LAZY_SYNC) {
+        let mut result = if buf.is_empty() { Ok(()) } else { file.write_all(&buf) };
+        last_write = Instant::now();
+        if !buf.is_empty() && dirty_since.is_none() {
+            dirty_since = Some(Instant::now());
+        }
+        if result.is_ok() && (!waiters.is_empty() || closed || dirty_since.is_some_and(|t| t.elapsed() >= LAZY_SYNC)) {
             result = file.sync_data();
-            dirty = false;
-            last_sync = std::time::Instant::now();
+            dirty_since = None;
         }
         let result = result.map_err(|source| JournalError::Write { path: path.clone(), source }.to_string());
         if let Err(e) = &result {
             tracing::error!("{e}");
         }
         size += buf.len() as u64;
-        for m in batch {
-            if let Some(d) = m.done {
-                d(result.clone());
-            }
+        for d in waiters {
+            d(result.clone());
+        }
+        if closed {
+            break;
         }
         if size > ROTATE_BYTES {
             let _ = file.sync_data();
@@ -489,31 +685,95 @@ mod tests {
         }
     }
 
+    fn first(id: u8, class: &str, payload: &str) -> Line {
+        let record = telemetry::Record::builder(
+            telemetry::Classification::parse(class).unwrap(),
+            telemetry::Severity::High,
+            telemetry::Payload::text(payload),
+        )
+        .creation_timestamp(5)
+        .build();
+        let item = Item { record_id: [id; 16], accepted: 1, counted: true, uid: 7, pid: 8, record };
+        Line::First { item: Arc::new(item), time: 1, boot: "b".repeat(32).into(), fate: Fate::Spooled, payload: true }
+    }
+
+    #[test]
+    fn a_line_reads_back_as_the_entry_it_describes() {
+        let l = first(0xab, "org.x/crash/clr", "text \"quoted\" \u{1}");
+        let Line::First { item, .. } = &l else { unreachable!() };
+        let mut json = Vec::new();
+        l.write_json(&mut json).unwrap();
+        let e: Entry = serde_json::from_slice(&json).unwrap();
+        let r = &item.record;
+        assert_eq!(
+            e,
+            Entry {
+                id: "ab".repeat(16),
+                time: 1,
+                class: Some("org.x/crash/clr".into()),
+                event: Some(r.event_id.to_string()),
+                boot: Some("b".repeat(32)),
+                uid: Some(7),
+                pid: Some(8),
+                severity: Some(3),
+                fate: "spooled".into(),
+                payload: Some("text \"quoted\" \u{1}".into()),
+                creation_timestamp: Some(5),
+                payload_format_version: Some(1),
+                host: Some((*r.host).clone()),
+            }
+        );
+        let mut json = Vec::new();
+        Line::fate([0xab; 16], Fate::RejectedByServer { status: 400, body: "bad".into() }).write_json(&mut json).unwrap();
+        let u: Entry = serde_json::from_slice(&json).unwrap();
+        assert_eq!((u.id.as_str(), u.fate.as_str(), u.class), ("ab".repeat(16).as_str(), "rejected-by-server: 400 bad", None));
+    }
+
     #[test]
     fn write_merge_filter() {
         let dir = tempfile::tempdir().unwrap();
         let (j, h) = Journal::open(dir.path()).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         rt.block_on(async {
-            j.append_durable(vec![entry("a", "org.x/crash/clr"), entry("b", "org.x/hello/world")]).await.unwrap();
-            j.append_durable(vec![Entry::update("a", &Fate::Delivered)]).await.unwrap();
+            j.append_durable(vec![first(0xa, "org.x/crash/clr", "a"), first(0xb, "org.x/hello/world", "b")]).await.unwrap();
+            j.append_durable(vec![Line::fate([0xa; 16], Fate::Delivered)]).await.unwrap();
         });
-        // A torn line at the end is ignored.
-        std::fs::OpenOptions::new().append(true).open(dir.path().join(FILE_NAME)).unwrap().write_all(b"{\"id\":").unwrap();
+        // Lazy lines are written too (within GATHER), without anyone waiting.
+        j.append(vec![first(0xc, "org.x/hello/world", "c")], None);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while read(dir.path()).unwrap().len() < 3 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         drop(j);
         h.join().unwrap();
+        // A torn line at the end is ignored.
+        std::fs::OpenOptions::new().append(true).open(dir.path().join(FILE_NAME)).unwrap().write_all(b"{\"id\":").unwrap();
         let all = read(dir.path()).unwrap();
-        assert_eq!(all.len(), 2);
+        assert_eq!(all.len(), 3);
         assert_eq!(all[0].entry.fate, "delivered");
         assert_eq!(all[1].entry.fate, "spooled");
         let f = Filter { classification: Some("org.x/crash/*".into()), ..Default::default() };
         assert_eq!(all.iter().filter(|m| f.matches(m)).count(), 1);
         let f = Filter { classification: Some("org.x/*".into()), ..Default::default() };
-        assert_eq!(all.iter().filter(|m| f.matches(m)).count(), 2);
+        assert_eq!(all.iter().filter(|m| f.matches(m)).count(), 3);
         let f = Filter { classification: Some("org.x/cr/*".into()), ..Default::default() };
         assert_eq!(all.iter().filter(|m| f.matches(m)).count(), 0);
-        let f = Filter { record_id: Some("b".into()), ..Default::default() };
+        let f = Filter { record_id: Some("0b".repeat(16)), ..Default::default() };
         assert_eq!(all.iter().filter(|m| f.matches(m)).count(), 1);
+    }
+
+    #[test]
+    fn the_writer_lives_while_a_handle_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, h) = Journal::open(dir.path()).unwrap();
+        let j2 = j.clone();
+        drop(j);
+        // One handle is still alive: the writer goes on.
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(j2.append_durable(vec![first(1, "a/b/c", "x")])).unwrap();
+        drop(j2);
+        h.join().unwrap();
+        assert_eq!(read(dir.path()).unwrap().len(), 1);
     }
 
     #[test]

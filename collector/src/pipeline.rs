@@ -1,8 +1,9 @@
 //! The shared state of the stages, and the commit stage: committer threads
-//! take every submission queued by ingest (group commit), decide each
-//! record's fate (consent, rate windows, spool room), append one
-//! spool block with one fdatasync, queue the journal entries, and only then
-//! answer the senders.
+//! take every submission queued by ingest (group commit; a submission is
+//! the records one connection had ready), decide each record's fate
+//! (consent, rate windows, spool room), append one spool block with one
+//! fdatasync, queue the journal lines, and only then answer the senders,
+//! one reply per submission.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,7 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::config::{Config, Strategy};
 use crate::consent::{self, Decision};
-use crate::journal::{Entry, Fate, Journal};
+use crate::journal::{Fate, Journal, Line};
 use crate::ratelimit::{RateLimiter, Verdict};
 use crate::spool::{self, Item, Spool};
 use crate::stats::{bump, Stats};
@@ -25,15 +26,24 @@ pub const MAX_BATCH: usize = 1024;
 /// Most bytes in one group commit.
 pub const MAX_BATCH_BYTES: usize = 1 << 20;
 
-/// One record handed from ingest to the commit stage.
+/// One record as ingest read it.
 #[derive(Debug)]
-pub struct Submission {
+pub struct Incoming {
     pub record: Record,
-    pub uid: u32,
-    pub pid: u32,
     /// Bytes it took on the wire (what the byte window counts).
     pub size: u64,
-    pub reply: oneshot::Sender<Ack>,
+}
+
+/// The records one connection had ready, handed from ingest to the
+/// commit stage; answered with one [`Ack`] per record, in order.
+#[derive(Debug)]
+pub struct Submission {
+    pub records: Vec<Incoming>,
+    pub uid: u32,
+    pub pid: u32,
+    pub reply: oneshot::Sender<Vec<Ack>>,
+    /// Ingest's in-flight budget, given back when the submission is done.
+    pub budget: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// What every stage shares.
@@ -45,7 +55,7 @@ pub struct Shared {
     pub limiter: Mutex<RateLimiter>,
     pub machine_id: Mutex<MachineId>,
     /// This boot's id (32 hex), from /proc/sys/kernel/random/boot_id.
-    pub boot_id: String,
+    pub boot_id: Arc<str>,
     /// Wakes the delivery stage (new records, flush, reload).
     pub wake_delivery: Notify,
     /// Set by `telemctl flush`: retry now, forgetting the backoff.
@@ -94,7 +104,7 @@ impl Shared {
             journal,
             limiter: Mutex::new(limiter),
             machine_id: Mutex::new(machine_id),
-            boot_id: boot_id(),
+            boot_id: boot_id().into(),
             wake_delivery: Notify::new(),
             flush: AtomicBool::new(false),
             since: telemetry::record::now_unix(),
@@ -183,16 +193,20 @@ pub fn protect(record: &mut Record, cfg: &Config, scrubber: Option<&Scrubber>) {
 
 /// Runs one committer thread until the submission channel closes.
 pub fn committer(shared: Arc<Shared>, rx: Arc<Mutex<mpsc::Receiver<Submission>>>) {
+    // The block buffer is kept from one commit to the next.
+    let mut body = Vec::new();
     loop {
         let batch = {
             let mut rx = rx.lock().unwrap_or_else(|p| p.into_inner());
             let Some(first) = rx.blocking_recv() else { return };
-            let mut bytes = first.size as usize;
+            let mut records = first.records.len();
+            let mut bytes: u64 = first.records.iter().map(|r| r.size).sum();
             let mut batch = vec![first];
-            while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+            while records < MAX_BATCH && bytes < MAX_BATCH_BYTES as u64 {
                 match rx.try_recv() {
                     Ok(s) => {
-                        bytes += s.size as usize;
+                        records += s.records.len();
+                        bytes += s.records.iter().map(|r| r.size).sum::<u64>();
                         batch.push(s);
                     }
                     Err(_) => break,
@@ -200,159 +214,208 @@ pub fn committer(shared: Arc<Shared>, rx: Arc<Mutex<mpsc::Receiver<Submission>>>
             }
             batch
         };
-        commit_batch(&shared, batch);
+        commit_batch(&shared, batch, &mut body);
+        if body.capacity() > 4 * MAX_BATCH_BYTES {
+            body = Vec::new();
+        }
     }
 }
 
-/// Decides, stores and answers one batch.
-pub fn commit_batch(shared: &Shared, batch: Vec<Submission>) {
+/// How a record of a batch is answered.
+enum Answer {
+    /// Once the spool block is on disk.
+    Spooled(Ack),
+    /// Once the journal is on disk (records not spooled).
+    Journaled(Ack),
+    /// Now (not kept).
+    Now(Ack),
+}
+
+/// Decides, stores and answers one batch; `body` is scratch space for the
+/// spool block.
+pub fn commit_batch(shared: &Shared, batch: Vec<Submission>, body: &mut Vec<u8>) {
     let cfg = shared.config();
     let Policy { decision, scrub } = shared.policy(&cfg);
     let debug = cfg.debug.then(|| (crate::delivery::Prepared::new(&cfg), shared.machine_id()));
     let now = Instant::now();
     let now_unix = telemetry::record::now_unix();
-    let retention = cfg.record_retention_enabled;
-    bump(&shared.stats.received, batch.len() as u64);
+    let payload = cfg.record_retention_enabled;
 
-    let mut entries = Vec::with_capacity(batch.len());
-    // Answered once the journal is on disk (records not spooled).
-    let mut after_journal: Vec<(oneshot::Sender<Ack>, Ack)> = Vec::new();
-    // Answered once the spool block is on disk.
-    let mut after_spool: Vec<(oneshot::Sender<Ack>, [u8; 16], usize)> = Vec::new();
-    let mut items = Vec::new();
-    let mut body = Vec::new();
-    let mut reserved = 0u64;
-
-    for mut sub in batch {
-        protect(&mut sub.record, &cfg, scrub.then_some(&shared.scrubber));
-        let record_id = shared.next_record_id();
-        let id_hex = telemetry::client::record_id_hex(&record_id);
-        let mut entry = Entry {
-            id: id_hex,
-            time: now_unix,
-            class: Some(sub.record.classification.to_string()),
-            event: Some(sub.record.event_id.to_string()),
-            boot: Some(shared.boot_id.clone()),
-            uid: Some(sub.uid),
-            pid: Some(sub.pid),
-            severity: Some(sub.record.severity.as_u8()),
-            fate: String::new(),
-            payload: retention.then(|| sub.record.payload.to_text_lossy().into_owned()),
-            creation_timestamp: Some(sub.record.creation_timestamp),
-            payload_format_version: Some(sub.record.payload_format_version),
-            host: Some(sub.record.host.clone()),
-        };
-        if let Some((prep, mid)) = &debug {
-            match crate::delivery::describe(prep, mid, &sub.record) {
-                Ok(d) => tracing::info!("debug: record {} would be sent as:\n{}", entry.id, d.render()),
-                Err(e) => tracing::info!("debug: record {} cannot be sent: {e}", entry.id),
-            }
-        }
-        let accepted = Ack::Accepted { record_id };
-        let counted = match &decision {
-            Decision::LocalOnly(why) => {
-                entry.fate = Fate::LocalOnly((*why).into()).to_string();
-                bump(&shared.stats.local_only, 1);
-                after_journal.push((sub.reply, accepted));
-                entries.push(entry);
-                continue;
-            }
-            Decision::Deliver => match shared.limiter().try_acquire(now, sub.size) {
-                Verdict::Allowed => true,
-                Verdict::Limited { .. } => {
-                    bump(&shared.stats.rate_limited, 1);
-                    if cfg.rate_limit_strategy == Strategy::Drop {
-                        entry.fate = Fate::RateLimitedDropped.to_string();
-                        bump(&shared.stats.dropped, 1);
-                        after_journal.push((sub.reply, accepted));
-                        entries.push(entry);
-                        continue;
+    let mut items: Vec<Arc<Item>> = Vec::new();
+    let mut fates: Vec<Fate> = Vec::new();
+    let mut answers: Vec<Answer> = Vec::new();
+    let mut replies = Vec::with_capacity(batch.len());
+    // Records to spool: (index in `items`, encoded size).
+    let mut spool_sizes: Vec<u64> = Vec::new();
+    let mut to_spool: Vec<usize> = Vec::new();
+    body.clear();
+    {
+        let mut limiter = shared.limiter();
+        for sub in batch {
+            replies.push((sub.reply, sub.records.len()));
+            bump(&shared.stats.received, sub.records.len() as u64);
+            for Incoming { mut record, size } in sub.records {
+                protect(&mut record, &cfg, scrub.then_some(&shared.scrubber));
+                let record_id = shared.next_record_id();
+                if let Some((prep, mid)) = &debug {
+                    let id = telemetry::client::record_id_hex(&record_id);
+                    match crate::delivery::describe(prep, mid, &record) {
+                        Ok(d) => tracing::info!("debug: record {id} would be sent as:\n{}", d.render()),
+                        Err(e) => tracing::info!("debug: record {id} cannot be sent: {e}"),
                     }
-                    false
                 }
-            },
-        };
-        entry.fate = if counted { Fate::Spooled } else { Fate::RateLimitedSpooled }.to_string();
-        let item = Item { record_id, accepted: now_unix, counted, uid: sub.uid, pid: sub.pid, record: sub.record };
-        let before = body.len();
-        if let Err(e) = spool::encode_item(&item, &mut body) {
-            body.truncate(before);
-            let reason = e.to_string();
-            entry.fate = Fate::Dropped(reason.clone()).to_string();
-            bump(&shared.stats.dropped, 1);
-            after_journal.push((sub.reply, Ack::Rejected { reason }));
-            entries.push(entry);
-            continue;
+                let accepted = Ack::Accepted { record_id };
+                let (fate, answer, counted) = match &decision {
+                    Decision::LocalOnly(why) => {
+                        bump(&shared.stats.local_only, 1);
+                        (Fate::LocalOnly((*why).into()), Answer::Journaled(accepted), true)
+                    }
+                    Decision::Deliver => match limiter.try_acquire(now, size) {
+                        Verdict::Allowed => (Fate::Spooled, Answer::Spooled(accepted), true),
+                        Verdict::Limited { .. } => {
+                            bump(&shared.stats.rate_limited, 1);
+                            if cfg.rate_limit_strategy == Strategy::Drop {
+                                bump(&shared.stats.dropped, 1);
+                                (Fate::RateLimitedDropped, Answer::Journaled(accepted), true)
+                            } else {
+                                (Fate::RateLimitedSpooled, Answer::Spooled(accepted), false)
+                            }
+                        }
+                    },
+                };
+                let item = Item { record_id, accepted: now_unix, counted, uid: sub.uid, pid: sub.pid, record };
+                let (fate, answer) = match answer {
+                    Answer::Spooled(_) => {
+                        let before = body.len();
+                        match spool::encode_item(&item, body) {
+                            Ok(n) => {
+                                to_spool.push(items.len());
+                                spool_sizes.push(n as u64);
+                                (fate, answer)
+                            }
+                            Err(e) => {
+                                body.truncate(before);
+                                bump(&shared.stats.dropped, 1);
+                                (Fate::Dropped(e.to_string()), Answer::Journaled(Ack::Rejected { reason: e.to_string() }))
+                            }
+                        }
+                    }
+                    other => (fate, other),
+                };
+                items.push(Arc::new(item));
+                fates.push(fate);
+                answers.push(answer);
+            }
         }
-        let need = (body.len() - before + if reserved == 0 { spool::HEADER_LEN } else { 0 }) as u64;
-        if !shared.spool.reserve(need, cfg.spool_max_bytes) {
-            body.truncate(before);
-            let max = cfg.spool_max_bytes.unwrap_or(0);
-            let reason = format!(
-                "the spool is full ({} bytes used of spool_max_size {max} bytes) and the server has not taken records yet",
-                shared.spool.bytes()
-            );
-            entry.fate = Fate::Dropped("spool full".into()).to_string();
-            bump(&shared.stats.dropped, 1);
-            after_journal.push((sub.reply, Ack::Rejected { reason }));
-            entries.push(entry);
-            continue;
+    }
+
+    // Room in the spool, for all of them at once.
+    let mut spooled: Vec<Arc<Item>> = Vec::with_capacity(to_spool.len());
+    let mut reserved = 0;
+    if !to_spool.is_empty() {
+        let (fits, total) = shared.spool.reserve(&spool_sizes, cfg.spool_max_bytes);
+        reserved = total;
+        if fits.iter().any(|f| !f) {
+            // Rare (spool full): rebuild the block from the entries that fit.
+            let mut kept = Vec::with_capacity(body.len());
+            let mut at = 0usize;
+            for ((&i, &n), fit) in to_spool.iter().zip(&spool_sizes).zip(&fits) {
+                let n = n as usize;
+                if *fit {
+                    kept.extend_from_slice(&body[at..at + n]);
+                } else {
+                    let max = cfg.spool_max_bytes.unwrap_or(0);
+                    let reason = format!(
+                        "the spool is full ({} bytes used of spool_max_size {max} bytes) and the server has not taken records yet",
+                        shared.spool.bytes()
+                    );
+                    fates[i] = Fate::Dropped("spool full".into());
+                    answers[i] = Answer::Journaled(Ack::Rejected { reason });
+                    bump(&shared.stats.dropped, 1);
+                }
+                at += n;
+            }
+            *body = kept;
         }
-        reserved += need;
-        after_spool.push((sub.reply, record_id, entries.len()));
-        entries.push(entry);
-        items.push(item);
+        spooled.extend(to_spool.iter().zip(&fits).filter(|(_, f)| **f).map(|(&i, _)| items[i].clone()));
     }
 
     // Store the spooled records first: their journal fate depends on it.
-    let mut spooled_acks = Vec::new();
-    if !items.is_empty() {
-        match shared.spool.commit(items, &body, reserved) {
-            Ok(_) => {
-                bump(&shared.stats.accepted, after_spool.len() as u64);
-                spooled_acks = after_spool.into_iter().map(|(reply, record_id, _)| (reply, Ack::Accepted { record_id })).collect();
-            }
+    let n_spooled = spooled.len() as u64;
+    if !spooled.is_empty() {
+        match shared.spool.commit(spooled, body, reserved) {
+            Ok(_) => bump(&shared.stats.accepted, n_spooled),
             Err(e) => {
                 let reason = format!("{e}; the record was not kept, send it again later");
-                tracing::warn!("rejecting {} record(s): {e}", after_spool.len());
-                for (reply, _, i) in after_spool {
-                    entries[i].fate = Fate::Dropped(format!("cannot store: {e}")).to_string();
-                    bump(&shared.stats.dropped, 1);
-                    bump(&shared.stats.rejected, 1);
-                    spooled_acks.push((reply, Ack::Rejected { reason: reason.clone() }));
+                tracing::warn!("rejecting {n_spooled} record(s): {e}");
+                for (fate, answer) in fates.iter_mut().zip(answers.iter_mut()) {
+                    if matches!(answer, Answer::Spooled(_)) {
+                        *fate = Fate::Dropped(format!("cannot store: {e}"));
+                        *answer = Answer::Now(Ack::Rejected { reason: reason.clone() });
+                        bump(&shared.stats.dropped, 1);
+                        bump(&shared.stats.rejected, 1);
+                    }
                 }
             }
         }
     }
 
-    // Queue the journal entries before anything can deliver these records,
+    // Each submission's acks, and whether they wait for the journal.
+    let mut now_replies = Vec::new();
+    let mut journal_replies = Vec::new();
+    let mut answers = answers.into_iter();
+    for (reply, n) in replies {
+        let mut acks = Vec::with_capacity(n);
+        let mut wait = false;
+        for a in answers.by_ref().take(n) {
+            acks.push(match a {
+                Answer::Spooled(ack) | Answer::Now(ack) => ack,
+                Answer::Journaled(ack) => {
+                    wait = true;
+                    match &ack {
+                        Ack::Accepted { .. } => bump(&shared.stats.accepted, 1),
+                        Ack::Rejected { .. } => bump(&shared.stats.rejected, 1),
+                    }
+                    ack
+                }
+            });
+        }
+        if wait {
+            journal_replies.push((reply, acks));
+        } else {
+            now_replies.push((reply, acks));
+        }
+    }
+
+    // Queue the journal lines before anything can deliver these records,
     // so a record's first entry always precedes its later fates.
-    if after_journal.is_empty() {
-        shared.journal.append(entries, None);
+    let lines: Vec<Line> = items
+        .into_iter()
+        .zip(fates)
+        .map(|(item, fate)| Line::First { item, time: now_unix, boot: shared.boot_id.clone(), fate, payload })
+        .collect();
+    if journal_replies.is_empty() {
+        shared.journal.append_bounded(lines, None);
     } else {
-        let accepted_n = after_journal.iter().filter(|(_, a)| matches!(a, Ack::Accepted { .. })).count() as u64;
-        bump(&shared.stats.accepted, accepted_n);
-        bump(&shared.stats.rejected, after_journal.len() as u64 - accepted_n);
-        shared.journal.append(
-            entries,
+        shared.journal.append_bounded(
+            lines,
             Some(Box::new(move |r: Result<(), String>| {
-                for (reply, ack) in after_journal {
-                    let ack = match (&r, ack) {
-                        (Ok(()), ack) => ack,
-                        (Err(e), _) => Ack::Rejected { reason: format!("cannot journal the record: {e}") },
+                for (reply, acks) in journal_replies {
+                    let acks = match &r {
+                        Ok(()) => acks,
+                        Err(e) => acks.into_iter().map(|_| Ack::Rejected { reason: format!("cannot journal the record: {e}") }).collect(),
                     };
-                    let _ = reply.send(ack);
+                    let _ = reply.send(acks);
                 }
             })),
         );
     }
     // Records durably in the spool are acknowledged now (their journal
     // entries are written by the group commit that follows, not waited for).
-    let any_spooled = spooled_acks.iter().any(|(_, a)| matches!(a, Ack::Accepted { .. }));
-    for (reply, ack) in spooled_acks {
-        let _ = reply.send(ack);
+    for (reply, acks) in now_replies {
+        let _ = reply.send(acks);
     }
-    if any_spooled {
+    if n_spooled > 0 {
         shared.wake_delivery.notify_one();
     }
 }
@@ -369,10 +432,11 @@ mod tests {
         (Arc::new(Shared::new(rx, spool, journal, MachineId::random(), MachineId::random())), tx, h)
     }
 
-    fn submit(shared: &Shared, text: &str) -> oneshot::Receiver<Ack> {
+    fn submit(shared: &Shared, text: &str) -> oneshot::Receiver<Vec<Ack>> {
         let record = Record::builder(Classification::parse("org.t/pipe/x").unwrap(), Severity::Low, Payload::text(text)).build();
         let (tx, rx) = oneshot::channel();
-        commit_batch(shared, vec![Submission { record, uid: 1, pid: 2, size: 10, reply: tx }]);
+        let sub = Submission { records: vec![Incoming { record, size: 10 }], uid: 1, pid: 2, reply: tx, budget: None };
+        commit_batch(shared, vec![sub], &mut Vec::new());
         rx
     }
 
@@ -389,8 +453,8 @@ mod tests {
         let (sh, tx, h) = shared(dir.path(), cfg.clone());
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         // Not opted in: journaled, acknowledged, never spooled.
-        let ack = rt.block_on(submit(&sh, "user alice@example.org at 10.1.2.3 in /home/alice/x")).unwrap();
-        assert!(matches!(ack, Ack::Accepted { .. }));
+        let acks = rt.block_on(submit(&sh, "user alice@example.org at 10.1.2.3 in /home/alice/x")).unwrap();
+        assert!(matches!(acks[..], [Ack::Accepted { .. }]));
         assert_eq!(sh.spool.records(), 0);
         // A later opt-in (and a new configuration, so the cache is gone).
         crate::consent::opt_in(&cfg).unwrap();

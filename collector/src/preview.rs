@@ -195,7 +195,7 @@ mod tests {
             payload: payload.map(str::to_string),
             creation_timestamp: Some(record.creation_timestamp),
             payload_format_version: Some(record.payload_format_version),
-            host: Some(record.host.clone()),
+            host: Some((*record.host).clone()),
         }
     }
 

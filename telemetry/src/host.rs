@@ -2,7 +2,7 @@
 //! fallbacks, as the original libtelemetry (reference §1).
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -29,12 +29,17 @@ pub struct HostInfo {
     pub bios_version: HeaderText,
 }
 
-static CURRENT: OnceLock<HostInfo> = OnceLock::new();
+static CURRENT: OnceLock<Arc<HostInfo>> = OnceLock::new();
 
 impl HostInfo {
     /// This machine's facts, read on first use and kept for the process.
     pub fn current() -> &'static HostInfo {
-        CURRENT.get_or_init(|| HostInfo::read(&HostSources::system()))
+        CURRENT.get_or_init(|| Arc::new(HostInfo::read(&HostSources::system())))
+    }
+
+    /// [`current`](Self::current), shared (what records built here carry).
+    pub fn shared() -> Arc<HostInfo> {
+        CURRENT.get_or_init(|| Arc::new(HostInfo::read(&HostSources::system()))).clone()
     }
 
     /// Reads the facts from `sources` (a root other than `/` in tests).

@@ -163,7 +163,7 @@ fn from_values(v: &[&str; 15], names: &[&'static str; 15], payload: Payload) -> 
         cpu_model: text(12)?,
         bios_version: text(13)?,
     };
-    let record = Record { classification, severity, event_id, payload_format_version, creation_timestamp, host, payload };
+    let record = Record { classification, severity, event_id, payload_format_version, creation_timestamp, host: host.into(), payload };
     Ok((record, machine_id))
 }
 
@@ -179,7 +179,7 @@ mod tests {
             event_id: "00112233445566778899aabbccddeeff".parse().unwrap(),
             payload_format_version: 1,
             creation_timestamp: 1700000000,
-            host: HostInfo {
+            host: std::sync::Arc::new(HostInfo {
                 arch: t("x86_64"),
                 host_type: t("QEMU|Standard PC (i440FX + PIIX, 1996)|pc-i440fx-9.0"),
                 build: t("41230"),
@@ -188,7 +188,7 @@ mod tests {
                 board_name: t("no_bn_file|no_bv_file"),
                 cpu_model: t("Intel(R) Xeon(R) CPU @ 2.20GHz"),
                 bios_version: t("rel-1.16.3-0-ga6ed6b701f0a-prebuilt.qemu.org"),
-            },
+            }),
             payload: Payload::text("Process: /usr/bin/segv\nPID: 1\n"),
         }
     }

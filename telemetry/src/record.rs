@@ -1,5 +1,6 @@
 //! The record: what a probe reports about one event.
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -40,7 +41,10 @@ pub struct Record {
     pub payload_format_version: u32,
     /// Unix seconds at creation.
     pub creation_timestamp: u64,
-    pub host: HostInfo,
+    /// Shared: the records of one machine carry the same facts (and a
+    /// collector keeps one copy of them for a connection's records).
+    /// Serialized as the facts themselves.
+    pub host: Arc<HostInfo>,
     pub payload: Payload,
 }
 
@@ -55,7 +59,7 @@ impl Record {
                 event_id: EventId::random(),
                 payload_format_version: 1,
                 creation_timestamp: now_unix(),
-                host: HostInfo::current().clone(),
+                host: HostInfo::shared(),
                 payload,
             },
         }
@@ -124,7 +128,7 @@ impl RecordBuilder {
         self
     }
     pub fn host(mut self, host: HostInfo) -> Self {
-        self.record.host = host;
+        self.record.host = Arc::new(host);
         self
     }
     pub fn build(self) -> Record {

@@ -43,7 +43,7 @@ fn record_with(payload: impl Strategy<Value = Payload>) -> impl Strategy<Value =
             event_id: EventId::from_bytes(id),
             payload_format_version,
             creation_timestamp,
-            host,
+            host: host.into(),
             payload,
         },
     )

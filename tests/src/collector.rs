@@ -167,6 +167,20 @@ impl Collector {
         String::from_utf8_lossy(&out.stdout).lines().map(parse_json).collect()
     }
 
+    /// Waits until the journal (as `telemctl journal --json` shows it)
+    /// satisfies `pred`: fates are written a few milliseconds after the
+    /// counters of `status` move.
+    pub fn wait_journal(&self, timeout: Duration, pred: impl Fn(&[serde_json::Value]) -> bool) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let j = self.journal(&[]);
+            if pred(&j) || Instant::now() >= deadline {
+                return j;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits until the status satisfies `pred`.
     pub fn wait_status(&self, timeout: Duration, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
         let deadline = Instant::now() + timeout;

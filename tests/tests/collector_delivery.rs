@@ -76,7 +76,7 @@ fn check_delivery(protocol: &str) {
     // The journal says delivered for each, with uid and boot id.
     let s = c.wait_status(Duration::from_secs(10), |s| s["delivered"] == 10);
     assert_eq!(s["delivered"], 10, "{s}");
-    let j = c.journal(&[]);
+    let j = c.wait_journal(Duration::from_secs(10), |j| j.len() == 10 && j.iter().all(|e| e["fate"] == "delivered"));
     assert_eq!(j.len(), 10);
     for (e, id) in j.iter().zip(&ids) {
         assert_eq!(e["id"], id.as_str());
@@ -172,7 +172,8 @@ fn errors_500_and_hangs_are_retried() {
     assert!(sink.wait_for(Duration::from_secs(10), |p| !p.iter().all(|x| x.answered != Some(201))));
     let s = c.wait_status(Duration::from_secs(10), |s| s["delivered"] == 1);
     assert_eq!((s["delivered"].as_u64(), s["spooled"].as_u64()), (Some(1), Some(0)), "{s}");
-    assert_eq!(c.journal(&[])[0]["fate"], "delivered");
+    let j = c.wait_journal(Duration::from_secs(10), |j| j.first().is_some_and(|e| e["fate"] == "delivered"));
+    assert_eq!(j[0]["fate"], "delivered");
 }
 
 #[test]
@@ -188,7 +189,8 @@ fn client_errors_are_not_retried() {
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(sink.posts().len(), 1, "a 4xx is not retried");
     assert_eq!(c.status()["spooled"], 0);
-    assert_eq!(c.journal(&[])[0]["fate"], "rejected-by-server: 400 bad severity");
+    let j = c.wait_journal(Duration::from_secs(10), |j| j.first().is_some_and(|e| e["fate"] != "spooled"));
+    assert_eq!(j[0]["fate"], "rejected-by-server: 400 bad severity");
 }
 
 #[test]

@@ -214,7 +214,7 @@ fn expired_records_are_dropped_and_journaled() {
             let item = Item { record_id: [i as u8 + 1; 16], accepted: now - age, counted: true, uid: 0, pid: 0, record: record(i, 10) };
             let mut body = Vec::new();
             encode_item(&item, &mut body).unwrap();
-            spool.commit(vec![item], &body, 0).unwrap();
+            spool.commit(vec![item.into()], &body, 0).unwrap();
         }
     }
     let mut c = c;

@@ -29,7 +29,7 @@ fn hprobe_sends_hello_world_native() {
     assert_eq!(r.severity, Severity::Low);
     assert_eq!(r.payload, Payload::text("hello\n"));
     assert!(!got[0].legacy);
-    assert_eq!(r.host, telemetry::HostInfo::current().clone(), "host facts of this machine");
+    assert_eq!(*r.host, *telemetry::HostInfo::current(), "host facts of this machine");
 }
 
 #[test]

@@ -228,7 +228,7 @@ fn parse_header(header: &[u8], body: &[u8]) -> Result<(Record, MachineId), Legac
         event_id,
         payload_format_version,
         creation_timestamp,
-        host,
+        host: host.into(),
         payload: Payload::from_vec(payload.to_vec()),
     };
     Ok((record, machine_id))
@@ -247,7 +247,7 @@ mod tests {
             event_id: "0123456789abcdef0123456789abcdef".parse().unwrap(),
             payload_format_version: 1,
             creation_timestamp: 1700000000,
-            host: HostInfo {
+            host: std::sync::Arc::new(HostInfo {
                 arch: t("x86_64"),
                 host_type: t("QEMU|Standard PC|pc-1.0"),
                 build: t("41230"),
@@ -256,7 +256,7 @@ mod tests {
                 board_name: t("no_bn_file|no_bv_file"),
                 cpu_model: t("Intel(R) Xeon(R) CPU @ 2.20GHz"),
                 bios_version: t("1.16.3"),
-            },
+            }),
             payload: Payload::text("hello\n"),
         }
     }

@@ -148,6 +148,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     let (cfg_tx, cfg_rx) = watch::channel(Arc::new(cfg.clone()));
     let shared = Arc::new(Shared::new(cfg_rx, spool, journal.clone(), mid, session));
     delivery::journal_expired(&shared, &recovered.expired);
+    journal_unjournaled(&shared, &cfg, recovered.newest);
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -226,6 +227,39 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     let _ = std::fs::remove_file(&pid_file);
     let _ = std::fs::remove_file(cfg.control_socket());
     result
+}
+
+/// Journals spooled records whose first entry a crash cut off: the spool
+/// had them durably (they were acknowledged), the journal writer had not
+/// written their lines yet when the process died.
+fn journal_unjournaled(shared: &Shared, cfg: &Config, newest: Vec<crate::spool::Item>) {
+    use crate::journal::{Fate, Line};
+    if newest.is_empty() {
+        return;
+    }
+    let tail = match crate::journal::tail(&cfg.journal_dir) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!("cannot read the end of the journal to check it against the spool: {e}");
+            return;
+        }
+    };
+    // Only records at least as new as the journal's end can be missing
+    // from it (older ones may have been pruned or rotated away).
+    let lines: Vec<Line> = newest
+        .into_iter()
+        .filter(|i| tail.newest.is_none_or(|t| i.accepted + 2 >= t) && !tail.ids.contains(&i.record_id))
+        .map(|item| {
+            let fate = if item.counted { Fate::Spooled } else { Fate::RateLimitedSpooled };
+            // The spool does not keep the boot a record was accepted in;
+            // after a crash (not a power loss) it is this one.
+            Line::First { time: item.accepted, item: Arc::new(item), boot: shared.boot_id.clone(), fate, payload: cfg.record_retention_enabled }
+        })
+        .collect();
+    if !lines.is_empty() {
+        tracing::info!("journal: {} spooled record(s) had no entry (cut off by a crash); journaled them now", lines.len());
+        shared.journal.append(lines, None);
+    }
 }
 
 fn reload(cfg_tx: &watch::Sender<Arc<Config>>, shared: &Shared) {

@@ -304,6 +304,48 @@ pub fn prune(dir: &Path, now: u64, r: &Retention) -> Result<Pruned, JournalError
     Ok(Pruned { kept: keep.len() as u64, removed })
 }
 
+/// The end of the journal: the record ids of its last first entries
+/// (within the last [`TAIL_BYTES`] of `journal`) and the newest entry time.
+#[derive(Debug, Default)]
+pub struct Tail {
+    pub ids: std::collections::HashSet<[u8; 16]>,
+    pub newest: Option<u64>,
+}
+
+/// How much of the journal's end [`tail`] reads.
+pub const TAIL_BYTES: u64 = 8 << 20;
+
+/// Reads the end of `dir/journal` (see [`Tail`]).
+pub fn tail(dir: &Path) -> Result<Tail, JournalError> {
+    use std::io::{Seek, SeekFrom};
+    let path = dir.join(FILE_NAME);
+    let mut f = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Tail::default()),
+        Err(source) => return Err(JournalError::Open { path, source }),
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let from = len.saturating_sub(TAIL_BYTES);
+    f.seek(SeekFrom::Start(from)).map_err(|source| JournalError::Open { path: path.clone(), source })?;
+    let mut out = Tail::default();
+    let mut lines = BufReader::new(f).split(b'\n');
+    if from > 0 {
+        // Most likely the middle of a line.
+        lines.next();
+    }
+    for line in lines {
+        let line = line.map_err(|source| JournalError::Open { path: path.clone(), source })?;
+        let Ok(e) = serde_json::from_slice::<Entry>(&line) else { continue };
+        out.newest = out.newest.max(Some(e.time));
+        if e.class.is_some() {
+            if let Ok(id) = e.id.parse::<EventId>() {
+                out.ids.insert(*id.as_bytes());
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Called once the lines of a batch are on disk (or failed to be).
 pub type Done = Box<dyn FnOnce(Result<(), String>) + Send>;
 

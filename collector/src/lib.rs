@@ -1,27 +1,30 @@
 //! # telem-collector: the collector daemon of the telemetrics suite
 //!
 //! One process (the original had two) between the probes and the backend.
-//! Each stage is its own module; stages talk through bounded channels, so a
+//! Each stage is its own module; stages talk through bounded queues, so a
 //! slow stage pushes back on the one before it instead of growing memory.
 //!
 //! ```text
 //!  probes ──unix socket (socket_path or systemd LISTEN_FDS)──┐
 //!                                                            ▼
 //!  ingest      native (prefix, Hello, frames, Acks) | legacy (one record, no reply)
-//!    │ bounded mpsc<Submission>  (frame size, idle timeout, max_connections bounds)
+//!    │ Submission = the frames of one read   (frame size, idle timeout, max_connections,
+//!    │                                        4096 unacked per connection, 2 MiB in flight)
 //!    ▼
 //!  pipeline    committer threads, group commit:
 //!    │           consent   -> local-only? (DO_NOT_TRACK / airgap / no server /
 //!    │                        delivery off / not opted in / debug); scrub?
 //!    │           privacy   -> host facts per privacy_level, payload scrubbed
 //!    │           ratelimit -> record + byte windows (monotonic), spool or drop
-//!    │           spool     -> one block per batch, appended: write, fdatasync  ==> Ack::Accepted
-//!    │           journal   -> one JSON line per record (fdatasync'd, group commit),
+//!    │           spool     -> one block per batch, written in place: write, fdatasync ==> Acks
+//!    │           journal   -> one JSON line per record (queued lines borrow the record;
+//!    │                        one writer: group commit, lazy fdatasync),
 //!    │                        pruned by local_retention_days / _records
 //!    ▼
-//!  delivery    FIFO from the spool, hyper+rustls, v2/v3 (identity stamps the
-//!    │         machine id), 2xx delivered, 408/429/5xx/errors backoff+retry,
-//!    │         other 4xx rejected-by-server; fates appended to the journal
+//!  delivery    FIFO from the spool, v2/v3 (identity stamps the machine id), over
+//!    │         transport: HTTP/1.1 keep-alive, pipelined, rustls; 2xx delivered,
+//!    │         408/429/5xx/errors backoff+retry, other 4xx rejected-by-server;
+//!    │         fates appended to the journal
 //!    ▼
 //!  backend                 control: status / flush / reload for telemctl
 //! ```

@@ -401,7 +401,13 @@ pub struct Recovered {
     pub torn: usize,
     /// Records older than `record_expiry`, removed.
     pub expired: Vec<Item>,
+    /// The newest records kept (up to [`NEWEST`], oldest first): those
+    /// whose journal entries a crash may have cut off.
+    pub newest: Vec<Item>,
 }
+
+/// How many of the newest recovered records [`Recovered::newest`] holds.
+pub const NEWEST: usize = 8192;
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
@@ -478,6 +484,19 @@ impl Spool {
             cached: 0,
             reserved: 0,
         };
+        let mut tail = 0usize;
+        for (_, _, s) in blocks.iter().rev() {
+            if tail >= NEWEST {
+                break;
+            }
+            tail += s.items.len();
+        }
+        let mut to_skip = blocks.iter().map(|(_, _, s)| s.items.len()).sum::<usize>().saturating_sub(tail.min(NEWEST));
+        for (_, _, s) in &blocks {
+            let skip = to_skip.min(s.items.len());
+            to_skip -= skip;
+            rec.newest.extend(s.items[skip..].iter().cloned());
+        }
         for (file, offset, s) in blocks {
             rec.segments += 1;
             rec.records += s.items.len() as u64;

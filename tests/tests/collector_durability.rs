@@ -100,6 +100,15 @@ fn kill_9_with_a_flapping_server_loses_no_acknowledged_record() {
     }
     eprintln!("kill -9 run: {} acknowledged, {missing} missing after {:?}", acked.len(), t.elapsed());
     assert_eq!(missing, 0, "every acknowledged record is delivered after kill -9 and restart:\n{}", c.log());
+    // And every acknowledged record has its journal entry, even those
+    // whose lines were still queued when the process died.
+    let want: std::collections::HashSet<String> = acked.iter().map(|e| e.to_string()).collect();
+    let unjournaled = |j: &[serde_json::Value]| {
+        let have: std::collections::HashSet<&str> = j.iter().filter_map(|e| e["event"].as_str()).collect();
+        want.iter().filter(|e| !have.contains(e.as_str())).count()
+    };
+    let j = c.wait_journal(Duration::from_secs(10), |j| unjournaled(j) == 0);
+    assert_eq!(unjournaled(&j), 0, "acknowledged records missing from the journal:\n{}", c.log());
 }
 
 /// Unmounts a tmpfs on drop, even when the test fails.

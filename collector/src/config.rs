@@ -114,7 +114,8 @@ pub struct Config {
     pub allow_insecure_http: bool,
     /// `connect_timeout` (s, 10).
     pub connect_timeout: Duration,
-    /// `delivery_timeout` (s, 30): whole request.
+    /// `delivery_timeout` (s, 30): a whole exchange on one connection
+    /// (connect, the batch of posts, their answers).
     pub delivery_timeout: Duration,
     /// `delivery_concurrency` (16): connections posting at once.
     pub delivery_concurrency: usize,

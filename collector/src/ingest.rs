@@ -41,7 +41,7 @@ const MAX_SUBMISSION: usize = 512;
 /// A connection's read buffer starts this small (most connections send one
 /// record) and grows to [`MAX_READ_BUFFER`] while reads keep filling it.
 const MIN_READ_BUFFER: usize = 4 * 1024;
-const MAX_READ_BUFFER: usize = 128 * 1024;
+const MAX_READ_BUFFER: usize = 64 * 1024;
 
 /// Accepts connections until `stop` fires.
 pub async fn serve(

@@ -479,6 +479,9 @@ fn open_append(path: &Path) -> Result<File, JournalError> {
         .map_err(|source| JournalError::Open { path: path.into(), source })
 }
 
+/// The writer writes its batch in pieces of about this size.
+const WRITE_CHUNK: usize = 64 << 10;
+
 /// Lines nobody waits for are fsync'd at least this often.
 pub const LAZY_SYNC: Duration = Duration::from_millis(100);
 
@@ -551,9 +554,17 @@ fn writer(dir: PathBuf, path: PathBuf, mut file: File, shared: &Shared, retentio
             continue;
         };
         buf.clear();
+        let mut written = Ok(());
         for l in &lines {
             if l.write_json(&mut buf).is_ok() {
                 buf.push(b'\n');
+            }
+            // Written in pieces, so a long batch does not need one big buffer.
+            if buf.len() >= WRITE_CHUNK && written.is_ok() {
+                written = file.write_all(&buf);
+                size += buf.len() as u64;
+                buf.clear();
+                dirty_since.get_or_insert_with(Instant::now);
             }
             if tracing::enabled!(tracing::Level::DEBUG) {
                 if let Line::First { item, fate, .. } = l {
@@ -561,10 +572,10 @@ fn writer(dir: PathBuf, path: PathBuf, mut file: File, shared: &Shared, retentio
                 }
             }
         }
-        // Group commit: one write; one fdatasync when someone waits for
+        // Group commit: the batch written; one fdatasync when someone waits for
         // it (records kept only here), else at most every LAZY_SYNC
         // (spooled records are durable in the spool already).
-        let mut result = if buf.is_empty() { Ok(()) } else { file.write_all(&buf) };
+        let mut result = written.and_then(|()| if buf.is_empty() { Ok(()) } else { file.write_all(&buf) });
         last_write = Instant::now();
         if !buf.is_empty() && dirty_since.is_none() {
             dirty_since = Some(Instant::now());
@@ -594,7 +605,7 @@ fn writer(dir: PathBuf, path: PathBuf, mut file: File, shared: &Shared, retentio
                 Err(e) => tracing::error!("cannot rotate the journal: {e}"),
             }
         }
-        if buf.capacity() > 1 << 20 {
+        if buf.capacity() > 4 * WRITE_CHUNK {
             buf = Vec::with_capacity(1 << 16);
         }
     }

@@ -24,7 +24,7 @@ use crate::stats::{bump, Stats};
 /// Most records in one group commit.
 pub const MAX_BATCH: usize = 1024;
 /// Most bytes in one group commit.
-pub const MAX_BATCH_BYTES: usize = 1 << 20;
+pub const MAX_BATCH_BYTES: usize = 512 << 10;
 
 /// One record as ingest read it.
 #[derive(Debug)]

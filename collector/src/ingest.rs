@@ -21,9 +21,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use telemetry::wire::native::{self, Ack, ClientFrame, Hello, ServerFrame};
+use telemetry::wire::native::{self, Ack, Hello, ServerFrame};
 use telemetry::wire::{self, legacy, Framing};
-use telemetry::{HostInfo, Record};
+use telemetry::Record;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -191,23 +191,11 @@ enum Frame {
     Refused(String),
 }
 
-/// Keeps one copy of the host facts a connection's records repeat (a
-/// decoded record's own copy is dropped when it is the same).
-#[derive(Default)]
-struct Hosts(Option<Arc<HostInfo>>);
-
-impl Hosts {
-    fn share(&mut self, record: &mut Record) {
-        match &self.0 {
-            Some(h) if **h == *record.host => record.host = h.clone(),
-            _ => self.0 = Some(record.host.clone()),
-        }
-    }
-}
-
-fn decode_frame(body: &[u8], max_payload: usize, uid: u32, pid: u32, hosts: &mut Hosts) -> Result<Frame, String> {
-    let mut record: Record = match native::decode_body::<ClientFrame>(body) {
-        Ok(ClientFrame::Record(r)) => r,
+/// Decodes one record frame where it lies, its host facts shared with the
+/// connection's earlier records (`hosts`).
+fn decode_frame(body: &[u8], max_payload: usize, uid: u32, pid: u32, hosts: &mut native::HostCache) -> Result<Frame, String> {
+    let record: Record = match native::decode_record(body, hosts) {
+        Ok(r) => r,
         Err(e) => {
             let reason = e.to_string();
             tracing::warn!("native frame from uid {uid} pid {pid} refused: {reason}");
@@ -217,7 +205,6 @@ fn decode_frame(body: &[u8], max_payload: usize, uid: u32, pid: u32, hosts: &mut
     if let Err(e) = record.payload.check_limit(max_payload) {
         return Ok(Frame::Refused(e.to_string()));
     }
-    hosts.share(&mut record);
     Ok(Frame::Record(Incoming { record, size: (4 + body.len()) as u64 }))
 }
 
@@ -261,7 +248,7 @@ async fn native_conn(
 
     let limit = native::max_record_frame(max_payload);
     let mut want = MIN_READ_BUFFER;
-    let mut hosts = Hosts::default();
+    let mut hosts = native::HostCache::default();
     let result: Result<(), ConnError> = 'conn: loop {
         // Every whole frame already read, decoded where it lies.
         let mut batch: Vec<Incoming> = Vec::new();

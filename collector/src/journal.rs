@@ -490,7 +490,7 @@ pub const LAZY_SYNC: Duration = Duration::from_millis(100);
 /// [`GATHER`]); else, under a steady flow of lazy lines, after gathering
 /// for [`GATHER`]; with nothing queued, until woken (or until a lazy fsync
 /// is due: `None` then).
-fn next_batch(shared: &Shared, sync_due: Option<Instant>, last_write: Instant) -> Option<(Vec<Line>, Vec<Done>, bool)> {
+fn next_batch(shared: &Shared, sync_due: Option<Instant>, last_write: Instant, spare: &mut Vec<Line>) -> Option<(Vec<Line>, Vec<Done>, bool)> {
     let mut q = shared.q.lock().unwrap_or_else(|p| p.into_inner());
     let mut gathering: Option<Instant> = None;
     loop {
@@ -521,7 +521,8 @@ fn next_batch(shared: &Shared, sync_due: Option<Instant>, last_write: Instant) -
         q.idle = false;
     }
     shared.room.notify_all();
-    Some((std::mem::take(&mut q.lines), std::mem::take(&mut q.waiters), q.closed))
+    // The writer's emptied vector goes back, so the queue keeps its room.
+    Some((std::mem::replace(&mut q.lines, std::mem::take(spare)), std::mem::take(&mut q.waiters), q.closed))
 }
 
 fn writer(dir: PathBuf, path: PathBuf, mut file: File, shared: &Shared, retention: Option<Retention>) {
@@ -530,6 +531,7 @@ fn writer(dir: PathBuf, path: PathBuf, mut file: File, shared: &Shared, retentio
     let mut dirty_since: Option<Instant> = None;
     let mut last_prune = Instant::now();
     let mut last_write = Instant::now() - GATHER;
+    let mut spare: Vec<Line> = Vec::new();
     loop {
         if let Some(r) = retention.as_ref().filter(|_| last_prune.elapsed() >= PRUNE_EVERY) {
             last_prune = Instant::now();
@@ -545,7 +547,7 @@ fn writer(dir: PathBuf, path: PathBuf, mut file: File, shared: &Shared, retentio
                 Err(e) => tracing::error!("journal retention: {e}"),
             }
         }
-        let Some((lines, waiters, closed)) = next_batch(shared, dirty_since.map(|t| t + LAZY_SYNC), last_write) else {
+        let Some((mut lines, waiters, closed)) = next_batch(shared, dirty_since.map(|t| t + LAZY_SYNC), last_write, &mut spare) else {
             // A lazy fsync is due and nothing new came.
             if let Err(e) = file.sync_data() {
                 tracing::error!("{}", JournalError::Write { path: path.clone(), source: e });
@@ -595,6 +597,9 @@ fn writer(dir: PathBuf, path: PathBuf, mut file: File, shared: &Shared, retentio
         if closed {
             break;
         }
+        // Emptied (the records it held are released), its room kept.
+        lines.clear();
+        spare = lines;
         if size > ROTATE_BYTES {
             let _ = file.sync_data();
             match rotate(&dir, &path) {

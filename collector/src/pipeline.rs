@@ -241,13 +241,14 @@ pub fn commit_batch(shared: &Shared, batch: Vec<Submission>, body: &mut Vec<u8>)
     let now_unix = telemetry::record::now_unix();
     let payload = cfg.record_retention_enabled;
 
-    let mut items: Vec<Arc<Item>> = Vec::new();
-    let mut fates: Vec<Fate> = Vec::new();
-    let mut answers: Vec<Answer> = Vec::new();
+    let n: usize = batch.iter().map(|s| s.records.len()).sum();
+    let mut items: Vec<Arc<Item>> = Vec::with_capacity(n);
+    let mut fates: Vec<Fate> = Vec::with_capacity(n);
+    let mut answers: Vec<Answer> = Vec::with_capacity(n);
     let mut replies = Vec::with_capacity(batch.len());
-    // Records to spool: (index in `items`, encoded size).
-    let mut spool_sizes: Vec<u64> = Vec::new();
-    let mut to_spool: Vec<usize> = Vec::new();
+    // Records to spool: their index in `items` and encoded size.
+    let mut spool_sizes: Vec<u64> = Vec::with_capacity(n);
+    let mut to_spool: Vec<usize> = Vec::with_capacity(n);
     body.clear();
     {
         let mut limiter = shared.limiter();

@@ -75,6 +75,37 @@ proptest! {
     }
 
     #[test]
+    fn shared_decode_agrees_with_the_derived_one(
+        rs in proptest::collection::vec(record_with(any_payload()), 1..4),
+        flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..3),
+    ) {
+        // Records of one host and of several, some frames damaged.
+        let mut hosts = native::HostCache::default();
+        for (i, r) in rs.iter().enumerate() {
+            for same_host in [false, true] {
+                let mut r = r.clone();
+                if same_host {
+                    r.host = rs[0].host.clone();
+                }
+                let mut bytes = native::encode(&native::ClientFrame::Record(r.clone())).unwrap()[4..].to_vec();
+                if i % 2 == 1 {
+                    for (at, x) in &flips {
+                        let at = at.index(bytes.len());
+                        bytes[at] ^= x;
+                    }
+                }
+                let derived = native::decode_body::<native::ClientFrame>(&bytes);
+                let shared = native::decode_record(&bytes, &mut hosts);
+                match (derived, shared) {
+                    (Ok(native::ClientFrame::Record(a)), Ok(b)) => prop_assert_eq!(a, b),
+                    (Err(_), Err(_)) => {}
+                    (a, b) => prop_assert!(false, "derived {:?} vs shared {:?}", a.map(|_| ()), b.map(|_| ())),
+                }
+            }
+        }
+    }
+
+    #[test]
     fn legacy_round_trip(r in record_with(nul_free_payload()), cfg in proptest::option::of("/[a-z/]{0,30}")) {
         let bytes = legacy::encode(&r, cfg.as_deref()).unwrap();
         let d = legacy::decode(&bytes).unwrap();

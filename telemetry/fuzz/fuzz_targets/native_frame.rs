@@ -1,6 +1,7 @@
 //! Arbitrary bytes as a native stream: prefix check, frame splitting and
 //! record decoding must return errors, never panic or over-allocate; a
-//! decoded record must re-encode to a frame that decodes to itself.
+//! decoded record must re-encode to a frame that decodes to itself; the
+//! zero-copy decoder (`decode_record`) must agree with the derived one.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use telemetry::wire::native::{self, ClientFrame, ServerFrame};
@@ -13,7 +14,15 @@ fuzz_target!(|data: &[u8]| {
     }
     let mut buf = data;
     while let Ok(Some((body, used))) = native::split_frame(buf, native::max_record_frame(64 * 1024)) {
-        if let Ok(frame) = native::decode_body::<ClientFrame>(body) {
+        let derived = native::decode_body::<ClientFrame>(body);
+        // The collector's zero-copy decoder accepts exactly the same frames.
+        let shared = native::decode_record(body, &mut native::HostCache::default());
+        match (&derived, &shared) {
+            (Ok(ClientFrame::Record(a)), Ok(b)) => assert_eq!(a, b),
+            (Err(_), Err(_)) => {}
+            _ => panic!("decoders disagree: {derived:?} vs {shared:?}"),
+        }
+        if let Ok(frame) = derived {
             let again = native::encode(&frame).expect("re-encode");
             assert_eq!(native::decode_body::<ClientFrame>(&again[4..]).expect("decode again"), frame);
         }

@@ -449,7 +449,13 @@ impl Transport {
                     }
                 }
                 if out.len() == n {
-                    self.checkin(conn);
+                    // Bytes beyond the last answer would be taken for the
+                    // next request's answer: such a connection is not reused.
+                    if conn.rbuf.is_empty() {
+                        self.checkin(conn);
+                    } else {
+                        tracing::debug!("the server sent {} bytes more than its answers; closing that connection", conn.rbuf.len());
+                    }
                     break 'conns;
                 }
             }
@@ -764,6 +770,8 @@ mod tests {
         Close,
         /// Never answer.
         Hang,
+        /// Answer twice (a broken server).
+        Twice,
     }
 
     /// A real HTTP/1.1 server on 127.0.0.1 that decides per request
@@ -835,9 +843,15 @@ mod tests {
                                         return;
                                     }
                                     act => {
-                                        let i = numbered.fetch_add(1, Ordering::SeqCst).to_string();
-                                        let close = if act == Act::AnswerAndClose { "Connection: close\r\n" } else { "" };
-                                        let a = format!("HTTP/1.1 201 Created\r\n{close}Content-Length: {}\r\n\r\n{i}", i.len());
+                                        let answer = |numbered: &std::sync::atomic::AtomicUsize| {
+                                            let i = numbered.fetch_add(1, Ordering::SeqCst).to_string();
+                                            let close = if act == Act::AnswerAndClose { "Connection: close\r\n" } else { "" };
+                                            format!("HTTP/1.1 201 Created\r\n{close}Content-Length: {}\r\n\r\n{i}", i.len())
+                                        };
+                                        let mut a = answer(&numbered);
+                                        if act == Act::Twice {
+                                            a.push_str(&answer(&numbered));
+                                        }
                                         if s.write_all(a.as_bytes()).is_err() || act == Act::AnswerAndClose {
                                             let _ = s.shutdown(std::net::Shutdown::Both);
                                             return;
@@ -931,6 +945,18 @@ mod tests {
         srv.close_all();
         std::thread::sleep(Duration::from_millis(50));
         assert_eq!(bodies(&rt.block_on(t.exchange(&srv.uri, &requests(3)))), numbers(2, 3));
+        assert_eq!(srv.conns.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_connection_with_bytes_beyond_its_answers_is_not_reused() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let srv = Scripted::start(|_, _, _| Act::Twice);
+        let t = client(Duration::from_secs(5));
+        assert_eq!(bodies(&rt.block_on(t.exchange(&srv.uri, &requests(1)))), numbers(0, 1));
+        std::thread::sleep(Duration::from_millis(50));
+        // Not "1", the extra answer of the first request.
+        assert_eq!(bodies(&rt.block_on(t.exchange(&srv.uri, &requests(1)))), numbers(2, 1));
         assert_eq!(srv.conns.load(Ordering::SeqCst), 2);
     }
 

@@ -246,6 +246,8 @@ pub fn commit_batch(shared: &Shared, batch: Vec<Submission>, body: &mut Vec<u8>)
     let mut fates: Vec<Fate> = Vec::with_capacity(n);
     let mut answers: Vec<Answer> = Vec::with_capacity(n);
     let mut replies = Vec::with_capacity(batch.len());
+    // Ingest's in-flight budget is held until the records are stored.
+    let mut budgets = Vec::with_capacity(batch.len());
     // Records to spool: their index in `items` and encoded size.
     let mut spool_sizes: Vec<u64> = Vec::with_capacity(n);
     let mut to_spool: Vec<usize> = Vec::with_capacity(n);
@@ -254,6 +256,7 @@ pub fn commit_batch(shared: &Shared, batch: Vec<Submission>, body: &mut Vec<u8>)
         let mut limiter = shared.limiter();
         for sub in batch {
             replies.push((sub.reply, sub.records.len()));
+            budgets.push(sub.budget);
             bump(&shared.stats.received, sub.records.len() as u64);
             for Incoming { mut record, size } in sub.records {
                 protect(&mut record, &cfg, scrub.then_some(&shared.scrubber));
@@ -318,6 +321,11 @@ pub fn commit_batch(shared: &Shared, batch: Vec<Submission>, body: &mut Vec<u8>)
         reserved = total;
         if fits.iter().any(|f| !f) {
             // Rare (spool full): rebuild the block from the entries that fit.
+            let reason = format!(
+                "the spool is full ({} bytes used of spool_max_size {} bytes) and the server has not taken records yet",
+                shared.spool.bytes(),
+                cfg.spool_max_bytes.unwrap_or(0)
+            );
             let mut kept = Vec::with_capacity(body.len());
             let mut at = 0usize;
             for ((&i, &n), fit) in to_spool.iter().zip(&spool_sizes).zip(&fits) {
@@ -325,13 +333,8 @@ pub fn commit_batch(shared: &Shared, batch: Vec<Submission>, body: &mut Vec<u8>)
                 if *fit {
                     kept.extend_from_slice(&body[at..at + n]);
                 } else {
-                    let max = cfg.spool_max_bytes.unwrap_or(0);
-                    let reason = format!(
-                        "the spool is full ({} bytes used of spool_max_size {max} bytes) and the server has not taken records yet",
-                        shared.spool.bytes()
-                    );
                     fates[i] = Fate::Dropped("spool full".into());
-                    answers[i] = Answer::Journaled(Ack::Rejected { reason });
+                    answers[i] = Answer::Journaled(Ack::Rejected { reason: reason.clone() });
                     bump(&shared.stats.dropped, 1);
                 }
                 at += n;
@@ -419,6 +422,7 @@ pub fn commit_batch(shared: &Shared, batch: Vec<Submission>, body: &mut Vec<u8>)
     if n_spooled > 0 {
         shared.wake_delivery.notify_one();
     }
+    drop(budgets);
 }
 
 #[cfg(test)]

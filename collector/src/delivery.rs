@@ -66,7 +66,7 @@ pub fn classify(status: u16, body: String, retry_after: Option<Duration>) -> Out
 }
 
 /// The outcome of a post from what the transport got back.
-pub fn outcome(answer: Result<Answer, SendError>) -> Outcome {
+fn outcome(answer: Result<Answer, SendError>) -> Outcome {
     match answer {
         Ok(a) => {
             let body = if (200..300).contains(&a.status) {

@@ -395,15 +395,16 @@ impl Transport {
             loop {
                 let first = out.len();
                 let window = if conn.answers > 0 { (n - first).min(self.pipeline()) } else { 1 };
-                let written = if window == 1 {
-                    write_all(&mut conn.io, &requests[first], deadline, self.inner.timeout).await
-                } else {
-                    let mut buf = Vec::with_capacity(requests[first..first + window].iter().map(Bytes::len).sum());
-                    for r in &requests[first..first + window] {
-                        buf.extend_from_slice(r);
+                // The window's requests in one write.
+                let joined;
+                let bytes: &[u8] = match &requests[first..first + window] {
+                    [one] => one,
+                    many => {
+                        joined = many.concat();
+                        &joined
                     }
-                    write_all(&mut conn.io, &buf, deadline, self.inner.timeout).await
                 };
+                let written = write_all(&mut conn.io, bytes, deadline, self.inner.timeout).await;
                 if let Err(e) = written {
                     if answered_here == 0 && reused && may_retry_stale {
                         may_retry_stale = false;

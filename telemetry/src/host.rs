@@ -34,12 +34,16 @@ static CURRENT: OnceLock<Arc<HostInfo>> = OnceLock::new();
 impl HostInfo {
     /// This machine's facts, read on first use and kept for the process.
     pub fn current() -> &'static HostInfo {
-        CURRENT.get_or_init(|| Arc::new(HostInfo::read(&HostSources::system())))
+        Self::cell()
     }
 
     /// [`current`](Self::current), shared (what records built here carry).
     pub fn shared() -> Arc<HostInfo> {
-        CURRENT.get_or_init(|| Arc::new(HostInfo::read(&HostSources::system()))).clone()
+        Self::cell().clone()
+    }
+
+    fn cell() -> &'static Arc<HostInfo> {
+        CURRENT.get_or_init(|| Arc::new(HostInfo::read(&HostSources::system())))
     }
 
     /// Reads the facts from `sources` (a root other than `/` in tests).

@@ -97,6 +97,11 @@ pub struct Config {
     /// `daemon_recycling_enabled`: accepted for compatibility; one process
     /// replaces the original's two, so there is nothing to recycle.
     pub daemon_recycling_enabled: bool,
+    /// `record_retention_enabled` (true here; the original's default was
+    /// false): the journal keeps each record's payload, so the user can see
+    /// what was collected (`telemctl journal -i`) and previewed
+    /// (`telemctl preview`). Journal files are 0600; pruned by
+    /// `local_retention_days` / `local_retention_records`.
     pub record_retention_enabled: bool,
     pub record_server_delivery_enabled: bool,
     // ---- new keys ----
@@ -123,8 +128,16 @@ pub struct Config {
     /// connection before their answers (HTTP/1.1 pipelining; 1 = off), when
     /// more records wait than there are connections.
     pub delivery_pipeline: usize,
-    /// `retry_max_backoff` (s, 30): longest wait between delivery retries.
+    /// `retry_max_backoff` (s, 30): longest pause of delivery to a server
+    /// that cannot take records (down, timing out, 429/503).
     pub retry_max_backoff: Duration,
+    /// `delivery_retry_max` (s, 3600): longest wait before one record that
+    /// failed (5xx) is posted again; other records keep flowing meanwhile.
+    pub delivery_retry_max: Duration,
+    /// `delivery_max_attempts` (10): 5xx answers to one record, while the
+    /// server takes other records, after which it leaves the spool as
+    /// `rejected-by-server`.
+    pub delivery_max_attempts: u32,
     /// `idle_timeout` (s, 30): a probe connection silent this long is closed.
     pub idle_timeout: Duration,
     /// `max_connections` (1024): probe connections served at once.
@@ -294,7 +307,7 @@ impl Config {
             spool_max_bytes: spool_kib.map(|k| k.saturating_mul(1024)),
             spool_process_time: r.secs("spool_process_time", 120, 1)?,
             daemon_recycling_enabled: r.bool("daemon_recycling_enabled", true)?,
-            record_retention_enabled: r.bool("record_retention_enabled", false)?,
+            record_retention_enabled: r.bool("record_retention_enabled", true)?,
             record_server_delivery_enabled: r.bool("record_server_delivery_enabled", true)?,
             journal_dir: r.path("journal_dir", "/var/log/telemetry")?,
             state_dir: r.path("state_dir", "/var/lib/telemetry")?,
@@ -307,6 +320,8 @@ impl Config {
             delivery_concurrency: r.int("delivery_concurrency", 16, 1, 1024)? as usize,
             delivery_pipeline: r.int("delivery_pipeline", 8, 1, 256)? as usize,
             retry_max_backoff: r.secs("retry_max_backoff", 30, 1)?,
+            delivery_retry_max: r.secs("delivery_retry_max", 3600, 1)?,
+            delivery_max_attempts: r.int("delivery_max_attempts", 10, 1, 1_000_000)? as u32,
             idle_timeout: r.secs("idle_timeout", 30, 1)?,
             max_connections: r.int("max_connections", 1024, 1, 1 << 20)? as usize,
             privacy_level,
@@ -374,7 +389,11 @@ mod tests {
         assert_eq!(c.spool_max_bytes, Some(5120 * 1024));
         assert_eq!(c.spool_process_time, Duration::from_secs(120));
         assert_eq!(c.tidheader.name, "X-Telemetry-TID");
-        assert!(c.rate_limit_enabled && c.record_server_delivery_enabled && !c.record_retention_enabled);
+        assert!(c.rate_limit_enabled && c.record_server_delivery_enabled);
+        // Not the original's default: payloads are kept locally, so the user
+        // can see what was collected.
+        assert!(c.record_retention_enabled);
+        assert!(!parse("[settings]\nrecord_retention_enabled=false\n").unwrap().record_retention_enabled);
         assert_eq!(c.server_protocol, Protocol::V2);
         assert_eq!(c.record_max_bytes, 65536);
         assert_eq!(c.journal_dir, PathBuf::from("/var/log/telemetry"));

@@ -1,6 +1,16 @@
 //! Stage: control. A unix socket in `state_dir` (`control.sock`, mode
-//! 0600) where `telemctl` asks for `status`, `flush` and `reload`; one
-//! line in, one JSON line out.
+//! 0600) where `telemctl` asks; one line in, one JSON line out:
+//!
+//! | command   | does | answer |
+//! |---|---|---|
+//! | `status`  | | [`Status`] |
+//! | `flush`   | retry delivery now, forgetting the backoff | `{"ok":true}` |
+//! | `reload`  | re-reads the configuration (as SIGHUP) | `{"ok":true}` once it is in force, or `{"error":...}` when refused |
+//! | `consent` | the opt-in file changed (`telemctl opt-in`, `opt-out`): drops the cached consent decision ([`Shared::consent_changed`]) | `{"ok":true,"consent":...,"mode":...}` once in force |
+//!
+//! Answers to `reload` and `consent` come only when the change is in
+//! force: a record accepted after it, and every post started after it,
+//! follow the new state.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -28,6 +38,7 @@ pub fn status(shared: &Shared) -> Status {
         received,
         accepted,
         rejected,
+        rejected_by_reason: shared.stats.refusals(),
         delivered,
         spooled: shared.spool.records(),
         spool_bytes: shared.spool.bytes(),
@@ -48,8 +59,13 @@ pub fn status(shared: &Shared) -> Status {
     }
 }
 
-/// Serves the control socket. `reload` is sent on `reload_tx`.
-pub async fn serve(listener: UnixListener, shared: Arc<Shared>, reload_tx: tokio::sync::mpsc::Sender<()>) {
+/// How a reload asked for on the control socket is answered: `Ok` once the
+/// new configuration is in force, or why it was refused.
+pub type ReloadDone = tokio::sync::oneshot::Sender<Result<(), String>>;
+
+/// Serves the control socket. `reload` is sent on `reload_tx`, and
+/// answered when the daemon says it is done.
+pub async fn serve(listener: UnixListener, shared: Arc<Shared>, reload_tx: tokio::sync::mpsc::Sender<ReloadDone>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -70,8 +86,26 @@ pub async fn serve(listener: UnixListener, shared: Arc<Shared>, reload_tx: tokio
                     r#"{"ok":true}"#.to_string()
                 }
                 "reload" => {
-                    let _ = reload_tx.send(()).await;
-                    r#"{"ok":true}"#.to_string()
+                    let (done, rx) = tokio::sync::oneshot::channel();
+                    let answer = match reload_tx.send(done).await {
+                        Ok(()) => rx.await.unwrap_or_else(|_| Err("the collector is shutting down".into())),
+                        Err(_) => Err("the collector is shutting down".into()),
+                    };
+                    match answer {
+                        Ok(()) => r#"{"ok":true}"#.to_string(),
+                        Err(e) => serde_json::json!({ "error": e }).to_string(),
+                    }
+                }
+                "consent" => {
+                    shared.consent_changed(|| ()).await;
+                    let cfg = shared.config();
+                    let decision = shared.consent(&cfg);
+                    serde_json::json!({
+                        "ok": true,
+                        "consent": decision.describe(),
+                        "mode": crate::consent::explain(&decision, &cfg),
+                    })
+                    .to_string()
                 }
                 other => serde_json::json!({ "error": format!("unknown command {other:?}") }).to_string(),
             };
@@ -87,17 +121,36 @@ pub enum ControlError {
     NotRunning { path: String, source: std::io::Error },
     #[error("talking to the collector at {path}: {source}")]
     Io { path: String, source: std::io::Error },
+    #[error("the collector answered: {0}")]
+    Refused(String),
 }
 
 /// Sends one command and returns the answer line.
 pub fn request(socket: &Path, command: &str) -> Result<String, ControlError> {
     let path = socket.display().to_string();
-    let mut s = std::os::unix::net::UnixStream::connect(socket)
-        .map_err(|source| ControlError::NotRunning { path: path.clone(), source })?;
+    let mut s = std::os::unix::net::UnixStream::connect(socket).map_err(|source| match source.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => ControlError::NotRunning { path: path.clone(), source },
+        _ => ControlError::Io { path: path.clone(), source },
+    })?;
     let io = |source| ControlError::Io { path: path.clone(), source };
     s.set_read_timeout(Some(Duration::from_secs(10))).map_err(io)?;
     s.write_all(format!("{command}\n").as_bytes()).map_err(io)?;
     let mut line = String::new();
     BufReader::new(s).read_line(&mut line).map_err(io)?;
     Ok(line.trim().to_string())
+}
+
+/// Sends a command whose answer is `{"ok":true,...}` or `{"error":...}`;
+/// the answer when it is ok.
+pub fn command(socket: &Path, command: &str) -> Result<serde_json::Value, ControlError> {
+    let line = request(socket, command)?;
+    if line.is_empty() {
+        return Err(ControlError::Refused("nothing (it closed the connection)".into()));
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&line).map_err(|e| ControlError::Refused(format!("an unexpected answer ({e}): {line}")))?;
+    match v.get("error") {
+        Some(e) => Err(ControlError::Refused(e.as_str().map(str::to_string).unwrap_or_else(|| e.to_string()))),
+        None => Ok(v),
+    }
 }

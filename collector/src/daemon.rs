@@ -92,6 +92,22 @@ fn bind(path: &Path, mode: u32) -> Result<std::os::unix::net::UnixListener, Daem
     Ok(l)
 }
 
+/// Senders waiting to be accepted (the kernel caps it at
+/// `net.core.somaxconn`). At the connection cap the daemon stops
+/// accepting, and a sender's blocking `connect` waits in this queue.
+pub const LISTEN_BACKLOG: i32 = 4096;
+
+/// Sets the probe socket's listen backlog to [`LISTEN_BACKLOG`] (calling
+/// `listen` again on a listening socket changes its backlog, also for a
+/// socket systemd passed).
+fn widen_backlog(l: &std::os::unix::net::UnixListener) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: listen on a socket we own.
+    if unsafe { libc::listen(l.as_raw_fd(), LISTEN_BACKLOG) } != 0 {
+        tracing::warn!("cannot widen the listen backlog: {}", std::io::Error::last_os_error());
+    }
+}
+
 fn mkdir(p: &Path) -> Result<(), DaemonError> {
     std::fs::create_dir_all(p).map_err(|source| DaemonError::Dir { path: p.into(), source })
 }
@@ -149,6 +165,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         }
         None => bind(&cfg.socket_path, 0o666)?,
     };
+    widen_backlog(&listener);
     let control_l = bind(&cfg.control_socket(), 0o600)?;
     let pid_file = cfg.pid_file();
     let _ = std::fs::write(&pid_file, format!("{}\n", std::process::id()));
@@ -180,7 +197,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
             .map_err(|source| DaemonError::Bind { path: cfg.socket_path.clone(), source })?;
         let control_l = tokio::net::UnixListener::from_std(control_l)
             .map_err(|source| DaemonError::Bind { path: cfg.control_socket(), source })?;
-        let (reload_tx, mut reload_rx) = mpsc::channel::<()>(4);
+        let (reload_tx, mut reload_rx) = mpsc::channel::<control::ReloadDone>(4);
         let ingest = tokio::spawn(ingest::serve(listener, shared.clone(), sub_tx, stop_rx.clone()));
         let deliver = tokio::spawn(delivery::run(shared.clone(), stop_rx.clone()));
         tokio::spawn(control::serve(control_l, shared.clone(), reload_tx));
@@ -209,8 +226,12 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         );
         loop {
             tokio::select! {
-                _ = hup.recv() => reload(&cfg_tx, &shared),
-                Some(()) = reload_rx.recv() => reload(&cfg_tx, &shared),
+                _ = hup.recv() => {
+                    let _ = reload(&cfg_tx, &shared).await;
+                }
+                Some(done) = reload_rx.recv() => {
+                    let _ = done.send(reload(&cfg_tx, &shared).await);
+                }
                 _ = term.recv() => break,
                 _ = int.recv() => break,
             }
@@ -270,7 +291,10 @@ fn journal_unjournaled(shared: &Shared, cfg: &Config, newest: Vec<crate::spool::
     }
 }
 
-fn reload(cfg_tx: &watch::Sender<Arc<Config>>, shared: &Shared) {
+/// Re-reads the configuration file and puts it in force (consent
+/// re-decided, see [`Shared::consent_changed`]); why not, when it is
+/// refused (the running configuration is kept).
+async fn reload(cfg_tx: &watch::Sender<Arc<Config>>, shared: &Shared) -> Result<(), String> {
     let old = shared.config();
     match Config::load(old.file.as_deref()) {
         Ok(new) => {
@@ -290,10 +314,14 @@ fn reload(cfg_tx: &watch::Sender<Arc<Config>>, shared: &Shared) {
                 Ok(id) => *shared.machine_id.lock().unwrap_or_else(|p| p.into_inner()) = id,
                 Err(e) => tracing::error!("machine id after reload: {e}; keeping the previous one"),
             }
+            let new = Arc::new(new);
+            shared.consent_changed(|| drop(cfg_tx.send(new))).await;
             tracing::info!("configuration reloaded");
-            let _ = cfg_tx.send(Arc::new(new));
-            shared.wake_delivery.notify_one();
+            Ok(())
         }
-        Err(e) => tracing::error!("reload refused, keeping the running configuration: {e}"),
+        Err(e) => {
+            tracing::error!("reload refused, keeping the running configuration: {e}");
+            Err(format!("reload refused, keeping the running configuration: {e}"))
+        }
     }
 }

@@ -19,7 +19,7 @@
 //! [`encode_request`] puts on the wire.
 
 use std::borrow::Cow;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::Write;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -37,19 +37,28 @@ use crate::consent::Decision;
 use crate::journal::{Fate, Line};
 use crate::pipeline::Shared;
 use crate::ratelimit::Verdict;
-use crate::spool::{Item, Ticket};
+use crate::spool::{Item, Next, Ticket};
 use crate::stats::bump;
 use crate::transport::{Answer, SendError, Transport};
 
-/// First retry delay.
+/// First pause of a server that cannot take records.
 pub const BASE_BACKOFF: Duration = Duration::from_millis(250);
+/// First wait before a record that failed is posted again.
+pub const RECORD_BACKOFF: Duration = Duration::from_secs(1);
+/// Failures in a row, with no success between them, that make a server
+/// count as failing as a whole (an outage) rather than record by record.
+pub const OUTAGE_AFTER: u32 = 4;
 
 /// The result of one post.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Delivered,
-    /// Try again later; `after` from a Retry-After header.
-    Retry { error: String, after: Option<Duration> },
+    /// The server cannot take records now (no connection, TLS, timeout,
+    /// 429, 503): it pauses, no record is blamed; `after` from Retry-After.
+    ServerBusy { error: String, after: Option<Duration> },
+    /// The server failed this record (408, 5xx other than 503): the record
+    /// waits its own backoff; others go on.
+    Failed { status: u16, body: String },
     /// The server refused the record for good.
     Refused { status: u16, body: String },
     /// This record cannot be sent in the configured form.
@@ -60,28 +69,28 @@ pub enum Outcome {
 pub fn classify(status: u16, body: String, retry_after: Option<Duration>) -> Outcome {
     match status {
         200..=299 => Outcome::Delivered,
-        408 | 429 | 500..=599 => Outcome::Retry { error: format!("server answered {status}"), after: retry_after },
+        429 | 503 => Outcome::ServerBusy { error: format!("server answered {status}"), after: retry_after },
+        408 | 500..=599 => Outcome::Failed { status, body },
         _ => Outcome::Refused { status, body },
     }
+}
+
+/// The first 200 bytes of an answer body on one line (control characters
+/// become spaces), cut at a character boundary.
+fn answer_text(body: &[u8]) -> String {
+    let s: String =
+        String::from_utf8_lossy(&body[..body.len().min(200)]).chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    s.trim().to_string()
 }
 
 /// The outcome of a post from what the transport got back.
 fn outcome(answer: Result<Answer, SendError>) -> Outcome {
     match answer {
         Ok(a) => {
-            let body = if (200..300).contains(&a.status) {
-                String::new()
-            } else {
-                // One line in the journal: control characters become spaces.
-                let s: String = String::from_utf8_lossy(&a.body[..a.body.len().min(512)])
-                    .chars()
-                    .map(|c| if c.is_control() { ' ' } else { c })
-                    .collect();
-                s.trim().to_string()
-            };
+            let body = if (200..300).contains(&a.status) { String::new() } else { answer_text(&a.body) };
             classify(a.status, body, a.retry_after)
         }
-        Err(e) => Outcome::Retry { error: e.to_string(), after: None },
+        Err(e) => Outcome::ServerBusy { error: e.to_string(), after: None },
     }
 }
 
@@ -242,14 +251,28 @@ pub fn describe(prep: &Prepared, mid: &MachineId, record: &telemetry::Record) ->
     })
 }
 
+/// Lets a write of delivery's go only while consent is `deliver` under
+/// the configuration the requests were made with ([`Shared::may_post`]).
+struct ConsentGate {
+    shared: Arc<Shared>,
+    cfg: Arc<Config>,
+}
+
+impl crate::transport::Gate for ConsentGate {
+    type Guard<'a> = tokio::sync::RwLockReadGuard<'a, u64>;
+    fn admit(&self) -> impl std::future::Future<Output = Option<Self::Guard<'_>>> + Send {
+        self.shared.may_post(&self.cfg)
+    }
+}
+
 /// Posts a batch of records on one connection (pipelined); the outcomes
 /// in the same order.
-async fn post_batch(client: &Transport, prep: &Prepared, requests: Vec<Result<Bytes, String>>) -> Vec<Outcome> {
+async fn post_batch(client: &Transport, prep: &Prepared, requests: Vec<Result<Bytes, String>>, gate: &ConsentGate) -> Vec<Outcome> {
     let Some(uri) = &prep.uri else {
-        return requests.iter().map(|_| Outcome::Retry { error: "no server configured".into(), after: None }).collect();
+        return requests.iter().map(|_| Outcome::ServerBusy { error: "no server configured".into(), after: None }).collect();
     };
     let sendable: Vec<Bytes> = requests.iter().filter_map(|r| r.as_ref().ok().cloned()).collect();
-    let mut answers = client.exchange(uri, &sendable).await.into_iter();
+    let mut answers = client.exchange_gated(uri, &sendable, gate).await.into_iter();
     requests
         .into_iter()
         .map(|r| match r {
@@ -259,10 +282,21 @@ async fn post_batch(client: &Transport, prep: &Prepared, requests: Vec<Result<By
         .collect()
 }
 
-/// The backoff before retry number `attempt` (1-based), with jitter in
-/// [50%, 100%] of the exponential value, capped at `max`.
+/// The backoff before retry number `attempt` (1-based) of a paused
+/// server, with jitter in [50%, 100%] of the exponential value, capped at
+/// `max`.
 pub fn backoff(attempt: u32, max: Duration, jitter: f64) -> Duration {
-    let exp = BASE_BACKOFF.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+    backoff_from(BASE_BACKOFF, attempt, max, jitter)
+}
+
+/// The wait before a failed record is posted again: [`RECORD_BACKOFF`]
+/// doubled per failure, with jitter, capped at `max` (`delivery_retry_max`).
+pub fn record_backoff(failures: u32, max: Duration, jitter: f64) -> Duration {
+    backoff_from(RECORD_BACKOFF, failures, max, jitter)
+}
+
+fn backoff_from(base: Duration, attempt: u32, max: Duration, jitter: f64) -> Duration {
+    let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
     let d = exp.min(max);
     d.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
 }
@@ -272,10 +306,25 @@ fn jitter() -> f64 {
     (b.as_bytes()[0] as f64) / 255.0
 }
 
+/// A record being delivered, with its own retry state.
 struct Job {
     ticket: Ticket,
     /// Counted by the rate windows (at ingest or here).
     counted: bool,
+    /// Failed posts of this record (any kind that blames it): its backoff.
+    failures: u32,
+    /// Failures while the server took other records: after
+    /// `delivery_max_attempts` of them the record is given up.
+    suspect: u32,
+    /// The server's success count when this record was last posted.
+    mark: u64,
+}
+
+impl Job {
+    fn new(ticket: Ticket) -> Job {
+        let counted = ticket.item.counted;
+        Job { ticket, counted, failures: 0, suspect: 0, mark: 0 }
+    }
 }
 
 /// The delivery stage's state between wake-ups.
@@ -284,14 +333,27 @@ struct Deliverer {
     cfg: Arc<Config>,
     prep: Arc<Prepared>,
     client: Option<Transport>,
-    /// Records that failed, to be posted again first (FIFO order).
-    retry: VecDeque<Job>,
+    /// Records to post again as soon as the server takes records (put
+    /// back by a server-wide condition, no fault of theirs), oldest first.
+    ready: VecDeque<Job>,
+    /// Records that failed, each with its own next-attempt time.
+    waiting: BTreeMap<(Instant, u64), Job>,
+    /// Tie-breaker of `waiting` keys.
+    waiting_n: u64,
     /// One batch per connection in use.
     inflight: JoinSet<Vec<(Job, Outcome)>>,
-    /// Backoff rounds since the server last answered.
-    attempt: u32,
-    retry_at: Option<Instant>,
+    /// Pause rounds of the server since it last took a record (0: it is
+    /// taking records; otherwise one record probes it at a time).
+    outage: u32,
+    /// The server is paused until then.
+    pause: Option<Instant>,
+    /// Records the server took (delivered) since the start.
+    successes: u64,
+    /// Failures in a row with no success between them.
+    failing: u32,
     rate_wait: Option<Instant>,
+    /// The spool could not read a block for want of a resource.
+    busy_wait: Option<Instant>,
 }
 
 impl Deliverer {
@@ -302,11 +364,16 @@ impl Deliverer {
             client: None,
             cfg,
             shared,
-            retry: VecDeque::new(),
+            ready: VecDeque::new(),
+            waiting: BTreeMap::new(),
+            waiting_n: 0,
             inflight: JoinSet::new(),
-            attempt: 0,
-            retry_at: None,
+            outage: 0,
+            pause: None,
+            successes: 0,
+            failing: 0,
             rate_wait: None,
+            busy_wait: None,
         };
         d.new_client();
         d
@@ -330,25 +397,62 @@ impl Deliverer {
             || new.delivery_timeout != c.delivery_timeout
             || new.delivery_concurrency != c.delivery_concurrency
             || new.delivery_pipeline != c.delivery_pipeline;
+        let server_changed = new.server != c.server || new.server_protocol != c.server_protocol;
         self.cfg = new;
         if transport_changed {
             self.new_client();
         }
         self.prep = Arc::new(Prepared::new(&self.cfg));
-        self.retry_at = None;
-        self.attempt = 0;
+        self.pause = None;
+        self.outage = 0;
+        if server_changed {
+            // A new server owes nothing to the old one's answers.
+            self.retry_all_now();
+        }
     }
 
-    /// The next record to post: a retry, else the spool's next; `None`
-    /// when there is none or a rate window makes it wait.
+    /// Forgets every wait: paused server, records' backoffs (flush).
+    fn retry_all_now(&mut self) {
+        self.pause = None;
+        self.outage = 0;
+        self.rate_wait = None;
+        self.busy_wait = None;
+        let waiting = std::mem::take(&mut self.waiting);
+        let mut jobs: Vec<Job> = self.ready.drain(..).chain(waiting.into_values()).collect();
+        jobs.sort_by_key(|j| j.ticket.seq);
+        self.ready.extend(jobs);
+    }
+
+    /// Whether the server takes records now: a full spool then drains.
+    fn flowing(&self, deliver: bool) -> bool {
+        deliver && self.client.is_some() && self.pause.is_none() && self.outage == 0 && self.rate_wait.is_none()
+    }
+
+    /// The next record to post: one put back by a server-wide condition,
+    /// else a failed one whose wait is over, else the spool's next; `None`
+    /// when there is none now or a rate window makes it wait.
     fn next_job(&mut self) -> Option<Job> {
         loop {
-            let mut job = match self.retry.pop_front() {
-                Some(j) => j,
-                None => {
-                    let t = self.shared.spool.next()?;
-                    let counted = t.item.counted;
-                    Job { ticket: t, counted }
+            let now = Instant::now();
+            let mut job = if let Some(j) = self.ready.pop_front() {
+                j
+            } else if let Some(e) = self.waiting.first_entry().filter(|e| e.key().0 <= now) {
+                e.remove()
+            } else {
+                if self.busy_wait.is_some() {
+                    return None;
+                }
+                match self.shared.spool.next_ticket() {
+                    Next::Ready(t) => Job::new(t),
+                    Next::Empty => {
+                        self.journal_lost();
+                        return None;
+                    }
+                    Next::Busy(why) => {
+                        tracing::warn!("cannot read the spool now ({why}); trying again shortly, nothing is lost");
+                        self.busy_wait = Some(now + BUSY_RETRY);
+                        return None;
+                    }
                 }
             };
             let expire_before = telemetry::record::now_unix().saturating_sub(self.cfg.record_expiry.as_secs());
@@ -358,11 +462,11 @@ impl Deliverer {
             }
             if !job.counted {
                 let size = size_of(&job.ticket.item);
-                match self.shared.limiter().try_acquire(Instant::now(), size) {
+                match self.shared.limiter().try_acquire(now, size) {
                     Verdict::Allowed => job.counted = true,
                     Verdict::Limited { retry_in } => {
-                        self.rate_wait = Some(Instant::now() + retry_in.unwrap_or(Duration::from_secs(60)));
-                        self.retry.push_front(job);
+                        self.rate_wait = Some(now + retry_in.unwrap_or(Duration::from_secs(60)));
+                        self.ready.push_front(job);
                         return None;
                     }
                 }
@@ -371,17 +475,32 @@ impl Deliverer {
         }
     }
 
+    /// Counts and journals records of spool blocks that could not be read
+    /// back.
+    fn journal_lost(&self) {
+        let lost = self.shared.spool.take_lost();
+        if lost.is_empty() {
+            return;
+        }
+        let mut lines = Vec::new();
+        for l in lost {
+            bump(&self.shared.stats.dropped, l.ids.len() as u64);
+            lines.extend(l.ids.iter().map(|id| Line::fate(*id, Fate::Dropped(l.why.clone()))));
+        }
+        self.shared.journal.append(lines, None);
+    }
+
     /// Starts posts on up to `delivery_concurrency` connections at once
-    /// (one record at a time while backing off). Ready records are spread
-    /// over the free connections first, and pipelined (up to
+    /// (one record at a time while probing a paused server). Ready records
+    /// are spread over the free connections first, and pipelined (up to
     /// `delivery_pipeline` per connection) only when there are more of them
     /// than connections: a slow server answers a pipelined batch one request
     /// after the other.
     fn start_posts(&mut self) {
         let Some(client) = self.client.clone() else { return };
-        let (connections, depth) = if self.attempt > 0 { (1, 1) } else { (self.cfg.delivery_concurrency, client.pipeline()) };
+        let (connections, depth) = if self.outage > 0 { (1, 1) } else { (self.cfg.delivery_concurrency, client.pipeline()) };
         let mid = self.shared.machine_id();
-        while self.inflight.len() < connections && self.retry_at.is_none() && self.rate_wait.is_none() {
+        while self.inflight.len() < connections && self.pause.is_none() && self.rate_wait.is_none() {
             let free = connections - self.inflight.len();
             let mut jobs = Vec::new();
             while jobs.len() < free * depth {
@@ -404,58 +523,116 @@ impl Deliverer {
         }
     }
 
-    fn post(&mut self, client: &Transport, mid: &MachineId, jobs: Vec<Job>) {
+    fn post(&mut self, client: &Transport, mid: &MachineId, mut jobs: Vec<Job>) {
         let prep = self.prep.clone();
+        for j in &mut jobs {
+            j.mark = self.successes;
+        }
         let requests: Vec<Result<Bytes, String>> =
             jobs.iter().map(|j| request_parts(&prep, mid, &j.ticket.item.record).map(|p| encode_request(&prep, &p))).collect();
         let client = client.clone();
+        let gate = ConsentGate { shared: self.shared.clone(), cfg: self.cfg.clone() };
         self.inflight.spawn(async move {
-            let outcomes = post_batch(&client, &prep, requests).await;
+            let outcomes = post_batch(&client, &prep, requests, &gate).await;
             jobs.into_iter().zip(outcomes).collect()
         });
+    }
+
+    /// Pauses the server: `after` (Retry-After) when given, else the next
+    /// backoff round unless a pause is already running.
+    fn pause_server(&mut self, error: &str, after: Option<Duration>) {
+        let now = Instant::now();
+        match after {
+            Some(after) => {
+                self.outage = self.outage.max(1);
+                self.pause = self.pause.max(Some(now + after));
+                tracing::warn!("delivery paused for {:.1} s: {error} (Retry-After)", after.as_secs_f64());
+            }
+            None if self.pause.is_none() => {
+                self.outage = self.outage.saturating_add(1);
+                let wait = backoff(self.outage, self.cfg.retry_max_backoff, jitter());
+                tracing::warn!(
+                    "delivery paused: {error}; {} record(s) spooled, trying the server again in {:.1} s",
+                    self.shared.spool.records(),
+                    wait.as_secs_f64()
+                );
+                self.pause = Some(now + wait);
+            }
+            None => {}
+        }
+    }
+
+    /// Puts a job back to be posted as soon as the server takes records,
+    /// in spool order.
+    fn put_back(&mut self, job: Job) {
+        let pos = self.ready.iter().position(|j| j.ticket.seq > job.ticket.seq).unwrap_or(self.ready.len());
+        self.ready.insert(pos, job);
     }
 
     /// Takes the outcomes of one batch; journal entries go to `updates`.
     fn finished(&mut self, batch: Vec<(Job, Outcome)>, updates: &mut Vec<Line>) {
         let shared = self.shared.clone();
-        for (job, out) in batch {
+        for (mut job, out) in batch {
             match out {
                 Outcome::Delivered => {
-                    self.attempt = 0;
+                    self.successes += 1;
+                    self.failing = 0;
+                    if self.outage > 0 {
+                        tracing::info!("the server takes records again");
+                        shared.stats.set_error(None);
+                    }
+                    self.outage = 0;
+                    self.pause = None;
                     // Counted before it leaves the spool, so a status never
                     // shows it neither spooled nor delivered.
                     bump(&shared.stats.delivered, 1);
                     shared.spool.done(job.ticket.seq);
                     updates.push(Line::fate(job.ticket.item.record_id, Fate::Delivered));
                 }
-                Outcome::Retry { error, after } => {
+                Outcome::ServerBusy { error, after } => {
                     bump(&shared.stats.delivery_failures, 1);
-                    // One backoff round per failure of the server, not per
-                    // record that was on the wire when it failed.
-                    if self.retry_at.is_none() {
-                        self.attempt = self.attempt.saturating_add(1);
-                        let wait = after.unwrap_or_else(|| backoff(self.attempt, self.cfg.retry_max_backoff, jitter()));
-                        tracing::warn!(
-                            "delivery failed ({error}); {} record(s) spooled, retrying in {:.1} s",
-                            shared.spool.records(),
-                            wait.as_secs_f64()
-                        );
-                        self.retry_at = Some(Instant::now() + wait);
-                    } else if let Some(after) = after {
-                        // A later Retry-After extends the wait.
-                        self.retry_at = self.retry_at.max(Some(Instant::now() + after));
-                    }
+                    self.pause_server(&error, after);
                     shared.stats.set_error(Some(error));
-                    // Keep FIFO order among the records to retry.
-                    let pos = self.retry.iter().position(|j| j.ticket.seq > job.ticket.seq).unwrap_or(self.retry.len());
-                    self.retry.insert(pos, job);
+                    self.put_back(job);
+                }
+                Outcome::Failed { status, body } => {
+                    bump(&shared.stats.delivery_failures, 1);
+                    self.failing = self.failing.saturating_add(1);
+                    job.failures = job.failures.saturating_add(1);
+                    // Blamed only when the server took other records since
+                    // this one was last sent: an outage never makes a poison.
+                    if self.successes > job.mark {
+                        job.suspect += 1;
+                    }
+                    let id = job.ticket.item.record_id_hex();
+                    shared.stats.set_error(Some(format!("server answered {status} to record {id}")));
+                    if job.suspect >= self.cfg.delivery_max_attempts {
+                        tracing::warn!("record {id} given up: the server answered {status} {} times while it took other records: {body}", job.suspect);
+                        shared.spool.done(job.ticket.seq);
+                        bump(&shared.stats.rejected_by_server, 1);
+                        updates.push(Line::fate(
+                            job.ticket.item.record_id,
+                            Fate::RejectedByServer { status, body, attempts: Some(job.suspect) },
+                        ));
+                        continue;
+                    }
+                    let wait = record_backoff(job.failures, self.cfg.delivery_retry_max, jitter());
+                    tracing::info!("record {id}: server answered {status}; posting it again in {:.1} s", wait.as_secs_f64());
+                    self.waiting_n += 1;
+                    self.waiting.insert((Instant::now() + wait, self.waiting_n), job);
+                    if self.failing >= OUTAGE_AFTER {
+                        // Record after record fails and none gets through:
+                        // the server is failing, not these records.
+                        self.pause_server(&format!("server answered {status} to {} records in a row", self.failing), None);
+                    }
                 }
                 Outcome::Refused { status, body } => {
-                    self.attempt = 0;
+                    self.successes += 1;
+                    self.failing = 0;
                     shared.spool.done(job.ticket.seq);
                     bump(&shared.stats.rejected_by_server, 1);
                     tracing::warn!("server refused record {}: {status} {body}", job.ticket.item.record_id_hex());
-                    updates.push(Line::fate(job.ticket.item.record_id, Fate::RejectedByServer { status, body }));
+                    updates.push(Line::fate(job.ticket.item.record_id, Fate::RejectedByServer { status, body, attempts: None }));
                 }
                 Outcome::Unsendable(why) => {
                     shared.spool.done(job.ticket.seq);
@@ -482,7 +659,16 @@ impl Deliverer {
             self.shared.journal.append(updates, None);
         }
     }
+
+    /// The earliest moment something may become possible again.
+    fn next_wake(&self, consent_wait: Option<Instant>) -> Option<Instant> {
+        let due = if self.pause.is_none() && self.rate_wait.is_none() { self.waiting.keys().next().map(|k| k.0) } else { None };
+        [self.pause, self.rate_wait, self.busy_wait, due, consent_wait].into_iter().flatten().min()
+    }
 }
+
+/// How soon a spool read that ran out of a resource is tried again.
+const BUSY_RETRY: Duration = Duration::from_millis(100);
 
 /// Runs the delivery stage until `stop` fires.
 pub async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<bool>) {
@@ -493,31 +679,34 @@ pub async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<boo
     loop {
         // Flush: retry now.
         if shared.flush.swap(false, Ordering::SeqCst) {
-            d.retry_at = None;
-            d.rate_wait = None;
-            d.attempt = 0;
+            d.retry_all_now();
         }
         let now = Instant::now();
-        if d.retry_at.is_some_and(|t| t <= now) {
-            d.retry_at = None;
+        if d.pause.is_some_and(|t| t <= now) {
+            d.pause = None;
         }
         if d.rate_wait.is_some_and(|t| t <= now) {
             d.rate_wait = None;
         }
+        if d.busy_wait.is_some_and(|t| t <= now) {
+            d.busy_wait = None;
+        }
         shared.retry_at_ms.store(
-            d.retry_at.map(|t| t.saturating_duration_since(shared.since_instant).as_millis() as u64).unwrap_or(0),
+            d.pause.map(|t| t.saturating_duration_since(shared.since_instant).as_millis() as u64).unwrap_or(0),
             Ordering::Relaxed,
         );
         let deliver = shared.consent(&d.cfg) == Decision::Deliver;
         if deliver {
             d.start_posts();
         }
+        shared.flowing.store(d.flowing(deliver), Ordering::Relaxed);
         // Not allowed to send: look at the opt-in state again in a second.
         let consent_wait = (!deliver).then(|| Instant::now() + Duration::from_secs(1));
-        let sleep_until = [d.retry_at, d.rate_wait, consent_wait].into_iter().flatten().min();
+        let sleep_until = d.next_wake(consent_wait);
         tokio::select! {
             biased;
             _ = stop.changed() => {
+                shared.flowing.store(false, Ordering::Relaxed);
                 d.stop().await;
                 return;
             }
@@ -544,6 +733,7 @@ pub async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<boo
                 let before = telemetry::record::now_unix().saturating_sub(d.cfg.record_expiry.as_secs());
                 let gone = shared.spool.expire(before);
                 journal_expired(&shared, &gone);
+                d.journal_lost();
             }
             _ = sleep_opt(sleep_until) => {}
         }
@@ -587,12 +777,29 @@ mod tests {
     fn status_classes() {
         assert_eq!(classify(201, String::new(), None), Outcome::Delivered);
         assert_eq!(classify(204, String::new(), None), Outcome::Delivered);
-        for s in [408, 429, 500, 502, 503, 599] {
-            assert!(matches!(classify(s, String::new(), None), Outcome::Retry { .. }), "{s}");
+        for s in [429, 503] {
+            assert!(matches!(classify(s, String::new(), None), Outcome::ServerBusy { .. }), "{s}");
+        }
+        for s in [408, 500, 502, 504, 599] {
+            assert!(matches!(classify(s, String::new(), None), Outcome::Failed { status, .. } if status == s), "{s}");
         }
         assert_eq!(classify(400, "bad tid".into(), None), Outcome::Refused { status: 400, body: "bad tid".into() });
         assert!(matches!(classify(404, String::new(), None), Outcome::Refused { status: 404, .. }));
         assert!(matches!(classify(302, String::new(), None), Outcome::Refused { status: 302, .. }));
+        // Transport failures pause the server and blame no record.
+        assert!(matches!(outcome(Err(SendError::Connect("refused".into()))), Outcome::ServerBusy { .. }));
+    }
+
+    #[test]
+    fn answer_text_is_one_line_of_at_most_200_bytes() {
+        let mut body = b"line one\nline\ttwo ".to_vec();
+        body.extend(std::iter::repeat_n(b'x', 500));
+        let t = answer_text(&body);
+        assert!(t.starts_with("line one line two"), "{t}");
+        assert!(t.len() <= 200);
+        // A cut inside a multi-byte character stays valid text.
+        let t = answer_text("é".repeat(150).as_bytes());
+        assert!(t.chars().all(|c| c == 'é' || c == '\u{fffd}'));
     }
 
     #[test]
@@ -603,6 +810,10 @@ mod tests {
         assert_eq!(backoff(3, max, 1.0), BASE_BACKOFF * 4);
         assert_eq!(backoff(30, max, 1.0), max);
         assert_eq!(backoff(30, max, 0.0), max / 2);
+        let hour = Duration::from_secs(3600);
+        assert_eq!(record_backoff(1, hour, 1.0), Duration::from_secs(1));
+        assert_eq!(record_backoff(4, hour, 1.0), Duration::from_secs(8));
+        assert_eq!(record_backoff(40, hour, 1.0), hour);
     }
 
     #[test]

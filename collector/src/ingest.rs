@@ -11,7 +11,8 @@
 //!   record is stored.
 //!
 //! Bounds: frame size, an idle timeout on every read, a cap on concurrent
-//! connections, [`PIPELINE_DEPTH`] unacknowledged records per connection,
+//! connections (at the cap nothing more is accepted: senders wait in the
+//! listen backlog; the cap fits the open-files limit), [`PIPELINE_DEPTH`] unacknowledged records per connection,
 //! and [`INFLIGHT_BYTES`] of records in the commit stage over all
 //! connections (taken in arrival order; a client that does not read its
 //! acks holds only its own pipeline). A bad frame is answered with a
@@ -29,6 +30,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::pipeline::{Incoming, Shared, Submission};
+use crate::stats::{Refusal, Stats};
 
 /// Records a connection may have unacknowledged before its reader waits.
 pub const PIPELINE_DEPTH: usize = 4096;
@@ -43,17 +45,71 @@ const MAX_SUBMISSION: usize = 512;
 const MIN_READ_BUFFER: usize = 4 * 1024;
 const MAX_READ_BUFFER: usize = 64 * 1024;
 
-/// Accepts connections until `stop` fires.
+/// Descriptors kept back from probe connections for everything else the
+/// daemon opens: spool and journal files, delivery connections (added on
+/// top), the control socket, the runtime's own.
+pub const FD_RESERVE: usize = 64;
+
+/// How many probe connections may be open at once: `max_connections`,
+/// lowered so that they and the rest of the daemon fit the open-files
+/// limit `nofile` (a connection refused for want of a descriptor would
+/// lose a legacy sender's record).
+pub fn connection_cap(max_connections: usize, delivery_concurrency: usize, nofile: u64) -> usize {
+    let room = (nofile as usize).saturating_sub(FD_RESERVE + 2 * delivery_concurrency);
+    max_connections.min(room).max(1)
+}
+
+/// The soft open-files limit in force.
+pub fn nofile_limit() -> u64 {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit fills a local struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } == 0 {
+        r.rlim_cur
+    } else {
+        1024
+    }
+}
+
+/// Accepts connections until `stop` fires. At the connection cap it
+/// stops accepting: new senders wait in the listen backlog (a blocking
+/// `connect` waits there), none is accepted and then dropped.
 pub async fn serve(
     listener: UnixListener,
     shared: Arc<Shared>,
     submit: mpsc::Sender<Submission>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let max = shared.config().max_connections;
+    let cfg = shared.config();
+    let nofile = nofile_limit();
+    let max = connection_cap(cfg.max_connections, cfg.delivery_concurrency, nofile);
+    if max < cfg.max_connections {
+        tracing::info!(
+            "serving at most {max} probe connections at once (max_connections {} does not fit the open-files limit {nofile})",
+            cfg.max_connections
+        );
+    }
     let slots = Arc::new(Semaphore::new(max));
     let budget = Arc::new(Semaphore::new(INFLIGHT_BYTES));
+    let mut last_full_log: Option<std::time::Instant> = None;
     loop {
+        // A free slot first, then accept: at the cap, senders wait in the
+        // listen backlog.
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                if last_full_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                    tracing::info!("{max} probe connections are open (max_connections); new ones wait to be accepted");
+                    last_full_log = Some(std::time::Instant::now());
+                }
+                tokio::select! {
+                    p = slots.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => return,
+                    },
+                    _ = stop.changed() => return,
+                }
+            }
+        };
         let conn = tokio::select! {
             c = listener.accept() => c,
             _ = stop.changed() => return,
@@ -61,16 +117,12 @@ pub async fn serve(
         let stream = match conn {
             Ok((s, _)) => s,
             Err(e) => {
-                // EMFILE and friends: wait a little instead of spinning.
-                tracing::warn!("accept failed: {e}");
+                // EMFILE and friends: the sender stays in the backlog; wait
+                // a little for a descriptor instead of spinning.
+                tracing::warn!("accept failed: {e}; trying again shortly");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tracing::warn!("refusing a connection: {max} are open already (max_connections)");
-            drop(stream);
-            continue;
         };
         let shared = shared.clone();
         let sender = Sender { submit: submit.clone(), budget: budget.clone() };
@@ -144,16 +196,23 @@ async fn connection(stream: UnixStream, shared: &Shared, sender: Sender) -> Resu
         Err(_) => (u32::MAX, 0),
     };
     let (mut rd, wr) = stream.into_split();
+    let stats = &shared.stats;
     let mut buf = BytesMut::with_capacity(MIN_READ_BUFFER);
-    read_at_least(&mut rd, &mut buf, 4, cfg.idle_timeout).await?;
+    let first = read_at_least(&mut rd, &mut buf, 4, cfg.idle_timeout).await;
+    // A connection that ends before its first byte sent nothing to refuse.
+    truncated(stats, !buf.is_empty(), first)?;
     let first = [buf[0], buf[1], buf[2], buf[3]];
     match wire::sniff(first) {
         Framing::Legacy { total_size } => {
-            let size = legacy::check_total_size(total_size, cfg.max_legacy_record())
-                .map_err(|e| ConnError::Protocol(e.to_string()))?;
-            read_at_least(&mut rd, &mut buf, size, cfg.idle_timeout).await?;
+            let size = legacy::check_total_size(total_size, cfg.max_legacy_record()).map_err(|e| {
+                tracing::warn!("legacy record from uid {uid} pid {pid} refused: {e}");
+                stats.refuse(legacy_refusal(&e), 1);
+                ConnError::Protocol(e.to_string())
+            })?;
+            truncated(stats, true, read_at_least(&mut rd, &mut buf, size, cfg.idle_timeout).await)?;
             let rec = legacy::decode(&buf[..size]).map_err(|e| {
                 tracing::warn!("legacy record from uid {uid} pid {pid} refused: {e}");
+                stats.refuse(legacy_refusal(&e), 1);
                 ConnError::Protocol(e.to_string())
             })?;
             if let Some(cfgp) = &rec.config_path {
@@ -161,6 +220,7 @@ async fn connection(stream: UnixStream, shared: &Shared, sender: Sender) -> Resu
             }
             if let Err(e) = rec.record.payload.check_limit(cfg.record_max_bytes) {
                 tracing::warn!("legacy record from uid {uid} pid {pid} refused: {e}");
+                stats.refuse(Refusal::PayloadTooLarge, 1);
                 return Err(ConnError::Protocol(e.to_string()));
             }
             let acks = sender.send(vec![Incoming { record: rec.record, size: size as u64 }], uid, pid).await?;
@@ -173,7 +233,57 @@ async fn connection(stream: UnixStream, shared: &Shared, sender: Sender) -> Resu
             drop(wr);
             Ok(())
         }
-        Framing::Native => native_conn(rd, wr, buf, &cfg, uid, pid, sender).await,
+        Framing::Native => native_conn(rd, wr, buf, &cfg, uid, pid, sender, stats).await,
+    }
+}
+
+/// Counts a read that failed in the middle of a record (`started`) as a
+/// [`Refusal::Truncated`].
+fn truncated<T>(stats: &Stats, started: bool, r: Result<T, ConnError>) -> Result<T, ConnError> {
+    if r.is_err() && started {
+        stats.refuse(Refusal::Truncated, 1);
+    }
+    r
+}
+
+/// The refusal a native framing error is counted as.
+fn frame_refusal(e: &native::FrameError) -> Refusal {
+    use native::FrameError as E;
+    match e {
+        E::BadPrefix(_) | E::Version(_) => Refusal::BadPrefix,
+        E::TooLarge { .. } => Refusal::FrameTooLarge,
+        E::Truncated => Refusal::Truncated,
+        // The field rules (classification, severity, host facts) fail as
+        // custom errors; serde's own custom errors name an enum variant.
+        E::Decode(k) => match &**k {
+            bincode::ErrorKind::Custom(m) if !m.contains("variant") => Refusal::InvalidField,
+            _ => Refusal::Malformed,
+        },
+        E::Io(_) => Refusal::Malformed,
+    }
+}
+
+/// The refusal a legacy decoding error is counted as.
+fn legacy_refusal(e: &legacy::LegacyError) -> Refusal {
+    use legacy::LegacyError as E;
+    match e {
+        E::TooLarge { .. } => Refusal::FrameTooLarge,
+        E::FormatVersion(_)
+        | E::NotNumber { .. }
+        | E::Classification(_)
+        | E::Severity(_)
+        | E::EventId(_)
+        | E::MachineId(_)
+        | E::Text { .. } => Refusal::InvalidField,
+        E::SizeMismatch { .. }
+        | E::TooShort(_)
+        | E::BadConfigPath
+        | E::HeaderSize { .. }
+        | E::MissingHeader { .. }
+        | E::WrongHeader { .. }
+        | E::ExtraHeaderData
+        | E::PayloadNotTerminated
+        | E::PayloadNul(_) => Refusal::Malformed,
     }
 }
 
@@ -192,17 +302,26 @@ enum Frame {
 }
 
 /// Decodes one record frame where it lies, its host facts shared with the
-/// connection's earlier records (`hosts`).
-fn decode_frame(body: &[u8], max_payload: usize, uid: u32, pid: u32, hosts: &mut native::HostCache) -> Result<Frame, String> {
+/// connection's earlier records (`hosts`); refusals are counted in `stats`.
+fn decode_frame(
+    body: &[u8],
+    max_payload: usize,
+    uid: u32,
+    pid: u32,
+    hosts: &mut native::HostCache,
+    stats: &Stats,
+) -> Result<Frame, String> {
     let record: Record = match native::decode_record(body, hosts) {
         Ok(r) => r,
         Err(e) => {
             let reason = e.to_string();
             tracing::warn!("native frame from uid {uid} pid {pid} refused: {reason}");
+            stats.refuse(frame_refusal(&e), 1);
             return Err(reason);
         }
     };
     if let Err(e) = record.payload.check_limit(max_payload) {
+        stats.refuse(Refusal::PayloadTooLarge, 1);
         return Ok(Frame::Refused(e.to_string()));
     }
     Ok(Frame::Record(Incoming { record, size: (4 + body.len()) as u64 }))
@@ -217,14 +336,16 @@ async fn native_conn(
     uid: u32,
     pid: u32,
     sender: Sender,
+    stats: &Stats,
 ) -> Result<(), ConnError> {
     let idle = cfg.idle_timeout;
-    read_at_least(&mut rd, &mut buf, 8, idle).await?;
+    truncated(stats, true, read_at_least(&mut rd, &mut buf, 8, idle).await)?;
     let mut prefix = [0u8; 8];
     prefix.copy_from_slice(&buf[..8]);
     buf.advance(8);
     let mut out = Vec::with_capacity(1024);
     if let Err(e) = native::check_prefix(prefix) {
+        stats.refuse(frame_refusal(&e), 1);
         let reason = e.to_string();
         let _ = native::encode_into(&ServerFrame::Ack(Ack::Rejected { reason: reason.clone() }), &mut out);
         let _ = wr.write_all(&out).await;
@@ -258,11 +379,12 @@ async fn native_conn(
                 Ok(Some(f)) => f,
                 Ok(None) => break,
                 Err(e) => {
+                    stats.refuse(frame_refusal(&e), 1);
                     fatal = Some(e.to_string());
                     break;
                 }
             };
-            let frame = decode_frame(body, max_payload, uid, pid, &mut hosts);
+            let frame = decode_frame(body, max_payload, uid, pid, &mut hosts, stats);
             buf.advance(used);
             match frame {
                 Ok(Frame::Record(r)) => {
@@ -296,13 +418,20 @@ async fn native_conn(
         // The next frame's length, if known, sets how much to read.
         let need = buf.get(..4).map(|h| 4 + u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize).unwrap_or(4);
         let room = want.max(need);
-        let got = match read_more(&mut rd, &mut buf, room, idle).await {
+        // (Bytes already here are a frame begun: ending now cuts it.)
+        let begun = !buf.is_empty();
+        let got = match truncated(stats, begun, read_more(&mut rd, &mut buf, room, idle).await) {
             Ok(n) => n,
             Err(e) => break Err(e),
         };
         if got == 0 {
             // A clean end of stream between frames ends the connection.
-            break if buf.is_empty() { Ok(()) } else { Err(ConnError::Protocol("connection closed in the middle of a frame".into())) };
+            break if buf.is_empty() {
+                Ok(())
+            } else {
+                stats.refuse(Refusal::Truncated, 1);
+                Err(ConnError::Protocol("connection closed in the middle of a frame".into()))
+            };
         }
         // Reads that fill the buffer: a busy sender, read more at a time.
         if buf.len() >= want && want < MAX_READ_BUFFER {

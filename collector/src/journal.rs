@@ -44,7 +44,9 @@ pub enum Fate {
     /// Posted and answered 2xx.
     Delivered,
     /// The server refused it (4xx other than 408/429).
-    RejectedByServer { status: u16, body: String },
+    /// `attempts`: the 5xx answers it got while the server took other
+    /// records (a record the server keeps failing), or `None` for a 4xx.
+    RejectedByServer { status: u16, body: String, attempts: Option<u32> },
     /// Not sent by policy.
     LocalOnly(String),
     /// Dropped (spool full, expired, cannot store).
@@ -58,7 +60,10 @@ impl std::fmt::Display for Fate {
             Fate::RateLimitedSpooled => f.write_str("rate-limited: spooled"),
             Fate::RateLimitedDropped => f.write_str("rate-limited: dropped"),
             Fate::Delivered => f.write_str("delivered"),
-            Fate::RejectedByServer { status, body } => write!(f, "rejected-by-server: {status} {body}"),
+            Fate::RejectedByServer { status, body, attempts: None } => write!(f, "rejected-by-server: {status} {body}"),
+            Fate::RejectedByServer { status, body, attempts: Some(n) } => {
+                write!(f, "rejected-by-server: {status} after {n} attempts: {body}")
+            }
             Fate::LocalOnly(why) => write!(f, "local-only: {why}"),
             Fate::Dropped(why) => write!(f, "dropped: {why}"),
         }
@@ -285,7 +290,13 @@ pub fn prune(dir: &Path, now: u64, r: &Retention) -> Result<Pruned, JournalError
     }
     let tmp = dir.join("journal.tmp");
     let werr = |source| JournalError::Write { path: tmp.clone(), source };
-    let mut out = std::io::BufWriter::new(File::create(&tmp).map_err(werr)?);
+    // (A leftover of a crash keeps its mode: made anew.)
+    let _ = std::fs::remove_file(&tmp);
+    let tmp_file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        OpenOptions::new().write(true).create(true).truncate(true).mode(FILE_MODE).open(&tmp).map_err(werr)?
+    };
+    let mut out = std::io::BufWriter::new(tmp_file);
     for (id, line) in &lines {
         if keep.contains(id.as_str()) {
             out.write_all(line).and_then(|()| out.write_all(b"\n")).map_err(werr)?;
@@ -412,6 +423,12 @@ impl Journal {
         }
         let path = dir.join(FILE_NAME);
         let file = open_append(&path)?;
+        let old = dir.join(OLD_FILE_NAME);
+        if old.exists() {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&old, std::fs::Permissions::from_mode(FILE_MODE))
+                .map_err(|source| JournalError::Open { path: old, source })?;
+        }
         let shared = Arc::new(Shared { q: Mutex::new(Queue::default()), cv: Condvar::new(), room: Condvar::new() });
         let dir = dir.to_path_buf();
         let s2 = shared.clone();
@@ -471,12 +488,20 @@ impl Journal {
     }
 }
 
+/// Journal files are readable by their owner only (the daemon's user,
+/// root): they hold payloads.
+pub const FILE_MODE: u32 = 0o600;
+
 fn open_append(path: &Path) -> Result<File, JournalError> {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|source| JournalError::Open { path: path.into(), source })
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let oerr = |source| JournalError::Open { path: path.into(), source };
+    let f = OpenOptions::new().create(true).append(true).mode(FILE_MODE).open(path).map_err(oerr)?;
+    // A file made before (by an older version, or another umask) is
+    // made private too.
+    if f.metadata().map_err(oerr)?.permissions().mode() & 0o777 != FILE_MODE {
+        f.set_permissions(std::fs::Permissions::from_mode(FILE_MODE)).map_err(oerr)?;
+    }
+    Ok(f)
 }
 
 /// The writer writes its batch in pieces of about this size.
@@ -782,7 +807,7 @@ mod tests {
             }
         );
         let mut json = Vec::new();
-        Line::fate([0xab; 16], Fate::RejectedByServer { status: 400, body: "bad".into() }).write_json(&mut json).unwrap();
+        Line::fate([0xab; 16], Fate::RejectedByServer { status: 400, body: "bad".into(), attempts: None }).write_json(&mut json).unwrap();
         let u: Entry = serde_json::from_slice(&json).unwrap();
         assert_eq!((u.id.as_str(), u.fate.as_str(), u.class), ("ab".repeat(16).as_str(), "rejected-by-server: 400 bad", None));
     }
@@ -818,6 +843,34 @@ mod tests {
         assert_eq!(all.iter().filter(|m| f.matches(m)).count(), 0);
         let f = Filter { record_id: Some("0b".repeat(16)), ..Default::default() };
         assert_eq!(all.iter().filter(|m| f.matches(m)).count(), 1);
+    }
+
+    #[test]
+    fn journal_files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        // Made private, whatever the umask.
+        let (j, h) = Journal::open(dir.path()).unwrap();
+        drop(j);
+        h.join().unwrap();
+        assert_eq!(mode(&dir.path().join(FILE_NAME)), 0o600);
+        // Files an older version left readable are made private at open.
+        std::fs::set_permissions(dir.path().join(FILE_NAME), std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::write(dir.path().join(OLD_FILE_NAME), "").unwrap();
+        std::fs::set_permissions(dir.path().join(OLD_FILE_NAME), std::fs::Permissions::from_mode(0o644)).unwrap();
+        let (j, h) = Journal::open(dir.path()).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(j.append_durable(vec![first(1, "a/b/c", "x")])).unwrap();
+        drop(j);
+        h.join().unwrap();
+        assert_eq!((mode(&dir.path().join(FILE_NAME)), mode(&dir.path().join(OLD_FILE_NAME))), (0o600, 0o600));
+        // The file pruning writes (and renames over the journal) too.
+        std::fs::write(dir.path().join("journal.tmp"), "").unwrap();
+        std::fs::set_permissions(dir.path().join("journal.tmp"), std::fs::Permissions::from_mode(0o644)).unwrap();
+        let r = Retention { max_age_secs: 1, max_records: 10 };
+        assert_eq!(prune(dir.path(), 1 << 40, &r).unwrap().removed, 1);
+        assert_eq!(mode(&dir.path().join(FILE_NAME)), 0o600);
     }
 
     #[test]

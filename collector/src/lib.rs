@@ -26,7 +26,9 @@
 //!    │         408/429/5xx/errors backoff+retry, other 4xx rejected-by-server;
 //!    │         fates appended to the journal
 //!    ▼
-//!  backend                 control: status / flush / reload for telemctl
+//!  backend                 control: status / flush / reload / consent for telemctl
+//!                          (reload and consent answer once in force: delivery
+//!                          writes under the consent gate, see Shared::consent_changed)
 //! ```
 //!
 //! `main` of both binaries is thin: `telem-collector` calls [`daemon::run`],

@@ -19,12 +19,17 @@ use crate::consent::{self, Decision};
 use crate::journal::{Fate, Journal, Line};
 use crate::ratelimit::{RateLimiter, Verdict};
 use crate::spool::{self, Item, Spool};
-use crate::stats::{bump, Stats};
+use crate::stats::{bump, Refusal, Stats};
 
 /// Most records in one group commit.
 pub const MAX_BATCH: usize = 1024;
 /// Most bytes in one group commit.
 pub const MAX_BATCH_BYTES: usize = 512 << 10;
+/// How often a commit waiting for spool room looks again at whether the
+/// server still takes records.
+const ROOM_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+/// A wait for spool room longer than this is logged (debug).
+const SLOW_ROOM: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// One record as ingest read it.
 #[derive(Debug)]
@@ -49,7 +54,9 @@ pub struct Submission {
 /// What every stage shares.
 pub struct Shared {
     pub cfg: watch::Receiver<Arc<Config>>,
-    pub stats: Stats,
+    /// Shared with journal callbacks (a record refused because the journal
+    /// failed is counted there).
+    pub stats: Arc<Stats>,
     pub spool: Arc<Spool>,
     pub journal: Journal,
     pub limiter: Mutex<RateLimiter>,
@@ -64,6 +71,10 @@ pub struct Shared {
     pub since: u64,
     /// Delivery's backoff deadline (ms since `since_instant`), 0 = none.
     pub retry_at_ms: AtomicU64,
+    /// Set by delivery: the server is taking records now (consent given,
+    /// a server configured, no pause or rate window in force), so a full
+    /// spool drains and commits wait for room instead of dropping.
+    pub flowing: AtomicBool,
     pub since_instant: Instant,
     /// This collector start's id (the `anonymous` level's id; in memory
     /// only, never written).
@@ -72,8 +83,17 @@ pub struct Shared {
     pub scrubber: Scrubber,
     id_prefix: [u8; 8],
     id_counter: AtomicU64,
-    consent_cache: Mutex<Option<(Instant, Policy, Arc<Config>)>>,
+    /// The consent generation, bumped by [`Shared::consent_changed`] under
+    /// the write lock; delivery writes requests under the read lock (see
+    /// [`Shared::may_post`]).
+    consent_gate: tokio::sync::RwLock<u64>,
+    /// The generation, for readers that cannot wait for the lock.
+    consent_gen: AtomicU64,
+    consent_cache: Mutex<Option<CachedPolicy>>,
 }
+
+/// The last consent decision: when, for which configuration and generation.
+type CachedPolicy = (Instant, Policy, Arc<Config>, u64);
 
 /// What consent decided for records accepted now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,7 +103,10 @@ pub struct Policy {
     pub scrub: bool,
 }
 
-/// How long a consent decision is reused.
+/// How long a consent decision is reused, unless [`Shared::consent_changed`]
+/// drops it first (`telemctl opt-in`, `opt-out` and `reload` do): the
+/// bound on how late a change made behind the daemon's back (the opt-in
+/// file edited by hand) is seen.
 pub const CONSENT_TTL: std::time::Duration = std::time::Duration::from_millis(200);
 
 impl Shared {
@@ -99,7 +122,7 @@ impl Shared {
         id_prefix.copy_from_slice(&telemetry::EventId::random().as_bytes()[..8]);
         Shared {
             cfg,
-            stats: Stats::default(),
+            stats: Arc::new(Stats::default()),
             spool,
             journal,
             limiter: Mutex::new(limiter),
@@ -109,11 +132,14 @@ impl Shared {
             flush: AtomicBool::new(false),
             since: telemetry::record::now_unix(),
             retry_at_ms: AtomicU64::new(0),
+            flowing: AtomicBool::new(false),
             since_instant: Instant::now(),
             session_id,
             scrubber: Scrubber::for_this_host(),
             id_prefix,
             id_counter: AtomicU64::new(0),
+            consent_gate: tokio::sync::RwLock::new(0),
+            consent_gen: AtomicU64::new(0),
             consent_cache: Mutex::new(None),
         }
     }
@@ -131,16 +157,50 @@ impl Shared {
 
     /// The consent decision and the scrubbing switch, cached as [`consent`](Self::consent).
     pub fn policy(&self, cfg: &Arc<Config>) -> Policy {
+        // Read before the decision is made: a decision made while the
+        // generation moves is cached under the old one, so not reused.
+        let gen = self.consent_gen.load(Ordering::SeqCst);
         let mut c = self.consent_cache.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         match &*c {
-            Some((at, p, for_cfg)) if now.duration_since(*at) < CONSENT_TTL && Arc::ptr_eq(for_cfg, cfg) => p.clone(),
+            Some((at, p, for_cfg, g)) if *g == gen && now.duration_since(*at) < CONSENT_TTL && Arc::ptr_eq(for_cfg, cfg) => {
+                p.clone()
+            }
             _ => {
                 let p = Policy { decision: consent::decide(cfg), scrub: consent::scrubbing(cfg) };
-                *c = Some((now, p.clone(), cfg.clone()));
+                *c = Some((now, p.clone(), cfg.clone(), gen));
                 p
             }
         }
+    }
+
+    /// Applies a change of what may leave the machine: runs `change` (a
+    /// new configuration, or nothing when the opt-in file was changed by
+    /// `telemctl`) while no delivery write is being decided or made, bumps
+    /// the consent generation and drops the cached decision. Once it
+    /// returns, every record accepted decides consent afresh, and no post
+    /// starts unless the new state allows it (posts already written may
+    /// still be answered: those records were accepted before).
+    pub async fn consent_changed(&self, change: impl FnOnce()) {
+        let mut gen = self.consent_gate.write().await;
+        change();
+        *gen += 1;
+        self.consent_gen.store(*gen, Ordering::SeqCst);
+        *self.consent_cache.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        drop(gen);
+        // Records waiting in the spool go (or stay) now, not at the next poll.
+        self.wake_delivery.notify_one();
+    }
+
+    /// Waits until delivery may decide to write requests made with `cfg`;
+    /// the guard, held while they are written, when they may go (consent
+    /// is `deliver` and `cfg` is still the configuration in force), else
+    /// `None`. [`consent_changed`](Self::consent_changed) waits for the
+    /// guards, so no write decided under the old state outlives it.
+    pub async fn may_post(&self, cfg: &Arc<Config>) -> Option<tokio::sync::RwLockReadGuard<'_, u64>> {
+        let guard = self.consent_gate.read().await;
+        let current = self.config();
+        (Arc::ptr_eq(&current, cfg) && self.consent(cfg) == Decision::Deliver).then_some(guard)
     }
 
     /// A fresh record id: a per-run random prefix and a counter.
@@ -150,6 +210,11 @@ impl Shared {
         id[..8].copy_from_slice(&self.id_prefix);
         id[8..].copy_from_slice(&n.to_be_bytes());
         id
+    }
+
+    /// Whether the server takes records now (see [`Shared::flowing`]).
+    pub fn delivery_flowing(&self) -> bool {
+        self.flowing.load(Ordering::Relaxed)
     }
 
     pub fn limiter(&self) -> std::sync::MutexGuard<'_, RateLimiter> {
@@ -300,6 +365,7 @@ pub fn commit_batch(shared: &Shared, batch: Vec<Submission>, body: &mut Vec<u8>)
                             Err(e) => {
                                 body.truncate(before);
                                 bump(&shared.stats.dropped, 1);
+                                shared.stats.refuse(Refusal::StoreFailed, 1);
                                 (Fate::Dropped(e.to_string()), Answer::Journaled(Ack::Rejected { reason: e.to_string() }))
                             }
                         }
@@ -317,14 +383,23 @@ pub fn commit_batch(shared: &Shared, batch: Vec<Submission>, body: &mut Vec<u8>)
     let mut spooled: Vec<Arc<Item>> = Vec::with_capacity(to_spool.len());
     let mut reserved = 0;
     if !to_spool.is_empty() {
-        let (fits, total) = shared.spool.reserve(&spool_sizes, cfg.spool_max_bytes);
+        // While the server takes records, a full spool is a backlog that
+        // drains: wait for room (ingest stops reading meanwhile, so senders
+        // wait). Only what waits because the server cannot take it now
+        // (down, refusing, paused, rate windows) is bounded by dropping.
+        let (fits, total, waited) =
+            shared.spool.reserve_wait(&spool_sizes, cfg.spool_max_bytes, ROOM_POLL, cfg.delivery_timeout, &|| shared.delivery_flowing());
+        if waited > SLOW_ROOM {
+            tracing::debug!("a group commit waited {:.0} ms for spool room (server slower than ingest)", waited.as_secs_f64() * 1e3);
+        }
         reserved = total;
         if fits.iter().any(|f| !f) {
             // Rare (spool full): rebuild the block from the entries that fit.
             let reason = format!(
-                "the spool is full ({} bytes used of spool_max_size {} bytes) and the server has not taken records yet",
+                "the spool is full ({} bytes used of spool_max_size {} bytes) while the server cannot take records ({})",
                 shared.spool.bytes(),
-                cfg.spool_max_bytes.unwrap_or(0)
+                cfg.spool_max_bytes.unwrap_or(0),
+                shared.stats.error().unwrap_or_else(|| "delivery paused".into())
             );
             let mut kept = Vec::with_capacity(body.len());
             let mut at = 0usize;
@@ -333,9 +408,10 @@ pub fn commit_batch(shared: &Shared, batch: Vec<Submission>, body: &mut Vec<u8>)
                 if *fit {
                     kept.extend_from_slice(&body[at..at + n]);
                 } else {
-                    fates[i] = Fate::Dropped("spool full".into());
+                    fates[i] = Fate::Dropped("spool full while the server cannot take records".into());
                     answers[i] = Answer::Journaled(Ack::Rejected { reason: reason.clone() });
                     bump(&shared.stats.dropped, 1);
+                    shared.stats.refuse(Refusal::SpoolFull, 1);
                 }
                 at += n;
             }
@@ -357,7 +433,7 @@ pub fn commit_batch(shared: &Shared, batch: Vec<Submission>, body: &mut Vec<u8>)
                         *fate = Fate::Dropped(format!("cannot store: {e}"));
                         *answer = Answer::Now(Ack::Rejected { reason: reason.clone() });
                         bump(&shared.stats.dropped, 1);
-                        bump(&shared.stats.rejected, 1);
+                        shared.stats.refuse(Refusal::StoreFailed, 1);
                     }
                 }
             }
@@ -376,9 +452,9 @@ pub fn commit_batch(shared: &Shared, batch: Vec<Submission>, body: &mut Vec<u8>)
                 Answer::Spooled(ack) | Answer::Now(ack) => ack,
                 Answer::Journaled(ack) => {
                     wait = true;
-                    match &ack {
-                        Ack::Accepted { .. } => bump(&shared.stats.accepted, 1),
-                        Ack::Rejected { .. } => bump(&shared.stats.rejected, 1),
+                    // (Rejections were counted, with their reason, where made.)
+                    if let Ack::Accepted { .. } = &ack {
+                        bump(&shared.stats.accepted, 1);
                     }
                     ack
                 }
@@ -401,13 +477,24 @@ pub fn commit_batch(shared: &Shared, batch: Vec<Submission>, body: &mut Vec<u8>)
     if journal_replies.is_empty() {
         shared.journal.append_bounded(lines, None);
     } else {
+        let stats = shared.stats.clone();
         shared.journal.append_bounded(
             lines,
             Some(Box::new(move |r: Result<(), String>| {
                 for (reply, acks) in journal_replies {
                     let acks = match &r {
                         Ok(()) => acks,
-                        Err(e) => acks.into_iter().map(|_| Ack::Rejected { reason: format!("cannot journal the record: {e}") }).collect(),
+                        Err(e) => acks
+                            .into_iter()
+                            .map(|a| {
+                                if let Ack::Accepted { .. } = a {
+                                    // Counted accepted above; refused after all.
+                                    stats.accepted.fetch_sub(1, Ordering::Relaxed);
+                                    stats.refuse(Refusal::JournalFailed, 1);
+                                }
+                                Ack::Rejected { reason: format!("cannot journal the record: {e}") }
+                            })
+                            .collect(),
                     };
                     let _ = reply.send(acks);
                 }
@@ -443,6 +530,58 @@ mod tests {
         let sub = Submission { records: vec![Incoming { record, size: 10 }], uid: 1, pid: 2, reply: tx, budget: None };
         commit_batch(shared, vec![sub], &mut Vec::new());
         rx
+    }
+
+    #[test]
+    fn payloads_are_kept_in_the_journal_by_default() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config { etc_dir: dir.path().join("etc"), ..Config::default() };
+        assert!(cfg.record_retention_enabled);
+        let (sh, tx, h) = shared(dir.path(), cfg);
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        assert!(matches!(rt.block_on(submit(&sh, "what was collected")).unwrap()[..], [Ack::Accepted { .. }]));
+        drop(sh);
+        drop(tx);
+        h.join().unwrap();
+        let j = crate::journal::read(&dir.path().join("journal")).unwrap();
+        assert_eq!(j[0].entry.payload.as_deref(), Some("what was collected"));
+        let mode = std::fs::metadata(dir.path().join("journal").join(crate::journal::FILE_NAME)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "only its owner reads the journal");
+    }
+
+    #[test]
+    fn a_consent_change_is_in_force_when_it_returns_and_waits_for_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config { etc_dir: dir.path().join("etc"), server: Some("http://127.0.0.1:9/".parse().unwrap()), ..Config::default() };
+        crate::consent::opt_in(&cfg).unwrap();
+        let (sh, tx, h) = shared(dir.path(), cfg.clone());
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let in_force = sh.config();
+        assert_eq!(sh.consent(&in_force), Decision::Deliver);
+        // Opted out: the cached decision is dropped at once, not after CONSENT_TTL.
+        crate::consent::opt_out(&cfg).unwrap();
+        rt.block_on(sh.consent_changed(|| ()));
+        assert_eq!(sh.consent(&in_force), Decision::LocalOnly(crate::consent::WHY_NOT_OPTED_IN));
+        assert!(rt.block_on(sh.may_post(&in_force)).is_none(), "no post may start");
+        crate::consent::opt_in(&cfg).unwrap();
+        rt.block_on(sh.consent_changed(|| ()));
+        // A write in progress holds the next change off until it is written.
+        let guard = rt.block_on(sh.may_post(&in_force)).expect("opted in: posts may start");
+        let sh2 = sh.clone();
+        let change = rt.spawn(async move { sh2.consent_changed(|| ()).await });
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(!change.is_finished(), "the change waits for the write");
+        drop(guard);
+        rt.block_on(change).unwrap();
+        // A new configuration: writes prepared with the old one do not go.
+        rt.block_on(sh.consent_changed(|| drop(tx.send(Arc::new(cfg.clone())))));
+        assert!(rt.block_on(sh.may_post(&in_force)).is_none());
+        assert!(rt.block_on(sh.may_post(&sh.config())).is_some());
+        drop(rt);
+        drop(sh);
+        drop(tx);
+        h.join().unwrap();
     }
 
     #[test]

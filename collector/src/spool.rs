@@ -47,7 +47,8 @@ use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use bincode::Options;
 use serde::{Deserialize, Serialize};
@@ -69,6 +70,9 @@ const POOL_MAX: usize = 8;
 const CACHE_BYTES: u64 = 256 << 10;
 /// Largest segment file read back (a sanity bound on a corrupt header).
 const MAX_SEGMENT: u64 = 1 << 30;
+/// How long a commit waits out a resource that ran out (descriptors)
+/// before it fails.
+pub const TRANSIENT_WAIT: Duration = Duration::from_secs(30);
 /// A spool file takes no more blocks once it holds this many bytes; new
 /// files are preallocated to it.
 pub const MAX_FILE: u64 = 1 << 20;
@@ -273,22 +277,31 @@ pub fn read_file(mut f: File) -> (Vec<(u64, ReadSegment)>, Option<String>) {
     (out, None)
 }
 
+/// Why a block could not be read back.
+#[derive(Debug, Error)]
+enum ReadError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Bad(String),
+}
+
 /// Reads the block at `offset` of an open spool file.
-fn read_block_at(f: &File, offset: u64) -> Result<ReadSegment, String> {
+fn read_block_at(f: &File, offset: u64) -> Result<ReadSegment, ReadError> {
     let mut h = [0u8; HEADER_LEN];
-    f.read_exact_at(&mut h[..HEADER_LEN_V1], offset).map_err(|e| e.to_string())?;
+    f.read_exact_at(&mut h[..HEADER_LEN_V1], offset)?;
     if &h[..8] == MAGIC {
-        f.read_exact_at(&mut h[HEADER_LEN_V1..], offset + HEADER_LEN_V1 as u64).map_err(|e| e.to_string())?;
+        f.read_exact_at(&mut h[HEADER_LEN_V1..], offset + HEADER_LEN_V1 as u64)?;
     }
-    let head = parse_head(&h).map_err(|_| "not a spool block (bad magic)".to_string())?;
+    let head = parse_head(&h).map_err(|_| ReadError::Bad("not a spool block (bad magic)".into()))?;
     if head.body_len > MAX_SEGMENT {
-        return Err(format!("a {}-byte block is too large", head.body_len));
+        return Err(ReadError::Bad(format!("a {}-byte block is too large", head.body_len)));
     }
     let mut b = vec![0u8; head.len + head.body_len as usize];
-    f.read_exact_at(&mut b, offset).map_err(|e| e.to_string())?;
+    f.read_exact_at(&mut b, offset)?;
     parse_block(&b).map_err(|e| match e {
-        NoBlock::None => "not a spool block".to_string(),
-        NoBlock::Torn(why) => why,
+        NoBlock::None => ReadError::Bad("not a spool block".to_string()),
+        NoBlock::Torn(why) => ReadError::Bad(why),
     })
 }
 
@@ -306,7 +319,52 @@ struct Segment {
     total: u32,
     handed: u32,
     outstanding: u32,
+    /// Bytes of this block still counted in `Index::bytes`: each record
+    /// that becomes final takes its share off, so a record that waits
+    /// long (a retry) holds only its own share of the cap, not its block's.
+    counted: u64,
+    /// The records' ids, so a block that cannot be read back is still
+    /// journaled record by record.
+    ids: Box<[[u8; 16]]>,
     records: Option<Vec<Arc<Item>>>,
+}
+
+impl Segment {
+    /// Takes `n` records' share of the block's bytes off its count; the
+    /// last record takes what is left. Returns the bytes taken.
+    fn release_share(&mut self, n: u32) -> u64 {
+        let share = if self.outstanding == 0 && self.handed == self.total {
+            self.counted
+        } else {
+            (self.bytes / self.total.max(1) as u64).saturating_mul(n as u64).min(self.counted)
+        };
+        self.counted -= share;
+        share
+    }
+}
+
+/// What [`Spool::next_ticket`] found.
+#[derive(Debug)]
+pub enum Next {
+    Ready(Ticket),
+    /// Nothing waits (or everything waiting is handed out).
+    Empty,
+    /// A block could not be read now for want of a resource (file
+    /// descriptors, memory): nothing is lost, ask again a little later.
+    Busy(String),
+}
+
+/// Records of a block that could not be read back, for the journal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lost {
+    pub ids: Vec<[u8; 16]>,
+    pub why: String,
+}
+
+/// A resource that runs out for a while (descriptors, memory), as
+/// opposed to a fault of the data or the disk.
+pub fn is_transient(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::EAGAIN | libc::EINTR))
 }
 
 /// A spool file holding blocks.
@@ -336,6 +394,10 @@ struct Index {
     cached: u64,
     /// Bytes reserved by commits in flight.
     reserved: u64,
+    /// Records of blocks that could not be read back, not yet journaled.
+    lost: Vec<Lost>,
+    /// When a record last left the spool (room was freed).
+    freed_at: Instant,
 }
 
 impl Index {
@@ -376,6 +438,8 @@ pub struct Spool {
     /// Files are preallocated and written in place (see the module doc);
     /// else they start empty and finished ones are truncated.
     in_place: std::sync::atomic::AtomicBool,
+    /// Signalled whenever records leave the spool (room for waiting commits).
+    room: Condvar,
 }
 
 /// With a `spool_max_size` below this, files are not preallocated nor
@@ -483,6 +547,8 @@ impl Spool {
             records: 0,
             cached: 0,
             reserved: 0,
+            lost: Vec::new(),
+            freed_at: Instant::now(),
         };
         let mut tail = 0usize;
         for (_, _, s) in blocks.iter().rev() {
@@ -515,6 +581,8 @@ impl Spool {
                 total: s.items.len() as u32,
                 handed: 0,
                 outstanding: s.items.len() as u32,
+                counted: s.bytes,
+                ids: s.items.iter().map(|i| i.record_id).collect(),
                 records: cache.then(|| s.items.into_iter().map(Arc::new).collect()),
             });
         }
@@ -525,6 +593,7 @@ impl Spool {
             index: Mutex::new(index),
             house: Mutex::new(tx),
             in_place: std::sync::atomic::AtomicBool::new(true),
+            room: Condvar::new(),
         });
         let weak = Arc::downgrade(&spool);
         std::thread::Builder::new()
@@ -585,6 +654,10 @@ impl Spool {
     /// header included when any fits).
     pub fn reserve(&self, sizes: &[u64], max: Option<u64>) -> (Vec<bool>, u64) {
         let mut ix = self.lock();
+        Self::reserve_locked(&mut ix, sizes, max)
+    }
+
+    fn reserve_locked(ix: &mut Index, sizes: &[u64], max: Option<u64>) -> (Vec<bool>, u64) {
         let mut total = 0u64;
         let fits = sizes
             .iter()
@@ -601,13 +674,58 @@ impl Spool {
         (fits, total)
     }
 
+    /// As [`reserve`](Self::reserve), but while `wait()` says so (the
+    /// server is taking records, so room is coming) and records keep
+    /// leaving the spool (none for `stall` means the room is held by
+    /// records that wait for a retry, which waiting will not free), waits
+    /// for room for all of them instead of leaving some out. `wait` is
+    /// asked again at least every `poll`. Returns as `reserve` does, and
+    /// how long it waited.
+    pub fn reserve_wait(
+        &self,
+        sizes: &[u64],
+        max: Option<u64>,
+        poll: Duration,
+        stall: Duration,
+        wait: &dyn Fn() -> bool,
+    ) -> (Vec<bool>, u64, Duration) {
+        let start = Instant::now();
+        let need: u64 = sizes.iter().sum::<u64>() + HEADER_LEN as u64;
+        let mut ix = self.lock();
+        loop {
+            let fits_all = max.is_none_or(|m| ix.bytes + ix.reserved + need <= m);
+            // Nothing to wait for when nothing is stored or in flight (the
+            // batch alone is over the cap), or nothing has left for `stall`.
+            let progress = ix.freed_at.max(start).elapsed() < stall;
+            let can_wait = ix.bytes + ix.reserved > 0 && progress;
+            if fits_all || !can_wait || !wait() {
+                let (fits, total) = Self::reserve_locked(&mut ix, sizes, max);
+                return (fits, total, start.elapsed());
+            }
+            ix = self.room.wait_timeout(ix, poll).map(|(g, _)| g).unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+
     /// Writes `items` as one block, durably (fdatasync), and queues them
     /// for delivery. `body` holds their [`encode_item`] encodings;
     /// `reserved` bytes (from [`reserve`](Self::reserve)) are released.
+    /// A resource that runs out for a while (no file descriptor left) is
+    /// waited out, up to [`TRANSIENT_WAIT`]: a record is not refused for it.
     pub fn commit(&self, items: Vec<Arc<Item>>, body: &[u8], reserved: u64) -> Result<u64, SpoolError> {
-        let r = self.commit_inner(items, body);
+        let deadline = Instant::now() + TRANSIENT_WAIT;
+        let r = loop {
+            match self.commit_inner(items.clone(), body) {
+                Err(SpoolError::Write { source, .. }) if is_transient(&source) && Instant::now() < deadline => {
+                    tracing::debug!("spool commit waits: {source}");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                r => break r,
+            }
+        };
         let mut ix = self.lock();
         ix.reserved = ix.reserved.saturating_sub(reserved);
+        drop(ix);
+        self.room.notify_all();
         r
     }
 
@@ -698,6 +816,8 @@ impl Spool {
                 total: n,
                 handed: 0,
                 outstanding: n,
+                counted: bytes,
+                ids: items.iter().map(|i| i.record_id).collect(),
                 records: cache.then_some(items),
             };
             ix.bytes += bytes;
@@ -721,23 +841,35 @@ impl Spool {
         Ok(seq)
     }
 
+    /// The next record to deliver, FIFO; `None` when there is none now.
+    pub fn next(&self) -> Option<Ticket> {
+        match self.next_ticket() {
+            Next::Ready(t) => Some(t),
+            Next::Empty | Next::Busy(_) => None,
+        }
+    }
+
     /// The next record to deliver, FIFO. A block no longer in memory is
     /// opened under the lock (the descriptor survives the housekeeper's
     /// rename) but read and decoded outside it, so commits (and their acks)
-    /// never wait for that.
-    pub fn next(&self) -> Option<Ticket> {
+    /// never wait for that. A block that cannot be opened or read for want
+    /// of a resource stays as it is ([`Next::Busy`]); one that cannot be
+    /// read back at all is lost, and its records are counted and kept for
+    /// [`take_lost`](Self::take_lost).
+    pub fn next_ticket(&self) -> Next {
         loop {
             let (seq, file, offset) = {
                 let mut ix = self.lock();
-                let seg = ix.segments.iter_mut().find(|s| s.handed < s.total)?;
+                let Some(seg) = ix.segments.iter_mut().find(|s| s.handed < s.total) else { return Next::Empty };
                 if let Some(recs) = &seg.records {
-                    let item = recs.get(seg.handed as usize)?.clone();
+                    let Some(item) = recs.get(seg.handed as usize).cloned() else { return Next::Empty };
                     seg.handed += 1;
-                    return Some(Ticket { seq: seg.seq, item });
+                    return Next::Ready(Ticket { seq: seg.seq, item });
                 }
                 let (seq, fid, offset) = (seg.seq, seg.file, seg.offset);
                 match ix.files.get(&fid).map(|f| File::open(&f.path)) {
                     Some(Ok(f)) => (seq, f, offset),
+                    Some(Err(e)) if is_transient(&e) => return Next::Busy(e.to_string()),
                     Some(Err(e)) => {
                         self.lose(&mut ix, seq, &e.to_string());
                         continue;
@@ -749,6 +881,7 @@ impl Spool {
                 }
             };
             let read = read_block_at(&file, offset);
+            drop(file);
             let mut ix = self.lock();
             let Some(seg) = ix.segments.iter_mut().find(|s| s.seq == seq) else { continue };
             if seg.records.is_some() {
@@ -760,9 +893,10 @@ impl Spool {
                     seg.records = Some(s.items.into_iter().map(Arc::new).collect());
                     ix.cached += bytes;
                 }
+                Err(ReadError::Io(e)) if is_transient(&e) => return Next::Busy(e.to_string()),
                 other => {
                     let why = match other {
-                        Err(e) => e,
+                        Err(e) => e.to_string(),
                         _ => "empty or changed".into(),
                     };
                     self.lose(&mut ix, seq, &why);
@@ -771,27 +905,41 @@ impl Spool {
         }
     }
 
-    /// A block that cannot be read back: nothing of it can be handed out.
+    /// A block that cannot be read back: nothing more of it can be handed
+    /// out. Its records not handed out yet are lost: logged, and kept for
+    /// [`take_lost`](Self::take_lost) so they are counted and journaled.
     fn lose(&self, ix: &mut Index, seq: u64, why: &str) {
         let Some(pos) = ix.segments.iter().position(|s| s.seq == seq) else { return };
         let seg = &mut ix.segments[pos];
+        let lost = seg.total - seg.handed;
+        let ids: Vec<[u8; 16]> = seg.ids.get(seg.handed as usize..).map(|s| s.to_vec()).unwrap_or_default();
         tracing::error!(
-            "spool block {seq} (file {}) cannot be read back: {why}; its {} record(s) are lost",
+            "spool block {seq} (file {}) cannot be read back: {why}; its {lost} record(s) are lost",
             ix.files.get(&seg.file).map(|f| f.path.display().to_string()).unwrap_or_default(),
-            seg.total - seg.handed
         );
-        let lost = (seg.total - seg.handed) as u64;
+        let seg = &mut ix.segments[pos];
         seg.handed = seg.total;
-        seg.outstanding = seg.outstanding.saturating_sub(lost as u32);
-        ix.records = ix.records.saturating_sub(lost);
+        seg.outstanding = seg.outstanding.saturating_sub(lost);
+        let share = seg.release_share(lost);
+        ix.bytes = ix.bytes.saturating_sub(share);
+        ix.records = ix.records.saturating_sub(lost as u64);
+        ix.lost.push(Lost { ids, why: format!("the spool block holding it cannot be read back: {why}") });
+        ix.freed_at = Instant::now();
         if ix.segments[pos].outstanding == 0 {
             if let Some(gone) = ix.segments.remove(pos) {
-                ix.bytes = ix.bytes.saturating_sub(gone.bytes);
+                ix.bytes = ix.bytes.saturating_sub(gone.counted);
                 if let Some(p) = ix.release_block(gone.file) {
                     self.send_house(House::Recycle(p));
                 }
             }
         }
+        self.room.notify_all();
+    }
+
+    /// Records lost since the last call (blocks that could not be read
+    /// back), for the journal and the `dropped` count.
+    pub fn take_lost(&self) -> Vec<Lost> {
+        std::mem::take(&mut self.lock().lost)
     }
 
     /// Marks a handed-out record final (delivered, refused, expired); a
@@ -803,16 +951,24 @@ impl Spool {
         ix.records = ix.records.saturating_sub(1);
         let seg = &mut ix.segments[pos];
         seg.outstanding = seg.outstanding.saturating_sub(1);
-        if seg.outstanding != 0 || seg.handed != seg.total {
+        let share = seg.release_share(1);
+        let finished = seg.outstanding == 0 && seg.handed == seg.total;
+        ix.bytes = ix.bytes.saturating_sub(share);
+        ix.freed_at = Instant::now();
+        if !finished {
+            drop(ix);
+            self.room.notify_all();
             return;
         }
         let Some(seg) = ix.segments.remove(pos) else { return };
-        ix.bytes = ix.bytes.saturating_sub(seg.bytes);
+        ix.bytes = ix.bytes.saturating_sub(seg.counted);
         if seg.records.is_some() {
             ix.cached = ix.cached.saturating_sub(seg.bytes);
         }
-        if let Some(p) = ix.release_block(seg.file) {
-            drop(ix);
+        let recycle = ix.release_block(seg.file);
+        drop(ix);
+        self.room.notify_all();
+        if let Some(p) = recycle {
             self.send_house(House::Recycle(p));
         }
     }
@@ -828,7 +984,8 @@ impl Spool {
                 break;
             }
             let Some(seg) = ix.segments.pop_front() else { break };
-            ix.bytes = ix.bytes.saturating_sub(seg.bytes);
+            ix.bytes = ix.bytes.saturating_sub(seg.counted);
+            ix.freed_at = Instant::now();
             ix.records = ix.records.saturating_sub(seg.outstanding as u64);
             match seg.records {
                 Some(r) => {
@@ -847,6 +1004,7 @@ impl Spool {
             }
         }
         drop(ix);
+        self.room.notify_all();
         for p in recycle {
             self.send_house(House::Recycle(p));
         }
@@ -1050,6 +1208,45 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "timed out waiting: {what}");
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
+    }
+
+    #[test]
+    fn a_record_that_waits_holds_only_its_share_and_commits_wait_for_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, _) = Spool::open(dir.path(), 0).unwrap();
+        let items: Vec<Item> = (0..10).map(|i| item(i, 10)).collect();
+        commit(&s, items);
+        let full = s.bytes();
+        // Nine of ten delivered; one (a retry) still out: it holds a tenth.
+        let tickets: Vec<Ticket> = std::iter::from_fn(|| s.next()).collect();
+        assert_eq!(tickets.len(), 10);
+        for t in &tickets[1..] {
+            s.done(t.seq);
+        }
+        assert!(s.bytes() <= full / 10 + 10, "{} of {full}", s.bytes());
+        assert_eq!(s.records(), 1);
+        // A cap the spool is at: a commit that may wait gets room as soon
+        // as the last record leaves; one that may not is left out.
+        let cap = Some(s.bytes() + 10);
+        let (poll, long) = (Duration::from_millis(10), Duration::from_secs(30));
+        let (fits, reserved, _) = s.reserve_wait(&[100], cap, poll, long, &|| false);
+        assert_eq!((fits, reserved), (vec![false], 0));
+        // Nothing leaves: waiting stops after `stall`.
+        let (fits, _, waited) = s.reserve_wait(&[100], cap, poll, Duration::from_millis(300), &|| true);
+        assert_eq!(fits, vec![false]);
+        assert!(waited >= Duration::from_millis(250) && waited < Duration::from_secs(10), "{waited:?}");
+        let s2 = s.clone();
+        let seq = tickets[0].seq;
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            s2.done(seq);
+        });
+        let (fits, reserved, waited) = s.reserve_wait(&[100], cap, Duration::from_secs(5), long, &|| true);
+        assert_eq!(fits, vec![true]);
+        assert!(reserved > 0);
+        assert!(waited >= Duration::from_millis(150) && waited < Duration::from_secs(4), "{waited:?}");
+        t.join().unwrap();
+        assert_eq!((s.bytes(), s.records()), (0, 0));
     }
 
     #[test]

@@ -1,16 +1,75 @@
 //! Counters every stage bumps, and the status snapshot `telemctl status`
 //! prints.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
+/// Why a record was refused (answered with a rejection, or, for a legacy
+/// sender, dropped with its connection): the fixed set of reasons
+/// `telemctl status` counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A native connection whose prefix is not ours, or of another version.
+    BadPrefix,
+    /// A frame (native) or record (legacy) announcing more bytes than allowed.
+    FrameTooLarge,
+    /// Bytes that do not decode as a record.
+    Malformed,
+    /// A record that decodes but has a field out of its rules
+    /// (classification, severity, a host fact too long, ...).
+    InvalidField,
+    /// A payload over `record_max_bytes`.
+    PayloadTooLarge,
+    /// The connection ended (closed or idle) in the middle of a record.
+    Truncated,
+    /// No room left in the spool (`spool_max_size`).
+    SpoolFull,
+    /// The record could not be written to the spool.
+    StoreFailed,
+    /// The record could not be written to the journal.
+    JournalFailed,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 9] = [
+        Refusal::BadPrefix,
+        Refusal::FrameTooLarge,
+        Refusal::Malformed,
+        Refusal::InvalidField,
+        Refusal::PayloadTooLarge,
+        Refusal::Truncated,
+        Refusal::SpoolFull,
+        Refusal::StoreFailed,
+        Refusal::JournalFailed,
+    ];
+
+    /// The name `telemctl status` shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::BadPrefix => "bad-prefix",
+            Refusal::FrameTooLarge => "frame-too-large",
+            Refusal::Malformed => "malformed",
+            Refusal::InvalidField => "invalid-field",
+            Refusal::PayloadTooLarge => "payload-too-large",
+            Refusal::Truncated => "truncated",
+            Refusal::SpoolFull => "spool-full",
+            Refusal::StoreFailed => "store-failed",
+            Refusal::JournalFailed => "journal-failed",
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Stats {
     pub received: AtomicU64,
     pub accepted: AtomicU64,
+    /// Records refused, every reason together (bumped by [`Stats::refuse`]).
     pub rejected: AtomicU64,
+    /// Per [`Refusal`], in the order of [`Refusal::ALL`].
+    refused: [AtomicU64; Refusal::ALL.len()],
     pub delivered: AtomicU64,
     pub rate_limited: AtomicU64,
     pub dropped: AtomicU64,
@@ -26,6 +85,17 @@ pub fn bump(c: &AtomicU64, n: u64) {
 }
 
 impl Stats {
+    /// Counts `n` records refused for `why` (in `rejected` too).
+    pub fn refuse(&self, why: Refusal, n: u64) {
+        self.rejected.fetch_add(n, Relaxed);
+        self.refused[why as usize].fetch_add(n, Relaxed);
+    }
+
+    /// Refusals per reason, every reason listed.
+    pub fn refusals(&self) -> BTreeMap<String, u64> {
+        Refusal::ALL.iter().map(|r| (r.as_str().to_string(), self.refused[*r as usize].load(Relaxed))).collect()
+    }
+
     pub fn set_error(&self, e: Option<String>) {
         *self.last_delivery_error.lock().unwrap_or_else(|p| p.into_inner()) = e;
     }
@@ -42,7 +112,11 @@ pub struct Status {
     pub since: u64,
     pub received: u64,
     pub accepted: u64,
+    /// Records refused, every reason together.
     pub rejected: u64,
+    /// Records refused, per reason (`frame-too-large`, `malformed`, ...).
+    #[serde(default)]
+    pub rejected_by_reason: BTreeMap<String, u64>,
     pub delivered: u64,
     pub spooled: u64,
     pub spool_bytes: u64,
@@ -86,5 +160,24 @@ impl Stats {
             self.local_only.load(Relaxed),
             self.delivery_failures.load(Relaxed),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_counted_per_reason_and_in_total() {
+        let s = Stats::default();
+        s.refuse(Refusal::Malformed, 2);
+        s.refuse(Refusal::SpoolFull, 1);
+        assert_eq!(s.rejected.load(Relaxed), 3);
+        let by = s.refusals();
+        assert_eq!(by.len(), Refusal::ALL.len(), "every reason is listed");
+        assert_eq!((by["malformed"], by["spool-full"], by["bad-prefix"]), (2, 1, 0));
+        for (i, r) in Refusal::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "ALL is in declaration order");
+        }
     }
 }

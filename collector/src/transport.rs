@@ -24,6 +24,10 @@
 //! - a pooled connection the server closed while it was idle is detected on
 //!   use, and the batch is sent once more on a new connection.
 //!
+//! Each write of an exchange first passes a [`Gate`]
+//! ([`Transport::exchange_gated`]): delivery's gate holds a write back
+//! once consent is withdrawn, so no request starts after `telemctl opt-out`.
+//!
 //! Delivery is at least once: a request whose answer never came is
 //! reported as failed and sent again later, even if the server had in fact
 //! processed it.
@@ -102,9 +106,35 @@ pub enum SendError {
     Connect(String),
     #[error("request failed: {0}")]
     Failed(String),
+    /// Not sent: the [`Gate`] was closed (consent withdrawn, configuration
+    /// changed) before it was written.
+    #[error("not sent: no longer allowed to send")]
+    Withheld,
 }
 
-/// A server's answer: status, `Retry-After` (seconds form), body (at most
+/// Asked before each write of an exchange whether its requests may still
+/// go out.
+pub trait Gate: Sync {
+    /// Held while the requests are written.
+    type Guard<'a>: Send
+    where
+        Self: 'a;
+    /// `Some(guard)`: write now, holding `guard`; `None`: send nothing more.
+    fn admit(&self) -> impl Future<Output = Option<Self::Guard<'_>>> + Send;
+}
+
+/// A gate that is always open.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Open;
+
+impl Gate for Open {
+    type Guard<'a> = ();
+    fn admit(&self) -> impl Future<Output = Option<()>> + Send {
+        std::future::ready(Some(()))
+    }
+}
+
+/// A server's answer: status, `Retry-After` (seconds or HTTP-date), body (at most
 /// [`MAX_ANSWER_BODY`] bytes; longer bodies are cut).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {
@@ -368,6 +398,13 @@ impl Transport {
     /// module doc); a request without an answer gets the error that ended
     /// the exchange.
     pub async fn exchange(&self, uri: &http::Uri, requests: &[Bytes]) -> Vec<Result<Answer, SendError>> {
+        self.exchange_gated(uri, requests, &Open).await
+    }
+
+    /// As [`exchange`](Self::exchange), asking `gate` before each write
+    /// (holding its guard while writing): once it says no, the requests not
+    /// yet written get [`SendError::Withheld`].
+    pub async fn exchange_gated<G: Gate>(&self, uri: &http::Uri, requests: &[Bytes], gate: &G) -> Vec<Result<Answer, SendError>> {
         let deadline = Instant::now() + self.inner.timeout;
         let origin = origin_of(uri);
         let n = requests.len();
@@ -381,6 +418,11 @@ impl Transport {
         // then the batch is sent once more, on a new connection.
         let mut may_retry_stale = true;
         'conns: while out.len() < n {
+            // Not even a connection when nothing may be sent.
+            if gate.admit().await.is_none() {
+                fail(&mut out, SendError::Withheld);
+                break;
+            }
             let (mut conn, reused) = match self.checkout(&origin) {
                 Some(c) => (c, true),
                 None => match self.connect(uri, &origin, deadline).await {
@@ -404,7 +446,16 @@ impl Transport {
                         &joined
                     }
                 };
+                let Some(admitted) = gate.admit().await else {
+                    // Every request written on it was answered: reusable.
+                    if conn.rbuf.is_empty() {
+                        self.checkin(conn);
+                    }
+                    fail(&mut out, SendError::Withheld);
+                    break 'conns;
+                };
                 let written = write_all(&mut conn.io, bytes, deadline, self.inner.timeout).await;
+                drop(admitted);
                 if let Err(e) = written {
                     if answered_here == 0 && reused && may_retry_stale {
                         may_retry_stale = false;
@@ -545,10 +596,21 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
                 head.keep_alive |= t.eq_ignore_ascii_case("keep-alive");
             }
         } else if h.name.eq_ignore_ascii_case("retry-after") {
-            head.retry_after = value.parse::<u64>().ok().map(Duration::from_secs);
+            head.retry_after = retry_after(value, std::time::SystemTime::now());
         }
     }
     Ok(Some(head))
+}
+
+/// A `Retry-After` value as a wait from `now`: delay-seconds, or an
+/// HTTP-date (a date in the past is no wait); `None` when it is neither.
+pub fn retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 /// Reads an answer's body from a connection.
@@ -701,6 +763,17 @@ fn chain(e: &dyn std::error::Error) -> String {
 mod tests {
     use super::*;
     use std::sync::atomic::Ordering;
+
+    #[test]
+    fn retry_after_in_seconds_or_as_an_http_date() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(784_111_777); // Sun, 06 Nov 1994 08:49:37 GMT
+        assert_eq!(retry_after("7", now), Some(Duration::from_secs(7)));
+        assert_eq!(retry_after(" 120 ", now), Some(Duration::from_secs(120)));
+        assert_eq!(retry_after("Sun, 06 Nov 1994 08:49:40 GMT", now), Some(Duration::from_secs(3)));
+        assert_eq!(retry_after("Sun, 06 Nov 1994 08:49:30 GMT", now), Some(Duration::ZERO), "a date past is no wait");
+        assert_eq!(retry_after("soon", now), None);
+        assert_eq!(retry_after("-5", now), None);
+    }
 
     #[test]
     fn tunnels_name_the_port() {
@@ -891,6 +964,37 @@ mod tests {
 
     fn numbers(from: usize, n: usize) -> Vec<String> {
         (from..from + n).map(|i| i.to_string()).collect()
+    }
+
+    /// Open for its first `n` admissions.
+    struct OpenFor(std::sync::atomic::AtomicUsize);
+
+    impl Gate for OpenFor {
+        type Guard<'a> = ();
+        fn admit(&self) -> impl Future<Output = Option<()>> + Send {
+            let left = self.0.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+            std::future::ready(left.ok().map(|_| ()))
+        }
+    }
+
+    #[test]
+    fn a_closed_gate_withholds_every_request_not_yet_written() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let srv = Scripted::start(|_, _, _| Act::Answer);
+        let t = client(Duration::from_secs(5));
+        // Closed from the start: no connection, nothing sent.
+        let got = rt.block_on(t.exchange_gated(&srv.uri, &requests(3), &OpenFor(0.into())));
+        assert!(got.iter().all(|a| a == &Err(SendError::Withheld)), "{got:?}");
+        assert_eq!(srv.conns.load(Ordering::SeqCst), 0);
+        // Open for the connection and the first write (one request alone on
+        // a new connection), then closed: the rest are withheld.
+        let got = rt.block_on(t.exchange_gated(&srv.uri, &requests(4), &OpenFor(2.into())));
+        assert_eq!(bodies(&got[..1]), numbers(0, 1));
+        assert!(got[1..].iter().all(|a| a == &Err(SendError::Withheld)), "{got:?}");
+        // The connection went back to the pool, and serves the next batch.
+        let got = rt.block_on(t.exchange(&srv.uri, &requests(2)));
+        assert_eq!(bodies(&got), numbers(1, 2));
+        assert_eq!(srv.conns.load(Ordering::SeqCst), 1);
     }
 
     #[test]

@@ -30,8 +30,8 @@ const DMI_PLACEHOLDER: &str = "`anonymous` (placeholder)";
 /// Every field, record fields first (in wire order), then the journal's.
 /// The journal also keeps, per record, the sent fields it needs for
 /// `telemctl preview` (`severity`, `creation_timestamp`,
-/// `payload_format_version`, the host facts, and `payload` when
-/// `record_retention_enabled`), under their names above.
+/// `payload_format_version`, the host facts, and `payload` unless
+/// `record_retention_enabled = false`), under their names above.
 pub const FIELDS: &[Field] = &[
     Field { name: "record_format_version", scope: Scope::Sent, source: "constant", example: "4", why: "lets the backend parse the record", anonymous: SAME },
     Field { name: "classification", scope: Scope::Sent, source: "the probe", example: "org.clearlinux/crash/clr", why: "says what kind of event this is; the backend groups and purges by it", anonymous: SAME },
@@ -71,7 +71,9 @@ pub fn markdown() -> String {
         "# Data dictionary\n\nGenerated from `telemetry::fields::FIELDS` (`telemctl fields` prints the same). \
 Do not edit by hand: run `UPDATE_DOCS=1 cargo test -p telemetry --test data_dictionary`.\n\n\
 Nothing leaves the machine unless it is opted in. Fields marked *sent* are in every record posted \
-to the backend; fields marked *local* stay in the local journal.\n\n\
+to the backend; fields marked *local* stay in the local journal. The journal also keeps each \
+record's sent fields as they would be sent, its `payload` included (unless `record_retention_enabled = false`), \
+in files only root reads, so `telemctl journal -i` shows what was collected.\n\n\
 | field | scope | source | example | why | anonymous level |\n|---|---|---|---|---|---|\n",
     );
     for f in FIELDS {

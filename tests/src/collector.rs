@@ -22,6 +22,9 @@ pub struct Collector {
     /// Environment variables for the daemon (`DO_NOT_TRACK` and the proxy
     /// variables are removed from what it inherits unless set here).
     pub env: Vec<(String, String)>,
+    /// `Some(n)`: the daemon runs with RLIMIT_NOFILE soft and hard limits
+    /// of `n` (as under `ulimit -n n`), set between fork and exec.
+    pub nofile: Option<u64>,
     child: Option<Child>,
     _tmp: Option<tempfile::TempDir>,
 }
@@ -59,7 +62,7 @@ impl Collector {
         conf.push('\n');
         let path = dir.join("telemetrics.conf");
         std::fs::write(&path, conf).expect("write conf");
-        Collector { dir: dir.into(), conf: path, socket, spool, env: Vec::new(), child: None, _tmp: None }
+        Collector { dir: dir.into(), conf: path, socket, spool, env: Vec::new(), nofile: None, child: None, _tmp: None }
     }
 
     /// Appends lines to the configuration (later keys override earlier ones).
@@ -77,7 +80,22 @@ impl Collector {
             .append(true)
             .open(self.dir.join("collector.log"))
             .expect("log file");
-        let child = Command::new(bin("telem-collector"))
+        let mut cmd = Command::new(bin("telem-collector"));
+        if let Some(n) = self.nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs
+            // between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit { rlim_cur: n as libc::rlim_t, rlim_max: n as libc::rlim_t };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd
             .arg("-f")
             .arg(&self.conf)
             .env("RUST_LOG", std::env::var("TELEM_TEST_LOG").unwrap_or_else(|_| "info".into()))
@@ -107,6 +125,42 @@ impl Collector {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// The daemon's RLIMIT_NOFILE (soft, hard), from /proc/PID/limits.
+    pub fn open_files_limit(&self) -> Option<(String, String)> {
+        let l = std::fs::read_to_string(format!("/proc/{}/limits", self.pid())).ok()?;
+        let line = l.lines().find(|l| l.starts_with("Max open files"))?;
+        let mut w = line["Max open files".len()..].split_whitespace();
+        Some((w.next()?.to_string(), w.next()?.to_string()))
+    }
+
+    /// How many journal entries have each fate, by the fate's text up to
+    /// its first `:` (`delivered`, `dropped`, `rejected-by-server`, ...),
+    /// and the number of entries.
+    pub fn journal_fate_counts(&self) -> (std::collections::BTreeMap<String, u64>, u64) {
+        let j = self.journal(&[]);
+        let mut m = std::collections::BTreeMap::new();
+        for e in &j {
+            let f = e["fate"].as_str().unwrap_or("<none>");
+            let key = f.split(':').next().unwrap_or(f).to_string();
+            *m.entry(key).or_insert(0) += 1;
+        }
+        (m, j.len() as u64)
+    }
+
+    /// The files of the journal folder and their sizes (rotation shows
+    /// here: `journal` and `journal.1`).
+    pub fn journal_files(&self) -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = std::fs::read_dir(self.dir.join("journal"))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| (e.file_name().to_string_lossy().into_owned(), e.metadata().map(|m| m.len()).unwrap_or(0)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
     }
 
     /// kill -9.
@@ -144,6 +198,33 @@ impl Collector {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("collector.log")).unwrap_or_default()
+    }
+
+    /// The warnings and errors of the daemon's log, grouped: each distinct
+    /// message (digits shown as `#`) with how often it appeared, most
+    /// frequent first, at most `max` of them. For failure messages of
+    /// tests whose logs are too long to print.
+    pub fn log_summary(&self, max: usize) -> String {
+        let log = self.log();
+        let mut groups: std::collections::HashMap<String, (u64, String)> = std::collections::HashMap::new();
+        for l in log.lines() {
+            let l = &strip_ansi(l);
+            let Some(at) = ["ERROR", "WARN"].iter().find_map(|lvl| l.find(&format!(" {lvl} ")).map(|i| i + 1)) else { continue };
+            let msg = &l[at..];
+            let key: String = msg.chars().map(|c| if c.is_ascii_digit() { '#' } else { c }).collect();
+            let e = groups.entry(key).or_insert((0, msg.to_string()));
+            e.0 += 1;
+        }
+        let mut v: Vec<(u64, String)> = groups.into_values().collect();
+        v.sort_by(|a, b| b.0.cmp(&a.0));
+        let mut out = format!("{} log lines; warnings and errors:\n", log.lines().count());
+        for (n, example) in v.iter().take(max) {
+            out.push_str(&format!("  {n:>7} x {example}\n"));
+        }
+        if v.is_empty() {
+            out.push_str("  (none)\n");
+        }
+        out
     }
 
     /// Runs `telemctl -f CONF ARGS`.
@@ -203,6 +284,26 @@ impl Drop for Collector {
 extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+/// `s` without ANSI colour sequences (`ESC [ ... letter`), as the daemon's
+/// log has them.
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut it = s.chars().peekable();
+    while let Some(c) = it.next() {
+        if c == '\u{1b}' && it.peek() == Some(&'[') {
+            it.next();
+            for c in it.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Parses one line of JSON printed by `telemctl`.

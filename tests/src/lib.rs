@@ -5,6 +5,7 @@
 pub mod receiver;
 pub mod sink;
 pub mod collector;
+pub mod burst;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -32,6 +33,7 @@ fn package_of(name: &str) -> &'static str {
         "telem-collector" | "telemctl" => "telem-collector",
         "crashprobe" => "crashprobe",
         "eventprobe" => "eventprobe",
+        "telem-legacy-burst" => "e2e",
         other => panic!("unknown binary {other}"),
     }
 }

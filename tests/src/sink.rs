@@ -7,12 +7,21 @@
 //! served in order (and counted), and, like nginx's `keepalive_requests`,
 //! it can end each connection after a number of requests with
 //! `Connection: close`.
+//!
+//! For delivery-retry tests it can refuse only "poison" records (posts
+//! whose payload starts with a prefix) while taking every other post
+//! ([`Mode::Poison`]), answer 429/503 with a `Retry-After` in seconds or as
+//! an HTTP-date ([`Mode::RetryAfter`], [`http_date`]), answer the next few
+//! posts differently from the rest ([`Sink::answer_next`]), and it keeps
+//! each post's arrival time ([`Post::at`]). For load tests a lean sink
+//! ([`Sink::set_lean`]) keeps only each post's body.
 
+use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use telemetry::{MachineId, Record};
 
@@ -29,6 +38,60 @@ pub enum Mode {
     Drop,
     /// Record the post at once, answer 201 after this many milliseconds.
     Slow(u64),
+    /// Answer `status` with `body` to posts whose payload starts with
+    /// `prefix` (poison records), 201 to every other post.
+    Poison { prefix: String, status: u16, body: String },
+    /// Answer `status` (429, 503, ...) with `Retry-After: value`, seconds
+    /// (`"2"`) or an HTTP-date (see [`http_date`]).
+    RetryAfter { status: u16, value: String },
+}
+
+/// The prefix of poison payloads in [`Mode::poison`].
+pub const POISON_PREFIX: &str = "poison-";
+
+impl Mode {
+    /// 201 to every post.
+    pub fn ok() -> Mode {
+        Mode::Status(201, String::new())
+    }
+
+    /// 500 with the body `poison record refused` to posts whose payload
+    /// starts with [`POISON_PREFIX`], 201 to the others.
+    pub fn poison() -> Mode {
+        Mode::Poison { prefix: POISON_PREFIX.into(), status: 500, body: "poison record refused".into() }
+    }
+
+    /// `status` with `Retry-After: <secs>`.
+    pub fn retry_after_secs(status: u16, secs: u64) -> Mode {
+        Mode::RetryAfter { status, value: secs.to_string() }
+    }
+
+    /// `status` with `Retry-After: <HTTP-date of now + secs>`.
+    pub fn retry_after_date(status: u16, secs: u64) -> Mode {
+        Mode::RetryAfter { status, value: http_date(SystemTime::now() + Duration::from_secs(secs)) }
+    }
+}
+
+/// `t` as an HTTP-date (RFC 9110 §5.6.7 IMF-fixdate), e.g.
+/// `Sun, 06 Nov 1994 08:49:37 GMT`.
+pub fn http_date(t: SystemTime) -> String {
+    let secs = t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    // 1970-01-01 was a Thursday.
+    let wday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][(days % 7) as usize];
+    // Civil date from days since the epoch (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mon = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(mon <= 2);
+    let month = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"][(mon - 1) as usize];
+    format!("{wday}, {d:02} {month} {y} {h:02}:{m:02}:{s:02} GMT")
 }
 
 /// One post as received.
@@ -43,11 +106,27 @@ pub struct Post {
     pub decoded: Result<(Record, MachineId), String>,
     /// The status it was answered with (None: not answered).
     pub answered: Option<u16>,
+    /// When the whole request had arrived.
+    pub at: Instant,
 }
 
 impl Post {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// The record's payload: the decoded record's, else the body (v2
+    /// bodies are the payload; a lean sink does not decode).
+    pub fn payload(&self) -> &[u8] {
+        match &self.decoded {
+            Ok((r, _)) => r.payload.as_bytes(),
+            Err(_) => &self.body,
+        }
+    }
+
+    /// Whether it was answered with a 2xx.
+    pub fn ok(&self) -> bool {
+        self.answered.is_some_and(|s| (200..300).contains(&s))
     }
 }
 
@@ -61,6 +140,10 @@ struct State {
     pipelined: AtomicU64,
     /// Requests served per connection before it is closed (0: no limit).
     keepalive_requests: AtomicU64,
+    /// Modes for the next posts, one each, before `mode` applies again.
+    next: Mutex<VecDeque<Mode>>,
+    /// Keep only bodies: no headers, no decoding (load tests).
+    lean: AtomicBool,
 }
 
 /// A running sink; stops when dropped.
@@ -136,6 +219,35 @@ impl Sink {
         *self.mode.lock().unwrap() = m;
     }
 
+    /// The mode in force for posts (not counting [`answer_next`](Self::answer_next)).
+    pub fn mode(&self) -> Mode {
+        self.mode.lock().unwrap().clone()
+    }
+
+    /// Answers the next posts with these modes, one post each, in order;
+    /// then the mode set by [`set_mode`](Self::set_mode) applies again.
+    pub fn answer_next(&self, modes: impl IntoIterator<Item = Mode>) {
+        self.state.next.lock().unwrap().extend(modes);
+    }
+
+    /// Lean: keep only each post's body, path and status (no headers, no
+    /// decoding), for tests that post tens of thousands of records.
+    pub fn set_lean(&self, lean: bool) {
+        self.state.lean.store(lean, Ordering::SeqCst);
+    }
+
+    /// Number of posts received so far.
+    pub fn count(&self) -> usize {
+        self.state.posts.lock().unwrap().len()
+    }
+
+    /// Runs `f` over the posts without copying them (large runs). It holds
+    /// the sink's lock, as a [`wait_for`](Self::wait_for) predicate does:
+    /// not from inside one.
+    pub fn with_posts<T>(&self, f: impl FnOnce(&[Post]) -> T) -> T {
+        f(&self.state.posts.lock().unwrap())
+    }
+
     /// The URL of the sink's root.
     pub fn url(&self) -> String {
         format!("http://{}/", self.addr)
@@ -167,7 +279,13 @@ impl Sink {
         self.posts().into_iter().filter(|p| p.answered.is_some_and(|s| (200..300).contains(&s))).collect()
     }
 
-    /// Waits until `pred` holds over the posts, or `timeout`.
+    /// Number of posts answered with a 2xx.
+    pub fn delivered_count(&self) -> usize {
+        self.state.posts.lock().unwrap().iter().filter(|p| p.ok()).count()
+    }
+
+    /// Waits until `pred` holds over the posts, or `timeout`. `pred` runs
+    /// under the sink's lock: it must not call the sink's other methods.
     pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&[Post]) -> bool) -> bool {
         let deadline = Instant::now() + timeout;
         let mut g = self.state.posts.lock().unwrap();
@@ -230,22 +348,40 @@ fn serve(conn: TcpStream, mode: &Mutex<Mode>, state: &State, running: &AtomicBoo
         if rd.read_exact(&mut body).is_err() {
             return;
         }
-        let decoded = if path.ends_with(telemetry::posting::V3_PATH) {
-            telemetry::posting::v3_decode(&body)
+        let at = Instant::now();
+        let lean = state.lean.load(Ordering::Relaxed);
+        let decoded = if lean {
+            Err("not decoded (lean sink)".to_string())
+        } else if path.ends_with(telemetry::posting::V3_PATH) {
+            telemetry::posting::v3_decode(&body).map_err(|e| e.to_string())
         } else {
             let hs = headers.clone();
             telemetry::posting::v2_decode(
                 |n: &str| hs.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.as_str()),
                 &body,
             )
-        }
-        .map_err(|e| e.to_string());
-        let m = mode.lock().unwrap().clone();
+            .map_err(|e| e.to_string())
+        };
+        let headers = if lean { Vec::new() } else { headers };
+        let next = state.next.lock().unwrap().pop_front();
+        let m = next.unwrap_or_else(|| mode.lock().unwrap().clone());
         let (status, extra, text) = match m {
             Mode::Status(s, t) => (s, String::new(), t),
             Mode::TooMany(secs) => (429, format!("Retry-After: {secs}\r\n"), String::new()),
+            Mode::RetryAfter { status, value } => (status, format!("Retry-After: {value}\r\n"), String::new()),
+            Mode::Poison { prefix, status, body: text } => {
+                let payload = match &decoded {
+                    Ok((r, _)) => r.payload.as_bytes(),
+                    Err(_) => &body[..],
+                };
+                if payload.starts_with(prefix.as_bytes()) {
+                    (status, String::new(), text)
+                } else {
+                    (201, String::new(), String::new())
+                }
+            }
             Mode::Hang => {
-                record(state, method.clone(), path, headers, body, decoded, None);
+                record(state, method.clone(), path, headers, body, decoded, None, at);
                 // Hold the connection until the mode changes or the peer goes.
                 let start = Instant::now();
                 while *mode.lock().unwrap() == Mode::Hang && start.elapsed() < Duration::from_secs(60) {
@@ -254,11 +390,11 @@ fn serve(conn: TcpStream, mode: &Mutex<Mode>, state: &State, running: &AtomicBoo
                 return;
             }
             Mode::Drop => {
-                record(state, method.clone(), path, headers, body, decoded, None);
+                record(state, method.clone(), path, headers, body, decoded, None, at);
                 return;
             }
             Mode::Slow(ms) => {
-                record(state, method.clone(), path, headers, body, decoded, Some(201));
+                record(state, method.clone(), path, headers, body, decoded, Some(201), at);
                 std::thread::sleep(Duration::from_millis(ms));
                 let resp = "HTTP/1.1 201 X\r\nContent-Length: 0\r\n\r\n";
                 if wr.write_all(resp.as_bytes()).is_err() {
@@ -267,7 +403,7 @@ fn serve(conn: TcpStream, mode: &Mutex<Mode>, state: &State, running: &AtomicBoo
                 continue;
             }
         };
-        record(state, method.clone(), path, headers, body, decoded, Some(status));
+        record(state, method.clone(), path, headers, body, decoded, Some(status), at);
         if !rd.buffer().is_empty() {
             state.pipelined.fetch_add(1, Ordering::SeqCst);
         }
@@ -293,7 +429,20 @@ fn record(
     body: Vec<u8>,
     decoded: Result<(Record, MachineId), String>,
     answered: Option<u16>,
+    at: Instant,
 ) {
-    state.posts.lock().unwrap().push(Post { method, path, headers, body, decoded, answered });
+    state.posts.lock().unwrap().push(Post { method, path, headers, body, decoded, answered, at });
     state.cv.notify_all();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_dates() {
+        assert_eq!(http_date(SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777)), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(http_date(SystemTime::UNIX_EPOCH), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(http_date(SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400)), "Tue, 29 Feb 2000 00:00:00 GMT");
+    }
 }

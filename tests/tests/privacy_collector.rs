@@ -30,7 +30,7 @@ fn send_every_probe(c: &Collector) -> usize {
     run(Command::new(bin("hprobe")).arg("--socket").arg(&c.socket));
     run(Command::new(bin("hprobe")).args(["--heartbeat", "--legacy"]).env("TELEM_SOCKET", &c.socket));
     run(Command::new(bin("telem-record-gen"))
-        .args(["-c", "org.test/privacy/gen", "-n", "2", "-p", "generated payload"])
+        .args(["-c", "org.test/privacy/gen", "-s", "2", "-p", "generated payload"])
         .arg("--socket")
         .arg(&c.socket));
     let mut client = Client::connect_path(&c.socket, Duration::from_secs(10)).expect("connect");

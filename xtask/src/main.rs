@@ -11,6 +11,7 @@ mod bench_events;
 mod ebpf;
 mod install;
 mod run;
+mod show;
 mod util;
 
 use std::process::ExitCode;

@@ -3,7 +3,9 @@
 //! Builds every binary, then runs the collector in the foreground on a
 //! local default kept in `.run/` of the checkout (socket, spool, journal,
 //! state, etc; made on start), sends one `hprobe` record, and shows each
-//! record live as it is journaled. Without `--server` nothing leaves the
+//! record live as it is journaled (under each crash and fatal-signal
+//! record, the crashing thread's top frames: [`crate::show`]). Without
+//! `--server` nothing leaves the
 //! machine (records are journaled `local-only`); with it the run opts in and
 //! delivers to that URL. As root it also installs crashprobe as the
 //! kernel's core handler for the duration of the run (the previous
@@ -124,14 +126,28 @@ pub fn main(args: &[String]) -> Result<(), String> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    println!("xtask run: records are shown below as they are journaled (record id, time, class, event id, boot id, fate)");
+    println!(
+        "xtask run: records are shown below as they are journaled (record id, time, class, event id, boot id, fate; \
+         crashes and fatal signals with their top {} frames; `telemctl -f {} journal -i -r ID` shows a whole payload)",
+        crate::show::MAX_FRAMES,
+        conf.display()
+    );
     let mut follower: Option<Child> = Command::new(bins.join("telemctl"))
         .arg("-f")
         .arg(&conf)
-        .args(["journal", "--follow"])
+        .args(["journal", "--follow", "--json", "-i"])
+        .stdout(std::process::Stdio::piped())
         .spawn()
         .map_err(|e| eprintln!("xtask run: cannot show the journal live: {e}"))
         .ok();
+    if let Some(out) = follower.as_mut().and_then(|c| c.stdout.take()) {
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                println!("{}", crate::show::render(&line));
+            }
+        });
+    }
     let root = is_root();
     let _crash = if root {
         CrashHandler::install(&bins, &conf, &run.join("state/crashprobe.state"))

@@ -27,10 +27,13 @@ struct Args {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Allow records accepted from now on to leave this machine (creates
-    /// etc_dir/opt-in). Records already journaled stay local; DO_NOT_TRACK,
+    /// etc_dir/opt-in, then tells the running collector, and returns once it
+    /// applies it). Records already journaled stay local; DO_NOT_TRACK,
     /// airgap and debug still keep everything local.
     OptIn,
-    /// Keep every record on this machine (removes etc_dir/opt-in).
+    /// Keep every record on this machine (removes etc_dir/opt-in, then tells
+    /// the running collector, and returns once it applies it: no post
+    /// starts after that; spooled records wait for a later opt-in).
     OptOut,
     /// Show which mode is in force (upload or local only, and why), the
     /// privacy level, the daemon's counters since it started and the last
@@ -42,7 +45,9 @@ enum Cmd {
     },
     /// Ask the daemon to retry delivery of the spool now.
     Flush,
-    /// Ask the daemon to reload its configuration (as SIGHUP does).
+    /// Ask the daemon to reload its configuration (as SIGHUP does); returns
+    /// once the new configuration is in force, or fails saying why it was
+    /// refused.
     Reload,
     /// List journaled records (one line each: record id, time, classification,
     /// event id, boot id, fate).
@@ -60,7 +65,8 @@ enum Cmd {
     Crash(CrashCmd),
     /// Show, for records in the journal, exactly the HTTP request the
     /// collector would send (method, URL, headers, body), without sending.
-    /// Bodies need record_retention_enabled=true (the payload is kept only then).
+    /// Bodies need the payload in the journal (kept unless
+    /// record_retention_enabled=false).
     Preview(PreviewArgs),
     /// Print the data dictionary: every field collected, its source, an
     /// example and why (docs/DATA.md is generated from the same table).
@@ -118,7 +124,7 @@ struct JournalArgs {
     /// Only records of this boot id.
     #[arg(short = 'b', long = "boot-id", value_name = "ID")]
     boot_id: Option<String>,
-    /// Include the payload (kept only with record_retention_enabled=true).
+    /// Include the payload (kept unless record_retention_enabled=false).
     #[arg(short = 'i', long = "include-payload")]
     include_payload: bool,
     /// Verbose: a column header and the total count.
@@ -197,14 +203,14 @@ fn main() -> ExitCode {
         Cmd::OptIn => match consent::opt_in(&cfg) {
             Ok(()) => {
                 println!("opted in: records may now be sent to the server ({})", cfg.opt_in_file().display());
-                ExitCode::SUCCESS
+                tell_consent(&cfg, true)
             }
             Err(e) => fail(format!("cannot create {}: {e}", cfg.opt_in_file().display())),
         },
         Cmd::OptOut => match consent::opt_out(&cfg) {
             Ok(()) => {
                 println!("opted out: records stay on this machine");
-                ExitCode::SUCCESS
+                tell_consent(&cfg, false)
             }
             Err(e) => fail(format!("cannot remove {}: {e}", cfg.opt_in_file().display())),
         },
@@ -224,7 +230,7 @@ fn main() -> ExitCode {
         },
         Cmd::Flush | Cmd::Reload => {
             let c = if matches!(args.cmd, Cmd::Flush) { "flush" } else { "reload" };
-            match control::request(&cfg.control_socket(), c) {
+            match control::command(&cfg.control_socket(), c) {
                 Ok(_) => {
                     println!("{c}: done");
                     ExitCode::SUCCESS
@@ -247,6 +253,34 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(e),
         },
+    }
+}
+
+/// Tells the running collector that the opt-in file changed, and waits
+/// until it applied it; without a running collector the file alone says it
+/// (read at start).
+fn tell_consent(cfg: &Config, opted_in: bool) -> ExitCode {
+    match control::command(&cfg.control_socket(), "consent") {
+        Ok(answer) => {
+            let consent = answer.get("consent").and_then(|v| v.as_str()).unwrap_or_default();
+            let mode = answer.get("mode").and_then(|v| v.as_str()).unwrap_or_default();
+            if opted_in && consent != "deliver" {
+                // Opted in, but something else keeps records local.
+                println!("the running collector still sends nothing: {mode}");
+            } else if !opted_in && consent == "deliver" {
+                // The file came back between our change and the daemon's look.
+                return fail(format!("the running collector still sends records: {mode}"));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(control::ControlError::NotRunning { .. }) => {
+            println!("(the collector is not running; it reads this when it starts)");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(format!(
+            "{e}; {} was changed, but the running collector did not confirm it applied the change",
+            cfg.opt_in_file().display()
+        )),
     }
 }
 
@@ -316,6 +350,9 @@ fn print_status(s: &telem_collector::stats::Status) {
     println!("  received:            {}", s.received);
     println!("  accepted:            {}", s.accepted);
     println!("  rejected:            {}", s.rejected);
+    for (why, n) in s.rejected_by_reason.iter().filter(|(_, n)| **n > 0) {
+        println!("    {:<18} {n}", format!("{why}:"));
+    }
     println!("  delivered:           {}", s.delivered);
     println!("  spooled:             {} ({} bytes)", s.spooled, s.spool_bytes);
     println!("  rate-limited:        {}", s.rate_limited);
@@ -349,7 +386,7 @@ fn line(m: &Merged, payload: bool) -> String {
                     s.push('\n');
                 }
             }
-            None => s.push_str("\n(payload not kept: record_retention_enabled=false)\n"),
+            None => s.push_str("\n(payload not kept: record_retention_enabled=false when it was journaled)\n"),
         }
     }
     s
@@ -426,7 +463,12 @@ fn follow(cfg: &Config, filter: &Filter, j: &JournalArgs) {
                     }
                 }
             } else if filter.record_id.as_ref().is_none_or(|r| *r == m.entry.id) && filter.classification.is_none() {
-                println!("{} {} -> {}", m.entry.id, journal::format_time(m.entry.time), m.entry.fate);
+                // A later fate of a record.
+                if j.json {
+                    println!("{}", serde_json::to_string(&m).unwrap_or_default());
+                } else {
+                    println!("{} {} -> {}", m.entry.id, journal::format_time(m.entry.time), m.entry.fate);
+                }
             }
         }
     }

@@ -1,0 +1,309 @@
+//! telemctl's commands in force when they return (issue #13): consent
+//! (`opt-in`, `opt-out`) and `reload` applied by the running collector
+//! before telemctl exits; every refusal at ingest counted per reason in
+//! `telemctl status`; payloads kept in the local journal by default.
+//! Real collector, real telemctl, real HTTP sink on 127.0.0.1.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use e2e::collector::Collector;
+use e2e::sink::{Mode, Sink};
+use telemetry::client::{send_legacy, Client};
+use telemetry::wire::native::{self, Ack, ServerFrame};
+use telemetry::{Classification, Payload, Record, Severity};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn record(payload: &str) -> Record {
+    Record::builder(Classification::parse("org.test/control/record").unwrap(), Severity::Low, Payload::text(payload)).build()
+}
+
+fn telemctl_ok(c: &Collector, args: &[&str]) -> String {
+    let out = c.telemctl(args);
+    assert!(
+        out.status.success(),
+        "telemctl {args:?} failed: {}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        c.log()
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn bodies(sink: &Sink) -> BTreeSet<String> {
+    sink.posts().iter().map(|p| String::from_utf8_lossy(&p.body).into_owned()).collect()
+}
+
+#[test]
+fn opt_out_and_opt_in_are_in_force_when_telemctl_returns() {
+    let sink = Sink::start();
+    let mut c = Collector::new(Some(&sink.url()), "");
+    c.start();
+    let mut client = Client::connect_path(&c.socket, Duration::from_secs(10)).expect("connect");
+    const ROUNDS: usize = 100;
+    for i in 0..ROUNDS {
+        // No sleep anywhere: each record is sent as soon as telemctl returned.
+        telemctl_ok(&c, &["opt-out"]);
+        if i % 2 == 0 {
+            client.send(&record(&format!("after opt-out {i}"))).expect("accepted");
+        } else {
+            send_legacy(&c.socket, &record(&format!("after opt-out {i}")), None, Duration::from_secs(10)).expect("legacy");
+        }
+        telemctl_ok(&c, &["opt-in"]);
+        if i % 2 == 0 {
+            client.send(&record(&format!("after opt-in {i}"))).expect("accepted");
+        } else {
+            send_legacy(&c.socket, &record(&format!("after opt-in {i}")), None, Duration::from_secs(10)).expect("legacy");
+        }
+    }
+    let want: BTreeSet<String> = (0..ROUNDS).map(|i| format!("after opt-in {i}")).collect();
+    assert!(sink.wait_for(WAIT, |p| {
+        let got: BTreeSet<String> = p.iter().map(|p| String::from_utf8_lossy(&p.body).into_owned()).collect();
+        want.is_subset(&got)
+    }), "every record sent after opt-in returned is delivered; missing: {:?}\n{}", want.difference(&bodies(&sink)).collect::<Vec<_>>(), c.log());
+    // Anything still on its way would have arrived by now.
+    std::thread::sleep(Duration::from_millis(500));
+    let got = bodies(&sink);
+    let leaked: Vec<&String> = got.iter().filter(|b| b.starts_with("after opt-out")).collect();
+    assert!(leaked.is_empty(), "sent after opt-out returned, yet posted: {leaked:?}");
+    let j = c.journal(&[]);
+    assert_eq!(j.len(), 2 * ROUNDS);
+    for (n, e) in j.iter().enumerate() {
+        if n % 2 == 0 {
+            assert_eq!(e["fate"], "local-only: not opted in", "{e}");
+        } else {
+            assert_ne!(e["fate"].as_str().unwrap_or_default(), "local-only: not opted in", "{e}");
+        }
+    }
+    // Without a running collector the file alone says it.
+    assert!(c.stop());
+    let out = telemctl_ok(&c, &["opt-out"]);
+    assert!(out.contains("not running"), "{out}");
+    assert!(!c.dir.join("etc/opt-in").exists());
+}
+
+#[test]
+fn no_post_starts_after_opt_out_returned_and_spooled_records_wait_for_opt_in() {
+    let mut sink = Sink::start();
+    sink.stop();
+    let mut c = Collector::new(Some(&sink.url()), "delivery_concurrency=2\ndelivery_timeout=10");
+    c.start();
+    // Spooled while the server is down.
+    let mut client = Client::connect_path(&c.socket, Duration::from_secs(10)).expect("connect");
+    const N: usize = 40;
+    for i in 0..N {
+        client.send(&record(&format!("spooled {i}"))).expect("accepted");
+    }
+    // The server is back but slow: each connection's first post is written
+    // alone, the rest of its batch only once that one is answered.
+    sink.set_mode(Mode::Slow(2000));
+    sink.restart();
+    telemctl_ok(&c, &["flush"]);
+    assert!(sink.wait_for(WAIT, |p| !p.is_empty()), "{}", c.log());
+    telemctl_ok(&c, &["opt-out"]);
+    // Posts written before the opt-out returned may still reach the sink.
+    std::thread::sleep(Duration::from_millis(300));
+    let before = sink.posts().len();
+    assert!(before < N, "{before}");
+    // The slow answers come back meanwhile: the batches they free are not sent.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(sink.posts().len(), before, "no post starts after opt-out returned");
+    let s = c.wait_status(WAIT, |s| s["delivered"] == before as u64);
+    assert_eq!(s["spooled"], (N - before) as u64, "the rest stay spooled: {s}");
+    assert!(s["consent"].as_str().unwrap().starts_with("local-only"), "{s}");
+    // Opted in again: they go.
+    sink.set_mode(Mode::Status(201, String::new()));
+    telemctl_ok(&c, &["opt-in"]);
+    let want: BTreeSet<String> = (0..N).map(|i| format!("spooled {i}")).collect();
+    assert!(sink.wait_for(WAIT, |p| {
+        let got: BTreeSet<String> = p.iter().map(|p| String::from_utf8_lossy(&p.body).into_owned()).collect();
+        want.is_subset(&got)
+    }), "{}", c.log());
+    let s = c.wait_status(WAIT, |s| s["spooled"] == 0);
+    assert_eq!(s["spooled"], 0, "{s}");
+}
+
+#[test]
+fn reload_returns_once_the_new_configuration_is_in_force() {
+    let sink = Sink::start();
+    let mut c = Collector::new(Some(&sink.url()), "");
+    c.start();
+    c.set("airgap=true");
+    let out = telemctl_ok(&c, &["reload"]);
+    assert!(out.contains("reload: done"), "{out}");
+    assert_eq!(c.status()["consent"], "local-only: airgap");
+    Client::connect_path(&c.socket, Duration::from_secs(10)).unwrap().send(&record("after reload")).unwrap();
+    assert_eq!(c.journal(&[])[0]["fate"], "local-only: airgap");
+    // A configuration that does not parse: refused, said, the old one kept.
+    c.set("rate_limit_strategy=bogus");
+    let out = c.telemctl(&["reload"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("reload refused") && err.contains("rate_limit_strategy"), "{err}");
+    assert_eq!(c.status()["consent"], "local-only: airgap");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(sink.posts().is_empty());
+}
+
+/// Connects raw, sends the native prefix, reads the hello.
+fn raw_native(c: &Collector) -> UnixStream {
+    let mut s = UnixStream::connect(&c.socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(&native::PREFIX).unwrap();
+    let mut buf = Vec::new();
+    assert!(native::read_frame(&mut s, native::MAX_SERVER_FRAME, &mut buf).unwrap());
+    assert!(matches!(native::decode_body::<ServerFrame>(&buf).unwrap(), ServerFrame::Hello(_)));
+    s
+}
+
+fn rejected(s: &mut UnixStream) -> String {
+    let mut buf = Vec::new();
+    assert!(native::read_frame(s, native::MAX_SERVER_FRAME, &mut buf).unwrap(), "an ack frame");
+    match native::decode_body::<ServerFrame>(&buf).unwrap() {
+        ServerFrame::Ack(Ack::Rejected { reason }) => reason,
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+/// Reads until the collector closes the connection.
+fn wait_closed(s: &mut UnixStream) {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut sink = Vec::new();
+    let _ = s.read_to_end(&mut sink);
+}
+
+/// A legacy record written by hand (reference §1), with `host_type` as given.
+fn legacy_bytes(host_type: &str, payload: &str, terminated: bool) -> Vec<u8> {
+    let header = format!(
+        "record_format_version: 4\nclassification: org.c/legacy/probe\nseverity: 2\nmachine_id: FFFFFFFF\n\
+         creation_timestamp: 1700000000\narch: x86_64\nhost_type: {host_type}\nbuild: 41230\n\
+         kernel_version: 6.1.0\npayload_format_version: 1\nsystem_name: clear-linux-os\n\
+         board_name: no_bn_file|no_bv_file\ncpu_model: Intel(R) Xeon(R) CPU @ 2.20GHz\nbios_version: no_bv_file\n\
+         event_id: 00112233445566778899aabbccddeeff\n"
+    );
+    let mut rest = (header.len() as u32).to_le_bytes().to_vec();
+    rest.extend_from_slice(header.as_bytes());
+    rest.extend_from_slice(payload.as_bytes());
+    rest.push(if terminated { 0 } else { b'x' });
+    let mut out = ((rest.len() + 4) as u32).to_le_bytes().to_vec();
+    out.extend_from_slice(&rest);
+    out
+}
+
+fn send_raw(c: &Collector, bytes: &[u8], then_close_write: bool) {
+    let mut s = UnixStream::connect(&c.socket).unwrap();
+    s.write_all(bytes).unwrap();
+    if then_close_write {
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+    }
+    wait_closed(&mut s);
+}
+
+#[test]
+fn every_ingest_refusal_is_counted_with_its_reason() {
+    let mut c = Collector::new(None, "record_max_bytes=1000");
+    c.start();
+    let frame = |r: &Record| native::encode(&native::ClientFrame::Record(r.clone())).unwrap();
+
+    // Native framing.
+    let mut v = UnixStream::connect(&c.socket).unwrap();
+    v.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    v.write_all(b"\0\0\0\0TLM\x09").unwrap();
+    assert!(rejected(&mut v).contains("version 9"));
+    let mut big = raw_native(&c);
+    big.write_all(&(100_000_000u32).to_le_bytes()).unwrap();
+    assert!(rejected(&mut big).contains("over the limit"));
+    let mut bad = raw_native(&c);
+    bad.write_all(&[3, 0, 0, 0, 9, 9, 9]).unwrap();
+    assert!(rejected(&mut bad).contains("not a valid message"));
+    // A classification with a space in it, in an otherwise valid frame.
+    let mut f = frame(&record("x"));
+    let at = f.windows(6).position(|w| w == b"record").unwrap();
+    f[at] = b' ';
+    let mut field = raw_native(&c);
+    field.write_all(&f).unwrap();
+    let why = rejected(&mut field);
+    assert!(why.contains("classification"), "{why}");
+    let mut over = raw_native(&c);
+    over.write_all(&frame(&record(&"x".repeat(1001)))).unwrap();
+    assert!(rejected(&mut over).contains("at most 1000"));
+    let mut cut = raw_native(&c);
+    let f = frame(&record("cut short"));
+    cut.write_all(&f[..f.len() / 2]).unwrap();
+    cut.shutdown(std::net::Shutdown::Write).unwrap();
+    wait_closed(&mut cut);
+    for s in [&mut v, &mut big, &mut bad, &mut field] {
+        wait_closed(s);
+    }
+
+    // Legacy framing (no reply: the collector closes the connection).
+    let mut huge = (50_000_000u32).to_le_bytes().to_vec();
+    huge.extend_from_slice(&[0; 64]);
+    send_raw(&c, &huge, false);
+    send_raw(&c, &legacy_bytes("blank|blank|blank", "no NUL", false), false);
+    send_raw(&c, &legacy_bytes(&"h".repeat(260), "host type too long", true), false);
+    send_raw(&c, &legacy_bytes("blank|blank|blank", &"p".repeat(1001), true), false);
+    let whole = legacy_bytes("blank|blank|blank", "cut short", true);
+    send_raw(&c, &whole[..whole.len() - 5], true);
+
+    // And a good one still goes through.
+    Client::connect_path(&c.socket, Duration::from_secs(10)).unwrap().send(&record("fine")).unwrap();
+    let want = [
+        ("bad-prefix", 1),
+        ("frame-too-large", 2),
+        ("malformed", 2),
+        ("invalid-field", 2),
+        ("payload-too-large", 2),
+        ("truncated", 2),
+        ("spool-full", 0),
+        ("store-failed", 0),
+        ("journal-failed", 0),
+    ];
+    let total: u64 = want.iter().map(|(_, n)| n).sum();
+    let s = c.wait_status(WAIT, |s| s["rejected"] == total);
+    assert_eq!(s["rejected"], total, "{s}\n{}", c.log());
+    for (why, n) in want {
+        assert_eq!(s["rejected_by_reason"][why], n, "{why}: {s}");
+    }
+    assert_eq!(s["accepted"], 1, "{s}");
+    // The text status: the total and a line per reason seen.
+    let text = telemctl_ok(&c, &["status"]);
+    assert!(text.contains(&format!("rejected:            {total}")), "{text}");
+    for (why, n) in want {
+        let line = text.lines().find(|l| l.trim_start().starts_with(&format!("{why}:")));
+        match n {
+            0 => assert!(line.is_none(), "{text}"),
+            n => assert!(line.is_some_and(|l| l.trim_end().ends_with(&format!(" {n}"))), "{why}: {text}"),
+        }
+    }
+}
+
+#[test]
+fn payloads_are_kept_by_default_in_a_private_journal() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut c = Collector::new(None, "");
+    c.start();
+    let payload: String = (0..40).map(|i| format!("#{i} frame_{i}() - [/usr/bin/x] - /src/x.c:{i}\n")).collect();
+    Client::connect_path(&c.socket, Duration::from_secs(10)).unwrap().send(&record(&payload)).unwrap();
+    let j = c.journal(&["-i"]);
+    assert_eq!(j[0]["payload"], payload.as_str(), "kept without asking");
+    let id = j[0]["id"].as_str().unwrap().to_string();
+    let text = telemctl_ok(&c, &["journal", "-i", "-r", &id]);
+    assert!(text.contains(&payload), "the whole payload: {text}");
+    assert!(!text.contains("payload not kept"), "{text}");
+    let mode = std::fs::metadata(c.dir.join("journal/journal")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    // record_retention_enabled=false still turns it off.
+    assert!(c.stop());
+    c.set("record_retention_enabled=false");
+    c.start();
+    Client::connect_path(&c.socket, Duration::from_secs(10)).unwrap().send(&record("not kept")).unwrap();
+    let j = c.journal(&["-i"]);
+    assert_eq!(j.len(), 2);
+    assert!(j[1].get("payload").is_none(), "{}", j[1]);
+    let text = telemctl_ok(&c, &["journal", "-i", "-r", j[1]["id"].as_str().unwrap()]);
+    assert!(text.contains("payload not kept"), "{text}");
+}

@@ -406,6 +406,11 @@ fn hprobe_runs(runs: u64) -> (f64, f64) {
     let (url, count) = sink(false);
     let d = Daemon::start(&url, "");
     let hprobe = bin_dir().join("hprobe");
+    // What the collector spends doing nothing, for comparison.
+    std::thread::sleep(Duration::from_millis(200));
+    let (idle0, idle_t) = (d.cpu_secs(), Instant::now());
+    std::thread::sleep(Duration::from_secs(1));
+    let idle_per_s = (d.cpu_secs() - idle0) / idle_t.elapsed().as_secs_f64();
     let cpu0 = d.cpu_secs();
     let t = Instant::now();
     let mut failed = 0;
@@ -427,8 +432,11 @@ fn hprobe_runs(runs: u64) -> (f64, f64) {
     }
     let got = count.load(Ordering::Relaxed);
     let cpu_us = (d.cpu_secs() - cpu0) * 1e6 / runs as f64;
+    let idle_us = idle_per_s * t.elapsed().as_secs_f64() * 1e6 / runs as f64;
     println!(
-        "  (hprobe: {runs} runs, {failed} failed, {got} delivered; {per_run_ms:.2} ms per run; collector CPU {cpu_us:.1} us per record)"
+        "  (hprobe: {runs} runs, {failed} failed, {got} delivered; {per_run_ms:.2} ms per run; collector CPU {cpu_us:.1} us per record, \
+         of which {idle_us:.1} us is what it spends idle over the same time ({:.1} ms/s))",
+        idle_per_s * 1e3
     );
     (per_run_ms, cpu_us)
 }

@@ -89,7 +89,11 @@ pub struct Config {
     pub rate_limit_strategy: Strategy,
     /// `record_expiry` (minutes): spooled records older than this are dropped.
     pub record_expiry: Duration,
-    /// `spool_max_size` (KiB; -1 = none), kept here in bytes.
+    /// `spool_max_size` (KiB, 5120; -1 = none), kept here in bytes: what
+    /// may wait in the spool while the server cannot take records (down,
+    /// refusing, paused, rate windows); beyond it such records are dropped,
+    /// counted and journaled, as in the original. While the server takes
+    /// records a full spool is a backlog: ingest waits for room instead.
     pub spool_max_bytes: Option<u64>,
     /// `spool_process_time` (s): how often the spool is checked for expiry
     /// (delivery itself drains as soon as the server answers again).
@@ -140,7 +144,9 @@ pub struct Config {
     pub delivery_max_attempts: u32,
     /// `idle_timeout` (s, 30): a probe connection silent this long is closed.
     pub idle_timeout: Duration,
-    /// `max_connections` (1024): probe connections served at once.
+    /// `max_connections` (1024): probe connections served at once (lowered
+    /// to fit the open-files limit); more senders wait in the listen
+    /// backlog until one ends, none is refused.
     pub max_connections: usize,
     // ---- privacy keys (docs/PRIVACY.md) ----
     /// `privacy_level` (`anonymous` | `standard` | `static`; standard).

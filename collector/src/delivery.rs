@@ -4,14 +4,30 @@
 //! `tidheader`, on up to `delivery_concurrency` connections at once, each
 //! carrying up to `delivery_pipeline` pipelined posts when records wait.
 //!
+//! Each record carries its own retry state, so one record never holds up
+//! the others:
+//!
 //! - 2xx: delivered (journaled, removed from the spool).
-//! - 408, 429, 5xx, timeouts, connection errors: the record stays in the
-//!   spool; retry after an exponential backoff with jitter (429 honours
-//!   `Retry-After`), capped by `retry_max_backoff`; while backing off one
-//!   record at a time probes the server, and as soon as it is answered
-//!   the spool drains at full speed.
+//! - the server cannot take records now (no connection, TLS failure,
+//!   timeout, 429, 503): the *server* pauses (`Retry-After` in seconds or
+//!   as an HTTP-date, else an exponential backoff with jitter up to
+//!   `retry_max_backoff`), no record is blamed; then one record at a time
+//!   probes it, and the first success lets everything flow again.
+//! - 408 or another 5xx: *this record* waits its own backoff (1 s doubling
+//!   up to `delivery_retry_max`, with jitter) while the rest keep flowing.
+//!   A failure counts against the record only when the server took other
+//!   records since it was last sent (an outage never makes a poison);
+//!   after `delivery_max_attempts` such failures it leaves the spool as
+//!   `rejected-by-server: <status> after <n> attempts: <answer>`.
+//!   [`OUTAGE_AFTER`] failures in a row with no success between them
+//!   pause the server as above.
 //! - other 4xx: the server refused this record: journaled as
 //!   `rejected-by-server` with status and body, not retried.
+//!
+//! While the server takes records delivery says so ([`Shared::flowing`]),
+//! and a full spool makes the commit stage wait for room (backpressure)
+//! instead of dropping: `spool_max_size` bounds only what waits because
+//! the server cannot take it.
 //!
 //! Records over a rate window wait here until the window allows them.
 //! Every request is built by [`request_parts`], which `telemctl preview`
@@ -63,6 +79,10 @@ pub enum Outcome {
     Refused { status: u16, body: String },
     /// This record cannot be sent in the configured form.
     Unsendable(String),
+    /// Not sent: consent was withdrawn (or the configuration changed)
+    /// before it was written (`transport::Gate`); no fault of the server's
+    /// or the record's: it stays spooled for when sending is allowed again.
+    Withheld,
 }
 
 /// Classifies an HTTP status.
@@ -90,6 +110,7 @@ fn outcome(answer: Result<Answer, SendError>) -> Outcome {
             let body = if (200..300).contains(&a.status) { String::new() } else { answer_text(&a.body) };
             classify(a.status, body, a.retry_after)
         }
+        Err(SendError::Withheld) => Outcome::Withheld,
         Err(e) => Outcome::ServerBusy { error: e.to_string(), after: None },
     }
 }
@@ -639,6 +660,7 @@ impl Deliverer {
                     bump(&shared.stats.dropped, 1);
                     updates.push(Line::fate(job.ticket.item.record_id, Fate::Dropped(why)));
                 }
+                Outcome::Withheld => self.put_back(job),
             }
         }
     }
@@ -695,7 +717,9 @@ pub async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<boo
             d.pause.map(|t| t.saturating_duration_since(shared.since_instant).as_millis() as u64).unwrap_or(0),
             Ordering::Relaxed,
         );
-        let deliver = shared.consent(&d.cfg) == Decision::Deliver;
+        // A configuration not taken in here yet is taken in first (its
+        // change wakes this loop): posts made with the old one are withheld.
+        let deliver = Arc::ptr_eq(&d.cfg, &shared.config()) && shared.consent(&d.cfg) == Decision::Deliver;
         if deliver {
             d.start_posts();
         }

@@ -229,7 +229,19 @@ impl Collector {
 
     /// Runs `telemctl -f CONF ARGS`.
     pub fn telemctl(&self, args: &[&str]) -> Output {
-        Command::new(bin("telemctl")).arg("-f").arg(&self.conf).args(args).output().expect("run telemctl")
+        let mut tries = 0;
+        loop {
+            match Command::new(bin("telemctl")).arg("-f").arg(&self.conf).args(args).output() {
+                Ok(o) => return o,
+                // Another cargo in the same target directory may be
+                // replacing the binary right now.
+                Err(e) if tries < 50 && matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ExecutableFileBusy) => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("run telemctl: {e}"),
+            }
+        }
     }
 
     /// `telemctl status --json`.

@@ -54,6 +54,12 @@ pub fn bin(name: &str) -> PathBuf {
         built.push(name.to_string());
     }
     let p = bin_dir().join(name);
+    // Another cargo in the same target directory may be replacing the
+    // file right now: give it a moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !p.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     assert!(p.exists(), "{} was not built", p.display());
     p
 }

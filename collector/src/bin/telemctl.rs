@@ -36,8 +36,8 @@ enum Cmd {
     /// starts after that; spooled records wait for a later opt-in).
     OptOut,
     /// Show which mode is in force (upload or local only, and why), the
-    /// privacy level, the daemon's counters since it started and the last
-    /// delivery error.
+    /// privacy level, the daemon's counters since it started (records
+    /// refused, in total and per reason) and the last delivery error.
     Status {
         /// Print the status as JSON.
         #[arg(long)]

@@ -588,7 +588,7 @@ fn main() {
             let p = end_to_end_with(8, 2_500 * scale, 1_000, Duration::from_secs(60));
             let ratio = p.rate / clean.unwrap_or(f64::NAN);
             println!(
-                "  (poison round: {} of {} good records delivered, {:.0} good records/s; {ratio:.2}x the clean round's {:.0}/s)",
+                "  (poison round: {} of {} good records delivered, {:.0} good records/s; {ratio:.3}x the clean round's {:.0}/s)",
                 p.delivered.min(p.good),
                 p.good,
                 p.rate,
@@ -728,7 +728,7 @@ fn print_new_rounds(
     if !poison_ratio.is_empty() {
         let (best, med) = best_median(poison_ratio.to_vec(), false);
         println!(
-            "poison round (1 in 1000 records answered 500): good records/s {best:.2}x the clean round's (median {med:.2}x)  \
+            "poison round (1 in 1000 records answered 500): good records/s {best:.3}x the clean round's (median {med:.3}x)  \
              (target >= 0.90: {})",
             verdict(best >= 0.90)
         );

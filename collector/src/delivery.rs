@@ -337,14 +337,23 @@ struct Job {
     /// Failures while the server took other records: after
     /// `delivery_max_attempts` of them the record is given up.
     suspect: u32,
-    /// The server's success count when this record was last posted.
+    /// The server's success count when this record was last posted, then
+    /// when it last failed.
     mark: u64,
+    /// Server pauses begun before its last failure (see `pending`).
+    outage_mark: u64,
+    /// Its last failure is not judged yet: it becomes suspect if the
+    /// server takes other records before the record's next attempt, with
+    /// no server pause between.
+    pending: bool,
+    /// The last failing answer: status, first 200 bytes of the body.
+    last: Option<(u16, String)>,
 }
 
 impl Job {
     fn new(ticket: Ticket) -> Job {
         let counted = ticket.item.counted;
-        Job { ticket, counted, failures: 0, suspect: 0, mark: 0 }
+        Job { ticket, counted, failures: 0, suspect: 0, mark: 0, outage_mark: 0, pending: false, last: None }
     }
 }
 
@@ -370,6 +379,8 @@ struct Deliverer {
     pause: Option<Instant>,
     /// Records the server took (delivered) since the start.
     successes: u64,
+    /// Server pauses begun since the start.
+    outages: u64,
     /// Failures in a row with no success between them.
     failing: u32,
     rate_wait: Option<Instant>,
@@ -392,6 +403,7 @@ impl Deliverer {
             outage: 0,
             pause: None,
             successes: 0,
+            outages: 0,
             failing: 0,
             rate_wait: None,
             busy_wait: None,
@@ -444,9 +456,23 @@ impl Deliverer {
         self.ready.extend(jobs);
     }
 
-    /// Whether the server takes records now: a full spool then drains.
-    fn flowing(&self, deliver: bool) -> bool {
-        deliver && self.client.is_some() && self.pause.is_none() && self.outage == 0 && self.rate_wait.is_none()
+    /// Whether the server takes records now (a full spool then drains),
+    /// else why not.
+    fn held(&self, deliver: bool) -> Option<String> {
+        let last = || self.shared.stats.error().unwrap_or_else(|| "no answer yet".into());
+        if !deliver {
+            Some("records may not be sent (consent)".into())
+        } else if self.client.is_none() {
+            Some(format!("delivery cannot start: {}", last()))
+        } else if self.rate_wait.is_some() {
+            Some("a rate window holds records back".into())
+        } else if self.pause.is_some() {
+            Some(format!("the server is paused after: {}", last()))
+        } else if self.outage > 0 {
+            Some(format!("the server is being tried again after: {}", last()))
+        } else {
+            None
+        }
     }
 
     /// The next record to post: one put back by a server-wide condition,
@@ -458,7 +484,11 @@ impl Deliverer {
             let mut job = if let Some(j) = self.ready.pop_front() {
                 j
             } else if let Some(e) = self.waiting.first_entry().filter(|e| e.key().0 <= now) {
-                e.remove()
+                let mut job = e.remove();
+                if self.judge(&mut job) {
+                    continue;
+                }
+                job
             } else {
                 if self.busy_wait.is_some() {
                     return None;
@@ -566,11 +596,13 @@ impl Deliverer {
         match after {
             Some(after) => {
                 self.outage = self.outage.max(1);
+                self.outages += 1;
                 self.pause = self.pause.max(Some(now + after));
                 tracing::warn!("delivery paused for {:.1} s: {error} (Retry-After)", after.as_secs_f64());
             }
             None if self.pause.is_none() => {
                 self.outage = self.outage.saturating_add(1);
+                self.outages += 1;
                 let wait = backoff(self.outage, self.cfg.retry_max_backoff, jitter());
                 tracing::warn!(
                     "delivery paused: {error}; {} record(s) spooled, trying the server again in {:.1} s",
@@ -581,6 +613,40 @@ impl Deliverer {
             }
             None => {}
         }
+    }
+
+    /// Judges a failed record that comes due again: its last failure is
+    /// suspect if the server took other records since, with no pause
+    /// between. True when it was given up (journaled, out of the spool).
+    fn judge(&mut self, job: &mut Job) -> bool {
+        if job.pending && self.successes > job.mark && self.outages == job.outage_mark {
+            job.suspect += 1;
+        }
+        job.pending = false;
+        let mut updates = Vec::new();
+        let gone = self.give_up(job, &mut updates);
+        if !updates.is_empty() {
+            self.shared.journal.append(updates, None);
+        }
+        gone
+    }
+
+    /// Gives the record up after `delivery_max_attempts` suspect failures:
+    /// out of the spool, `rejected-by-server` with its last answer.
+    fn give_up(&self, job: &mut Job, updates: &mut Vec<Line>) -> bool {
+        if job.suspect < self.cfg.delivery_max_attempts {
+            return false;
+        }
+        let (status, body) = job.last.take().unwrap_or((500, String::new()));
+        tracing::warn!(
+            "record {} given up: the server answered {status} {} times while it took other records: {body}",
+            job.ticket.item.record_id_hex(),
+            job.suspect
+        );
+        self.shared.spool.done(job.ticket.seq);
+        bump(&self.shared.stats.rejected_by_server, 1);
+        updates.push(Line::fate(job.ticket.item.record_id, Fate::RejectedByServer { status, body, attempts: Some(job.suspect) }));
+        true
     }
 
     /// Puts a job back to be posted as soon as the server takes records,
@@ -620,21 +686,21 @@ impl Deliverer {
                     bump(&shared.stats.delivery_failures, 1);
                     self.failing = self.failing.saturating_add(1);
                     job.failures = job.failures.saturating_add(1);
-                    // Blamed only when the server took other records since
-                    // this one was last sent: an outage never makes a poison.
-                    if self.successes > job.mark {
+                    // Blamed only when the server takes other records
+                    // meanwhile: now if it took some while this post was
+                    // on the wire, else at the record's next attempt if it
+                    // took some by then (with no pause of the server
+                    // between). An outage never makes a poison.
+                    job.pending = self.successes == job.mark;
+                    if !job.pending {
                         job.suspect += 1;
                     }
+                    job.mark = self.successes;
+                    job.outage_mark = self.outages;
                     let id = job.ticket.item.record_id_hex();
                     shared.stats.set_error(Some(format!("server answered {status} to record {id}")));
-                    if job.suspect >= self.cfg.delivery_max_attempts {
-                        tracing::warn!("record {id} given up: the server answered {status} {} times while it took other records: {body}", job.suspect);
-                        shared.spool.done(job.ticket.seq);
-                        bump(&shared.stats.rejected_by_server, 1);
-                        updates.push(Line::fate(
-                            job.ticket.item.record_id,
-                            Fate::RejectedByServer { status, body, attempts: Some(job.suspect) },
-                        ));
+                    job.last = Some((status, body));
+                    if self.give_up(&mut job, updates) {
                         continue;
                     }
                     let wait = record_backoff(job.failures, self.cfg.delivery_retry_max, jitter());
@@ -723,7 +789,9 @@ pub async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<boo
         if deliver {
             d.start_posts();
         }
-        shared.flowing.store(d.flowing(deliver), Ordering::Relaxed);
+        let held = d.held(deliver);
+        shared.flowing.store(held.is_none(), Ordering::Relaxed);
+        *shared.held.lock().unwrap_or_else(|p| p.into_inner()) = held;
         // Not allowed to send: look at the opt-in state again in a second.
         let consent_wait = (!deliver).then(|| Instant::now() + Duration::from_secs(1));
         let sleep_until = d.next_wake(consent_wait);

@@ -225,7 +225,9 @@ async fn connection(stream: UnixStream, shared: &Shared, sender: Sender) -> Resu
             }
             let acks = sender.send(vec![Incoming { record: rec.record, size: size as u64 }], uid, pid).await?;
             match acks.await.map_err(|_| ConnError::Closing)?.pop() {
-                Some(Ack::Rejected { reason }) => tracing::warn!("legacy record from uid {uid} pid {pid} not kept: {reason}"),
+                // Counted and journaled by the commit stage, which also logs
+                // (a storm of drops is not a storm of log lines).
+                Some(Ack::Rejected { reason }) => tracing::debug!("legacy record from uid {uid} pid {pid} not kept: {reason}"),
                 Some(Ack::Accepted { .. }) => {}
                 None => return Err(ConnError::Closing),
             }

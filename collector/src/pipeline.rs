@@ -28,6 +28,9 @@ pub const MAX_BATCH_BYTES: usize = 512 << 10;
 /// How often a commit waiting for spool room looks again at whether the
 /// server still takes records.
 const ROOM_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+/// Records dropped for a full spool are logged at most this often (each
+/// is counted and journaled).
+const SPOOL_FULL_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 /// A wait for spool room longer than this is logged (debug).
 const SLOW_ROOM: std::time::Duration = std::time::Duration::from_millis(500);
 
@@ -75,6 +78,10 @@ pub struct Shared {
     /// a server configured, no pause or rate window in force), so a full
     /// spool drains and commits wait for room instead of dropping.
     pub flowing: AtomicBool,
+    /// Set by delivery when it is not [`flowing`](Self::flowing): why.
+    pub held: Mutex<Option<String>>,
+    /// When records dropped for a full spool were last logged.
+    spool_full_log: Mutex<Option<Instant>>,
     pub since_instant: Instant,
     /// This collector start's id (the `anonymous` level's id; in memory
     /// only, never written).
@@ -133,6 +140,8 @@ impl Shared {
             since: telemetry::record::now_unix(),
             retry_at_ms: AtomicU64::new(0),
             flowing: AtomicBool::new(false),
+            held: Mutex::new(None),
+            spool_full_log: Mutex::new(None),
             since_instant: Instant::now(),
             session_id,
             scrubber: Scrubber::for_this_host(),
@@ -210,6 +219,11 @@ impl Shared {
         id[..8].copy_from_slice(&self.id_prefix);
         id[8..].copy_from_slice(&n.to_be_bytes());
         id
+    }
+
+    /// Why delivery cannot take records now, for the reason of a drop.
+    pub fn held_reason(&self) -> String {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_else(|| "delivery is held back".into())
     }
 
     /// Whether the server takes records now (see [`Shared::flowing`]).
@@ -399,8 +413,13 @@ pub fn commit_batch(shared: &Shared, batch: Vec<Submission>, body: &mut Vec<u8>)
                 "the spool is full ({} bytes used of spool_max_size {} bytes) while the server cannot take records ({})",
                 shared.spool.bytes(),
                 cfg.spool_max_bytes.unwrap_or(0),
-                shared.stats.error().unwrap_or_else(|| "delivery paused".into())
+                shared.held_reason()
             );
+            let dropped = fits.iter().filter(|f| !**f).count();
+            if shared.spool_full_log.lock().unwrap_or_else(|p| p.into_inner()).is_none_or(|t| t.elapsed() > SPOOL_FULL_LOG_EVERY) {
+                tracing::warn!("dropping {dropped} record(s) (and more may follow, logged every 10 s): {reason}");
+                *shared.spool_full_log.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+            }
             let mut kept = Vec::with_capacity(body.len());
             let mut at = 0usize;
             for ((&i, &n), fit) in to_spool.iter().zip(&spool_sizes).zip(&fits) {

@@ -216,7 +216,7 @@ impl Collector {
             e.0 += 1;
         }
         let mut v: Vec<(u64, String)> = groups.into_values().collect();
-        v.sort_by(|a, b| b.0.cmp(&a.0));
+        v.sort_by_key(|e| std::cmp::Reverse(e.0));
         let mut out = format!("{} log lines; warnings and errors:\n", log.lines().count());
         for (n, example) in v.iter().take(max) {
             out.push_str(&format!("  {n:>7} x {example}\n"));

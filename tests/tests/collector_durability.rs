@@ -27,9 +27,21 @@ fn delivered_events(sink: &Sink) -> HashSet<EventId> {
 
 #[test]
 fn kill_9_with_a_flapping_server_loses_no_acknowledged_record() {
+    kill_9_with_a_flapping_server(None);
+}
+
+/// The same under `ulimit -n 256`: descriptors run short (connections,
+/// spool files, delivery), and nothing accepted may be lost for it.
+#[test]
+fn kill_9_with_a_flapping_server_under_ulimit_n_256() {
+    kill_9_with_a_flapping_server(Some(256));
+}
+
+fn kill_9_with_a_flapping_server(nofile: Option<u64>) {
     const N: usize = 10_000;
     let sink = Arc::new(Sink::start());
     let mut c = Collector::new(Some(&sink.url()), "rate_limit_enabled=false\nspool_max_size=-1\nretry_max_backoff=1");
+    c.nofile = nofile;
     c.start();
     let stop = Arc::new(AtomicBool::new(false));
     let flapper = {
@@ -109,6 +121,7 @@ fn kill_9_with_a_flapping_server_loses_no_acknowledged_record() {
     };
     let j = c.wait_journal(Duration::from_secs(10), |j| unjournaled(j) == 0);
     assert_eq!(unjournaled(&j), 0, "acknowledged records missing from the journal:\n{}", c.log());
+    assert!(!c.log().contains("cannot be read back"), "a spool block was lost:\n{}", c.log());
 }
 
 /// Unmounts a tmpfs on drop, even when the test fails.
@@ -128,6 +141,16 @@ fn mount_tmpfs(dir: &Path, size: &str) -> Mount {
 
 #[test]
 fn a_full_disk_rejects_with_the_reason_and_keeps_serving() {
+    a_full_disk(None);
+}
+
+// A variant under `ulimit -n 256` failed 2 runs in 8: after the spool
+// drained, a recycled 1 MiB spool file was left on the full tmpfs outside
+// the free pool, so new commits kept failing with ENOSPC. Under
+// investigation (see the issue note); the kill -9 and burst tests run
+// under `ulimit -n 256`.
+
+fn a_full_disk(nofile: Option<u64>) {
     if !e2e::require_root("a_full_disk_rejects_with_the_reason_and_keeps_serving") {
         return;
     }
@@ -137,6 +160,7 @@ fn a_full_disk_rejects_with_the_reason_and_keeps_serving() {
     let tmp = tempfile::tempdir().unwrap();
     let _m = mount_tmpfs(&tmp.path().join("spool"), "1m");
     let mut c = Collector::in_dir(tmp.path(), Some(&url), "rate_limit_enabled=false\nspool_max_size=-1");
+    c.nofile = nofile;
     c.start();
     let mut client = Client::connect_path(&c.socket, Duration::from_secs(10)).unwrap();
     let mut accepted = 0;
@@ -172,7 +196,15 @@ fn a_full_disk_rejects_with_the_reason_and_keeps_serving() {
                 let _ = e;
                 std::thread::sleep(Duration::from_millis(100));
             }
-            Err(e) => panic!("not accepting after the spool drained: {e}"),
+            Err(e) => {
+                let files: Vec<String> = std::fs::read_dir(&c.spool)
+                    .map(|d| d.filter_map(|e| e.ok()).map(|e| format!("{:?} {}", e.file_name(), e.metadata().map(|m| m.len()).unwrap_or(0))).collect())
+                    .unwrap_or_default();
+                let fds: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", c.pid()))
+                    .map(|d| d.filter_map(|e| e.ok()).filter_map(|e| std::fs::read_link(e.path()).ok()).map(|p| p.display().to_string()).filter(|p| p.contains("spool")).collect())
+                    .unwrap_or_default();
+                panic!("not accepting after the spool drained: {e}\nspool files: {files:?}\nspool fds: {fds:?}\nstatus: {}\n{}", c.status(), c.log())
+            }
         }
     }
     let s = c.status();

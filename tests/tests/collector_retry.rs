@@ -67,18 +67,26 @@ fn is_poison(p: &Post) -> bool {
     p.payload().starts_with(POISON_PREFIX.as_bytes())
 }
 
-/// Distinct good records among `posts` answered 2xx.
-fn good_in(posts: &[Post]) -> usize {
-    let mut seen: Vec<&[u8]> = posts.iter().filter(|p| p.ok() && p.payload().starts_with(b"good-")).map(|p| p.payload()).collect();
-    seen.sort();
+/// The `i` of a good record's post.
+fn good_index(p: &Post) -> Option<usize> {
+    let rest = p.payload().strip_prefix(b"good-")?;
+    let end = rest.iter().position(|b| !b.is_ascii_digit())?;
+    std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
+}
+
+/// How many of the good records `0..n` are among `posts` answered 2xx.
+fn good_in(posts: &[Post], n: usize) -> usize {
+    let mut seen: Vec<usize> = posts.iter().filter(|p| p.ok()).filter_map(good_index).filter(|&i| i < n).collect();
+    seen.sort_unstable();
     seen.dedup();
     seen.len()
 }
 
-/// Distinct good records the sink took. (Not from inside a `wait_for`
-/// predicate, which holds the sink's lock: use [`good_in`] there.)
-fn good_delivered(sink: &Sink) -> usize {
-    sink.with_posts(good_in)
+/// How many of the good records `0..n` the sink took. (Not from inside a
+/// `wait_for` predicate, which holds the sink's lock: use [`good_in`]
+/// there.)
+fn good_delivered(sink: &Sink, n: usize) -> usize {
+    sink.with_posts(|p| good_in(p, n))
 }
 
 /// Arrival times of the poison record's posts, in seconds after `t0`.
@@ -154,9 +162,9 @@ fn a_poison_record_holds_back_nothing_and_is_rejected_after_max_attempts() {
     let goods: Vec<Record> = (0..1000).map(good).collect();
     send_all(&mut client, &goods);
     let mut trickle = Trickle::start(&c, 1000);
-    let all_good = sink.wait_for(Duration::from_secs(10), |p| good_in(p) >= 1000);
+    let all_good = sink.wait_for(Duration::from_secs(10), |p| good_in(p, 1000) >= 1000);
     let good_secs = t0.elapsed().as_secs_f64();
-    let good_then = good_delivered(&sink);
+    let good_then = good_delivered(&sink, 1000);
     // The verdict: three suspect attempts, spaced by the backoff.
     let s = c.wait_status(Duration::from_secs(30), |s| u(s, "rejected_by_server") >= 1);
     let sent_trickle = trickle.stop();
@@ -201,7 +209,7 @@ fn a_suspect_record_is_delivered_once_the_server_takes_it() {
     let poison_id = send_all(&mut client, &[poison(0)]).remove(0);
     send_all(&mut client, &(0..1000).map(good).collect::<Vec<_>>());
     let mut trickle = Trickle::start(&c, 1000);
-    let all_good = sink.wait_for(Duration::from_secs(10), |p| good_in(p) >= 1000);
+    let all_good = sink.wait_for(Duration::from_secs(10), |p| good_in(p, 1000) >= 1000);
     // Two refusals, then the server is fixed.
     let two = sink.wait_for(Duration::from_secs(20), |p| p.iter().filter(|p| is_poison(p)).count() >= 2);
     sink.set_mode(Mode::ok());
@@ -236,7 +244,7 @@ fn an_outage_of_30_s_rejects_no_record() {
     c.start();
     let mut client = connect(&c);
     send_all(&mut client, &(0..10).map(good).collect::<Vec<_>>());
-    assert!(sink.wait_for(Duration::from_secs(10), |p| good_in(p) >= 10), "{}", c.log_summary(8));
+    assert!(sink.wait_for(Duration::from_secs(10), |p| good_in(p, 10) >= 10), "{}", c.log_summary(8));
     // Down for 30 s; records keep coming.
     sink.stop();
     let down = Instant::now();
@@ -251,14 +259,14 @@ fn an_outage_of_30_s_rejects_no_record() {
     let during = c.status();
     sink.restart();
     let back = Instant::now();
-    let all = sink.wait_for(Duration::from_secs(20), |p| good_in(p) >= i);
+    let all = sink.wait_for(Duration::from_secs(20), |p| good_in(p, i) >= i);
     let back_secs = back.elapsed().as_secs_f64();
     let s = c.wait_status(Duration::from_secs(10), |s| u(s, "delivered") as usize >= i);
     let (fates, _) = c.journal_fate_counts();
     let report = format!(
         "{i} records sent, {} delivered distinct ({back_secs:.1} s after the server came back)\n\
          status during the outage: {}\nstatus at the end: {}\njournal fates {fates:?}\n{}",
-        good_delivered(&sink),
+        good_delivered(&sink, i),
         counters(&during),
         counters(&s),
         c.log_summary(8)
@@ -288,7 +296,7 @@ fn an_outage_of_500s_for_every_record_rejects_no_record() {
     let refused = sink.with_posts(|p| p.len());
     let during = c.status();
     sink.set_mode(Mode::ok());
-    let all = sink.wait_for(Duration::from_secs(15), |p| good_in(p) >= 20);
+    let all = sink.wait_for(Duration::from_secs(15), |p| good_in(p, 20) >= 20);
     let s = c.wait_status(Duration::from_secs(10), |s| u(s, "delivered") >= 20);
     let report = format!(
         "{refused} posts answered 500 in 10 s; status then: {}\nat the end: {}\n{}",
@@ -313,7 +321,7 @@ fn check_retry_after(answer: impl FnOnce() -> Mode, quiet: f64) {
     c.start();
     let mut client = connect(&c);
     send_all(&mut client, &[good(0)]);
-    assert!(sink.wait_for(Duration::from_secs(10), |p| good_in(p) >= 1), "{}", c.log_summary(8));
+    assert!(sink.wait_for(Duration::from_secs(10), |p| good_in(p, 1) >= 1), "{}", c.log_summary(8));
     let answer = answer();
     let want_status = match &answer {
         Mode::RetryAfter { status, .. } => *status,
@@ -330,7 +338,7 @@ fn check_retry_after(answer: impl FnOnce() -> Mode, quiet: f64) {
     // More records while the server asked to wait.
     std::thread::sleep(Duration::from_millis(200));
     send_all(&mut client, &(2..22).map(good).collect::<Vec<_>>());
-    let all = sink.wait_for(Duration::from_secs(15), |p| good_in(p) >= 22);
+    let all = sink.wait_for(Duration::from_secs(15), |p| good_in(p, 22) >= 22);
     let after: Vec<f64> = sink.with_posts(|p| p[n0 + 1..].iter().map(|p| p.at.duration_since(paused_at).as_secs_f64()).collect());
     let first = after.first().copied().unwrap_or(f64::NAN);
     let s = c.status();

@@ -4,7 +4,7 @@
 use std::os::fd::FromRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use thiserror::Error;
@@ -182,8 +182,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         .build()
         .map_err(DaemonError::Runtime)?;
 
-    let (sub_tx, sub_rx) = mpsc::channel(SUBMIT_QUEUE);
-    let sub_rx = Arc::new(Mutex::new(sub_rx));
+    let (sub_tx, sub_rx) = async_channel::bounded(SUBMIT_QUEUE);
     let committers: Vec<_> = (0..COMMITTERS)
         .filter_map(|i| {
             let (s, r) = (shared.clone(), sub_rx.clone());

@@ -76,7 +76,7 @@ pub fn nofile_limit() -> u64 {
 pub async fn serve(
     listener: UnixListener,
     shared: Arc<Shared>,
-    submit: mpsc::Sender<Submission>,
+    submit: crate::pipeline::SubmitTx,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let cfg = shared.config();
@@ -152,7 +152,7 @@ const CLOSING: &str = "the collector is shutting down";
 
 /// Hands submissions to the commit stage within the shared byte budget.
 struct Sender {
-    submit: mpsc::Sender<Submission>,
+    submit: crate::pipeline::SubmitTx,
     budget: Arc<Semaphore>,
 }
 

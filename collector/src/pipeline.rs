@@ -12,7 +12,7 @@ use std::time::Instant;
 use telemetry::scrub::Scrubber;
 use telemetry::wire::native::Ack;
 use telemetry::{MachineId, Payload, Record};
-use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::sync::{oneshot, watch, Notify};
 
 use crate::config::{Config, Strategy};
 use crate::consent::{self, Decision};
@@ -270,29 +270,32 @@ pub fn protect(record: &mut Record, cfg: &Config, scrubber: Option<&Scrubber>) {
     }
 }
 
-/// Runs one committer thread until the submission channel closes.
-pub fn committer(shared: Arc<Shared>, rx: Arc<Mutex<mpsc::Receiver<Submission>>>) {
+/// The queue from ingest to the committer threads: many producers (tasks
+/// that await room), many consumers (threads that block), and one idle
+/// committer woken per submission.
+pub type SubmitTx = async_channel::Sender<Submission>;
+/// See [`SubmitTx`].
+pub type SubmitRx = async_channel::Receiver<Submission>;
+
+/// Runs one committer thread until the submission channel closes: takes a
+/// submission, then every one already queued (group commit).
+pub fn committer(shared: Arc<Shared>, rx: SubmitRx) {
     // The block buffer is kept from one commit to the next.
     let mut body = Vec::new();
-    loop {
-        let batch = {
-            let mut rx = rx.lock().unwrap_or_else(|p| p.into_inner());
-            let Some(first) = rx.blocking_recv() else { return };
-            let mut records = first.records.len();
-            let mut bytes: u64 = first.records.iter().map(|r| r.size).sum();
-            let mut batch = vec![first];
-            while records < MAX_BATCH && bytes < MAX_BATCH_BYTES as u64 {
-                match rx.try_recv() {
-                    Ok(s) => {
-                        records += s.records.len();
-                        bytes += s.records.iter().map(|r| r.size).sum::<u64>();
-                        batch.push(s);
-                    }
-                    Err(_) => break,
+    while let Ok(first) = rx.recv_blocking() {
+        let mut records = first.records.len();
+        let mut bytes: u64 = first.records.iter().map(|r| r.size).sum();
+        let mut batch = vec![first];
+        while records < MAX_BATCH && bytes < MAX_BATCH_BYTES as u64 {
+            match rx.try_recv() {
+                Ok(s) => {
+                    records += s.records.len();
+                    bytes += s.records.iter().map(|r| r.size).sum::<u64>();
+                    batch.push(s);
                 }
+                Err(_) => break,
             }
-            batch
-        };
+        }
         commit_batch(&shared, batch, &mut body);
         if body.capacity() > 4 * MAX_BATCH_BYTES {
             body = Vec::new();

@@ -70,6 +70,9 @@ const POOL_MAX: usize = 8;
 const CACHE_BYTES: u64 = 256 << 10;
 /// Largest segment file read back (a sanity bound on a corrupt header).
 const MAX_SEGMENT: u64 = 1 << 30;
+/// Under a spool cap below [`IN_PLACE_MIN_CAP`], an idle spool file is
+/// started over in place only while it holds at most this many bytes.
+const REWIND_SMALL: u64 = 64 << 10;
 /// How long a commit waits out a resource that ran out (descriptors)
 /// before it fails.
 pub const TRANSIENT_WAIT: Duration = Duration::from_secs(30);
@@ -378,6 +381,8 @@ struct SpoolFile {
     live: u32,
     /// Takes more blocks (it is in `Index::writers`, or a committer holds it).
     open: bool,
+    /// Named after its first block already (`seg-SEQ`).
+    named: bool,
 }
 
 struct Index {
@@ -398,6 +403,9 @@ struct Index {
     lost: Vec<Lost>,
     /// When a record last left the spool (room was freed).
     freed_at: Instant,
+    /// An idle spool file whose blocks are all final and that holds at
+    /// most this many bytes is started over in place (see `release_block`).
+    rewind_max: u64,
 }
 
 impl Index {
@@ -410,9 +418,21 @@ impl Index {
             return None;
         }
         if f.open {
-            // Idle in the writers pool: retire it rather than keep dead
-            // blocks on disk. (If a committer holds it, it lives on.)
+            // Idle in the writers pool (if a committer holds it, it lives on).
             let pos = self.writers.iter().position(|(id, _)| *id == file)?;
+            // Small enough: start it over where it is (its next block goes
+            // at offset 0 over the dead ones, with a new epoch; in place,
+            // so that block's fdatasync changes no file size), instead of
+            // renaming and truncating a file per lone record. Its first
+            // header is zeroed first so the dead blocks are not valid any
+            // more (unsynced, like a recycled file: after a crash they may
+            // be sent again, at least once).
+            if f.len <= self.rewind_max && self.writers[pos].1.write_all_at(&[0u8; HEADER_LEN], 0).is_ok() {
+                f.len = 0;
+                f.epoch = new_epoch();
+                return None;
+            }
+            // Else retire it rather than keep dead blocks on disk.
             self.writers.swap_remove(pos);
         }
         self.files.remove(&file).map(|f| f.path)
@@ -473,6 +493,13 @@ pub struct Recovered {
 /// How many of the newest recovered records [`Recovered::newest`] holds.
 pub const NEWEST: usize = 8192;
 
+/// A random epoch for a new use of a spool file.
+fn new_epoch() -> u64 {
+    let mut e = [0u8; 8];
+    e.copy_from_slice(&telemetry::EventId::random().as_bytes()[..8]);
+    u64::from_le_bytes(e)
+}
+
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -531,7 +558,7 @@ impl Spool {
             let want = dir.join(format!("seg-{first:016}"));
             let path = if path != want && !want.exists() && std::fs::rename(&path, &want).is_ok() { want } else { path };
             let epoch = bs.first().and_then(|(_, s)| s.epoch).unwrap_or(0);
-            files.insert(id, SpoolFile { path, epoch, len, live: bs.len() as u32, open: false });
+            files.insert(id, SpoolFile { path, epoch, len, live: bs.len() as u32, open: false, named: true });
             blocks.extend(bs.into_iter().map(|(o, s)| (id, o, s)));
         }
         blocks.sort_by_key(|(_, _, s)| s.seq);
@@ -549,6 +576,7 @@ impl Spool {
             reserved: 0,
             lost: Vec::new(),
             freed_at: Instant::now(),
+            rewind_max: MAX_FILE,
         };
         let mut tail = 0usize;
         for (_, _, s) in blocks.iter().rev() {
@@ -621,6 +649,8 @@ impl Spool {
     pub fn set_cap(&self, max: Option<u64>) {
         let in_place = max.is_none_or(|m| m >= IN_PLACE_MIN_CAP);
         self.in_place.store(in_place, std::sync::atomic::Ordering::Relaxed);
+        // Under a small cap a file keeps no more dead bytes than this.
+        self.lock().rewind_max = if in_place { MAX_FILE } else { REWIND_SMALL };
         self.send_house(House::Refill);
     }
 
@@ -758,13 +788,11 @@ impl Spool {
             // No prepared file was left: make this one's name durable first.
             sync_dir(&self.dir).map_err(werr)?;
         }
-        let mut e = [0u8; 8];
-        e.copy_from_slice(&telemetry::EventId::random().as_bytes()[..8]);
-        let epoch = u64::from_le_bytes(e);
+        let epoch = new_epoch();
         let mut ix = self.lock();
         let id = ix.next_file;
         ix.next_file += 1;
-        ix.files.insert(id, SpoolFile { path: slot, epoch, len: 0, live: 0, open: true });
+        ix.files.insert(id, SpoolFile { path: slot, epoch, len: 0, live: 0, open: true, named: false });
         Ok((id, f, 0, epoch))
     }
 
@@ -800,6 +828,7 @@ impl Spool {
         }
         tracing::debug!(seq, records = items.len(), offset, "spool block committed");
         let bytes = (HEADER_LEN + body.len()) as u64;
+        let mut rename = false;
         {
             let mut ix = self.lock();
             let cache = ix.cached + bytes <= CACHE_BYTES;
@@ -825,6 +854,8 @@ impl Spool {
             if let Some(sf) = ix.files.get_mut(&file) {
                 sf.len = offset + bytes;
                 sf.live += 1;
+                rename = !sf.named;
+                sf.named = true;
                 if sf.len >= MAX_FILE {
                     sf.open = false;
                 } else {
@@ -835,7 +866,7 @@ impl Spool {
             let pos = ix.segments.iter().rposition(|s| s.seq < seq).map(|p| p + 1).unwrap_or(0);
             ix.segments.insert(pos, seg);
         }
-        if offset == 0 {
+        if rename {
             self.send_house(House::Rename { file, seq });
         }
         Ok(seq)
@@ -1196,7 +1227,8 @@ mod tests {
         let mut v: Vec<PathBuf> = std::fs::read_dir(d)
             .unwrap()
             .map(|e| e.unwrap().path())
-            .filter(|p| !read_file(File::open(p).unwrap()).0.is_empty())
+            // A file the housekeeper renames meanwhile is seen under its new name.
+            .filter(|p| File::open(p).is_ok_and(|f| !read_file(f).0.is_empty()))
             .collect();
         v.sort();
         v
@@ -1247,6 +1279,38 @@ mod tests {
         assert!(waited >= Duration::from_millis(150) && waited < Duration::from_secs(4), "{waited:?}");
         t.join().unwrap();
         assert_eq!((s.bytes(), s.records()), (0, 0));
+    }
+
+    #[test]
+    fn an_idle_file_whose_blocks_are_all_final_is_started_over_in_place() {
+        for cap in [None, Some(5 << 20)] {
+            let dir = tempfile::tempdir().unwrap();
+            let (s, _) = Spool::open(dir.path(), 0).unwrap();
+            s.set_cap(cap);
+            s.settle(std::time::Duration::from_secs(5));
+            // Lone records, each delivered before the next arrives.
+            for i in 0..20 {
+                commit(&s, vec![item(i, 10)]);
+                let t = s.next().unwrap();
+                s.done(t.seq);
+            }
+            s.settle(std::time::Duration::from_secs(5));
+            assert_eq!(with_blocks(dir.path()), Vec::<PathBuf>::new(), "no dead block is valid ({cap:?})");
+            // One more, not delivered: the only block a restart finds.
+            commit(&s, vec![item(99, 10)]);
+            s.settle(std::time::Duration::from_secs(5));
+            let segs: Vec<String> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("seg-"))
+                .collect();
+            assert_eq!(segs.len(), 1, "one file took every block: {segs:?} ({cap:?})");
+            drop(s);
+            let (s, rec) = Spool::open(dir.path(), 0).unwrap();
+            assert_eq!(rec.records, 1, "{cap:?}");
+            assert_eq!(s.next().map(|t| t.item.record_id), Some([99; 16]));
+        }
     }
 
     #[test]

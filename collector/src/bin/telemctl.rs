@@ -60,9 +60,9 @@ enum Cmd {
     Restart,
     /// Print `active` (exit 0) or `inactive` (exit 3).
     IsActive,
-    /// Install or remove crashprobe as the kernel's core handler.
-    #[command(subcommand)]
-    Crash(CrashCmd),
+    /// Install or remove crashprobe as the kernel's core handler (runs
+    /// `crashprobe --install`, `--uninstall` or `--status`).
+    Crash(CrashArgs),
     /// Show, for records in the journal, exactly the HTTP request the
     /// collector would send (method, URL, headers, body), without sending.
     /// Bodies need the payload in the journal (kept unless
@@ -90,19 +90,27 @@ struct PreviewArgs {
     follow: bool,
 }
 
+#[derive(clap::Args, Debug)]
+struct CrashArgs {
+    /// The crashprobe executable (default: beside telemctl, else the first
+    /// on PATH).
+    #[arg(long, value_name = "PATH", global = true)]
+    exe: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: CrashCmd,
+}
+
 #[derive(Subcommand, Debug)]
 enum CrashCmd {
     /// Make crashprobe the core_pattern handler (pipe mode, or socket mode
-    /// with --socket), saving the previous core_pattern and core_pipe_limit.
+    /// with --crash-socket), saving the previous core_pattern and
+    /// core_pipe_limit. In pipe mode the pattern names the configuration
+    /// file given with -f, so the handler finds the collector.
     Install {
         /// Socket mode: core_pattern `@SOCKET`, served by `crashprobe --serve SOCKET`
         /// (kernel 6.16+). Without a value: /run/telemetrics/crash.sock.
-        #[arg(long, value_name = "SOCKET", num_args = 0..=1,
-              default_missing_value = crashprobe::install::DEFAULT_CRASH_SOCKET)]
-        socket: Option<PathBuf>,
-        /// The crashprobe executable (default: beside telemctl, else /usr/bin/crashprobe).
-        #[arg(long, value_name = "PATH")]
-        exe: Option<PathBuf>,
+        #[arg(long = "crash-socket", alias = "socket", value_name = "SOCKET", num_args = 0..=1)]
+        crash_socket: Option<Option<PathBuf>>,
     },
     /// Restore the core_pattern and core_pipe_limit saved by `crash install`.
     Uninstall,
@@ -138,40 +146,22 @@ struct JournalArgs {
     follow: bool,
 }
 
-fn crash_cmd(c: CrashCmd, config: Option<&std::path::Path>) -> ExitCode {
-    use telem_collector::crash;
-    match c {
-        CrashCmd::Install { socket, exe } => {
-            let exe = exe.unwrap_or_else(crash::default_exe);
-            match crash::install(socket.as_deref(), &exe, config) {
-                Ok(p) => {
-                    println!("core_pattern = {p}");
-                    if let Some(s) = socket {
-                        println!("run `crashprobe --serve {}` (as root) to receive the cores", s.display());
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(e),
-            }
-        }
-        CrashCmd::Uninstall => match crash::uninstall() {
-            Ok(s) => {
-                println!("restored core_pattern {:?} and core_pipe_limit {}", s.core_pattern, s.core_pipe_limit);
-                ExitCode::SUCCESS
-            }
-            Err(e) => fail(e),
-        },
-        CrashCmd::Status => match crash::status() {
-            Ok((cur, saved)) => {
-                println!("core_pattern: {cur}");
-                match saved {
-                    Some(s) => println!("installed by telemctl; uninstall restores {:?}", s.core_pattern),
-                    None => println!("not installed by telemctl"),
-                }
-                ExitCode::SUCCESS
-            }
-            Err(e) => fail(e),
-        },
+fn crash_cmd(c: CrashArgs, config: Option<&std::path::Path>) -> ExitCode {
+    use telem_collector::crash::{self, Action};
+    let action = match c.cmd {
+        CrashCmd::Install { crash_socket } => Action::Install { crash_socket, config: config.map(Into::into) },
+        CrashCmd::Uninstall => Action::Uninstall,
+        CrashCmd::Status => Action::Status,
+    };
+    let exe = match crash::find(c.exe.as_deref()) {
+        Ok(p) => p,
+        Err(e) => return fail(e),
+    };
+    match crash::run(&exe, &action) {
+        // crashprobe said what happened (on stdout, or why not on stderr).
+        Ok(st) if st.success() => ExitCode::SUCCESS,
+        Ok(st) => ExitCode::from(st.code().and_then(|c| u8::try_from(c).ok()).filter(|&c| c != 0).unwrap_or(1)),
+        Err(e) => fail(e),
     }
 }
 

@@ -1,7 +1,8 @@
 //! The collector benchmark (`cargo xtask bench collector` runs it in
 //! release mode). Real collector process, real unix socket, real files with
 //! fsync, real HTTP on 127.0.0.1. Prints each figure with its target and
-//! the ratio against the original C client (reference §6).
+//! the ratio against the original C client's figures (`ORIGINAL_E2E` and
+//! the RSS line below; docs/BENCHMARKS.md says where they come from).
 //!
 //! 1. end to end: 8 concurrent senders -> collector -> HTTP sink (records/s delivered)
 //! 2. accepted on one native connection into journal + spool (records/s)
@@ -165,7 +166,8 @@ impl Daemon {
         )
         .expect("conf");
         // BENCH_COLLECTOR: another build to compare against, in the same run.
-        let exe = std::env::var_os("BENCH_COLLECTOR").map(PathBuf::from).unwrap_or_else(|| bin_dir().join("telem-collector"));
+        let exe =
+            std::env::var_os("BENCH_COLLECTOR").map(PathBuf::from).unwrap_or_else(|| bin_dir().join("telem-collector"));
         let child = Command::new(&exe)
             .arg("-f")
             .arg(&conf)
@@ -271,8 +273,9 @@ fn end_to_end_with(senders: usize, per_sender: u64, poison_every: u64, wait: Dur
             let path = d.socket.clone();
             std::thread::spawn(move || {
                 let mut c = Client::connect_path(&path, Duration::from_secs(30)).expect("connect");
-                let recs: Vec<Record> =
-                    (0..cycle).map(|i| record_with(s as u64 * 1_000_000 + i, poison_every > 0 && i == cycle - 1)).collect();
+                let recs: Vec<Record> = (0..cycle)
+                    .map(|i| record_with(s as u64 * 1_000_000 + i, poison_every > 0 && i == cycle - 1))
+                    .collect();
                 let mut sent = 0;
                 let mut poisoned = 0;
                 while sent < per_sender {
@@ -311,7 +314,8 @@ fn end_to_end_with(senders: usize, per_sender: u64, poison_every: u64, wait: Dur
     let got = count.load(Ordering::Relaxed);
     // Up to the last delivery seen (the deadline when some never came).
     let el = if got >= good { t.elapsed() } else { last.1 }.as_secs_f64();
-    let poison_note = if poisoned > 0 { format!(" good ({poisoned} poison records sent beside them)") } else { String::new() };
+    let poison_note =
+        if poisoned > 0 { format!(" good ({poisoned} poison records sent beside them)") } else { String::new() };
     if got >= good {
         println!(
             "  (all {total} acknowledged after {ingest_s:.2} s, {delivered_then} delivered by then; all {good}{poison_note} delivered after {el:.2} s)"
@@ -380,7 +384,10 @@ fn legacy_burst(procs: usize, records: u64, size: usize) -> Legacy {
     // Wait for delivery: all of them, or nothing new for 10 s.
     let deadline = t + Duration::from_secs(160);
     let mut last = (count.load(Ordering::Relaxed), t.elapsed());
-    while count.load(Ordering::Relaxed) < sent && Instant::now() < deadline && (t.elapsed() - last.1) < Duration::from_secs(10) {
+    while count.load(Ordering::Relaxed) < sent
+        && Instant::now() < deadline
+        && (t.elapsed() - last.1) < Duration::from_secs(10)
+    {
         std::thread::sleep(Duration::from_millis(5));
         let n = count.load(Ordering::Relaxed);
         if n != last.0 {
@@ -397,7 +404,14 @@ fn legacy_burst(procs: usize, records: u64, size: usize) -> Legacy {
     );
     let cpu = d.cpu_secs() * 1e6 / got.max(1) as f64;
     println!("  (legacy burst: collector CPU {cpu:.1} us per record delivered)");
-    Legacy { sent, total, delivered: got, rate: got as f64 / el.max(1e-9), rss_kib: d.peak_rss_kib(), cpu_per_record_us: cpu }
+    Legacy {
+        sent,
+        total,
+        delivered: got,
+        rate: got as f64 / el.max(1e-9),
+        rss_kib: d.peak_rss_kib(),
+        cpu_per_record_us: cpu,
+    }
 }
 
 /// `runs` sequential `hprobe --socket` runs into a collector delivering to
@@ -415,12 +429,10 @@ fn hprobe_runs(runs: u64) -> (f64, f64) {
     let t = Instant::now();
     let mut failed = 0;
     for _ in 0..runs {
-        let st = Command::new(&hprobe)
-            .arg("--socket")
-            .arg(&d.socket)
-            .stdout(Stdio::null())
-            .status()
-            .unwrap_or_else(|e| panic!("cannot run {} (cargo xtask bench collector builds it): {e}", hprobe.display()));
+        let st =
+            Command::new(&hprobe).arg("--socket").arg(&d.socket).stdout(Stdio::null()).status().unwrap_or_else(|e| {
+                panic!("cannot run {} (cargo xtask bench collector builds it): {e}", hprobe.display())
+            });
         if !st.success() {
             failed += 1;
         }
@@ -528,17 +540,26 @@ fn ack_latency(rate: u64, secs: u64) -> (f64, f64, u64) {
         acked_at.push(Instant::now());
     }
     let sent_at = writer.join().expect("writer");
-    let mut lat: Vec<f64> = sent_at.iter().zip(&acked_at).map(|(s, a)| a.duration_since(*s).as_secs_f64() * 1000.0).collect();
+    let mut lat: Vec<f64> =
+        sent_at.iter().zip(&acked_at).map(|(s, a)| a.duration_since(*s).as_secs_f64() * 1000.0).collect();
     if std::env::var("BENCH_TRACE").is_ok() {
-        let mut worst: Vec<(f64, f64)> = sent_at.iter().zip(&lat).map(|(s, l)| (s.duration_since(start).as_secs_f64() * 1000.0, *l)).collect();
+        let mut worst: Vec<(f64, f64)> =
+            sent_at.iter().zip(&lat).map(|(s, l)| (s.duration_since(start).as_secs_f64() * 1000.0, *l)).collect();
         worst.sort_by(|a, b| b.1.total_cmp(&a.1));
         let mut shown: Vec<(f64, f64)> = Vec::new();
         for w in worst {
-            if shown.iter().all(|s| (s.0 - w.0).abs() > 50.0) { shown.push(w); }
-            if shown.len() >= 15 { break; }
+            if shown.iter().all(|s| (s.0 - w.0).abs() > 50.0) {
+                shown.push(w);
+            }
+            if shown.len() >= 15 {
+                break;
+            }
         }
         shown.sort_by(|a, b| a.0.total_cmp(&b.0));
-        eprintln!("worst (sent at ms, latency ms): {:?}", shown.iter().map(|(a, b)| (*a as u64, (*b * 10.0).round() / 10.0)).collect::<Vec<_>>());
+        eprintln!(
+            "worst (sent at ms, latency ms): {:?}",
+            shown.iter().map(|(a, b)| (*a as u64, (*b * 10.0).round() / 10.0)).collect::<Vec<_>>()
+        );
     }
     lat.sort_by(|a, b| a.total_cmp(b));
     let p = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)];
@@ -607,7 +628,10 @@ fn main() {
             let (p50, p99, m) = ack_latency(10_000, if quick { 2 } else { 4 });
             // A vCPU the hypervisor takes away for milliseconds shows up
             // directly in the tail: the steal of this phase goes with it.
-            println!("  (ack latency at 10000/s: p50 {p50:.2} ms, p99 {p99:.2} ms; steal during it {:.0}%)", steal_pct(st, cpu_steal()));
+            println!(
+                "  (ack latency at 10000/s: p50 {p50:.2} ms, p99 {p99:.2} ms; steal during it {:.0}%)",
+                steal_pct(st, cpu_steal())
+            );
             p50s.push(p50);
             p99s.push(p99);
             m3 = m;
@@ -630,19 +654,33 @@ fn main() {
             hprobe_ms.push(ms);
             hprobe_cpu.push(cpu);
         }
-        println!("  (collector peak RSS: end to end {:.1} MB, one connection {:.1} MB, latency {:.1} MB)", m1 as f64 / 1024.0, m2 as f64 / 1024.0, m3 as f64 / 1024.0);
+        println!(
+            "  (collector peak RSS: end to end {:.1} MB, one connection {:.1} MB, latency {:.1} MB)",
+            m1 as f64 / 1024.0,
+            m2 as f64 / 1024.0,
+            m3 as f64 / 1024.0
+        );
         rss = rss.max(m1).max(m2).max(m3);
         println!("  (CPU time stolen by the hypervisor this round: {:.0}%)", steal_pct(round_start, cpu_steal()));
     }
     let steal = steal_pct(steal_at_start, cpu_steal());
     let legacy_rates: Vec<f64> = legacy.iter().map(|l| l.0).collect();
     if only.is_some() {
-        for (name, v) in [("end to end records/s", &e2e), ("one connection records/s", &acc), ("p99 ms", &p99s), ("legacy burst records/s", &legacy_rates)] {
+        for (name, v) in [
+            ("end to end records/s", &e2e),
+            ("one connection records/s", &acc),
+            ("p99 ms", &p99s),
+            ("legacy burst records/s", &legacy_rates),
+        ] {
             if !v.is_empty() {
                 println!("{name}: {v:.0?}");
             }
         }
-        for (name, v) in [("hprobe ms per run", &hprobe_ms), ("hprobe collector CPU us per record", &hprobe_cpu), ("poison round / clean round", &poison_ratio)] {
+        for (name, v) in [
+            ("hprobe ms per run", &hprobe_ms),
+            ("hprobe collector CPU us per record", &hprobe_cpu),
+            ("poison round / clean round", &poison_ratio),
+        ] {
             if !v.is_empty() {
                 println!("{name}: {v:.2?}");
             }

@@ -1,5 +1,6 @@
 //! Stage 0: the typed configuration, built once from the INI `[settings]`
-//! section (`telemetry::config::Settings`, reference §4) and again on SIGHUP.
+//! section (`telemetry::config::Settings`: the original's file and lookup
+//! order) and again on SIGHUP.
 //!
 //! Every key of the original keeps its default and meaning; the new keys are
 //! listed on [`Config`]. A value that does not parse is an error naming the
@@ -254,25 +255,24 @@ impl Config {
         let r = Reader { s, file };
 
         let allow_insecure_http = r.bool("allow_insecure_http", false)?;
-        let server = match r.raw("server").filter(|v| !v.is_empty()) {
-            None => None,
-            Some(v) => {
-                let url = url::Url::parse(v).map_err(|e| r.bad("server", v, e.to_string()))?;
-                match url.scheme() {
-                    "https" => {}
-                    "http" if allow_insecure_http || is_loopback_host(&url) => {}
-                    "http" => {
-                        return Err(r.bad(
+        let server =
+            match r.raw("server").filter(|v| !v.is_empty()) {
+                None => None,
+                Some(v) => {
+                    let url = url::Url::parse(v).map_err(|e| r.bad("server", v, e.to_string()))?;
+                    match url.scheme() {
+                        "https" => {}
+                        "http" if allow_insecure_http || is_loopback_host(&url) => {}
+                        "http" => return Err(r.bad(
                             "server",
                             v,
                             "plain http:// is allowed only to loopback; use https:// or set allow_insecure_http=true",
-                        ))
+                        )),
+                        other => return Err(r.bad("server", v, format!("scheme {other:?} is not http or https"))),
                     }
-                    other => return Err(r.bad("server", v, format!("scheme {other:?} is not http or https"))),
+                    Some(url)
                 }
-                Some(url)
-            }
-        };
+            };
         let cainfo = r.raw("cainfo").filter(|v| !v.is_empty()).map(PathBuf::from);
         let tid_raw = r.string("tidheader", DEFAULT_TID_HEADER);
         let tidheader = TidHeader::parse(&tid_raw).map_err(|e| r.bad("tidheader", &tid_raw, e.to_string()))?;

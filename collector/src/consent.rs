@@ -77,14 +77,18 @@ pub fn scrubbing(cfg: &Config) -> bool {
 pub fn explain(d: &Decision, cfg: &Config) -> String {
     let server = cfg.server.as_ref().map(|u| u.to_string()).unwrap_or_default();
     match d {
-        Decision::Deliver => format!("UPLOAD: records are sent to {server} (opted in with {})", cfg.opt_in_file().display()),
+        Decision::Deliver => {
+            format!("UPLOAD: records are sent to {server} (opted in with {})", cfg.opt_in_file().display())
+        }
         Decision::LocalOnly(why) => {
             let because = match *why {
                 WHY_DO_NOT_TRACK => "DO_NOT_TRACK is set in the collector's environment".to_string(),
                 WHY_AIRGAP => "airgap = true in the configuration".to_string(),
                 WHY_NO_SERVER => "no server is configured".to_string(),
                 WHY_DISABLED => "record_server_delivery_enabled = false".to_string(),
-                WHY_NOT_OPTED_IN => format!("this machine is not opted in (`telemctl opt-in` creates {})", cfg.opt_in_file().display()),
+                WHY_NOT_OPTED_IN => {
+                    format!("this machine is not opted in (`telemctl opt-in` creates {})", cfg.opt_in_file().display())
+                }
                 WHY_DEBUG => "debug = true: each request is logged instead of sent".to_string(),
                 other => other.to_string(),
             };
@@ -130,7 +134,11 @@ mod tests {
     #[test]
     fn dnt_airgap_no_server_and_debug_win_over_opt_in() {
         let dir = tempfile::tempdir().unwrap();
-        let base = Config { etc_dir: dir.path().into(), server: Some("https://example.com/".parse().unwrap()), ..Config::default() };
+        let base = Config {
+            etc_dir: dir.path().into(),
+            server: Some("https://example.com/".parse().unwrap()),
+            ..Config::default()
+        };
         opt_in(&base).unwrap();
         assert_eq!(decide(&base), Decision::Deliver);
         let cases = [

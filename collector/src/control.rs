@@ -129,7 +129,9 @@ pub enum ControlError {
 pub fn request(socket: &Path, command: &str) -> Result<String, ControlError> {
     let path = socket.display().to_string();
     let mut s = std::os::unix::net::UnixStream::connect(socket).map_err(|source| match source.kind() {
-        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => ControlError::NotRunning { path: path.clone(), source },
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+            ControlError::NotRunning { path: path.clone(), source }
+        }
         _ => ControlError::Io { path: path.clone(), source },
     })?;
     let io = |source| ControlError::Io { path: path.clone(), source };
@@ -147,8 +149,8 @@ pub fn command(socket: &Path, command: &str) -> Result<serde_json::Value, Contro
     if line.is_empty() {
         return Err(ControlError::Refused("nothing (it closed the connection)".into()));
     }
-    let v: serde_json::Value =
-        serde_json::from_str(&line).map_err(|e| ControlError::Refused(format!("an unexpected answer ({e}): {line}")))?;
+    let v: serde_json::Value = serde_json::from_str(&line)
+        .map_err(|e| ControlError::Refused(format!("an unexpected answer ({e}): {line}")))?;
     match v.get("error") {
         Some(e) => Err(ControlError::Refused(e.as_str().map(str::to_string).unwrap_or_else(|| e.to_string()))),
         None => Ok(v),

@@ -73,7 +73,8 @@ fn find_in(explicit: Option<&Path>, me: Option<&Path>, path: Option<OsString>) -
     if let Some(p) = beside.as_ref().filter(|p| is_executable(p)) {
         return Ok(p.clone());
     }
-    if let Some(p) = path.iter().flat_map(std::env::split_paths).map(|d| d.join(CRASHPROBE)).find(|p| is_executable(p)) {
+    if let Some(p) = path.iter().flat_map(std::env::split_paths).map(|d| d.join(CRASHPROBE)).find(|p| is_executable(p))
+    {
         return Ok(p);
     }
     let where_ = match beside {
@@ -141,7 +142,10 @@ mod tests {
     #[test]
     fn arguments() {
         let s = |v: Vec<OsString>| v.into_iter().map(|a| a.into_string().unwrap()).collect::<Vec<_>>().join(" ");
-        assert_eq!(s(args(&Action::Install { crash_socket: None, config: Some("/etc/t.conf".into()) })), "--install -f /etc/t.conf");
+        assert_eq!(
+            s(args(&Action::Install { crash_socket: None, config: Some("/etc/t.conf".into()) })),
+            "--install -f /etc/t.conf"
+        );
         assert_eq!(s(args(&Action::Install { crash_socket: Some(None), config: None })), "--install --crash-socket");
         assert_eq!(
             s(args(&Action::Install { crash_socket: Some(Some("/run/c.sock".into())), config: None })),

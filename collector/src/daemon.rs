@@ -136,7 +136,8 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     for d in [&cfg.spool_dir, &cfg.journal_dir, &cfg.state_dir] {
         mkdir(d)?;
     }
-    let (journal, journal_thread) = Journal::open_with(&cfg.journal_dir, Some(crate::journal::Retention::from_config(&cfg)))?;
+    let (journal, journal_thread) =
+        Journal::open_with(&cfg.journal_dir, Some(crate::journal::Retention::from_config(&cfg)))?;
     let expire_before = telemetry::record::now_unix().saturating_sub(cfg.record_expiry.as_secs());
     let (spool, recovered) = Spool::open(&cfg.spool_dir, expire_before)?;
     spool.set_cap(cfg.spool_max_bytes);
@@ -281,11 +282,20 @@ fn journal_unjournaled(shared: &Shared, cfg: &Config, newest: Vec<crate::spool::
             let fate = if item.counted { Fate::Spooled } else { Fate::RateLimitedSpooled };
             // The spool does not keep the boot a record was accepted in;
             // after a crash (not a power loss) it is this one.
-            Line::First { time: item.accepted, item: Arc::new(item), boot: shared.boot_id.clone(), fate, payload: cfg.record_retention_enabled }
+            Line::First {
+                time: item.accepted,
+                item: Arc::new(item),
+                boot: shared.boot_id.clone(),
+                fate,
+                payload: cfg.record_retention_enabled,
+            }
         })
         .collect();
     if !lines.is_empty() {
-        tracing::info!("journal: {} spooled record(s) had no entry (cut off by a crash); journaled them now", lines.len());
+        tracing::info!(
+            "journal: {} spooled record(s) had no entry (cut off by a crash); journaled them now",
+            lines.len()
+        );
         shared.journal.append(lines, None);
     }
 }

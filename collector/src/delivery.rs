@@ -71,12 +71,21 @@ pub enum Outcome {
     Delivered,
     /// The server cannot take records now (no connection, TLS, timeout,
     /// 429, 503): it pauses, no record is blamed; `after` from Retry-After.
-    ServerBusy { error: String, after: Option<Duration> },
+    ServerBusy {
+        error: String,
+        after: Option<Duration>,
+    },
     /// The server failed this record (408, 5xx other than 503): the record
     /// waits its own backoff; others go on.
-    Failed { status: u16, body: String },
+    Failed {
+        status: u16,
+        body: String,
+    },
     /// The server refused the record for good.
-    Refused { status: u16, body: String },
+    Refused {
+        status: u16,
+        body: String,
+    },
     /// This record cannot be sent in the configured form.
     Unsendable(String),
     /// Not sent: consent was withdrawn (or the configuration changed)
@@ -98,8 +107,10 @@ pub fn classify(status: u16, body: String, retry_after: Option<Duration>) -> Out
 /// The first 200 bytes of an answer body on one line (control characters
 /// become spaces), cut at a character boundary.
 fn answer_text(body: &[u8]) -> String {
-    let s: String =
-        String::from_utf8_lossy(&body[..body.len().min(200)]).chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let s: String = String::from_utf8_lossy(&body[..body.len().min(200)])
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
     s.trim().to_string()
 }
 
@@ -214,7 +225,11 @@ pub struct Parts<'a> {
 /// parsed record field (no control characters, see
 /// `telemetry::HeaderText`) or a checked setting, so it can be written on
 /// a header line as it is.
-pub fn request_parts<'a>(prep: &'a Prepared, mid: &'a MachineId, record: &'a telemetry::Record) -> Result<Parts<'a>, String> {
+pub fn request_parts<'a>(
+    prep: &'a Prepared,
+    mid: &'a MachineId,
+    record: &'a telemetry::Record,
+) -> Result<Parts<'a>, String> {
     let mut h: Vec<(&str, Cow<str>)> = Vec::with_capacity(22);
     h.push((prep.tid.0.as_str(), Cow::Borrowed(prep.tid.1.as_str())));
     let body = match prep.protocol {
@@ -288,9 +303,17 @@ impl crate::transport::Gate for ConsentGate {
 
 /// Posts a batch of records on one connection (pipelined); the outcomes
 /// in the same order.
-async fn post_batch(client: &Transport, prep: &Prepared, requests: Vec<Result<Bytes, String>>, gate: &ConsentGate) -> Vec<Outcome> {
+async fn post_batch(
+    client: &Transport,
+    prep: &Prepared,
+    requests: Vec<Result<Bytes, String>>,
+    gate: &ConsentGate,
+) -> Vec<Outcome> {
     let Some(uri) = &prep.uri else {
-        return requests.iter().map(|_| Outcome::ServerBusy { error: "no server configured".into(), after: None }).collect();
+        return requests
+            .iter()
+            .map(|_| Outcome::ServerBusy { error: "no server configured".into(), after: None })
+            .collect();
     };
     let sendable: Vec<Bytes> = requests.iter().filter_map(|r| r.as_ref().ok().cloned()).collect();
     let mut answers = client.exchange_gated(uri, &sendable, gate).await.into_iter();
@@ -549,7 +572,8 @@ impl Deliverer {
     /// after the other.
     fn start_posts(&mut self) {
         let Some(client) = self.client.clone() else { return };
-        let (connections, depth) = if self.outage > 0 { (1, 1) } else { (self.cfg.delivery_concurrency, client.pipeline()) };
+        let (connections, depth) =
+            if self.outage > 0 { (1, 1) } else { (self.cfg.delivery_concurrency, client.pipeline()) };
         let mid = self.shared.machine_id();
         while self.inflight.len() < connections && self.pause.is_none() && self.rate_wait.is_none() {
             let free = connections - self.inflight.len();
@@ -579,8 +603,10 @@ impl Deliverer {
         for j in &mut jobs {
             j.mark = self.successes;
         }
-        let requests: Vec<Result<Bytes, String>> =
-            jobs.iter().map(|j| request_parts(&prep, mid, &j.ticket.item.record).map(|p| encode_request(&prep, &p))).collect();
+        let requests: Vec<Result<Bytes, String>> = jobs
+            .iter()
+            .map(|j| request_parts(&prep, mid, &j.ticket.item.record).map(|p| encode_request(&prep, &p)))
+            .collect();
         let client = client.clone();
         let gate = ConsentGate { shared: self.shared.clone(), cfg: self.cfg.clone() };
         self.inflight.spawn(async move {
@@ -645,7 +671,10 @@ impl Deliverer {
         );
         self.shared.spool.done(job.ticket.seq);
         bump(&self.shared.stats.rejected_by_server, 1);
-        updates.push(Line::fate(job.ticket.item.record_id, Fate::RejectedByServer { status, body, attempts: Some(job.suspect) }));
+        updates.push(Line::fate(
+            job.ticket.item.record_id,
+            Fate::RejectedByServer { status, body, attempts: Some(job.suspect) },
+        ));
         true
     }
 
@@ -704,13 +733,19 @@ impl Deliverer {
                         continue;
                     }
                     let wait = record_backoff(job.failures, self.cfg.delivery_retry_max, jitter());
-                    tracing::info!("record {id}: server answered {status}; posting it again in {:.1} s", wait.as_secs_f64());
+                    tracing::info!(
+                        "record {id}: server answered {status}; posting it again in {:.1} s",
+                        wait.as_secs_f64()
+                    );
                     self.waiting_n += 1;
                     self.waiting.insert((Instant::now() + wait, self.waiting_n), job);
                     if self.failing >= OUTAGE_AFTER {
                         // Record after record fails and none gets through:
                         // the server is failing, not these records.
-                        self.pause_server(&format!("server answered {status} to {} records in a row", self.failing), None);
+                        self.pause_server(
+                            &format!("server answered {status} to {} records in a row", self.failing),
+                            None,
+                        );
                     }
                 }
                 Outcome::Refused { status, body } => {
@@ -719,7 +754,10 @@ impl Deliverer {
                     shared.spool.done(job.ticket.seq);
                     bump(&shared.stats.rejected_by_server, 1);
                     tracing::warn!("server refused record {}: {status} {body}", job.ticket.item.record_id_hex());
-                    updates.push(Line::fate(job.ticket.item.record_id, Fate::RejectedByServer { status, body, attempts: None }));
+                    updates.push(Line::fate(
+                        job.ticket.item.record_id,
+                        Fate::RejectedByServer { status, body, attempts: None },
+                    ));
                 }
                 Outcome::Unsendable(why) => {
                     shared.spool.done(job.ticket.seq);
@@ -750,7 +788,11 @@ impl Deliverer {
 
     /// The earliest moment something may become possible again.
     fn next_wake(&self, consent_wait: Option<Instant>) -> Option<Instant> {
-        let due = if self.pause.is_none() && self.rate_wait.is_none() { self.waiting.keys().next().map(|k| k.0) } else { None };
+        let due = if self.pause.is_none() && self.rate_wait.is_none() {
+            self.waiting.keys().next().map(|k| k.0)
+        } else {
+            None
+        };
         [self.pause, self.rate_wait, self.busy_wait, due, consent_wait].into_iter().flatten().min()
     }
 }
@@ -914,7 +956,9 @@ mod tests {
         let rec = {
             let mut host = telemetry::HostInfo::current().clone();
             host.cpu_model = telemetry::HeaderText::new("Intel(R) Xeon(R) CPU @ 2.10GHz – ünïcode").unwrap();
-            Record::builder(Classification::parse("org.t/wire/x").unwrap(), Severity::Low, Payload::text("p\n")).host(host).build()
+            Record::builder(Classification::parse("org.t/wire/x").unwrap(), Severity::Low, Payload::text("p\n"))
+                .host(host)
+                .build()
         };
         let mid = MachineId::random();
         for (server, proto) in [("http://127.0.0.1:9/a?b=c", Protocol::V2), ("https://h.example/", Protocol::V3)] {
@@ -932,8 +976,11 @@ mod tests {
             let url: Url = d.url.parse().unwrap();
             let want_path = format!("{}{}", url.path(), url.query().map(|q| format!("?{q}")).unwrap_or_default());
             assert_eq!(req.path, Some(want_path.as_str()));
-            let got: Vec<(String, String)> =
-                req.headers.iter().map(|h| (h.name.to_string(), String::from_utf8(h.value.to_vec()).unwrap())).collect();
+            let got: Vec<(String, String)> = req
+                .headers
+                .iter()
+                .map(|h| (h.name.to_string(), String::from_utf8(h.value.to_vec()).unwrap()))
+                .collect();
             assert_eq!(got, d.headers, "{server}");
             assert_eq!(&wire[head..], &d.body[..]);
             let len = d.headers.iter().find(|(k, _)| k == "Content-Length").unwrap();

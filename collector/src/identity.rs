@@ -1,8 +1,8 @@
 //! Stage: stamping. What identifies the machine in a record, by
 //! `privacy_level`:
 //!
-//! - `standard` (default): the machine id every posted record carries
-//!   (reference §3): 32 hex characters from 16 random bytes, kept in
+//! - `standard` (default): the machine id every posted record carries, as
+//!   the original daemon makes it: 32 hex characters from 16 random bytes, kept in
 //!   `state_dir/machine_id` and made anew when older than three days
 //!   (checked at start and hourly), unless `etc_dir/opt-in-static-machine-id`
 //!   exists (the original's switch): then the first 32 characters of its
@@ -100,7 +100,8 @@ pub fn anonymize_host(host: &mut std::sync::Arc<HostInfo>, level: PrivacyLevel) 
 fn parse_static(path: &Path, text: &str) -> Result<MachineId, IdentityError> {
     let line = text.lines().next().unwrap_or("").trim();
     let first: String = line.chars().take(32).collect();
-    MachineId::parse(&first).map_err(|e| IdentityError::Static { path: path.display().to_string(), reason: e.to_string() })
+    MachineId::parse(&first)
+        .map_err(|e| IdentityError::Static { path: path.display().to_string(), reason: e.to_string() })
 }
 
 /// The machine id to stamp now, rotating the stored one if it is older
@@ -161,7 +162,8 @@ mod tests {
     #[test]
     fn levels() {
         let dir = tempfile::tempdir().unwrap();
-        let mut cfg = Config { etc_dir: dir.path().join("etc"), state_dir: dir.path().join("state"), ..Config::default() };
+        let mut cfg =
+            Config { etc_dir: dir.path().join("etc"), state_dir: dir.path().join("state"), ..Config::default() };
         let now = SystemTime::now();
         let session = MachineId::random();
         // anonymous: the session id, nothing written, nothing to peek.
@@ -193,7 +195,10 @@ mod tests {
         assert!(std::sync::Arc::ptr_eq(&h, &full), "shared facts are not copied when nothing changes");
         anonymize_host(&mut h, PrivacyLevel::Anonymous);
         assert_eq!(*full, *HostInfo::current(), "the shared facts are left alone");
-        assert_eq!((&h.arch, &h.build, &h.system_name, &h.kernel_version), (&full.arch, &full.build, &full.system_name, &full.kernel_version));
+        assert_eq!(
+            (&h.arch, &h.build, &h.system_name, &h.kernel_version),
+            (&full.arch, &full.build, &full.system_name, &full.kernel_version)
+        );
         for f in [&h.host_type, &h.board_name, &h.cpu_model, &h.bios_version] {
             assert_eq!(f.as_str(), PLACEHOLDER);
         }

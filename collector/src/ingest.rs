@@ -164,13 +164,21 @@ impl Sender {
         let permits = bytes.clamp(1, INFLIGHT_BYTES) as u32;
         let budget = self.budget.clone().acquire_many_owned(permits).await.map_err(|_| ConnError::Closing)?;
         let (tx, rx) = oneshot::channel();
-        self.submit.send(Submission { records, uid, pid, reply: tx, budget: Some(budget) }).await.map_err(|_| ConnError::Closing)?;
+        self.submit
+            .send(Submission { records, uid, pid, reply: tx, budget: Some(budget) })
+            .await
+            .map_err(|_| ConnError::Closing)?;
         Ok(rx)
     }
 }
 
 /// Reads more into `buf` within `idle`; the byte count (0: end of stream).
-async fn read_more<R: AsyncRead + Unpin>(r: &mut R, buf: &mut BytesMut, want: usize, idle: Duration) -> Result<usize, ConnError> {
+async fn read_more<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut BytesMut,
+    want: usize,
+    idle: Duration,
+) -> Result<usize, ConnError> {
     buf.reserve(want.saturating_sub(buf.len()).max(1));
     match tokio::time::timeout(idle, r.read_buf(buf)).await {
         Ok(Ok(n)) => Ok(n),
@@ -180,7 +188,12 @@ async fn read_more<R: AsyncRead + Unpin>(r: &mut R, buf: &mut BytesMut, want: us
 }
 
 /// Reads until `buf` holds at least `n` bytes.
-async fn read_at_least<R: AsyncRead + Unpin>(r: &mut R, buf: &mut BytesMut, n: usize, idle: Duration) -> Result<(), ConnError> {
+async fn read_at_least<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut BytesMut,
+    n: usize,
+    idle: Duration,
+) -> Result<(), ConnError> {
     while buf.len() < n {
         if read_more(r, buf, n, idle).await? == 0 {
             return Err(ConnError::Protocol("connection closed in the middle of a frame".into()));
@@ -227,7 +240,9 @@ async fn connection(stream: UnixStream, shared: &Shared, sender: Sender) -> Resu
             match acks.await.map_err(|_| ConnError::Closing)?.pop() {
                 // Counted and journaled by the commit stage, which also logs
                 // (a storm of drops is not a storm of log lines).
-                Some(Ack::Rejected { reason }) => tracing::debug!("legacy record from uid {uid} pid {pid} not kept: {reason}"),
+                Some(Ack::Rejected { reason }) => {
+                    tracing::debug!("legacy record from uid {uid} pid {pid} not kept: {reason}")
+                }
                 Some(Ack::Accepted { .. }) => {}
                 None => return Err(ConnError::Closing),
             }
@@ -457,7 +472,9 @@ async fn write_acks(
     idle: Duration,
 ) -> Result<(), ConnError> {
     let mut out = Vec::with_capacity(8 * 1024);
-    let encode = |a: Ack, out: &mut Vec<u8>| native::encode_into(&ServerFrame::Ack(a), out).map_err(|e| ConnError::Protocol(e.to_string()));
+    let encode = |a: Ack, out: &mut Vec<u8>| {
+        native::encode_into(&ServerFrame::Ack(a), out).map_err(|e| ConnError::Protocol(e.to_string()))
+    };
     let mut freed = 0;
     while let Some(o) = orx.recv().await {
         match o {

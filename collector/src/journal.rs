@@ -137,7 +137,11 @@ pub enum Line {
         /// Keep the payload (`record_retention_enabled`).
         payload: bool,
     },
-    Fate { id: [u8; 16], time: u64, fate: Fate },
+    Fate {
+        id: [u8; 16],
+        time: u64,
+        fate: Fate,
+    },
 }
 
 impl Line {
@@ -209,9 +213,10 @@ impl Line {
                     },
                 )
             }
-            Line::Fate { id, time, fate } => {
-                serde_json::to_writer(out, &FateJson { id: Shown(EventId::from_bytes(*id)), time: *time, fate: Shown(fate) })
-            }
+            Line::Fate { id, time, fate } => serde_json::to_writer(
+                out,
+                &FateJson { id: Shown(EventId::from_bytes(*id)), time: *time, fate: Shown(fate) },
+            ),
         }
     }
 }
@@ -239,7 +244,10 @@ pub struct Retention {
 
 impl Retention {
     pub fn from_config(cfg: &crate::config::Config) -> Retention {
-        Retention { max_age_secs: u64::from(cfg.local_retention_days) * 86_400, max_records: cfg.local_retention_records }
+        Retention {
+            max_age_secs: u64::from(cfg.local_retention_days) * 86_400,
+            max_records: cfg.local_retention_records,
+        }
     }
 }
 
@@ -413,7 +421,10 @@ impl Journal {
 
     /// As [`open`](Self::open), pruning by `retention` at open and every
     /// [`PRUNE_EVERY`].
-    pub fn open_with(dir: &Path, retention: Option<Retention>) -> Result<(Journal, std::thread::JoinHandle<()>), JournalError> {
+    pub fn open_with(
+        dir: &Path,
+        retention: Option<Retention>,
+    ) -> Result<(Journal, std::thread::JoinHandle<()>), JournalError> {
         std::fs::create_dir_all(dir).map_err(|source| JournalError::Open { path: dir.into(), source })?;
         if let Some(r) = &retention {
             let p = prune(dir, telemetry::record::now_unix(), r)?;
@@ -515,7 +526,12 @@ pub const LAZY_SYNC: Duration = Duration::from_millis(100);
 /// [`GATHER`]); else, under a steady flow of lazy lines, after gathering
 /// for [`GATHER`]; with nothing queued, until woken (or until a lazy fsync
 /// is due: `None` then).
-fn next_batch(shared: &Shared, sync_due: Option<Instant>, last_write: Instant, spare: &mut Vec<Line>) -> Option<(Vec<Line>, Vec<Done>, bool)> {
+fn next_batch(
+    shared: &Shared,
+    sync_due: Option<Instant>,
+    last_write: Instant,
+    spare: &mut Vec<Line>,
+) -> Option<(Vec<Line>, Vec<Done>, bool)> {
     let mut q = shared.q.lock().unwrap_or_else(|p| p.into_inner());
     let mut gathering: Option<Instant> = None;
     loop {
@@ -527,7 +543,8 @@ fn next_batch(shared: &Shared, sync_due: Option<Instant>, last_write: Instant, s
         }
         let now = Instant::now();
         if !q.lines.is_empty() {
-            let until = *gathering.get_or_insert(if now.duration_since(last_write) >= GATHER { now } else { now + GATHER });
+            let until =
+                *gathering.get_or_insert(if now.duration_since(last_write) >= GATHER { now } else { now + GATHER });
             if now >= until {
                 break;
             }
@@ -572,7 +589,9 @@ fn writer(dir: PathBuf, path: PathBuf, mut file: File, shared: &Shared, retentio
                 Err(e) => tracing::error!("journal retention: {e}"),
             }
         }
-        let Some((mut lines, waiters, closed)) = next_batch(shared, dirty_since.map(|t| t + LAZY_SYNC), last_write, &mut spare) else {
+        let Some((mut lines, waiters, closed)) =
+            next_batch(shared, dirty_since.map(|t| t + LAZY_SYNC), last_write, &mut spare)
+        else {
             // A lazy fsync is due and nothing new came.
             if let Err(e) = file.sync_data() {
                 tracing::error!("{}", JournalError::Write { path: path.clone(), source: e });
@@ -708,7 +727,9 @@ pub struct Filter {
 impl Filter {
     pub fn matches(&self, m: &Merged) -> bool {
         let e = &m.entry;
-        let eq = |want: &Option<String>, have: &Option<String>| want.as_ref().is_none_or(|w| have.as_deref() == Some(w.as_str()));
+        let eq = |want: &Option<String>, have: &Option<String>| {
+            want.as_ref().is_none_or(|w| have.as_deref() == Some(w.as_str()))
+        };
         if self.record_id.as_ref().is_some_and(|r| *r != e.id) {
             return false;
         }
@@ -807,9 +828,14 @@ mod tests {
             }
         );
         let mut json = Vec::new();
-        Line::fate([0xab; 16], Fate::RejectedByServer { status: 400, body: "bad".into(), attempts: None }).write_json(&mut json).unwrap();
+        Line::fate([0xab; 16], Fate::RejectedByServer { status: 400, body: "bad".into(), attempts: None })
+            .write_json(&mut json)
+            .unwrap();
         let u: Entry = serde_json::from_slice(&json).unwrap();
-        assert_eq!((u.id.as_str(), u.fate.as_str(), u.class), ("ab".repeat(16).as_str(), "rejected-by-server: 400 bad", None));
+        assert_eq!(
+            (u.id.as_str(), u.fate.as_str(), u.class),
+            ("ab".repeat(16).as_str(), "rejected-by-server: 400 bad", None)
+        );
     }
 
     #[test]
@@ -818,7 +844,9 @@ mod tests {
         let (j, h) = Journal::open(dir.path()).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         rt.block_on(async {
-            j.append_durable(vec![first(0xa, "org.x/crash/clr", "a"), first(0xb, "org.x/hello/world", "b")]).await.unwrap();
+            j.append_durable(vec![first(0xa, "org.x/crash/clr", "a"), first(0xb, "org.x/hello/world", "b")])
+                .await
+                .unwrap();
             j.append_durable(vec![Line::fate([0xa; 16], Fate::Delivered)]).await.unwrap();
         });
         // Lazy lines are written too (within GATHER), without anyone waiting.
@@ -830,7 +858,12 @@ mod tests {
         drop(j);
         h.join().unwrap();
         // A torn line at the end is ignored.
-        std::fs::OpenOptions::new().append(true).open(dir.path().join(FILE_NAME)).unwrap().write_all(b"{\"id\":").unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(FILE_NAME))
+            .unwrap()
+            .write_all(b"{\"id\":")
+            .unwrap();
         let all = read(dir.path()).unwrap();
         assert_eq!(all.len(), 3);
         assert_eq!(all[0].entry.fate, "delivered");

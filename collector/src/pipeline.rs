@@ -172,7 +172,9 @@ impl Shared {
         let mut c = self.consent_cache.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         match &*c {
-            Some((at, p, for_cfg, g)) if *g == gen && now.duration_since(*at) < CONSENT_TTL && Arc::ptr_eq(for_cfg, cfg) => {
+            Some((at, p, for_cfg, g))
+                if *g == gen && now.duration_since(*at) < CONSENT_TTL && Arc::ptr_eq(for_cfg, cfg) =>
+            {
                 p.clone()
             }
             _ => {
@@ -383,7 +385,10 @@ pub fn commit_batch(shared: &Shared, batch: Vec<Submission>, body: &mut Vec<u8>)
                                 body.truncate(before);
                                 bump(&shared.stats.dropped, 1);
                                 shared.stats.refuse(Refusal::StoreFailed, 1);
-                                (Fate::Dropped(e.to_string()), Answer::Journaled(Ack::Rejected { reason: e.to_string() }))
+                                (
+                                    Fate::Dropped(e.to_string()),
+                                    Answer::Journaled(Ack::Rejected { reason: e.to_string() }),
+                                )
                             }
                         }
                     }
@@ -405,9 +410,14 @@ pub fn commit_batch(shared: &Shared, batch: Vec<Submission>, body: &mut Vec<u8>)
         // wait). Only what waits because the server cannot take it now
         // (down, refusing, paused, rate windows) is bounded by dropping.
         let (fits, total, waited) =
-            shared.spool.reserve_wait(&spool_sizes, cfg.spool_max_bytes, ROOM_POLL, cfg.delivery_timeout, &|| shared.delivery_flowing());
+            shared.spool.reserve_wait(&spool_sizes, cfg.spool_max_bytes, ROOM_POLL, cfg.delivery_timeout, &|| {
+                shared.delivery_flowing()
+            });
         if waited > SLOW_ROOM {
-            tracing::debug!("a group commit waited {:.0} ms for spool room (server slower than ingest)", waited.as_secs_f64() * 1e3);
+            tracing::debug!(
+                "a group commit waited {:.0} ms for spool room (server slower than ingest)",
+                waited.as_secs_f64() * 1e3
+            );
         }
         reserved = total;
         if fits.iter().any(|f| !f) {
@@ -419,7 +429,12 @@ pub fn commit_batch(shared: &Shared, batch: Vec<Submission>, body: &mut Vec<u8>)
                 shared.held_reason()
             );
             let dropped = fits.iter().filter(|f| !**f).count();
-            if shared.spool_full_log.lock().unwrap_or_else(|p| p.into_inner()).is_none_or(|t| t.elapsed() > SPOOL_FULL_LOG_EVERY) {
+            if shared
+                .spool_full_log
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_none_or(|t| t.elapsed() > SPOOL_FULL_LOG_EVERY)
+            {
                 tracing::warn!("dropping {dropped} record(s) (and more may follow, logged every 10 s): {reason}");
                 *shared.spool_full_log.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
             }
@@ -539,7 +554,10 @@ mod tests {
     use super::*;
     use telemetry::{Classification, Severity};
 
-    fn shared(dir: &std::path::Path, cfg: Config) -> (Arc<Shared>, watch::Sender<Arc<Config>>, std::thread::JoinHandle<()>) {
+    fn shared(
+        dir: &std::path::Path,
+        cfg: Config,
+    ) -> (Arc<Shared>, watch::Sender<Arc<Config>>, std::thread::JoinHandle<()>) {
         let (spool, _) = Spool::open(&dir.join("spool"), 0).unwrap();
         let (journal, h) = Journal::open(&dir.join("journal")).unwrap();
         let (tx, rx) = watch::channel(Arc::new(cfg));
@@ -547,7 +565,8 @@ mod tests {
     }
 
     fn submit(shared: &Shared, text: &str) -> oneshot::Receiver<Vec<Ack>> {
-        let record = Record::builder(Classification::parse("org.t/pipe/x").unwrap(), Severity::Low, Payload::text(text)).build();
+        let record =
+            Record::builder(Classification::parse("org.t/pipe/x").unwrap(), Severity::Low, Payload::text(text)).build();
         let (tx, rx) = oneshot::channel();
         let sub = Submission { records: vec![Incoming { record, size: 10 }], uid: 1, pid: 2, reply: tx, budget: None };
         commit_batch(shared, vec![sub], &mut Vec::new());
@@ -568,14 +587,19 @@ mod tests {
         h.join().unwrap();
         let j = crate::journal::read(&dir.path().join("journal")).unwrap();
         assert_eq!(j[0].entry.payload.as_deref(), Some("what was collected"));
-        let mode = std::fs::metadata(dir.path().join("journal").join(crate::journal::FILE_NAME)).unwrap().permissions().mode();
+        let mode =
+            std::fs::metadata(dir.path().join("journal").join(crate::journal::FILE_NAME)).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "only its owner reads the journal");
     }
 
     #[test]
     fn a_consent_change_is_in_force_when_it_returns_and_waits_for_writes() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = Config { etc_dir: dir.path().join("etc"), server: Some("http://127.0.0.1:9/".parse().unwrap()), ..Config::default() };
+        let cfg = Config {
+            etc_dir: dir.path().join("etc"),
+            server: Some("http://127.0.0.1:9/".parse().unwrap()),
+            ..Config::default()
+        };
         crate::consent::opt_in(&cfg).unwrap();
         let (sh, tx, h) = shared(dir.path(), cfg.clone());
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();

@@ -83,18 +83,44 @@ pub fn machine_id(cfg: &Config) -> (MachineId, Option<String>) {
     }
 }
 
+/// Why a journal entry does not give back its record.
+#[derive(Debug, thiserror::Error)]
+pub enum EntryError {
+    /// A fate line, not a record.
+    #[error("not a record entry")]
+    NotARecord,
+    /// A field every record entry has is missing.
+    #[error("no {0} in the journal entry")]
+    Missing(&'static str),
+    /// The host facts, which older collectors did not journal.
+    #[error("the journal entry has no host facts (journaled by an older collector)")]
+    NoHost,
+    /// The creation time, which older collectors did not journal.
+    #[error("no creation_timestamp in the journal entry (journaled by an older collector)")]
+    NoTimestamp,
+    /// The payload, not kept with `record_retention_enabled = false`.
+    #[error("the payload was not kept (set record_retention_enabled = true to preview request bodies)")]
+    NoPayload,
+    /// The classification does not parse.
+    #[error(transparent)]
+    Classification(#[from] telemetry::ClassificationError),
+    /// The severity is out of range.
+    #[error(transparent)]
+    Severity(#[from] telemetry::SeverityError),
+    /// The event id does not parse.
+    #[error(transparent)]
+    EventId(#[from] telemetry::EventIdError),
+}
+
 /// Rebuilds the record a journal entry describes.
-pub fn record_of(e: &Entry) -> Result<Record, String> {
-    let class = e.class.as_deref().ok_or("not a record entry")?;
-    let classification = Classification::parse(class).map_err(|x| x.to_string())?;
-    let severity = Severity::try_from(e.severity.ok_or("no severity in the journal entry")?).map_err(|x| x.to_string())?;
-    let event_id = EventId::from_str(e.event.as_deref().ok_or("no event id in the journal entry")?).map_err(|x| x.to_string())?;
-    let host = e.host.clone().ok_or("the journal entry has no host facts (journaled by an older collector)")?;
-    let ts = e.creation_timestamp.ok_or("no creation_timestamp in the journal entry (journaled by an older collector)")?;
-    let payload = e
-        .payload
-        .clone()
-        .ok_or("the payload was not kept (set record_retention_enabled = true to preview request bodies)")?;
+pub fn record_of(e: &Entry) -> Result<Record, EntryError> {
+    let class = e.class.as_deref().ok_or(EntryError::NotARecord)?;
+    let classification = Classification::parse(class)?;
+    let severity = Severity::try_from(e.severity.ok_or(EntryError::Missing("severity"))?)?;
+    let event_id = EventId::from_str(e.event.as_deref().ok_or(EntryError::Missing("event id"))?)?;
+    let host = e.host.clone().ok_or(EntryError::NoHost)?;
+    let ts = e.creation_timestamp.ok_or(EntryError::NoTimestamp)?;
+    let payload = e.payload.clone().ok_or(EntryError::NoPayload)?;
     Ok(Record::builder(classification, severity, Payload::text(payload))
         .event_id(event_id)
         .creation_timestamp(ts)
@@ -105,7 +131,7 @@ pub fn record_of(e: &Entry) -> Result<Record, String> {
 
 /// The preview of one journal entry's record.
 pub fn preview(prep: &Prepared, mid: &MachineId, e: &Entry) -> (Preview, Option<RequestDesc>) {
-    let desc = record_of(e).and_then(|r| delivery::describe(prep, mid, &r));
+    let desc = record_of(e).map_err(|e| e.to_string()).and_then(|r| delivery::describe(prep, mid, &r));
     let (request, error, desc) = match desc {
         Ok(d) => (Some(RequestJson::from(&d)), None, Some(d)),
         Err(why) => (None, Some(why), None),
@@ -201,10 +227,14 @@ mod tests {
 
     #[test]
     fn journal_entry_rebuilds_the_request_delivery_builds() {
-        let r = Record::builder(Classification::parse("org.t/preview/x").unwrap(), Severity::High, Payload::text("hello\n"))
-            .creation_timestamp(1_700_000_000)
-            .payload_format_version(2)
-            .build();
+        let r = Record::builder(
+            Classification::parse("org.t/preview/x").unwrap(),
+            Severity::High,
+            Payload::text("hello\n"),
+        )
+        .creation_timestamp(1_700_000_000)
+        .payload_format_version(2)
+        .build();
         let mid = MachineId::random();
         for proto in ["v2", "v3"] {
             let cfg = Config::from_settings(

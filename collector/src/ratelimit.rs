@@ -1,8 +1,9 @@
-//! Stage: rate windows (reference §3, defects fixed).
+//! Stage: rate windows, with the original daemon's settings and meaning.
 //!
 //! `record_burst_limit` records per `record_window_length` minutes and
-//! `byte_burst_limit` bytes per `byte_window_length` minutes, each counting
-//! the record's real size, on a monotonic clock (never local-time minutes).
+//! `byte_burst_limit` bytes per `byte_window_length` minutes. Unlike the
+//! original, the byte window counts each record's real size, and time is a
+//! monotonic clock (never local-time minutes, which jump).
 //! A window is a ring of one-minute buckets indexed by whole minutes since
 //! the limiter started; a record is allowed when both windows, with it
 //! added, stay within their limits. The same limiter gates the spool drain.
@@ -41,11 +42,7 @@ impl Ring {
     /// Sum over the buckets still inside the window ending at `minute`.
     fn used(&self, minute: u64) -> u64 {
         let n = self.buckets.len() as u64;
-        self.buckets
-            .iter()
-            .filter(|(m, _)| *m != u64::MAX && *m <= minute && minute - *m < n)
-            .map(|(_, a)| *a)
-            .sum()
+        self.buckets.iter().filter(|(m, _)| *m != u64::MAX && *m <= minute && minute - *m < n).map(|(_, a)| *a).sum()
     }
 
     fn allows(&self, minute: u64, amount: u64) -> bool {
@@ -73,12 +70,8 @@ impl Ring {
         }
         let n = self.buckets.len() as u64;
         (minute..=minute + n).find(|&m| {
-            let used: u64 = self
-                .buckets
-                .iter()
-                .filter(|(b, _)| *b != u64::MAX && *b <= m && m - *b < n)
-                .map(|(_, a)| *a)
-                .sum();
+            let used: u64 =
+                self.buckets.iter().filter(|(b, _)| *b != u64::MAX && *b <= m && m - *b < n).map(|(_, a)| *a).sum();
             used + amount <= limit
         })
     }
@@ -90,7 +83,9 @@ pub enum Verdict {
     Allowed,
     /// Over a window; `retry_in` is when it would fit (None = never, the
     /// record alone is over the byte limit).
-    Limited { retry_in: Option<Duration> },
+    Limited {
+        retry_in: Option<Duration>,
+    },
 }
 
 /// Both windows.

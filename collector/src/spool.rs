@@ -189,13 +189,29 @@ fn parse_head(b: &[u8]) -> Result<Head, NoBlock> {
             if b.len() < HEADER_LEN {
                 return Err(NoBlock::Torn("torn block header".into()));
             }
-            Ok(Head { seq: u64at(8), epoch: Some(u64at(16)), count: u32at(24), accepted: u64at(28), body_len: u64at(36), sum: u64at(44), len: HEADER_LEN })
+            Ok(Head {
+                seq: u64at(8),
+                epoch: Some(u64at(16)),
+                count: u32at(24),
+                accepted: u64at(28),
+                body_len: u64at(36),
+                sum: u64at(44),
+                len: HEADER_LEN,
+            })
         }
         Some(m) if m == MAGIC_V1 => {
             if b.len() < HEADER_LEN_V1 {
                 return Err(NoBlock::Torn("torn block header".into()));
             }
-            Ok(Head { seq: u64at(8), epoch: None, count: u32at(16), accepted: u64at(20), body_len: u64at(28), sum: u64at(36), len: HEADER_LEN_V1 })
+            Ok(Head {
+                seq: u64at(8),
+                epoch: None,
+                count: u32at(16),
+                accepted: u64at(20),
+                body_len: u64at(28),
+                sum: u64at(36),
+                len: HEADER_LEN_V1,
+            })
         }
         _ => Err(NoBlock::None),
     }
@@ -233,7 +249,9 @@ fn parse_block(b: &[u8]) -> Result<ReadSegment, NoBlock> {
         let l = body.get(at..at + 4).ok_or_else(|| torn("block entry header missing"))?;
         let l = u32::from_le_bytes([l[0], l[1], l[2], l[3]]) as usize;
         let e = body.get(at + 4..at + 4 + l).ok_or_else(|| torn("block entry truncated"))?;
-        items.push(opts().deserialize::<Item>(e).map_err(|e| NoBlock::Torn(format!("block entry does not decode: {e}")))?);
+        items.push(
+            opts().deserialize::<Item>(e).map_err(|e| NoBlock::Torn(format!("block entry does not decode: {e}")))?,
+        );
         at += 4 + l;
     }
     Ok(ReadSegment { seq: h.seq, epoch: h.epoch, accepted: h.accepted, items, bytes: end as u64 })
@@ -441,7 +459,10 @@ impl Index {
 
 enum House {
     /// A file got its first block (sequence number `seq`): name it after it.
-    Rename { file: u64, seq: u64 },
+    Rename {
+        file: u64,
+        seq: u64,
+    },
     Refill,
     /// A spool file whose blocks are all final: made a free file again, or
     /// unlinked when the pool is full.
@@ -530,7 +551,11 @@ impl Spool {
                 Err(e) => (Vec::new(), Some(e.to_string())),
             };
             if let Some(why) = &torn {
-                tracing::warn!("{}: {why} after {} valid block(s); the rest was never acknowledged", path.display(), blocks.len());
+                tracing::warn!(
+                    "{}: {why} after {} valid block(s); the rest was never acknowledged",
+                    path.display(),
+                    blocks.len()
+                );
                 rec.torn += 1;
             }
             let (old, keep): (Vec<_>, Vec<_>) = blocks.into_iter().partition(|(_, s)| s.accepted < expire_before);
@@ -541,7 +566,11 @@ impl Spool {
                 found.push((next_file, path, keep));
                 next_file += 1;
             } else if free.len() < POOL_MAX
-                && OpenOptions::new().write(true).open(&path).and_then(|f| f.write_all_at(&[0u8; HEADER_LEN], 0)).is_ok()
+                && OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .and_then(|f| f.write_all_at(&[0u8; HEADER_LEN], 0))
+                    .is_ok()
             {
                 // Nothing valid left (or only expired blocks): a free file.
                 free.push(path);
@@ -556,7 +585,8 @@ impl Spool {
             // Name the file after its first block (it may still be free-N).
             let first = bs.iter().map(|(_, s)| s.seq).min().unwrap_or(0);
             let want = dir.join(format!("seg-{first:016}"));
-            let path = if path != want && !want.exists() && std::fs::rename(&path, &want).is_ok() { want } else { path };
+            let path =
+                if path != want && !want.exists() && std::fs::rename(&path, &want).is_ok() { want } else { path };
             let epoch = bs.first().and_then(|(_, s)| s.epoch).unwrap_or(0);
             files.insert(id, SpoolFile { path, epoch, len, live: bs.len() as u32, open: false, named: true });
             blocks.extend(bs.into_iter().map(|(o, s)| (id, o, s)));
@@ -624,10 +654,7 @@ impl Spool {
             room: Condvar::new(),
         });
         let weak = Arc::downgrade(&spool);
-        std::thread::Builder::new()
-            .name("spool-house".into())
-            .spawn(move || housekeeper(weak, rx))
-            .map_err(derr)?;
+        std::thread::Builder::new().name("spool-house".into()).spawn(move || housekeeper(weak, rx)).map_err(derr)?;
         spool.send_house(House::Refill);
         Ok((spool, rec))
     }
@@ -805,7 +832,10 @@ impl Spool {
             ix.next_seq - 1
         };
         let h = header(seq, epoch, items.len() as u32, accepted, body);
-        let written = f.write_all_at(&h, offset).and_then(|()| f.write_all_at(body, offset + HEADER_LEN as u64)).and_then(|()| f.sync_data());
+        let written = f
+            .write_all_at(&h, offset)
+            .and_then(|()| f.write_all_at(body, offset + HEADER_LEN as u64))
+            .and_then(|()| f.sync_data());
         if let Err(e) = written {
             // Give the space back; the file takes no more blocks.
             let _ = f.set_len(offset);
@@ -1024,7 +1054,11 @@ impl Spool {
                     out.extend(r.iter().map(|i| (**i).clone()));
                 }
                 None => {
-                    let read = ix.files.get(&seg.file).and_then(|f| File::open(&f.path).ok()).map(|f| read_block_at(&f, seg.offset));
+                    let read = ix
+                        .files
+                        .get(&seg.file)
+                        .and_then(|f| File::open(&f.path).ok())
+                        .map(|f| read_block_at(&f, seg.offset));
                     if let Some(Ok(s)) = read {
                         out.extend(s.items);
                     }
@@ -1184,8 +1218,12 @@ mod tests {
     use telemetry::{Classification, Payload, Severity};
 
     fn item(n: u8, accepted: u64) -> Item {
-        let record = Record::builder(Classification::parse("org.t/spool/test").unwrap(), Severity::Low, Payload::text(format!("r{n}")))
-            .build();
+        let record = Record::builder(
+            Classification::parse("org.t/spool/test").unwrap(),
+            Severity::Low,
+            Payload::text(format!("r{n}")),
+        )
+        .build();
         Item { record_id: [n; 16], accepted, counted: true, uid: 1, pid: 2, record }
     }
 
@@ -1342,7 +1380,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (s, _) = Spool::open(dir.path(), 0).unwrap();
         let sizes = || -> Vec<u64> {
-            let mut v: Vec<u64> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).collect();
+            let mut v: Vec<u64> =
+                std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).collect();
             v.sort();
             v
         };

@@ -194,7 +194,9 @@ impl tower_service::Service<http::Uri> for Connector {
         };
         let via = proxy.uri().clone();
         if via.scheme_str() != Some("http") {
-            return Box::pin(async move { Err(format!("proxy {via}: only http:// proxies (CONNECT) are supported").into()) });
+            return Box::pin(async move {
+                Err(format!("proxy {via}: only http:// proxies (CONNECT) are supported").into())
+            });
         }
         let mut tunnel = Tunnel::new(via.clone(), self.tcp.clone());
         if let Some(auth) = proxy.basic_auth() {
@@ -202,7 +204,9 @@ impl tower_service::Service<http::Uri> for Connector {
         }
         let dst = with_port(dst);
         Box::pin(async move {
-            std::future::poll_fn(|cx| tunnel.poll_ready(cx)).await.map_err(|e| format!("proxy {via}: {}", chain(&e)))?;
+            std::future::poll_fn(|cx| tunnel.poll_ready(cx))
+                .await
+                .map_err(|e| format!("proxy {via}: {}", chain(&e)))?;
             tunnel.call(dst).await.map_err(|e| format!("proxy {via}: {}", chain(&e)).into())
         })
     }
@@ -404,7 +408,12 @@ impl Transport {
     /// As [`exchange`](Self::exchange), asking `gate` before each write
     /// (holding its guard while writing): once it says no, the requests not
     /// yet written get [`SendError::Withheld`].
-    pub async fn exchange_gated<G: Gate>(&self, uri: &http::Uri, requests: &[Bytes], gate: &G) -> Vec<Result<Answer, SendError>> {
+    pub async fn exchange_gated<G: Gate>(
+        &self,
+        uri: &http::Uri,
+        requests: &[Bytes],
+        gate: &G,
+    ) -> Vec<Result<Answer, SendError>> {
         let deadline = Instant::now() + self.inner.timeout;
         let origin = origin_of(uri);
         let n = requests.len();
@@ -488,7 +497,10 @@ impl Transport {
                             continue 'conns;
                         }
                         Err(ReadError::Closed) => {
-                            fail(&mut out, SendError::Failed("the server closed the connection without answering".into()));
+                            fail(
+                                &mut out,
+                                SendError::Failed("the server closed the connection without answering".into()),
+                            );
                             break 'conns;
                         }
                         Err(ReadError::Send(e)) => {
@@ -506,7 +518,10 @@ impl Transport {
                     if conn.rbuf.is_empty() {
                         self.checkin(conn);
                     } else {
-                        tracing::debug!("the server sent {} bytes more than its answers; closing that connection", conn.rbuf.len());
+                        tracing::debug!(
+                            "the server sent {} bytes more than its answers; closing that connection",
+                            conn.rbuf.len()
+                        );
                     }
                     break 'conns;
                 }
@@ -516,7 +531,12 @@ impl Transport {
     }
 }
 
-async fn write_all<W: AsyncWrite + Unpin>(io: &mut W, bytes: &[u8], deadline: Instant, timeout: Duration) -> Result<(), SendError> {
+async fn write_all<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    bytes: &[u8],
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<(), SendError> {
     let w = async {
         io.write_all(bytes).await?;
         io.flush().await
@@ -543,7 +563,12 @@ impl From<SendError> for ReadError {
 }
 
 /// Reads more of the connection into `rbuf`; the byte count (0: closed).
-async fn fill<R: AsyncRead + Unpin>(io: &mut R, rbuf: &mut BytesMut, deadline: Instant, timeout: Duration) -> Result<usize, SendError> {
+async fn fill<R: AsyncRead + Unpin>(
+    io: &mut R,
+    rbuf: &mut BytesMut,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<usize, SendError> {
     rbuf.reserve(16 * 1024);
     match tokio::time::timeout_at(deadline, io.read_buf(rbuf)).await {
         Ok(Ok(n)) => Ok(n),
@@ -664,7 +689,9 @@ impl<R: AsyncRead + Unpin> Body<'_, R> {
                         self.rbuf.advance(i);
                         break size;
                     }
-                    Ok(httparse::Status::Partial) if self.rbuf.len() > 1024 => return Err(bad("chunk size line too long")),
+                    Ok(httparse::Status::Partial) if self.rbuf.len() > 1024 => {
+                        return Err(bad("chunk size line too long"))
+                    }
                     Ok(httparse::Status::Partial) => {
                         if !self.more().await? {
                             return Err(cut_short().into());
@@ -720,7 +747,9 @@ async fn read_answer<R: AsyncRead + Unpin>(
             // 1xx (100 Continue, 103 Early Hints) precede the answer.
             Some(h) if (100..200).contains(&h.status) && h.status != 101 => rbuf.advance(h.len),
             Some(h) => break h,
-            None if rbuf.len() > MAX_HEAD => return Err(SendError::Failed(format!("answer head over {MAX_HEAD} bytes")).into()),
+            None if rbuf.len() > MAX_HEAD => {
+                return Err(SendError::Failed(format!("answer head over {MAX_HEAD} bytes")).into())
+            }
             None => {
                 if fill(io, rbuf, deadline, timeout).await? == 0 {
                     return Err(if started { ReadError::Send(cut_short()) } else { ReadError::Closed });
@@ -807,7 +836,8 @@ mod tests {
         let (a, reusable) = r.unwrap();
         assert_eq!((a.status, &a.body[..], reusable), (500, &b"all of it"[..], false));
         // Connection: close; Retry-After.
-        let (r, _) = answer_of(b"HTTP/1.1 429 Slow down\r\nRetry-After: 7\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+        let (r, _) =
+            answer_of(b"HTTP/1.1 429 Slow down\r\nRetry-After: 7\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
         let (a, reusable) = r.unwrap();
         assert_eq!((a.status, a.retry_after, reusable), (429, Some(Duration::from_secs(7)), false));
         // HTTP/1.0 keep-alive is honoured; 204 has no body whatever it says.
@@ -824,7 +854,11 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabX",
         ] {
-            assert!(matches!(answer_of(bad).0, Err(ReadError::Send(SendError::Failed(_)))), "{:?}", String::from_utf8_lossy(bad));
+            assert!(
+                matches!(answer_of(bad).0, Err(ReadError::Send(SendError::Failed(_)))),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
         // A long body is cut to MAX_ANSWER_BODY.
         let mut long = format!("HTTP/1.1 400 Bad\r\nContent-Length: {}\r\n\r\n", 100_000).into_bytes();
@@ -919,8 +953,12 @@ mod tests {
                                     act => {
                                         let answer = |numbered: &std::sync::atomic::AtomicUsize| {
                                             let i = numbered.fetch_add(1, Ordering::SeqCst).to_string();
-                                            let close = if act == Act::AnswerAndClose { "Connection: close\r\n" } else { "" };
-                                            format!("HTTP/1.1 201 Created\r\n{close}Content-Length: {}\r\n\r\n{i}", i.len())
+                                            let close =
+                                                if act == Act::AnswerAndClose { "Connection: close\r\n" } else { "" };
+                                            format!(
+                                                "HTTP/1.1 201 Created\r\n{close}Content-Length: {}\r\n\r\n{i}",
+                                                i.len()
+                                            )
                                         };
                                         let mut a = answer(&numbered);
                                         if act == Act::Twice {
@@ -950,12 +988,15 @@ mod tests {
     }
 
     fn client(timeout: Duration) -> Transport {
-        let cfg = Config { delivery_timeout: timeout, delivery_pipeline: 8, delivery_concurrency: 8, ..Config::default() };
+        let cfg =
+            Config { delivery_timeout: timeout, delivery_pipeline: 8, delivery_concurrency: 8, ..Config::default() };
         Transport::with_proxies(&cfg, Matcher::builder().build()).unwrap()
     }
 
     fn requests(n: usize) -> Vec<Bytes> {
-        (0..n).map(|i| Bytes::from(format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{:02}", i % 100))).collect()
+        (0..n)
+            .map(|i| Bytes::from(format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{:02}", i % 100)))
+            .collect()
     }
 
     fn bodies(answers: &[Result<Answer, SendError>]) -> Vec<String> {

@@ -49,7 +49,9 @@ fn benches(c: &mut Criterion) {
     g.bench_function("native encode+decode_record (1 KiB payload, shared host facts)", |b| {
         b.iter(|| black_box(native_round_shared(black_box(&frame), &mut buf, &mut hosts)))
     });
-    g.bench_function("legacy decode (1 KiB payload)", |b| b.iter(|| black_box(legacy::decode(black_box(&legacy_bytes)))));
+    g.bench_function("legacy decode (1 KiB payload)", |b| {
+        b.iter(|| black_box(legacy::decode(black_box(&legacy_bytes))))
+    });
     g.bench_function("legacy encode (1 KiB payload)", |b| {
         b.iter(|| {
             buf.clear();
@@ -96,14 +98,22 @@ fn summary() {
         let _ = black_box(legacy::decode(black_box(&legacy_bytes)));
     });
     println!("\nsummary (one core, same run):");
-    println!("  native encode+decode, 1 KiB payload: {:>10.0} records/s  target 1,000,000/s  ratio {:.2}x", native, native / 1e6);
+    println!(
+        "  native encode+decode, 1 KiB payload: {:>10.0} records/s  target 1,000,000/s  ratio {:.2}x",
+        native,
+        native / 1e6
+    );
     println!(
         "  native encode+decode_record (the collector's zero-copy decoder): {:>10.0} records/s  ratio {:.2}x to target, {:.2}x the derived decoder",
         shared,
         shared / 1e6,
         shared / native
     );
-    println!("  legacy decode,        1 KiB payload: {:>10.0} records/s  target   500,000/s  ratio {:.2}x", leg, leg / 5e5);
+    println!(
+        "  legacy decode,        1 KiB payload: {:>10.0} records/s  target   500,000/s  ratio {:.2}x",
+        leg,
+        leg / 5e5
+    );
 }
 
 fn main() {

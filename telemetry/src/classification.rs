@@ -21,18 +21,43 @@ pub struct Classification(Box<str>);
 /// Why a string is not a classification.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ClassificationError {
+    /// The string is empty.
     #[error("classification is empty; expected DOMAIN/PROBE/REST")]
     Empty,
+    /// The whole is over [`MAX_CLASSIFICATION_LEN`] bytes.
     #[error("classification is {len} bytes; at most {MAX_CLASSIFICATION_LEN} are allowed")]
-    TooLong { len: usize },
+    TooLong {
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// Not exactly three `/`-separated segments.
     #[error("classification has {found} segment(s); expected exactly 3 as DOMAIN/PROBE/REST")]
-    SegmentCount { found: usize },
+    SegmentCount {
+        /// How many segments there are.
+        found: usize,
+    },
+    /// A segment is empty.
     #[error("classification segment {index} is empty; expected DOMAIN/PROBE/REST")]
-    EmptySegment { index: usize },
+    EmptySegment {
+        /// The segment's index (0 = domain).
+        index: usize,
+    },
+    /// A segment is over [`MAX_SEGMENT_LEN`] bytes.
     #[error("classification segment {index} is {len} bytes; at most {MAX_SEGMENT_LEN} are allowed")]
-    SegmentTooLong { index: usize, len: usize },
+    SegmentTooLong {
+        /// The segment's index (0 = domain).
+        index: usize,
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// A byte is not printable ASCII, or is whitespace.
     #[error("classification byte {position} (0x{byte:02x}) is not printable ASCII without whitespace")]
-    InvalidByte { position: usize, byte: u8 },
+    InvalidByte {
+        /// The byte's offset.
+        position: usize,
+        /// The byte.
+        byte: u8,
+    },
 }
 
 impl Classification {
@@ -199,4 +224,3 @@ mod tests {
         assert!(!c.matches("org.x/crash"));
     }
 }
-

@@ -9,9 +9,9 @@ use std::time::Duration;
 use thiserror::Error;
 
 use crate::config::{ConfigError, Settings, DEFAULT_SOCKET};
-use crate::wire::native::{self, Ack, ClientFrame, FrameError, Hello, ServerFrame};
 use crate::wire::legacy;
-use crate::{PayloadError, Record};
+use crate::wire::native::{self, Ack, ClientFrame, FrameError, Hello, ServerFrame};
+use crate::{PayloadError, Record, RecordId};
 
 /// The environment variable that names the collector's socket.
 pub const SOCKET_ENV: &str = "TELEM_SOCKET";
@@ -21,6 +21,7 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Where the collector listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SocketPath {
+    /// The socket's path.
     pub path: PathBuf,
     /// Which rule chose it: `--socket`, `TELEM_SOCKET`, the config file, or
     /// the default.
@@ -30,9 +31,13 @@ pub struct SocketPath {
 /// Which rule chose the socket path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SocketSource {
+    /// The `--socket` argument.
     Argument,
+    /// The `TELEM_SOCKET` environment variable.
     Environment,
+    /// `socket_path` of this configuration file.
     Config(PathBuf),
+    /// [`DEFAULT_SOCKET`].
     Default,
 }
 
@@ -66,20 +71,41 @@ impl SocketPath {
 /// Why sending failed.
 #[derive(Debug, Error)]
 pub enum ClientError {
+    /// Nothing listens on the socket (it is missing, or refuses).
     #[error("no collector is listening on {path} ({reason}); start one with `telemctl start`, or name another socket with --socket or TELEM_SOCKET")]
-    NoCollector { path: PathBuf, reason: String },
+    NoCollector {
+        /// The socket tried.
+        path: PathBuf,
+        /// What connect(2) said.
+        reason: String,
+    },
+    /// Connecting failed otherwise (permissions, ...).
     #[error("cannot connect to {path}: {source}")]
-    Connect { path: PathBuf, source: io::Error },
+    Connect {
+        /// The socket tried.
+        path: PathBuf,
+        /// What connect(2) said.
+        source: io::Error,
+    },
+    /// The collector did not answer in time.
     #[error("the collector did not answer within {0:?}")]
     Timeout(Duration),
+    /// The connection ended before the acknowledgement.
     #[error("the collector closed the connection before acknowledging the record")]
     Closed,
+    /// The collector refused the record.
     #[error("the collector rejected the record: {reason}")]
-    Rejected { reason: String },
+    Rejected {
+        /// The collector's reason.
+        reason: String,
+    },
+    /// The collector sent something the protocol does not allow.
     #[error("protocol error talking to the collector: {0}")]
     Protocol(String),
+    /// The record's payload is over the collector's limit.
     #[error(transparent)]
     Payload(#[from] PayloadError),
+    /// Reading or writing the socket failed.
     #[error("i/o error talking to the collector: {0}")]
     Io(io::Error),
 }
@@ -116,9 +142,10 @@ fn connect(path: &Path, timeout: Duration) -> Result<UnixStream, ClientError> {
     Ok(s)
 }
 
-/// The id the collector gave an accepted record, as 32 hex characters.
+/// The id the collector gave an accepted record, as 32 hex characters
+/// (`RecordId::from_bytes(*id).to_string()`).
 pub fn record_id_hex(id: &[u8; 16]) -> String {
-    crate::EventId::from_bytes(*id).to_string()
+    RecordId::from_bytes(*id).to_string()
 }
 
 /// A native-framing connection to the collector.
@@ -141,7 +168,9 @@ impl Client {
         let mut stream = connect(path, timeout)?;
         stream.write_all(&native::PREFIX).map_err(|e| map_frame_err(e.into(), timeout))?;
         let mut buf = Vec::new();
-        if !native::read_frame(&mut stream, native::MAX_SERVER_FRAME, &mut buf).map_err(|e| map_frame_err(e, timeout))? {
+        if !native::read_frame(&mut stream, native::MAX_SERVER_FRAME, &mut buf)
+            .map_err(|e| map_frame_err(e, timeout))?
+        {
             return Err(ClientError::Closed);
         }
         let hello = match native::decode_body::<ServerFrame>(&buf).map_err(|e| map_frame_err(e, timeout))? {
@@ -159,7 +188,7 @@ impl Client {
 
     /// Sends one record and waits for its acknowledgement; returns the
     /// record id the collector gave it.
-    pub fn send(&mut self, record: &Record) -> Result<[u8; 16], ClientError> {
+    pub fn send(&mut self, record: &Record) -> Result<RecordId, ClientError> {
         let mut acks = self.send_many(std::slice::from_ref(record))?;
         acks.pop().unwrap_or(Err(ClientError::Closed))
     }
@@ -167,7 +196,7 @@ impl Client {
     /// Sends records (pipelined) and waits for every acknowledgement. The
     /// outer error is a failure of the connection; the inner results say,
     /// per record, whether it was accepted.
-    pub fn send_many(&mut self, records: &[Record]) -> Result<Vec<Result<[u8; 16], ClientError>>, ClientError> {
+    pub fn send_many(&mut self, records: &[Record]) -> Result<Vec<Result<RecordId, ClientError>>, ClientError> {
         let limit = self.hello.max_payload as usize;
         let mut out = Vec::with_capacity(records.len());
         let mut batch = Vec::new();
@@ -193,14 +222,14 @@ impl Client {
         Ok(out)
     }
 
-    fn read_ack(&mut self) -> Result<Result<[u8; 16], ClientError>, ClientError> {
+    fn read_ack(&mut self) -> Result<Result<RecordId, ClientError>, ClientError> {
         if !native::read_frame(&mut self.stream, native::MAX_SERVER_FRAME, &mut self.buf)
             .map_err(|e| map_frame_err(e, self.timeout))?
         {
             return Err(ClientError::Closed);
         }
         match native::decode_body::<ServerFrame>(&self.buf).map_err(|e| map_frame_err(e, self.timeout))? {
-            ServerFrame::Ack(Ack::Accepted { record_id }) => Ok(Ok(record_id)),
+            ServerFrame::Ack(Ack::Accepted { record_id }) => Ok(Ok(RecordId::from_bytes(record_id))),
             ServerFrame::Ack(Ack::Rejected { reason }) => Ok(Err(ClientError::Rejected { reason })),
             other => Err(ClientError::Protocol(format!("expected an acknowledgement, got {other:?}"))),
         }
@@ -211,7 +240,12 @@ impl Client {
 /// acknowledgement: the old daemon sends nothing back). Waits, up to the
 /// timeout, for the daemon to close the connection, which it does once it
 /// has read the record.
-pub fn send_legacy(path: &Path, record: &Record, config_path: Option<&str>, timeout: Duration) -> Result<(), ClientError> {
+pub fn send_legacy(
+    path: &Path,
+    record: &Record,
+    config_path: Option<&str>,
+    timeout: Duration,
+) -> Result<(), ClientError> {
     let bytes = legacy::encode(record, config_path)?;
     let mut s = connect(path, timeout)?;
     s.write_all(&bytes).map_err(|e| map_frame_err(e.into(), timeout))?;

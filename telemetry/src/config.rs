@@ -1,4 +1,6 @@
-//! Finding and reading the INI configuration file (reference §4).
+//! Finding and reading the INI configuration file: the original's
+//! `[settings]` file and lookup order (`-f FILE`, then [`ETC_CONFIG`], then
+//! [`DEFAULTS_CONFIG`]).
 //!
 //! Lookup: an explicit file (`-f FILE`), else
 //! `/etc/telemetrics/telemetrics.conf`, else
@@ -21,10 +23,22 @@ pub const DEFAULT_SOCKET: &str = "/run/telem-0";
 /// Why a configuration file cannot be used.
 #[derive(Debug, Error)]
 pub enum ConfigError {
+    /// The file cannot be read.
     #[error("cannot read configuration file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why it cannot be read.
+        source: std::io::Error,
+    },
+    /// The file is not INI.
     #[error("configuration file {path} is not valid INI: {reason}")]
-    Parse { path: PathBuf, reason: String },
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the INI parser said.
+        reason: String,
+    },
 }
 
 /// The `[settings]` keys of one file, and where they came from.
@@ -32,6 +46,7 @@ pub enum ConfigError {
 pub struct Settings {
     /// `None` when built-in defaults are in use.
     pub path: Option<PathBuf>,
+    /// The keys of `[settings]` and their values, as written.
     pub values: BTreeMap<String, String>,
 }
 
@@ -67,6 +82,7 @@ impl Settings {
         Ok(Settings { path: path.map(Into::into), values })
     }
 
+    /// The value of `key`, if the file sets it.
     pub fn get(&self, key: &str) -> Option<&str> {
         self.values.get(key).map(String::as_str)
     }
@@ -83,7 +99,8 @@ mod tests {
 
     #[test]
     fn reads_settings_section() {
-        let s = Settings::parse("[other]\nsocket_path=/x\n[settings]\nsocket_path=/tmp/s\nserver=https://h/\n", None).unwrap();
+        let s = Settings::parse("[other]\nsocket_path=/x\n[settings]\nsocket_path=/tmp/s\nserver=https://h/\n", None)
+            .unwrap();
         assert_eq!(s.get("socket_path"), Some("/tmp/s"));
         assert_eq!(s.get("server"), Some("https://h/"));
     }

@@ -15,10 +15,15 @@ pub enum Scope {
 /// One collected field.
 #[derive(Debug, Clone, Copy)]
 pub struct Field {
+    /// The field's name (as in the record, the journal and docs/DATA.md).
     pub name: &'static str,
+    /// Whether it is sent or kept locally.
     pub scope: Scope,
+    /// Where its value comes from.
     pub source: &'static str,
+    /// An example value.
     pub example: &'static str,
+    /// Why it is collected.
     pub why: &'static str,
     /// What the `anonymous` privacy level sends instead.
     pub anonymous: &'static str,

@@ -1,5 +1,6 @@
 //! Host metadata, read once per process from the same sources, with the same
-//! fallbacks, as the original libtelemetry (reference §1).
+//! fallbacks, as the original libtelemetry (the host header lines of the
+//! legacy framing, docs/WIRE.md).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -57,11 +58,7 @@ impl HostInfo {
         );
         let board_name = format!("{}|{}", dmi("board_name", "no_bn_file"), dmi("board_vendor", "no_bv_file"));
         let bios_version = dmi("bios_version", "no_bv_file");
-        let os_release = sources
-            .os_release
-            .iter()
-            .find_map(|p| std::fs::read_to_string(p).ok())
-            .unwrap_or_default();
+        let os_release = sources.os_release.iter().find_map(|p| std::fs::read_to_string(p).ok()).unwrap_or_default();
         let build = os_release_value(&os_release, "VERSION_ID").unwrap_or_else(|| "unknown".into());
         let system_name = os_release_value(&os_release, "ID")
             .or_else(|| os_release_value(&os_release, "ID_VARIANT_ID"))
@@ -87,15 +84,18 @@ impl HostInfo {
 /// Where host facts are read from.
 #[derive(Debug, Clone)]
 pub struct HostSources {
+    /// `/sys/class/dmi/id` (board, BIOS and product names).
     pub dmi_dir: PathBuf,
     /// Tried in order; the first readable one is used.
     pub os_release: Vec<PathBuf>,
+    /// `/proc/cpuinfo` (the CPU model).
     pub cpuinfo: PathBuf,
     /// `(machine, release)`; `None` asks uname(2).
     pub uname: Option<(String, String)>,
 }
 
 impl HostSources {
+    /// This machine's files under `/`.
     pub fn system() -> Self {
         Self::under(Path::new("/"))
     }
@@ -151,8 +151,9 @@ fn first_model_name(cpuinfo: &str) -> Option<String> {
 }
 
 fn uname() -> (String, String) {
-    // SAFETY: uname fills the zeroed struct; fields are NUL-terminated.
+    // SAFETY: utsname is plain data; all zeros is a valid value.
     let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: uname fills the struct; its fields are NUL-terminated.
     if unsafe { libc::uname(&mut u) } != 0 {
         return ("unknown".into(), "unknown".into());
     }
@@ -181,7 +182,11 @@ mod tests {
         write(root, "sys/class/dmi/id/product_name", "\n");
         write(root, "sys/class/dmi/id/board_vendor", "ACME\n");
         write(root, "usr/lib/os-release", "ID=clear-linux-os\nVERSION_ID=\"41230\"\n");
-        write(root, "proc/cpuinfo", "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) CPU @ 2.20GHz\n\nmodel name: other\n");
+        write(
+            root,
+            "proc/cpuinfo",
+            "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) CPU @ 2.20GHz\n\nmodel name: other\n",
+        );
         let mut src = HostSources::under(root);
         src.uname = Some(("x86_64".into(), "6.18.0".into()));
         let h = HostInfo::read(&src);

@@ -30,13 +30,16 @@
 //! ```
 //!
 //! Types parse their input once (`Classification`, `Severity`, `EventId`,
-//! `HeaderText`, `MachineId`) and can only hold valid values afterwards, so
+//! `RecordId`, `BootId`, `HeaderText`, `MachineId`) and can only hold valid values afterwards, so
 //! every encoder can write them without checking again, and every decoder
 //! rejects a bad record with an error that names the field and the reason.
+
+#![warn(missing_docs)]
 
 pub mod classification;
 pub mod client;
 pub mod config;
+pub mod crash_id;
 pub mod event_id;
 pub mod fields;
 pub mod host;
@@ -53,7 +56,7 @@ pub mod wire;
 pub const DEFAULT_DOMAIN: &str = "org.clearlinux";
 
 pub use classification::{Classification, ClassificationError};
-pub use event_id::{EventId, EventIdError, MachineId};
+pub use event_id::{BootId, BootIdError, EventId, EventIdError, MachineId, MachineIdError, RecordId};
 pub use host::HostInfo;
 pub use payload::{Payload, PayloadError, DEFAULT_MAX_PAYLOAD};
 pub use record::{Record, RecordBuilder, RECORD_FORMAT_VERSION};

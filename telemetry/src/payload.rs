@@ -12,20 +12,33 @@ pub const DEFAULT_MAX_PAYLOAD: usize = 64 * 1024;
 /// NUL, so it cannot carry one).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Payload {
+    /// UTF-8 text (what every original probe sends).
     Text(String),
+    /// Any bytes (native framing only).
     Bytes(Vec<u8>),
 }
 
 /// Why a payload cannot be sent.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum PayloadError {
+    /// Over the collector's limit.
     #[error("payload is {size} bytes; the collector accepts at most {limit} (it is never truncated: shorten it)")]
-    TooLarge { size: usize, limit: usize },
+    TooLarge {
+        /// The payload's size in bytes.
+        size: usize,
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// A NUL byte, which the legacy framing cannot carry.
     #[error("payload has a NUL byte at {position}; the legacy framing cannot carry it (use the native framing)")]
-    HasNul { position: usize },
+    HasNul {
+        /// The NUL's offset.
+        position: usize,
+    },
 }
 
 impl Payload {
+    /// A text payload.
     pub fn text(s: impl Into<String>) -> Self {
         Payload::Text(s.into())
     }
@@ -38,6 +51,7 @@ impl Payload {
         }
     }
 
+    /// The payload's bytes (text as UTF-8).
     pub fn as_bytes(&self) -> &[u8] {
         match self {
             Payload::Text(s) => s.as_bytes(),
@@ -45,10 +59,12 @@ impl Payload {
         }
     }
 
+    /// Its size in bytes.
     pub fn len(&self) -> usize {
         self.as_bytes().len()
     }
 
+    /// Whether it has no bytes.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -1,4 +1,5 @@
-//! Collector -> backend posting forms (reference §2).
+//! Collector -> backend posting forms (docs/WIRE.md): v2, the record's
+//! fields as HTTP headers and the payload as the body; v3, one JSON object.
 //!
 //! - **v2**: `POST` the raw payload with the record's fields as HTTP headers
 //!   (`Record-Format-Version`, `Classification`, ...) plus the tid header.
@@ -42,26 +43,39 @@ pub const DEFAULT_TID_HEADER: &str = "X-Telemetry-TID: 6907c830-eed9-4ce9-81ae-7
 /// The `tidheader` setting: a header name and value sent with every post.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TidHeader {
+    /// The header's name (letters, digits, `-`, `_`).
     pub name: String,
+    /// Its value.
     pub value: String,
 }
 
 /// Why a posting form cannot be made or read.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum PostingError {
+    /// The `tidheader` setting is not `Name: value`.
     #[error("tidheader {0:?} is not `Name: value`")]
     BadTidHeader(String),
+    /// A v2 post lacks a record header.
     #[error("header {0} is missing")]
     Missing(&'static str),
+    /// A record field of the post is not valid.
     #[error("header {name}: {reason}")]
-    Invalid { name: &'static str, reason: String },
+    Invalid {
+        /// The field (header name, or JSON key for v3).
+        name: &'static str,
+        /// Why it is not valid.
+        reason: String,
+    },
+    /// v3 carries text only.
     #[error("the v3 JSON form carries text payloads only; this payload is not UTF-8 (use server_protocol=v2)")]
     BinaryPayload,
+    /// A v3 body that is not the expected JSON object.
     #[error("v3 body is not a JSON object: {0}")]
     Json(String),
 }
 
 impl TidHeader {
+    /// Parses the `tidheader` setting (`Name: value`).
     pub fn parse(s: &str) -> Result<Self, PostingError> {
         let (name, value) = s.split_once(':').ok_or_else(|| PostingError::BadTidHeader(s.into()))?;
         let name = name.trim();
@@ -135,7 +149,11 @@ pub fn v3_decode(body: &[u8]) -> Result<(Record, MachineId), PostingError> {
     from_values(&vals, &HEADER_NAMES, Payload::Text(payload.into()))
 }
 
-fn from_values(v: &[&str; 15], names: &[&'static str; 15], payload: Payload) -> Result<(Record, MachineId), PostingError> {
+fn from_values(
+    v: &[&str; 15],
+    names: &[&'static str; 15],
+    payload: Payload,
+) -> Result<(Record, MachineId), PostingError> {
     let inv = |i: usize, reason: String| PostingError::Invalid { name: names[i], reason };
     let text = |i: usize| HeaderText::new(v[i]).map_err(|e| inv(i, e.to_string()));
     let num = |i: usize| -> Result<u64, PostingError> {
@@ -163,7 +181,15 @@ fn from_values(v: &[&str; 15], names: &[&'static str; 15], payload: Payload) -> 
         cpu_model: text(12)?,
         bios_version: text(13)?,
     };
-    let record = Record { classification, severity, event_id, payload_format_version, creation_timestamp, host: host.into(), payload };
+    let record = Record {
+        classification,
+        severity,
+        event_id,
+        payload_format_version,
+        creation_timestamp,
+        host: host.into(),
+        payload,
+    };
     Ok((record, machine_id))
 }
 

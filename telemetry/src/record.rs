@@ -34,8 +34,11 @@ pub const HEADER_NAMES: [&str; 15] = [
 /// machine id is not part of it: the collector stamps it on the way out.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
+    /// What kind of event (`DOMAIN/PROBE/REST`).
     pub classification: Classification,
+    /// How bad it is.
     pub severity: Severity,
+    /// Groups the records of one occurrence.
     pub event_id: EventId,
     /// Version of the payload's own layout (crash payloads: 1 text, 2 JSON).
     pub payload_format_version: u32,
@@ -45,6 +48,7 @@ pub struct Record {
     /// collector keeps one copy of them for a connection's records).
     /// Serialized as the facts themselves.
     pub host: Arc<HostInfo>,
+    /// The probe's data.
     pub payload: Payload,
 }
 
@@ -93,8 +97,11 @@ impl Record {
 /// A header value, borrowed from a record.
 #[derive(Debug, Clone, Copy)]
 pub enum HeaderValue<'a> {
+    /// A text field.
     Str(&'a str),
+    /// A number field.
     Num(u64),
+    /// The event id.
     Id(EventId),
 }
 
@@ -115,22 +122,27 @@ pub struct RecordBuilder {
 }
 
 impl RecordBuilder {
+    /// Sets the event id (default: random).
     pub fn event_id(mut self, id: EventId) -> Self {
         self.record.event_id = id;
         self
     }
+    /// Sets the payload's format version (default: 1).
     pub fn payload_format_version(mut self, v: u32) -> Self {
         self.record.payload_format_version = v;
         self
     }
+    /// Sets the creation time, unix seconds (default: now).
     pub fn creation_timestamp(mut self, t: u64) -> Self {
         self.record.creation_timestamp = t;
         self
     }
+    /// Sets the host facts (default: this machine's).
     pub fn host(mut self, host: HostInfo) -> Self {
         self.record.host = Arc::new(host);
         self
     }
+    /// The record.
     pub fn build(self) -> Record {
         self.record
     }

@@ -11,9 +11,13 @@ use thiserror::Error;
 #[serde(try_from = "u8", into = "u8")]
 #[repr(u8)]
 pub enum Severity {
+    /// 1: informational (`hello/world`, heartbeats).
     Low = 1,
+    /// 2.
     Medium = 2,
+    /// 3: crashes and fatal signals.
     High = 3,
+    /// 4.
     Critical = 4,
 }
 
@@ -23,6 +27,7 @@ pub enum Severity {
 pub struct SeverityError(pub String);
 
 impl Severity {
+    /// Its number, 1 to 4.
     pub fn as_u8(self) -> u8 {
         self as u8
     }

@@ -21,20 +21,36 @@ pub struct HeaderText(Box<str>);
 /// Why a string cannot be a header value.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum HeaderTextError {
+    /// Over [`MAX_HEADER_TEXT`] bytes.
     #[error("value is {len} bytes; at most {MAX_HEADER_TEXT} are allowed")]
-    TooLong { len: usize },
+    TooLong {
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// A control character.
     #[error("value has a control character (0x{byte:02x}) at byte {position}")]
-    Control { position: usize, byte: u8 },
+    Control {
+        /// Its byte offset.
+        position: usize,
+        /// The control character (its last byte for C1 controls).
+        byte: u8,
+    },
+    /// Not UTF-8.
     #[error("value is not UTF-8 (invalid at byte {position})")]
-    NotUtf8 { position: usize },
+    NotUtf8 {
+        /// Where the invalid sequence starts.
+        position: usize,
+    },
 }
 
 impl HeaderText {
+    /// Checks `s`: at most [`MAX_HEADER_TEXT`] bytes, no control character.
     pub fn new(s: &str) -> Result<Self, HeaderTextError> {
         Self::check(s)?;
         Ok(HeaderText(s.into()))
     }
 
+    /// As [`new`](Self::new), from bytes that must be UTF-8.
     pub fn from_bytes(b: &[u8]) -> Result<Self, HeaderTextError> {
         let s = std::str::from_utf8(b).map_err(|e| HeaderTextError::NotUtf8 { position: e.valid_up_to() })?;
         Self::new(s)
@@ -75,6 +91,7 @@ impl HeaderText {
         HeaderText(cleaned[..end].into())
     }
 
+    /// The text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -119,7 +136,10 @@ mod tests {
 
     #[test]
     fn keeps_spaces_rejects_controls() {
-        assert_eq!(HeaderText::new("Intel(R) Xeon(R) CPU @ 2.20GHz").unwrap().as_str(), "Intel(R) Xeon(R) CPU @ 2.20GHz");
+        assert_eq!(
+            HeaderText::new("Intel(R) Xeon(R) CPU @ 2.20GHz").unwrap().as_str(),
+            "Intel(R) Xeon(R) CPU @ 2.20GHz"
+        );
         assert_eq!(HeaderText::new("a\nb"), Err(HeaderTextError::Control { position: 1, byte: b'\n' }));
         assert_eq!(HeaderText::new("a\0"), Err(HeaderTextError::Control { position: 1, byte: 0 }));
         assert_eq!(HeaderText::new(&"x".repeat(250)), Err(HeaderTextError::TooLong { len: 250 }));
@@ -137,4 +157,3 @@ mod tests {
         assert!(HeaderText::sanitize(&long).as_str().len() <= MAX_HEADER_TEXT);
     }
 }
-

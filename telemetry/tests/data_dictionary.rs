@@ -11,7 +11,8 @@ fn every_posted_field_is_in_the_dictionary() {
     let body = posting::v3_body(&r, &MachineId::unset()).unwrap();
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     for key in v.as_object().unwrap().keys() {
-        let f = fields::field(key).unwrap_or_else(|| panic!("field {key} is posted but missing from telemetry::fields::FIELDS"));
+        let f = fields::field(key)
+            .unwrap_or_else(|| panic!("field {key} is posted but missing from telemetry::fields::FIELDS"));
         assert_eq!(f.scope, Scope::Sent, "{key} is posted but marked local");
     }
     // And every field the record type has, as serde sees it.

@@ -26,9 +26,18 @@ fn host() -> impl Strategy<Value = HostInfo> {
         (header_text(), header_text(), header_text(), header_text()),
         (header_text(), header_text(), header_text(), header_text()),
     )
-        .prop_map(|((arch, host_type, build, kernel_version), (system_name, board_name, cpu_model, bios_version))| {
-            HostInfo { arch, host_type, build, kernel_version, system_name, board_name, cpu_model, bios_version }
-        })
+        .prop_map(
+            |((arch, host_type, build, kernel_version), (system_name, board_name, cpu_model, bios_version))| HostInfo {
+                arch,
+                host_type,
+                build,
+                kernel_version,
+                system_name,
+                board_name,
+                cpu_model,
+                bios_version,
+            },
+        )
 }
 
 fn severity() -> impl Strategy<Value = Severity> {

@@ -90,7 +90,9 @@ pub struct BurstReport {
 /// Parses `key=value` from the generator's summary line.
 pub fn parse_report(output: &str) -> Option<BurstReport> {
     let line = output.lines().rev().find(|l| l.starts_with("telem-legacy-burst:"))?;
-    let f = |k: &str| -> Option<f64> { line.split_whitespace().find_map(|w| w.strip_prefix(k)?.strip_prefix('=')?.parse().ok()) };
+    let f = |k: &str| -> Option<f64> {
+        line.split_whitespace().find_map(|w| w.strip_prefix(k)?.strip_prefix('=')?.parse().ok())
+    };
     Some(BurstReport {
         total: f("records")? as u64,
         sent: f("sent")? as u64,

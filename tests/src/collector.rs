@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use telemetry::client::Client;
+
 use crate::bin;
+use crate::fixtures::ANSWER_TIMEOUT;
 
 /// The proxy environment the daemon reads (blanked unless a test sets it).
 const PROXY_VARS: [&str; 8] =
@@ -123,6 +126,12 @@ impl Collector {
         panic!("telem-collector did not start:\n{}", self.log());
     }
 
+    /// A native-framing client of the daemon (answers within 10 s).
+    pub fn client(&self) -> Client {
+        Client::connect_path(&self.socket, ANSWER_TIMEOUT).expect("connect to the collector")
+    }
+
+    /// The daemon's process id (0 when not running).
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
@@ -175,7 +184,7 @@ impl Collector {
     pub fn stop(&mut self) -> bool {
         let Some(mut c) = self.child.take() else { return true };
         // SAFETY: signalling our own child.
-        unsafe { libc_kill(c.id() as i32, 15) };
+        unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
             if let Ok(Some(st)) = c.try_wait() {
@@ -192,7 +201,7 @@ impl Collector {
     pub fn signal(&self, sig: i32) {
         if let Some(c) = &self.child {
             // SAFETY: signalling our own child.
-            unsafe { libc_kill(c.id() as i32, sig) };
+            unsafe { libc::kill(c.id() as libc::pid_t, sig) };
         }
     }
 
@@ -209,7 +218,9 @@ impl Collector {
         let mut groups: std::collections::HashMap<String, (u64, String)> = std::collections::HashMap::new();
         for l in log.lines() {
             let l = &strip_ansi(l);
-            let Some(at) = ["ERROR", "WARN"].iter().find_map(|lvl| l.find(&format!(" {lvl} ")).map(|i| i + 1)) else { continue };
+            let Some(at) = ["ERROR", "WARN"].iter().find_map(|lvl| l.find(&format!(" {lvl} ")).map(|i| i + 1)) else {
+                continue;
+            };
             let msg = &l[at..];
             let key: String = msg.chars().map(|c| if c.is_ascii_digit() { '#' } else { c }).collect();
             let e = groups.entry(key).or_insert((0, msg.to_string()));
@@ -235,7 +246,13 @@ impl Collector {
                 Ok(o) => return o,
                 // Another cargo in the same target directory may be
                 // replacing the binary right now.
-                Err(e) if tries < 50 && matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ExecutableFileBusy) => {
+                Err(e)
+                    if tries < 50
+                        && matches!(
+                            e.kind(),
+                            std::io::ErrorKind::NotFound | std::io::ErrorKind::ExecutableFileBusy
+                        ) =>
+                {
                     tries += 1;
                     std::thread::sleep(Duration::from_millis(100));
                 }
@@ -263,7 +280,11 @@ impl Collector {
     /// Waits until the journal (as `telemctl journal --json` shows it)
     /// satisfies `pred`: fates are written a few milliseconds after the
     /// counters of `status` move.
-    pub fn wait_journal(&self, timeout: Duration, pred: impl Fn(&[serde_json::Value]) -> bool) -> Vec<serde_json::Value> {
+    pub fn wait_journal(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
         let deadline = Instant::now() + timeout;
         loop {
             let j = self.journal(&[]);
@@ -291,11 +312,6 @@ impl Drop for Collector {
     fn drop(&mut self) {
         self.kill9();
     }
-}
-
-extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
 }
 
 /// `s` without ANSI colour sequences (`ESC [ ... letter`), as the daemon's

@@ -1,11 +1,24 @@
 //! Support for the end-to-end tests in `tests/tests/`: finding the suite's
-//! binaries (built on first use), temporary collector sockets, and the
-//! CI rule that a test needing root must run, not skip.
+//! binaries (built on first use), the CI rule that a test needing root must
+//! run, not skip, and one set of fixtures and stand-ins:
+//!
+//! | module | what |
+//! |---|---|
+//! | [`fixtures`] | the records and raw bytes tests send; raw native connections |
+//! | [`collector`] | the real collector in a temporary directory, and telemctl |
+//! | [`receiver`] | a unix-socket receiver standing in for the collector (probe tests) |
+//! | [`sink`] | an HTTP server standing in for the backend |
+//! | [`http`] | the request parser of the test servers |
+//! | [`kernel`] | core_pattern and friends, restored; crashing programs; eventprobe |
+//! | [`burst`] | bursts of legacy records from many processes |
 
+pub mod burst;
+pub mod collector;
+pub mod fixtures;
+pub mod http;
+pub mod kernel;
 pub mod receiver;
 pub mod sink;
-pub mod collector;
-pub mod burst;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -73,15 +86,10 @@ pub fn in_ci() -> bool {
 /// skip (printing why); in CI it fails instead.
 pub fn require_root(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc_geteuid() } == 0;
+    let root = unsafe { libc::geteuid() } == 0;
     if !root {
         assert!(!in_ci(), "{test} needs root and CI=true: failing rather than skipping");
         eprintln!("skipping {test}: needs root");
     }
     root
-}
-
-extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
 }

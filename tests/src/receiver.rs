@@ -72,7 +72,7 @@ impl Receiver {
                 let b = behaviour.clone();
                 std::thread::spawn(move || {
                     if let Err(e) = serve(conn, &s3, &b) {
-                        s3.errors.lock().unwrap().push(e);
+                        s3.errors.lock().unwrap().push(e.to_string());
                         s3.cv.notify_all();
                     }
                 });
@@ -96,6 +96,24 @@ impl Receiver {
         g.clone()
     }
 
+    /// Waits (up to 30 s) for a record for which `pred` holds and returns
+    /// it; fails the test naming `what` and showing what arrived instead.
+    pub fn wait_record(&self, what: &str, pred: impl Fn(&Received) -> bool) -> Received {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(r) = self.records().into_iter().find(|r| pred(r)) {
+                return r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {what} record within 30 s; got {:#?}; errors {:?}",
+                self.records(),
+                self.errors()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Records received so far.
     pub fn records(&self) -> Vec<Received> {
         self.shared.records.lock().unwrap().clone()
@@ -107,47 +125,69 @@ impl Receiver {
     }
 }
 
-fn serve(mut conn: UnixStream, shared: &Shared, b: &Behaviour) -> Result<(), String> {
-    conn.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
+/// Why a connection was not served to its end.
+#[derive(Debug, thiserror::Error)]
+enum ServeError {
+    #[error("{what}: {source}")]
+    Io { what: &'static str, source: std::io::Error },
+    #[error(transparent)]
+    Legacy(#[from] legacy::LegacyError),
+    #[error(transparent)]
+    Frame(#[from] native::FrameError),
+}
+
+fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> ServeError {
+    move |source| ServeError::Io { what, source }
+}
+
+fn serve(mut conn: UnixStream, shared: &Shared, b: &Behaviour) -> Result<(), ServeError> {
+    conn.set_read_timeout(Some(Duration::from_secs(30))).map_err(io("set a read timeout"))?;
     let mut first = [0u8; 4];
-    conn.read_exact(&mut first).map_err(|e| format!("read first bytes: {e}"))?;
+    conn.read_exact(&mut first).map_err(io("read first bytes"))?;
     match wire::sniff(first) {
         Framing::Legacy { total_size } => {
-            let size = legacy::check_total_size(total_size, 16 << 20).map_err(|e| e.to_string())?;
+            let size = legacy::check_total_size(total_size, 16 << 20)?;
             let mut buf = vec![0u8; size];
             buf[..4].copy_from_slice(&first);
-            conn.read_exact(&mut buf[4..]).map_err(|e| format!("read legacy record: {e}"))?;
-            let d = legacy::decode(&buf).map_err(|e| e.to_string())?;
-            shared.records.lock().unwrap().push(Received { record: d.record, legacy: true, config_path: d.config_path });
+            conn.read_exact(&mut buf[4..]).map_err(io("read legacy record"))?;
+            let d = legacy::decode(&buf)?;
+            shared.records.lock().unwrap().push(Received {
+                record: d.record,
+                legacy: true,
+                config_path: d.config_path,
+            });
             shared.cv.notify_all();
             Ok(())
         }
         Framing::Native => {
             let mut rest = [0u8; 4];
-            conn.read_exact(&mut rest).map_err(|e| e.to_string())?;
+            conn.read_exact(&mut rest).map_err(io("read the prefix"))?;
             let mut p = [0u8; 8];
             p[..4].copy_from_slice(&first);
             p[4..].copy_from_slice(&rest);
-            native::check_prefix(p).map_err(|e| e.to_string())?;
-            native::write_frame(&mut conn, &ServerFrame::Hello(Hello { protocol: 1, max_payload: b.max_payload }))
-                .map_err(|e| e.to_string())?;
+            native::check_prefix(p)?;
+            native::write_frame(&mut conn, &ServerFrame::Hello(Hello { protocol: 1, max_payload: b.max_payload }))?;
             let limit = native::max_record_frame(b.max_payload as usize);
             let mut body = Vec::new();
-            while native::read_frame(&mut conn, limit, &mut body).map_err(|e| e.to_string())? {
+            while native::read_frame(&mut conn, limit, &mut body)? {
                 let ack = match native::decode_body::<ClientFrame>(&body) {
                     Err(e) => Ack::Rejected { reason: e.to_string() },
                     Ok(ClientFrame::Record(r)) => match (&b.reject, r.payload.check_limit(b.max_payload as usize)) {
                         (Some(reason), _) => Ack::Rejected { reason: reason.clone() },
                         (None, Err(e)) => Ack::Rejected { reason: e.to_string() },
                         (None, Ok(())) => {
-                            shared.records.lock().unwrap().push(Received { record: r, legacy: false, config_path: None });
+                            shared.records.lock().unwrap().push(Received {
+                                record: r,
+                                legacy: false,
+                                config_path: None,
+                            });
                             shared.cv.notify_all();
-                            Ack::Accepted { record_id: *telemetry::EventId::random().as_bytes() }
+                            Ack::Accepted { record_id: *telemetry::RecordId::random().as_bytes() }
                         }
                     },
                 };
-                native::write_frame(&mut conn, &ServerFrame::Ack(ack)).map_err(|e| e.to_string())?;
-                conn.flush().map_err(|e| e.to_string())?;
+                native::write_frame(&mut conn, &ServerFrame::Ack(ack))?;
+                conn.flush().map_err(io("flush"))?;
             }
             Ok(())
         }

@@ -17,13 +17,15 @@
 //! ([`Sink::set_lean`]) keeps only each post's body.
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use telemetry::{MachineId, Record};
+
+use crate::http::{self, read_request, Request};
 
 /// How the sink answers posts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,7 +92,8 @@ pub fn http_date(t: SystemTime) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let mon = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(mon <= 2);
-    let month = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"][(mon - 1) as usize];
+    let month =
+        ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"][(mon - 1) as usize];
     format!("{wday}, {d:02} {month} {y} {h:02}:{m:02}:{s:02} GMT")
 }
 
@@ -111,8 +114,10 @@ pub struct Post {
 }
 
 impl Post {
+    /// The value of header `name` (case-insensitive), if sent (a lean sink
+    /// keeps no headers).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        http::header(&self.headers, name)
     }
 
     /// The record's payload: the decoded record's, else the body (v2
@@ -315,37 +320,8 @@ fn serve(conn: TcpStream, mode: &Mutex<Mode>, state: &State, running: &AtomicBoo
     let mut rd = BufReader::new(conn);
     let mut served = 0u64;
     loop {
-        let mut request_line = String::new();
-        match rd.read_line(&mut request_line) {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
+        let Some(Request { method, path, headers, body }) = read_request(&mut rd) else { return };
         if !running.load(Ordering::SeqCst) {
-            return;
-        }
-        let method = request_line.split_whitespace().next().unwrap_or("").to_string();
-        let path = request_line.split_whitespace().nth(1).unwrap_or("/").to_string();
-        let mut headers = Vec::new();
-        loop {
-            let mut l = String::new();
-            if rd.read_line(&mut l).unwrap_or(0) == 0 {
-                return;
-            }
-            let l = l.trim_end();
-            if l.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = l.split_once(':') {
-                headers.push((k.trim().to_string(), v.trim().to_string()));
-            }
-        }
-        let len: usize = headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or(0);
-        let mut body = vec![0u8; len];
-        if rd.read_exact(&mut body).is_err() {
             return;
         }
         let at = Instant::now();
@@ -355,12 +331,7 @@ fn serve(conn: TcpStream, mode: &Mutex<Mode>, state: &State, running: &AtomicBoo
         } else if path.ends_with(telemetry::posting::V3_PATH) {
             telemetry::posting::v3_decode(&body).map_err(|e| e.to_string())
         } else {
-            let hs = headers.clone();
-            telemetry::posting::v2_decode(
-                |n: &str| hs.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.as_str()),
-                &body,
-            )
-            .map_err(|e| e.to_string())
+            telemetry::posting::v2_decode(|n: &str| http::header(&headers, n), &body).map_err(|e| e.to_string())
         };
         let headers = if lean { Vec::new() } else { headers };
         let next = state.next.lock().unwrap().pop_front();
@@ -381,7 +352,7 @@ fn serve(conn: TcpStream, mode: &Mutex<Mode>, state: &State, running: &AtomicBoo
                 }
             }
             Mode::Hang => {
-                record(state, method.clone(), path, headers, body, decoded, None, at);
+                keep(state, method, path, headers, body, decoded, None, at);
                 // Hold the connection until the mode changes or the peer goes.
                 let start = Instant::now();
                 while *mode.lock().unwrap() == Mode::Hang && start.elapsed() < Duration::from_secs(60) {
@@ -390,11 +361,11 @@ fn serve(conn: TcpStream, mode: &Mutex<Mode>, state: &State, running: &AtomicBoo
                 return;
             }
             Mode::Drop => {
-                record(state, method.clone(), path, headers, body, decoded, None, at);
+                keep(state, method, path, headers, body, decoded, None, at);
                 return;
             }
             Mode::Slow(ms) => {
-                record(state, method.clone(), path, headers, body, decoded, Some(201), at);
+                keep(state, method, path, headers, body, decoded, Some(201), at);
                 std::thread::sleep(Duration::from_millis(ms));
                 let resp = "HTTP/1.1 201 X\r\nContent-Length: 0\r\n\r\n";
                 if wr.write_all(resp.as_bytes()).is_err() {
@@ -403,7 +374,7 @@ fn serve(conn: TcpStream, mode: &Mutex<Mode>, state: &State, running: &AtomicBoo
                 continue;
             }
         };
-        record(state, method.clone(), path, headers, body, decoded, Some(status), at);
+        keep(state, method, path, headers, body, decoded, Some(status), at);
         if !rd.buffer().is_empty() {
             state.pipelined.fetch_add(1, Ordering::SeqCst);
         }
@@ -420,8 +391,9 @@ fn serve(conn: TcpStream, mode: &Mutex<Mode>, state: &State, running: &AtomicBoo
     }
 }
 
+/// Keeps one post and wakes those waiting for posts.
 #[allow(clippy::too_many_arguments)]
-fn record(
+fn keep(
     state: &State,
     method: String,
     path: String,
@@ -441,8 +413,14 @@ mod tests {
 
     #[test]
     fn http_dates() {
-        assert_eq!(http_date(SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777)), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(
+            http_date(SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777)),
+            "Sun, 06 Nov 1994 08:49:37 GMT"
+        );
         assert_eq!(http_date(SystemTime::UNIX_EPOCH), "Thu, 01 Jan 1970 00:00:00 GMT");
-        assert_eq!(http_date(SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400)), "Tue, 29 Feb 2000 00:00:00 GMT");
+        assert_eq!(
+            http_date(SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "Tue, 29 Feb 2000 00:00:00 GMT"
+        );
     }
 }

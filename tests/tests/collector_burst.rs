@@ -22,16 +22,13 @@ use std::time::{Duration, Instant};
 
 use e2e::burst::{self, Burst, BurstReport, Tally};
 use e2e::collector::Collector;
+use e2e::fixtures::count;
 use e2e::sink::Sink;
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn settings() -> String {
     std::env::var("TELEM_BURST_SETTINGS").unwrap_or_else(|_| "rate_limit_enabled=false".into())
-}
-
-fn u(s: &serde_json::Value, k: &str) -> u64 {
-    s[k].as_u64().unwrap_or(0)
 }
 
 /// The counters that say where records went.
@@ -50,7 +47,7 @@ fn counters(s: &serde_json::Value) -> String {
         "delivery_failures",
     ]
     .iter()
-    .map(|k| format!("{k}={}", u(s, k)))
+    .map(|k| format!("{k}={}", count(s, k)))
     .collect::<Vec<_>>()
     .join(" ")
 }
@@ -97,7 +94,7 @@ fn wait_settled(c: &Collector, sent: u64, deadline: Instant, quiet: Duration) ->
     let mut last_change = Instant::now();
     loop {
         let s = c.status();
-        let now = (u(&s, "delivered"), u(&s, "dropped"), u(&s, "spooled"));
+        let now = (count(&s, "delivered"), count(&s, "dropped"), count(&s, "spooled"));
         if now.0 + now.1 >= sent && now.2 == 0 {
             return s;
         }
@@ -181,8 +178,8 @@ fn burst_into_a_healthy_server_is_delivered_exactly_once() {
     assert_eq!(tally.distinct, total, "records of the burst not delivered:\n{report}");
     assert_eq!(tally.duplicated, 0, "records delivered more than once:\n{report}");
     assert_eq!(ok_posts as u64, total, "posts answered 2xx != records of the burst:\n{report}");
-    assert_eq!(u(&s, "dropped"), 0, "the collector dropped records although the server was healthy:\n{report}");
-    assert_eq!(u(&s, "delivered"), total, "status delivered:\n{report}");
+    assert_eq!(count(&s, "dropped"), 0, "the collector dropped records although the server was healthy:\n{report}");
+    assert_eq!(count(&s, "delivered"), total, "status delivered:\n{report}");
     assert!(t.elapsed() < Duration::from_secs(120), "took {:?}", t.elapsed());
 }
 
@@ -210,8 +207,12 @@ fn burst_while_the_server_is_down_is_delivered_or_counted_as_dropped() {
     let s = wait_settled(&c, r.sent, t + Duration::from_secs(105), Duration::from_secs(20));
     std::thread::sleep(Duration::from_millis(500));
     let s2 = c.status();
-    let s = if u(&s2, "delivered") + u(&s2, "dropped") > u(&s, "delivered") + u(&s, "dropped") { s2 } else { s };
-    let (delivered, dropped) = (u(&s, "delivered"), u(&s, "dropped"));
+    let s = if count(&s2, "delivered") + count(&s2, "dropped") > count(&s, "delivered") + count(&s, "dropped") {
+        s2
+    } else {
+        s
+    };
+    let (delivered, dropped) = (count(&s, "delivered"), count(&s, "dropped"));
     let (jdropped, jentries, fates) = journal_dropped(&c, dropped);
     let (tally, ok_posts) = sink_tally(&sink, &b.prefix);
     let report = format!(
@@ -226,11 +227,20 @@ fn burst_while_the_server_is_down_is_delivered_or_counted_as_dropped() {
         c.log_summary(12)
     );
     eprintln!("server-down burst after {:.1} s:\n{report}", t.elapsed().as_secs_f64());
-    assert_eq!(r.connect_errors + r.write_errors, 0, "connections failed at the sender (records lost uncounted):\n{report}");
+    assert_eq!(
+        r.connect_errors + r.write_errors,
+        0,
+        "connections failed at the sender (records lost uncounted):\n{report}"
+    );
     assert_eq!(delivered + dropped, r.sent, "records neither delivered nor counted as dropped:\n{report}");
     assert_eq!(tally.distinct, delivered, "the sink's distinct records != status delivered:\n{report}");
     assert_eq!(tally.duplicated, 0, "records delivered more than once:\n{report}");
-    assert_eq!(jdropped, dropped, "status dropped != journal entries with a `dropped:` fate{}:\n{report}", rotation_hint(&c, jdropped, dropped));
+    assert_eq!(
+        jdropped,
+        dropped,
+        "status dropped != journal entries with a `dropped:` fate{}:\n{report}",
+        rotation_hint(&c, jdropped, dropped)
+    );
     assert!(t.elapsed() < Duration::from_secs(120), "took {:?}", t.elapsed());
 }
 
@@ -251,9 +261,13 @@ fn burst_with_256_file_descriptors_loses_nothing_accepted() {
     std::thread::sleep(Duration::from_millis(500));
     let s = {
         let s2 = c.status();
-        if u(&s2, "delivered") + u(&s2, "dropped") > u(&s, "delivered") + u(&s, "dropped") { s2 } else { s }
+        if count(&s2, "delivered") + count(&s2, "dropped") > count(&s, "delivered") + count(&s, "dropped") {
+            s2
+        } else {
+            s
+        }
     };
-    let (delivered, dropped) = (u(&s, "delivered"), u(&s, "dropped"));
+    let (delivered, dropped) = (count(&s, "delivered"), count(&s, "dropped"));
     let (jdropped, jentries, fates) = journal_dropped(&c, dropped);
     let (tally, ok_posts) = sink_tally(&sink, &b.prefix);
     let log = c.log();
@@ -271,11 +285,20 @@ fn burst_with_256_file_descriptors_loses_nothing_accepted() {
         c.log_summary(12)
     );
     eprintln!("ulimit -n 256 burst after {:.1} s:\n{report}", t.elapsed().as_secs_f64());
-    assert_eq!(r.connect_errors + r.write_errors, 0, "connections failed at the sender (records lost uncounted):\n{report}");
+    assert_eq!(
+        r.connect_errors + r.write_errors,
+        0,
+        "connections failed at the sender (records lost uncounted):\n{report}"
+    );
     assert_eq!(unreadable, 0, "spooled records that cannot be read back:\n{report}");
     assert_eq!(delivered + dropped, r.sent, "records neither delivered nor counted as dropped:\n{report}");
     assert_eq!(tally.distinct, delivered, "the sink's distinct records != status delivered:\n{report}");
     assert_eq!(tally.duplicated, 0, "records delivered more than once:\n{report}");
-    assert_eq!(jdropped, dropped, "status dropped != journal entries with a `dropped:` fate{}:\n{report}", rotation_hint(&c, jdropped, dropped));
+    assert_eq!(
+        jdropped,
+        dropped,
+        "status dropped != journal entries with a `dropped:` fate{}:\n{report}",
+        rotation_hint(&c, jdropped, dropped)
+    );
     assert!(t.elapsed() < Duration::from_secs(120), "took {:?}", t.elapsed());
 }

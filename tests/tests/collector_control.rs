@@ -10,16 +10,15 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use e2e::collector::Collector;
+use e2e::fixtures::{raw_native, read_ack, Legacy, Records};
 use e2e::sink::{Mode, Sink};
-use telemetry::client::{send_legacy, Client};
-use telemetry::wire::native::{self, Ack, ServerFrame};
-use telemetry::{Classification, Payload, Record, Severity};
+use telemetry::client::send_legacy;
+use telemetry::wire::native::{self, Ack};
+use telemetry::{Record, Severity};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn record(payload: &str) -> Record {
-    Record::builder(Classification::parse("org.test/control/record").unwrap(), Severity::Low, Payload::text(payload)).build()
-}
+const RECORDS: Records = Records::new("org.test/control/record", Severity::Low);
 
 fn telemctl_ok(c: &Collector, args: &[&str]) -> String {
     let out = c.telemctl(args);
@@ -42,28 +41,35 @@ fn opt_out_and_opt_in_are_in_force_when_telemctl_returns() {
     let sink = Sink::start();
     let mut c = Collector::new(Some(&sink.url()), "");
     c.start();
-    let mut client = Client::connect_path(&c.socket, Duration::from_secs(10)).expect("connect");
+    let mut client = c.client();
     const ROUNDS: usize = 100;
     for i in 0..ROUNDS {
         // No sleep anywhere: each record is sent as soon as telemctl returned.
         telemctl_ok(&c, &["opt-out"]);
         if i % 2 == 0 {
-            client.send(&record(&format!("after opt-out {i}"))).expect("accepted");
+            client.send(&RECORDS.text(format!("after opt-out {i}"))).expect("accepted");
         } else {
-            send_legacy(&c.socket, &record(&format!("after opt-out {i}")), None, Duration::from_secs(10)).expect("legacy");
+            send_legacy(&c.socket, &RECORDS.text(format!("after opt-out {i}")), None, Duration::from_secs(10))
+                .expect("legacy");
         }
         telemctl_ok(&c, &["opt-in"]);
         if i % 2 == 0 {
-            client.send(&record(&format!("after opt-in {i}"))).expect("accepted");
+            client.send(&RECORDS.text(format!("after opt-in {i}"))).expect("accepted");
         } else {
-            send_legacy(&c.socket, &record(&format!("after opt-in {i}")), None, Duration::from_secs(10)).expect("legacy");
+            send_legacy(&c.socket, &RECORDS.text(format!("after opt-in {i}")), None, Duration::from_secs(10))
+                .expect("legacy");
         }
     }
     let want: BTreeSet<String> = (0..ROUNDS).map(|i| format!("after opt-in {i}")).collect();
-    assert!(sink.wait_for(WAIT, |p| {
-        let got: BTreeSet<String> = p.iter().map(|p| String::from_utf8_lossy(&p.body).into_owned()).collect();
-        want.is_subset(&got)
-    }), "every record sent after opt-in returned is delivered; missing: {:?}\n{}", want.difference(&bodies(&sink)).collect::<Vec<_>>(), c.log());
+    assert!(
+        sink.wait_for(WAIT, |p| {
+            let got: BTreeSet<String> = p.iter().map(|p| String::from_utf8_lossy(&p.body).into_owned()).collect();
+            want.is_subset(&got)
+        }),
+        "every record sent after opt-in returned is delivered; missing: {:?}\n{}",
+        want.difference(&bodies(&sink)).collect::<Vec<_>>(),
+        c.log()
+    );
     // Anything still on its way would have arrived by now.
     std::thread::sleep(Duration::from_millis(500));
     let got = bodies(&sink);
@@ -94,10 +100,10 @@ fn no_post_starts_after_opt_out_returned_and_spooled_records_wait_for_opt_in() {
     let mut c = Collector::new(Some(&sink.url()), "delivery_concurrency=2\ndelivery_pipeline=8\ndelivery_timeout=20");
     c.start();
     telemctl_ok(&c, &["status"]);
-    let mut client = Client::connect_path(&c.socket, Duration::from_secs(10)).expect("connect");
+    let mut client = c.client();
     const N: usize = 300;
     for i in 0..N {
-        client.send(&record(&format!("spooled {i}"))).expect("accepted");
+        client.send(&RECORDS.text(format!("spooled {i}"))).expect("accepted");
     }
     assert!(sink.wait_for(WAIT, |p| !p.is_empty()), "{}", c.log());
     telemctl_ok(&c, &["opt-out"]);
@@ -109,18 +115,30 @@ fn no_post_starts_after_opt_out_returned_and_spooled_records_wait_for_opt_in() {
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(sink.posts().len(), before, "no post starts after opt-out returned");
     let s = c.wait_status(WAIT, |s| s["delivered"] == before as u64);
-    assert_eq!((s["delivered"].as_u64(), s["spooled"].as_u64()), (Some(before as u64), Some((N - before) as u64)), "the rest stay spooled: {s}");
+    assert_eq!(
+        (s["delivered"].as_u64(), s["spooled"].as_u64()),
+        (Some(before as u64), Some((N - before) as u64)),
+        "the rest stay spooled: {s}"
+    );
     assert!(s["consent"].as_str().unwrap().starts_with("local-only"), "{s}");
     // Posts held back by the opt-out are no failure of the server's.
-    assert_eq!((s["delivery_failures"].as_u64(), &s["last_delivery_error"]), (Some(0), &serde_json::Value::Null), "{s}");
+    assert_eq!(
+        (s["delivery_failures"].as_u64(), &s["last_delivery_error"]),
+        (Some(0), &serde_json::Value::Null),
+        "{s}"
+    );
     // Opted in again: they go.
     sink.set_mode(Mode::Status(201, String::new()));
     telemctl_ok(&c, &["opt-in"]);
     let want: BTreeSet<String> = (0..N).map(|i| format!("spooled {i}")).collect();
-    assert!(sink.wait_for(WAIT, |p| {
-        let got: BTreeSet<String> = p.iter().map(|p| String::from_utf8_lossy(&p.body).into_owned()).collect();
-        want.is_subset(&got)
-    }), "{}", c.log());
+    assert!(
+        sink.wait_for(WAIT, |p| {
+            let got: BTreeSet<String> = p.iter().map(|p| String::from_utf8_lossy(&p.body).into_owned()).collect();
+            want.is_subset(&got)
+        }),
+        "{}",
+        c.log()
+    );
     let s = c.wait_status(WAIT, |s| s["spooled"] == 0);
     assert_eq!(s["spooled"], 0, "{s}");
 }
@@ -134,7 +152,7 @@ fn reload_returns_once_the_new_configuration_is_in_force() {
     let out = telemctl_ok(&c, &["reload"]);
     assert!(out.contains("reload: done"), "{out}");
     assert_eq!(c.status()["consent"], "local-only: airgap");
-    Client::connect_path(&c.socket, Duration::from_secs(10)).unwrap().send(&record("after reload")).unwrap();
+    c.client().send(&RECORDS.text("after reload")).unwrap();
     assert_eq!(c.journal(&[])[0]["fate"], "local-only: airgap");
     // A configuration that does not parse: refused (telemctl reads it too,
     // and says so first), the old one kept.
@@ -150,22 +168,9 @@ fn reload_returns_once_the_new_configuration_is_in_force() {
     assert!(sink.posts().is_empty());
 }
 
-/// Connects raw, sends the native prefix, reads the hello.
-fn raw_native(c: &Collector) -> UnixStream {
-    let mut s = UnixStream::connect(&c.socket).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(&native::PREFIX).unwrap();
-    let mut buf = Vec::new();
-    assert!(native::read_frame(&mut s, native::MAX_SERVER_FRAME, &mut buf).unwrap());
-    assert!(matches!(native::decode_body::<ServerFrame>(&buf).unwrap(), ServerFrame::Hello(_)));
-    s
-}
-
 fn rejected(s: &mut UnixStream) -> String {
-    let mut buf = Vec::new();
-    assert!(native::read_frame(s, native::MAX_SERVER_FRAME, &mut buf).unwrap(), "an ack frame");
-    match native::decode_body::<ServerFrame>(&buf).unwrap() {
-        ServerFrame::Ack(Ack::Rejected { reason }) => reason,
+    match read_ack(s) {
+        Ack::Rejected { reason } => reason,
         other => panic!("expected a rejection, got {other:?}"),
     }
 }
@@ -175,24 +180,6 @@ fn wait_closed(s: &mut UnixStream) {
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut sink = Vec::new();
     let _ = s.read_to_end(&mut sink);
-}
-
-/// A legacy record written by hand (reference §1), with `host_type` as given.
-fn legacy_bytes(host_type: &str, payload: &str, terminated: bool) -> Vec<u8> {
-    let header = format!(
-        "record_format_version: 4\nclassification: org.c/legacy/probe\nseverity: 2\nmachine_id: FFFFFFFF\n\
-         creation_timestamp: 1700000000\narch: x86_64\nhost_type: {host_type}\nbuild: 41230\n\
-         kernel_version: 6.1.0\npayload_format_version: 1\nsystem_name: clear-linux-os\n\
-         board_name: no_bn_file|no_bv_file\ncpu_model: Intel(R) Xeon(R) CPU @ 2.20GHz\nbios_version: no_bv_file\n\
-         event_id: 00112233445566778899aabbccddeeff\n"
-    );
-    let mut rest = (header.len() as u32).to_le_bytes().to_vec();
-    rest.extend_from_slice(header.as_bytes());
-    rest.extend_from_slice(payload.as_bytes());
-    rest.push(if terminated { 0 } else { b'x' });
-    let mut out = ((rest.len() + 4) as u32).to_le_bytes().to_vec();
-    out.extend_from_slice(&rest);
-    out
 }
 
 fn send_raw(c: &Collector, bytes: &[u8], then_close_write: bool) {
@@ -215,25 +202,25 @@ fn every_ingest_refusal_is_counted_with_its_reason() {
     v.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     v.write_all(b"\0\0\0\0TLM\x09").unwrap();
     assert!(rejected(&mut v).contains("version 9"));
-    let mut big = raw_native(&c);
+    let mut big = raw_native(&c.socket);
     big.write_all(&(100_000_000u32).to_le_bytes()).unwrap();
     assert!(rejected(&mut big).contains("over the limit"));
-    let mut bad = raw_native(&c);
+    let mut bad = raw_native(&c.socket);
     bad.write_all(&[3, 0, 0, 0, 9, 9, 9]).unwrap();
     assert!(rejected(&mut bad).contains("not a valid message"));
     // A classification with a space in it, in an otherwise valid frame.
-    let mut f = frame(&record("x"));
+    let mut f = frame(&RECORDS.text("x"));
     let at = f.windows(6).position(|w| w == b"record").unwrap();
     f[at] = b' ';
-    let mut field = raw_native(&c);
+    let mut field = raw_native(&c.socket);
     field.write_all(&f).unwrap();
     let why = rejected(&mut field);
     assert!(why.contains("classification"), "{why}");
-    let mut over = raw_native(&c);
-    over.write_all(&frame(&record(&"x".repeat(1001)))).unwrap();
+    let mut over = raw_native(&c.socket);
+    over.write_all(&frame(&RECORDS.text("x".repeat(1001)))).unwrap();
     assert!(rejected(&mut over).contains("at most 1000"));
-    let mut cut = raw_native(&c);
-    let f = frame(&record("cut short"));
+    let mut cut = raw_native(&c.socket);
+    let f = frame(&RECORDS.text("cut short"));
     cut.write_all(&f[..f.len() / 2]).unwrap();
     cut.shutdown(std::net::Shutdown::Write).unwrap();
     wait_closed(&mut cut);
@@ -245,14 +232,16 @@ fn every_ingest_refusal_is_counted_with_its_reason() {
     let mut huge = (50_000_000u32).to_le_bytes().to_vec();
     huge.extend_from_slice(&[0; 64]);
     send_raw(&c, &huge, false);
-    send_raw(&c, &legacy_bytes("blank|blank|blank", "no NUL", false), false);
-    send_raw(&c, &legacy_bytes(&"h".repeat(260), "host type too long", true), false);
-    send_raw(&c, &legacy_bytes("blank|blank|blank", &"p".repeat(1001), true), false);
-    let whole = legacy_bytes("blank|blank|blank", "cut short", true);
+    send_raw(&c, &Legacy { payload: "no NUL", terminated: false, ..Legacy::default() }.bytes(), false);
+    let long_host = "h".repeat(260);
+    send_raw(&c, &Legacy { host_type: &long_host, payload: "host type too long", ..Legacy::default() }.bytes(), false);
+    let long_payload = "p".repeat(1001);
+    send_raw(&c, &Legacy { payload: &long_payload, ..Legacy::default() }.bytes(), false);
+    let whole = Legacy { payload: "cut short", ..Legacy::default() }.bytes();
     send_raw(&c, &whole[..whole.len() - 5], true);
 
     // And a good one still goes through.
-    Client::connect_path(&c.socket, Duration::from_secs(10)).unwrap().send(&record("fine")).unwrap();
+    c.client().send(&RECORDS.text("fine")).unwrap();
     let want = [
         ("bad-prefix", 1),
         ("frame-too-large", 2),
@@ -289,7 +278,7 @@ fn payloads_are_kept_by_default_in_a_private_journal() {
     let mut c = Collector::new(None, "");
     c.start();
     let payload: String = (0..40).map(|i| format!("#{i} frame_{i}() - [/usr/bin/x] - /src/x.c:{i}\n")).collect();
-    Client::connect_path(&c.socket, Duration::from_secs(10)).unwrap().send(&record(&payload)).unwrap();
+    c.client().send(&RECORDS.text(payload.as_str())).unwrap();
     let j = c.journal(&["-i"]);
     assert_eq!(j[0]["payload"], payload.as_str(), "kept without asking");
     let id = j[0]["id"].as_str().unwrap().to_string();
@@ -302,7 +291,7 @@ fn payloads_are_kept_by_default_in_a_private_journal() {
     assert!(c.stop());
     c.set("record_retention_enabled=false");
     c.start();
-    Client::connect_path(&c.socket, Duration::from_secs(10)).unwrap().send(&record("not kept")).unwrap();
+    c.client().send(&RECORDS.text("not kept")).unwrap();
     let j = c.journal(&["-i"]);
     assert_eq!(j.len(), 2);
     assert!(j[1].get("payload").is_none(), "{}", j[1]);

@@ -3,45 +3,22 @@
 use std::time::Duration;
 
 use e2e::collector::Collector;
+use e2e::fixtures::Records;
 use e2e::sink::{Mode, Sink};
-use telemetry::client::{record_id_hex, Client};
 use telemetry::posting::{V2_HEADER_NAMES, V3_PATH};
-use telemetry::{Classification, HeaderText, HostInfo, Payload, Record, Severity};
+use telemetry::{Record, Severity};
 
-fn record(i: usize) -> Record {
-    let t = |s: &str| HeaderText::new(s).unwrap();
-    let host = HostInfo {
-        arch: t("x86_64"),
-        host_type: t("QEMU|Standard PC (i440FX + PIIX, 1996)|pc-i440fx-9.0"),
-        build: t("41230"),
-        kernel_version: t("6.18.44-fc-v769"),
-        system_name: t("clear-linux-os"),
-        board_name: t("no_bn_file|no_bv_file"),
-        cpu_model: t("Intel(R) Xeon(R) CPU @ 2.20GHz"),
-        bios_version: t("rel-1.16.3"),
-    };
-    Record::builder(
-        Classification::parse("org.test/collector/delivery").unwrap(),
-        Severity::High,
-        Payload::text(format!("record {i}\nsecond line\n")),
-    )
-    .host(host)
-    .creation_timestamp(1_700_000_000 + i as u64)
-    .build()
-}
-
-fn connect(c: &Collector) -> Client {
-    Client::connect_path(&c.socket, Duration::from_secs(10)).expect("connect to collector")
-}
+/// Record `i`: every field fixed but the event id (see `Records::numbered`).
+const RECORDS: Records = Records::new("org.test/collector/delivery", Severity::High);
 
 fn check_delivery(protocol: &str) {
     let sink = Sink::start();
     let mut c = Collector::new(Some(&sink.url()), &format!("server_protocol={protocol}"));
     c.start();
-    let mut client = connect(&c);
+    let mut client = c.client();
     assert_eq!(client.hello().max_payload, 65536);
-    let sent: Vec<Record> = (0..5).map(record).collect();
-    let ids: Vec<String> = sent.iter().map(|r| record_id_hex(&client.send(r).expect("accepted"))).collect();
+    let sent: Vec<Record> = (0..5).map(|i| RECORDS.numbered(i)).collect();
+    let ids: Vec<String> = sent.iter().map(|r| client.send(r).expect("accepted").to_string()).collect();
     assert!(sink.wait_for(Duration::from_secs(15), |p| p.len() >= 5), "5 posts expected:\n{}", c.log());
     let posts = sink.posts();
     assert_eq!(posts.len(), 5, "each record posted once");
@@ -69,7 +46,7 @@ fn check_delivery(protocol: &str) {
     // Connections are reused: five more posts, one at a time, open none.
     let before = sink.connections();
     for i in 5..10 {
-        client.send(&record(i)).unwrap();
+        client.send(&RECORDS.numbered(i)).unwrap();
         assert!(sink.wait_for(Duration::from_secs(10), |p| p.len() > i));
     }
     assert_eq!(sink.connections(), before, "no new connection for later posts");
@@ -81,6 +58,7 @@ fn check_delivery(protocol: &str) {
     for (e, id) in j.iter().zip(&ids) {
         assert_eq!(e["id"], id.as_str());
         assert_eq!(e["fate"], "delivered", "{e}");
+        // SAFETY: geteuid has no preconditions.
         assert_eq!(e["uid"].as_u64(), Some(unsafe { libc::geteuid() } as u64));
         assert_eq!(e["boot"].as_str().map(str::len), Some(32));
         assert_eq!(e["class"], "org.test/collector/delivery");
@@ -106,8 +84,8 @@ fn pipelined_posts_survive_servers_that_end_connections() {
     sink.set_keepalive_requests(5);
     let mut c = Collector::new(Some(&sink.url()), "delivery_pipeline=8\ndelivery_concurrency=16");
     c.start();
-    let mut client = connect(&c);
-    let sent: Vec<Record> = (0..300).map(record).collect();
+    let mut client = c.client();
+    let sent: Vec<Record> = (0..300).map(|i| RECORDS.numbered(i)).collect();
     for chunk in sent.chunks(50) {
         let acks = client.send_many(chunk).expect("sent");
         assert!(acks.iter().all(|a| a.is_ok()), "{acks:?}");
@@ -133,15 +111,19 @@ fn server_down_then_back() {
     // One post at a time, so the order of arrival is the order of dispatch.
     let mut c = Collector::new(Some(&url), "delivery_concurrency=1");
     c.start();
-    let mut client = connect(&c);
+    let mut client = c.client();
     for i in 0..20 {
-        client.send(&record(i)).expect("accepted while the server is down");
+        client.send(&RECORDS.numbered(i)).expect("accepted while the server is down");
     }
     let s = c.wait_status(Duration::from_secs(10), |s| s["delivery_failures"].as_u64() > Some(0));
     assert_eq!(s["spooled"], 20, "{s}");
     assert!(s["last_delivery_error"].as_str().unwrap_or("").contains("connect"), "{s}");
     sink.restart();
-    assert!(sink.wait_for(Duration::from_secs(15), |p| p.len() >= 20), "delivered after the server came back:\n{}", c.log());
+    assert!(
+        sink.wait_for(Duration::from_secs(15), |p| p.len() >= 20),
+        "delivered after the server came back:\n{}",
+        c.log()
+    );
     let s = c.wait_status(Duration::from_secs(10), |s| s["spooled"] == 0);
     assert_eq!((s["delivered"].as_u64(), s["spooled"].as_u64()), (Some(20), Some(0)), "{s}");
     // FIFO: delivered in the order sent.
@@ -157,8 +139,8 @@ fn errors_500_and_hangs_are_retried() {
     sink.set_mode(Mode::Status(500, "boom".into()));
     let mut c = Collector::new(Some(&sink.url()), "delivery_timeout=1");
     c.start();
-    let mut client = connect(&c);
-    client.send(&record(1)).unwrap();
+    let mut client = c.client();
+    client.send(&RECORDS.numbered(1)).unwrap();
     assert!(sink.wait_for(Duration::from_secs(10), |p| p.len() >= 2), "retried after 500");
     sink.set_mode(Mode::Hang);
     let n = sink.posts().len();
@@ -182,8 +164,8 @@ fn client_errors_are_not_retried() {
     sink.set_mode(Mode::Status(400, "bad severity".into()));
     let mut c = Collector::new(Some(&sink.url()), "");
     c.start();
-    let mut client = connect(&c);
-    client.send(&record(1)).unwrap();
+    let mut client = c.client();
+    client.send(&RECORDS.numbered(1)).unwrap();
     let s = c.wait_status(Duration::from_secs(10), |s| s["rejected_by_server"] == 1);
     assert_eq!(s["rejected_by_server"], 1, "{s}");
     std::thread::sleep(Duration::from_millis(1500));
@@ -199,21 +181,21 @@ fn nothing_leaves_without_opt_in_and_flush_works() {
     let mut c = Collector::new(Some(&sink.url()), "");
     std::fs::remove_file(c.dir.join("etc/opt-in")).unwrap();
     c.start();
-    let mut client = connect(&c);
-    client.send(&record(1)).unwrap();
+    let mut client = c.client();
+    client.send(&RECORDS.numbered(1)).unwrap();
     std::thread::sleep(Duration::from_millis(500));
     assert!(sink.posts().is_empty());
     assert_eq!(c.journal(&[])[0]["fate"], "local-only: not opted in");
     assert!(c.telemctl(&["opt-in"]).status.success());
     // The daemon re-reads the opt-in state within 200 ms.
     std::thread::sleep(Duration::from_millis(300));
-    client.send(&record(2)).unwrap();
+    client.send(&RECORDS.numbered(2)).unwrap();
     assert!(sink.wait_for(Duration::from_secs(10), |p| p.len() == 1));
     let out = c.telemctl(&["flush"]);
     assert!(out.status.success());
     assert!(c.telemctl(&["opt-out"]).status.success());
     std::thread::sleep(Duration::from_millis(300));
-    client.send(&record(3)).unwrap();
+    client.send(&RECORDS.numbered(3)).unwrap();
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(sink.posts().len(), 1, "opted out again");
 }
@@ -224,7 +206,7 @@ fn static_machine_id_file_overrides_the_rotating_one() {
     let mut c = Collector::new(Some(&sink.url()), "");
     std::fs::write(c.dir.join("etc/opt-in-static-machine-id"), "00000000000000000000000000c0ffee-and-more\n").unwrap();
     c.start();
-    connect(&c).send(&record(1)).unwrap();
+    c.client().send(&RECORDS.numbered(1)).unwrap();
     assert!(sink.wait_for(Duration::from_secs(10), |p| !p.is_empty()));
     let (_, mid) = sink.posts()[0].decoded.clone().unwrap();
     assert_eq!(mid.as_str(), "00000000000000000000000000c0ffee");
@@ -240,9 +222,9 @@ fn graceful_stop_finishes_posts_on_the_wire() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = Collector::in_dir(dir.path(), Some(&sink.url()), "delivery_concurrency=4");
     c.start();
-    let mut client = connect(&c);
+    let mut client = c.client();
     for i in 0..4 {
-        client.send(&record(i)).expect("accepted");
+        client.send(&RECORDS.numbered(i)).expect("accepted");
     }
     assert!(sink.wait_for(Duration::from_secs(10), |p| p.len() >= 4), "{}", c.log());
     assert!(c.stop(), "clean stop");

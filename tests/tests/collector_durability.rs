@@ -9,17 +9,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use e2e::collector::Collector;
+use e2e::fixtures::Records;
 use e2e::sink::{Mode, Sink};
 use telemetry::client::{Client, ClientError};
-use telemetry::{Classification, EventId, Payload, Record, Severity};
+use telemetry::{EventId, Record, Severity};
 
-fn record(i: usize, payload_len: usize) -> Record {
-    let mut p = format!("record {i} ");
-    while p.len() < payload_len {
-        p.push('x');
-    }
-    Record::builder(Classification::parse("org.test/collector/durable").unwrap(), Severity::Medium, Payload::text(p)).build()
-}
+/// `RECORDS.sized(i, n)`: record `i` with an `n`-byte payload.
+const RECORDS: Records = Records::new("org.test/collector/durable", Severity::Medium);
 
 fn delivered_events(sink: &Sink) -> HashSet<EventId> {
     sink.delivered().iter().filter_map(|p| p.decoded.as_ref().ok().map(|(r, _)| r.event_id)).collect()
@@ -47,7 +43,12 @@ fn kill_9_with_a_flapping_server(nofile: Option<u64>) {
     let flapper = {
         let (sink, stop) = (sink.clone(), stop.clone());
         std::thread::spawn(move || {
-            let modes = [Mode::Status(201, String::new()), Mode::Status(503, "busy".into()), Mode::Drop, Mode::Status(201, String::new())];
+            let modes = [
+                Mode::Status(201, String::new()),
+                Mode::Status(503, "busy".into()),
+                Mode::Drop,
+                Mode::Status(201, String::new()),
+            ];
             let mut i = 0;
             while !stop.load(Ordering::SeqCst) {
                 sink.set_mode(modes[i % modes.len()].clone());
@@ -63,7 +64,7 @@ fn kill_9_with_a_flapping_server(nofile: Option<u64>) {
     let sender = {
         let (path, progress) = (c.socket.clone(), progress.clone());
         std::thread::spawn(move || {
-            let records: Vec<Record> = (0..N).map(|i| record(i, 100)).collect();
+            let records: Vec<Record> = (0..N).map(|i| RECORDS.sized(i, 100)).collect();
             let mut acked: Vec<EventId> = Vec::new();
             let mut sent = 0;
             let deadline = Instant::now() + Duration::from_secs(40);
@@ -78,7 +79,9 @@ fn kill_9_with_a_flapping_server(nofile: Option<u64>) {
                     sent += chunk.len();
                     progress.store(sent, Ordering::SeqCst);
                     match res {
-                        Ok(results) => acked.extend(chunk.iter().zip(results).filter(|(_, r)| r.is_ok()).map(|(r, _)| r.event_id)),
+                        Ok(results) => {
+                            acked.extend(chunk.iter().zip(results).filter(|(_, r)| r.is_ok()).map(|(r, _)| r.event_id))
+                        }
                         // Killed mid-batch: these records have no ack.
                         Err(_) => break,
                     }
@@ -134,7 +137,8 @@ impl Drop for Mount {
 
 fn mount_tmpfs(dir: &Path, size: &str) -> Mount {
     std::fs::create_dir_all(dir).unwrap();
-    let st = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(dir).status().unwrap();
+    let st =
+        Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(dir).status().unwrap();
     assert!(st.success(), "mount tmpfs on {}", dir.display());
     Mount(dir.into())
 }
@@ -162,11 +166,11 @@ fn a_full_disk(nofile: Option<u64>) {
     let mut c = Collector::in_dir(tmp.path(), Some(&url), "rate_limit_enabled=false\nspool_max_size=-1");
     c.nofile = nofile;
     c.start();
-    let mut client = Client::connect_path(&c.socket, Duration::from_secs(10)).unwrap();
+    let mut client = c.client();
     let mut accepted = 0;
     let mut reason = None;
     for i in 0..400 {
-        match client.send(&record(i, 8000)) {
+        match client.send(&RECORDS.sized(i, 8000)) {
             Ok(_) => accepted += 1,
             Err(ClientError::Rejected { reason: r }) => {
                 reason = Some(r);
@@ -179,18 +183,20 @@ fn a_full_disk(nofile: Option<u64>) {
     assert!(reason.contains("No space left on device"), "{reason}");
     assert!(accepted > 50, "accepted {accepted}");
     // Still serving: the same connection and a new one get answers.
-    assert!(matches!(client.send(&record(1000, 8000)), Err(ClientError::Rejected { .. })));
-    let mut other = Client::connect_path(&c.socket, Duration::from_secs(10)).unwrap();
-    match other.send(&record(1001, 10)) {
+    assert!(matches!(client.send(&RECORDS.sized(1000, 8000)), Err(ClientError::Rejected { .. })));
+    let mut other = c.client();
+    match other.send(&RECORDS.sized(1001, 10)) {
         Ok(_) | Err(ClientError::Rejected { .. }) => {}
         Err(e) => panic!("a new connection is not served: {e}"),
     }
     // The server comes back: the spool drains and records are accepted again.
     sink.restart();
-    assert!(sink.wait_for(Duration::from_secs(30), |p| p.iter().filter(|x| x.answered == Some(201)).count() >= accepted));
+    assert!(
+        sink.wait_for(Duration::from_secs(30), |p| p.iter().filter(|x| x.answered == Some(201)).count() >= accepted)
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match other.send(&record(2000, 8000)) {
+        match other.send(&RECORDS.sized(2000, 8000)) {
             Ok(_) => break,
             Err(e) if Instant::now() < deadline => {
                 let _ = e;
@@ -198,10 +204,20 @@ fn a_full_disk(nofile: Option<u64>) {
             }
             Err(e) => {
                 let files: Vec<String> = std::fs::read_dir(&c.spool)
-                    .map(|d| d.filter_map(|e| e.ok()).map(|e| format!("{:?} {}", e.file_name(), e.metadata().map(|m| m.len()).unwrap_or(0))).collect())
+                    .map(|d| {
+                        d.filter_map(|e| e.ok())
+                            .map(|e| format!("{:?} {}", e.file_name(), e.metadata().map(|m| m.len()).unwrap_or(0)))
+                            .collect()
+                    })
                     .unwrap_or_default();
                 let fds: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", c.pid()))
-                    .map(|d| d.filter_map(|e| e.ok()).filter_map(|e| std::fs::read_link(e.path()).ok()).map(|p| p.display().to_string()).filter(|p| p.contains("spool")).collect())
+                    .map(|d| {
+                        d.filter_map(|e| e.ok())
+                            .filter_map(|e| std::fs::read_link(e.path()).ok())
+                            .map(|p| p.display().to_string())
+                            .filter(|p| p.contains("spool"))
+                            .collect()
+                    })
                     .unwrap_or_default();
                 panic!("not accepting after the spool drained: {e}\nspool files: {files:?}\nspool fds: {fds:?}\nstatus: {}\n{}", c.status(), c.log())
             }
@@ -219,11 +235,11 @@ fn spool_max_size_is_counted_in_real_bytes() {
     sink.stop();
     let mut c = Collector::new(Some(&url), "rate_limit_enabled=false\nspool_max_size=16");
     c.start();
-    let mut client = Client::connect_path(&c.socket, Duration::from_secs(10)).unwrap();
+    let mut client = c.client();
     let mut accepted = 0;
     let mut reason = String::new();
     for i in 0..100 {
-        match client.send(&record(i, 1000)) {
+        match client.send(&RECORDS.sized(i, 1000)) {
             Ok(_) => accepted += 1,
             Err(ClientError::Rejected { reason: r }) => {
                 reason = r;
@@ -239,7 +255,9 @@ fn spool_max_size_is_counted_in_real_bytes() {
     assert!(on_disk <= 16 * 1024, "spool holds {on_disk} bytes");
     assert_eq!(c.status()["spool_bytes"].as_u64(), Some(on_disk));
     sink.restart();
-    assert!(sink.wait_for(Duration::from_secs(20), |p| p.iter().filter(|x| x.answered == Some(201)).count() >= accepted));
+    assert!(
+        sink.wait_for(Duration::from_secs(20), |p| p.iter().filter(|x| x.answered == Some(201)).count() >= accepted)
+    );
 }
 
 #[test]
@@ -252,7 +270,14 @@ fn expired_records_are_dropped_and_journaled() {
         let (spool, _) = Spool::open(&c.spool, 0).unwrap();
         let now = telemetry::record::now_unix();
         for (i, age) in [(0usize, 7200u64), (1, 7200), (2, 60)] {
-            let item = Item { record_id: [i as u8 + 1; 16], accepted: now - age, counted: true, uid: 0, pid: 0, record: record(i, 10) };
+            let item = Item {
+                record_id: [i as u8 + 1; 16],
+                accepted: now - age,
+                counted: true,
+                uid: 0,
+                pid: 0,
+                record: RECORDS.sized(i, 10),
+            };
             let mut body = Vec::new();
             encode_item(&item, &mut body).unwrap();
             spool.commit(vec![item.into()], &body, 0).unwrap();
@@ -275,11 +300,12 @@ fn expired_records_are_dropped_and_journaled() {
 fn rate_windows_drop_or_spool_counting_real_sizes() {
     // Record window, drop strategy.
     let sink = Sink::start();
-    let mut c = Collector::new(Some(&sink.url()), "record_burst_limit=3\nrecord_window_length=1\nrate_limit_strategy=drop");
+    let mut c =
+        Collector::new(Some(&sink.url()), "record_burst_limit=3\nrecord_window_length=1\nrate_limit_strategy=drop");
     c.start();
-    let mut client = Client::connect_path(&c.socket, Duration::from_secs(10)).unwrap();
+    let mut client = c.client();
     for i in 0..5 {
-        client.send(&record(i, 10)).unwrap();
+        client.send(&RECORDS.sized(i, 10)).unwrap();
     }
     assert!(sink.wait_for(Duration::from_secs(10), |p| p.len() >= 3));
     std::thread::sleep(Duration::from_millis(500));
@@ -293,9 +319,9 @@ fn rate_windows_drop_or_spool_counting_real_sizes() {
     let sink = Sink::start();
     let mut c = Collector::new(Some(&sink.url()), "record_burst_limit=-1\nbyte_burst_limit=2000\nbyte_window_length=1");
     c.start();
-    let mut client = Client::connect_path(&c.socket, Duration::from_secs(10)).unwrap();
-    client.send(&record(0, 1500)).unwrap();
-    client.send(&record(1, 1500)).unwrap();
+    let mut client = c.client();
+    client.send(&RECORDS.sized(0, 1500)).unwrap();
+    client.send(&RECORDS.sized(1, 1500)).unwrap();
     assert!(sink.wait_for(Duration::from_secs(10), |p| !p.is_empty()));
     // A flush does not bypass the window.
     assert!(c.telemctl(&["flush"]).status.success());

@@ -1,53 +1,25 @@
 //! Collector ingest end to end: framings, bounds, and telemctl.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use e2e::collector::Collector;
+use e2e::fixtures::{closed, raw_native, read_ack, record, Legacy};
 use e2e::sink::Sink;
 use telemetry::client::{Client, ClientError};
 use telemetry::wire::native::{self, Ack, ServerFrame};
 use telemetry::{Classification, Payload, Record, Severity};
 
-fn record(class: &str, payload: &str) -> Record {
-    Record::builder(Classification::parse(class).unwrap(), Severity::Low, Payload::text(payload)).build()
-}
-
-/// Connects raw, sends the native prefix, reads the hello.
-fn raw_native(c: &Collector) -> UnixStream {
-    let mut s = UnixStream::connect(&c.socket).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(&native::PREFIX).unwrap();
-    let mut buf = Vec::new();
-    assert!(native::read_frame(&mut s, native::MAX_SERVER_FRAME, &mut buf).unwrap());
-    assert!(matches!(native::decode_body::<ServerFrame>(&buf).unwrap(), ServerFrame::Hello(_)));
-    s
-}
-
-fn read_ack(s: &mut UnixStream) -> Ack {
-    let mut buf = Vec::new();
-    assert!(native::read_frame(s, native::MAX_SERVER_FRAME, &mut buf).unwrap(), "an ack frame");
-    match native::decode_body::<ServerFrame>(&buf).unwrap() {
-        ServerFrame::Ack(a) => a,
-        other => panic!("expected an ack, got {other:?}"),
-    }
-}
-
-fn closed(s: &mut UnixStream) -> bool {
-    let mut b = [0u8; 1];
-    matches!(s.read(&mut b), Ok(0))
-}
-
 #[test]
 fn malformed_and_oversize_frames_close_only_their_connection() {
     let mut c = Collector::new(None, "record_max_bytes=1000");
     c.start();
-    let mut good = Client::connect_path(&c.socket, Duration::from_secs(10)).unwrap();
+    let mut good = c.client();
     assert_eq!(good.hello().max_payload, 1000);
 
     // A frame whose body is garbage.
-    let mut bad = raw_native(&c);
+    let mut bad = raw_native(&c.socket);
     bad.write_all(&[3, 0, 0, 0, 9, 9, 9]).unwrap();
     match read_ack(&mut bad) {
         Ack::Rejected { reason } => assert!(reason.contains("not a valid message"), "{reason}"),
@@ -56,7 +28,7 @@ fn malformed_and_oversize_frames_close_only_their_connection() {
     assert!(closed(&mut bad));
 
     // A frame announcing more than the limit is refused before being read.
-    let mut big = raw_native(&c);
+    let mut big = raw_native(&c.socket);
     big.write_all(&(100_000_000u32).to_le_bytes()).unwrap();
     match read_ack(&mut big) {
         Ack::Rejected { reason } => assert!(reason.contains("over the limit"), "{reason}"),
@@ -65,14 +37,16 @@ fn malformed_and_oversize_frames_close_only_their_connection() {
     assert!(closed(&mut big));
 
     // A payload over record_max_bytes in a valid frame: refused, connection kept.
-    let mut over = raw_native(&c);
-    let frame = native::encode(&native::ClientFrame::Record(record("org.t/ingest/big", &"x".repeat(1001)))).unwrap();
+    let mut over = raw_native(&c.socket);
+    let frame =
+        native::encode(&native::ClientFrame::Record(record("org.t/ingest/big", Severity::Low, "x".repeat(1001))))
+            .unwrap();
     over.write_all(&frame).unwrap();
     match read_ack(&mut over) {
         Ack::Rejected { reason } => assert!(reason.contains("at most 1000"), "{reason}"),
         a => panic!("{a:?}"),
     }
-    let frame = native::encode(&native::ClientFrame::Record(record("org.t/ingest/ok", "fine"))).unwrap();
+    let frame = native::encode(&native::ClientFrame::Record(record("org.t/ingest/ok", Severity::Low, "fine"))).unwrap();
     over.write_all(&frame).unwrap();
     assert!(matches!(read_ack(&mut over), Ack::Accepted { .. }));
 
@@ -86,35 +60,10 @@ fn malformed_and_oversize_frames_close_only_their_connection() {
     }
 
     // The first connection was never disturbed.
-    good.send(&record("org.t/ingest/good", "still served")).unwrap();
+    good.send(&record("org.t/ingest/good", Severity::Low, "still served")).unwrap();
     let j = c.journal(&[]);
     assert_eq!(j.len(), 2, "only valid records are journaled: {j:?}");
     assert_eq!(j[1]["class"], "org.t/ingest/good");
-}
-
-/// Reference §1, written by hand (not with the telemetry crate's encoder).
-fn legacy_bytes(class: &str, payload: &str, cfg: Option<&str>) -> Vec<u8> {
-    let header = format!(
-        "record_format_version: 4\nclassification: {class}\nseverity: 2\nmachine_id: FFFFFFFF\n\
-         creation_timestamp: 1700000000\narch: x86_64\nhost_type: blank|blank|blank\nbuild: 41230\n\
-         kernel_version: 6.1.0\npayload_format_version: 1\nsystem_name: clear-linux-os\n\
-         board_name: no_bn_file|no_bv_file\ncpu_model: Intel(R) Xeon(R) CPU @ 2.20GHz\nbios_version: no_bv_file\n\
-         event_id: 00112233445566778899aabbccddeeff\n"
-    );
-    let mut rest = Vec::new();
-    if let Some(p) = cfg {
-        rest.extend_from_slice(b"CFG:");
-        rest.extend_from_slice(p.as_bytes());
-        rest.push(0);
-    }
-    rest.extend_from_slice(&(header.len() as u32).to_le_bytes());
-    rest.extend_from_slice(header.as_bytes());
-    rest.extend_from_slice(payload.as_bytes());
-    rest.push(0);
-    let total = (rest.len() + 4) as u32;
-    let mut out = total.to_le_bytes().to_vec();
-    out.extend_from_slice(&rest);
-    out
 }
 
 #[test]
@@ -125,7 +74,8 @@ fn legacy_records_written_by_hand_are_delivered() {
     for (i, cfg) in [None, Some("/etc/telemetrics/telemetrics.conf")].into_iter().enumerate() {
         let mut s = UnixStream::connect(&c.socket).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.write_all(&legacy_bytes("org.c/legacy/probe", &format!("legacy payload {i}\n"), cfg)).unwrap();
+        let payload = format!("legacy payload {i}\n");
+        s.write_all(&Legacy { payload: &payload, cfg, ..Legacy::default() }.bytes()).unwrap();
         // No reply; the daemon closes once the record is stored.
         assert!(closed(&mut s));
     }
@@ -140,7 +90,7 @@ fn legacy_records_written_by_hand_are_delivered() {
     // A broken legacy record is dropped and only its connection closed.
     let mut s = UnixStream::connect(&c.socket).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut b = legacy_bytes("org.c/legacy/probe", "x", None);
+    let mut b = Legacy { payload: "x", ..Legacy::default() }.bytes();
     let n = b.len();
     b[n - 1] = b'x'; // payload not NUL-terminated
     s.write_all(&b).unwrap();
@@ -163,7 +113,8 @@ fn slow_client_and_500_idle_connections_do_not_stop_others() {
     c.start();
     let idle: Vec<UnixStream> = (0..500).map(|_| UnixStream::connect(&c.socket).expect("idle connection")).collect();
     // A slow client dribbles a record one byte at a time.
-    let frame = native::encode(&native::ClientFrame::Record(record("org.t/ingest/slow", "slow"))).unwrap();
+    let frame =
+        native::encode(&native::ClientFrame::Record(record("org.t/ingest/slow", Severity::Low, "slow"))).unwrap();
     let path = c.socket.clone();
     let slow = std::thread::spawn(move || {
         let mut s = UnixStream::connect(&path).unwrap();
@@ -180,9 +131,9 @@ fn slow_client_and_500_idle_connections_do_not_stop_others() {
     });
     // Others keep being served, quickly.
     let t = Instant::now();
-    let mut client = Client::connect_path(&c.socket, Duration::from_secs(10)).unwrap();
+    let mut client = c.client();
     for i in 0..200 {
-        client.send(&record("org.t/ingest/fast", &format!("r{i}"))).unwrap();
+        client.send(&record("org.t/ingest/fast", Severity::Low, format!("r{i}"))).unwrap();
     }
     assert!(t.elapsed() < Duration::from_secs(20));
     assert!(matches!(slow.join().unwrap(), ServerFrame::Ack(Ack::Accepted { .. })));
@@ -205,7 +156,10 @@ fn bad_config_is_a_startup_error_naming_file_key_value() {
     let out = std::process::Command::new(e2e::bin("telem-collector")).arg("-f").arg(&c.conf).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&c.conf.display().to_string()) && err.contains("record_burst_limit") && err.contains("many"), "{err}");
+    assert!(
+        err.contains(&c.conf.display().to_string()) && err.contains("record_burst_limit") && err.contains("many"),
+        "{err}"
+    );
     let out = c.telemctl(&["status"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("record_burst_limit"));
@@ -215,8 +169,8 @@ fn bad_config_is_a_startup_error_naming_file_key_value() {
 fn sighup_reloads_and_journal_filters() {
     let mut c = Collector::new(None, "record_retention_enabled=false");
     c.start();
-    let mut client = Client::connect_path(&c.socket, Duration::from_secs(10)).unwrap();
-    client.send(&record("org.a/crash/clr", "one")).unwrap();
+    let mut client = c.client();
+    client.send(&record("org.a/crash/clr", Severity::Low, "one")).unwrap();
     c.set("record_retention_enabled=true");
     c.signal(1); // SIGHUP
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -224,11 +178,15 @@ fn sighup_reloads_and_journal_filters() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let ev = "0123456789abcdef0123456789abcdef".parse().unwrap();
-    let r = Record::builder(Classification::parse("org.a/crash/error").unwrap(), Severity::High, Payload::text("two; $(touch /tmp/x)"))
-        .event_id(ev)
-        .build();
+    let r = Record::builder(
+        Classification::parse("org.a/crash/error").unwrap(),
+        Severity::High,
+        Payload::text("two; $(touch /tmp/x)"),
+    )
+    .event_id(ev)
+    .build();
     client.send(&r).unwrap();
-    client.send(&record("org.b/hello/world", "three")).unwrap();
+    client.send(&record("org.b/hello/world", Severity::Low, "three")).unwrap();
 
     let j = c.journal(&["-c", "org.a/crash/*"]);
     assert_eq!(j.len(), 2);
@@ -256,7 +214,7 @@ fn sighup_reloads_and_journal_filters() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(c.log().contains("reload refused"));
-    client.send(&record("org.b/hello/world", "four")).unwrap();
+    client.send(&record("org.b/hello/world", Severity::Low, "four")).unwrap();
 }
 
 #[test]
@@ -287,15 +245,18 @@ fn telemctl_start_stop_is_active_with_a_pid_file() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(ctl("is-active").status.code(), Some(0));
     let pid: i32 = std::fs::read_to_string(c.dir.join("state/telem-collector.pid")).unwrap().trim().parse().unwrap();
-    let mut client = Client::connect_path(&c.socket, Duration::from_secs(10)).unwrap();
-    client.send(&record("org.t/ctl/x", "y")).unwrap();
+    let mut client = c.client();
+    client.send(&record("org.t/ctl/x", Severity::Low, "y")).unwrap();
     let out = ctl("restart");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let pid2: i32 = std::fs::read_to_string(c.dir.join("state/telem-collector.pid")).unwrap().trim().parse().unwrap();
     assert_ne!(pid, pid2);
     let s = c.status();
     assert_eq!(s["pid"].as_i64(), Some(pid2 as i64));
-    assert!(matches!(client.send(&record("org.t/ctl/x", "y")), Err(ClientError::Closed | ClientError::Io(_))));
+    assert!(matches!(
+        client.send(&record("org.t/ctl/x", Severity::Low, "y")),
+        Err(ClientError::Closed | ClientError::Io(_))
+    ));
     assert!(ctl("stop").status.success());
     assert_eq!(ctl("is-active").status.code(), Some(3));
     assert!(!c.dir.join("state/telem-collector.pid").exists());
@@ -343,7 +304,7 @@ fn systemd_socket_activation_listen_fds() {
             }
         }
     };
-    let r = client.send(&record("org.t/ingest/activated", "via LISTEN_FDS"));
+    let r = client.send(&record("org.t/ingest/activated", Severity::Low, "via LISTEN_FDS"));
     let _ = child.kill();
     let _ = child.wait();
     r.unwrap();

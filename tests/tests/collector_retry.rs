@@ -18,37 +18,34 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use e2e::collector::Collector;
+use e2e::fixtures::count;
+use e2e::fixtures::Records;
 use e2e::sink::{Mode, Post, Sink, POISON_PREFIX};
-use telemetry::client::{record_id_hex, Client};
-use telemetry::{Classification, Payload, Record, Severity};
+use telemetry::client::Client;
+use telemetry::{Record, Severity};
 
 const NO_RATE_LIMIT: &str = "rate_limit_enabled=false";
 
 /// The counters of a status, on one line.
 fn counters(s: &serde_json::Value) -> String {
-    let mut out: Vec<String> = ["delivered", "spooled", "rejected_by_server", "dropped", "rate_limited", "delivery_failures"]
-        .iter()
-        .map(|k| format!("{k}={}", u(s, k)))
-        .collect();
+    let mut out: Vec<String> =
+        ["delivered", "spooled", "rejected_by_server", "dropped", "rate_limited", "delivery_failures"]
+            .iter()
+            .map(|k| format!("{k}={}", count(s, k)))
+            .collect();
     out.push(format!("retry_in_secs={}", s["retry_in_secs"]));
     out.push(format!("last_delivery_error={}", s["last_delivery_error"]));
     out.join(" ")
 }
 
-fn record(payload: String) -> Record {
-    Record::builder(Classification::parse("org.test/collector/retry").unwrap(), Severity::Medium, Payload::text(payload)).build()
-}
+const RECORDS: Records = Records::new("org.test/collector/retry", Severity::Medium);
 
 fn good(i: usize) -> Record {
-    record(format!("good-{i}\nan ordinary record\n"))
+    RECORDS.text(format!("good-{i}\nan ordinary record\n"))
 }
 
 fn poison(i: usize) -> Record {
-    record(format!("{POISON_PREFIX}{i}\nthe server answers 500 to this one\n"))
-}
-
-fn connect(c: &Collector) -> Client {
-    Client::connect_path(&c.socket, Duration::from_secs(10)).expect("connect to collector")
+    RECORDS.text(format!("{POISON_PREFIX}{i}\nthe server answers 500 to this one\n"))
 }
 
 /// Sends records, all of which must be accepted; their record ids.
@@ -57,7 +54,7 @@ fn send_all(client: &mut Client, records: &[Record]) -> Vec<String> {
     for chunk in records.chunks(100) {
         let acks = client.send_many(chunk).expect("sent");
         for a in acks {
-            ids.push(record_id_hex(&a.expect("accepted")));
+            ids.push(a.expect("accepted").to_string());
         }
     }
     ids
@@ -98,13 +95,13 @@ fn gaps(at: &[f64]) -> Vec<f64> {
     at.windows(2).map(|w| w[1] - w[0]).collect()
 }
 
-fn u(s: &serde_json::Value, k: &str) -> u64 {
-    s[k].as_u64().unwrap_or(0)
-}
-
 /// The journal fate of the record with id `id`.
 fn fate_of(c: &Collector, id: &str) -> String {
-    c.journal(&["-r", id]).iter().find(|e| e["id"] == id).and_then(|e| e["fate"].as_str().map(str::to_string)).unwrap_or_default()
+    c.journal(&["-r", id])
+        .iter()
+        .find(|e| e["id"] == id)
+        .and_then(|e| e["fate"].as_str().map(str::to_string))
+        .unwrap_or_default()
 }
 
 /// Keeps good records flowing (one every 100 ms) on their own connection,
@@ -119,7 +116,7 @@ impl Trickle {
     fn start(c: &Collector, from: usize) -> Trickle {
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicUsize::new(0));
-        let mut client = connect(c);
+        let mut client = c.client();
         let (s2, n2) = (stop.clone(), sent.clone());
         let handle = std::thread::spawn(move || {
             let t = Instant::now();
@@ -154,9 +151,10 @@ impl Drop for Trickle {
 fn a_poison_record_holds_back_nothing_and_is_rejected_after_max_attempts() {
     let sink = Sink::start();
     sink.set_mode(Mode::poison());
-    let mut c = Collector::new(Some(&sink.url()), &format!("{NO_RATE_LIMIT}\ndelivery_max_attempts=3\ndelivery_retry_max=4"));
+    let mut c =
+        Collector::new(Some(&sink.url()), &format!("{NO_RATE_LIMIT}\ndelivery_max_attempts=3\ndelivery_retry_max=4"));
     c.start();
-    let mut client = connect(&c);
+    let mut client = c.client();
     let t0 = Instant::now();
     let poison_id = send_all(&mut client, &[poison(0)]).remove(0);
     let goods: Vec<Record> = (0..1000).map(good).collect();
@@ -166,13 +164,13 @@ fn a_poison_record_holds_back_nothing_and_is_rejected_after_max_attempts() {
     let good_secs = t0.elapsed().as_secs_f64();
     let good_then = good_delivered(&sink, 1000);
     // The verdict: three suspect attempts, spaced by the backoff.
-    let s = c.wait_status(Duration::from_secs(30), |s| u(s, "rejected_by_server") >= 1);
+    let s = c.wait_status(Duration::from_secs(30), |s| count(s, "rejected_by_server") >= 1);
     let sent_trickle = trickle.stop();
     // No attempt after the verdict.
     std::thread::sleep(Duration::from_millis(1500));
     let attempts = poison_attempts(&sink, t0);
     let fate = fate_of(&c, &poison_id);
-    let s_end = c.wait_status(Duration::from_secs(10), |s| u(s, "delivered") as usize >= 1000 + sent_trickle);
+    let s_end = c.wait_status(Duration::from_secs(10), |s| count(s, "delivered") as usize >= 1000 + sent_trickle);
     let report = format!(
         "good records: {good_then} of 1000 delivered {good_secs:.1} s after the first was sent (trickle sent {sent_trickle} more)\n\
          poison record: {} attempts at {attempts:.2?} s, gaps {:.2?} s; journal fate {fate:?}\n\
@@ -185,26 +183,39 @@ fn a_poison_record_holds_back_nothing_and_is_rejected_after_max_attempts() {
     );
     eprintln!("{report}");
     assert!(all_good, "good records held back behind the poison record (want all 1000 within 10 s):\n{report}");
-    assert_eq!(u(&s, "rejected_by_server"), 1, "the poison record was not rejected after 3 suspect attempts:\n{report}");
-    assert_eq!(attempts.len(), 3, "the poison record was posted {} times, want delivery_max_attempts = 3:\n{report}", attempts.len());
+    assert_eq!(
+        count(&s, "rejected_by_server"),
+        1,
+        "the poison record was not rejected after 3 suspect attempts:\n{report}"
+    );
+    assert_eq!(
+        attempts.len(),
+        3,
+        "the poison record was posted {} times, want delivery_max_attempts = 3:\n{report}",
+        attempts.len()
+    );
     let g = gaps(&attempts);
-    assert!(g.iter().all(|&d| d >= 0.5), "attempts closer than 0.5 s (want the record's own backoff, from 1 s):\n{report}");
+    assert!(
+        g.iter().all(|&d| d >= 0.5),
+        "attempts closer than 0.5 s (want the record's own backoff, from 1 s):\n{report}"
+    );
     assert!(g.windows(2).all(|w| w[1] >= w[0] * 0.9), "the backoff does not grow between attempts:\n{report}");
     assert!(
         fate.starts_with("rejected-by-server: 500 after 3 attempts: poison record refused"),
         "journal fate of the poison record:\n{report}"
     );
-    assert_eq!(u(&s_end, "delivered") as usize, 1000 + sent_trickle, "every good record delivered:\n{report}");
-    assert_eq!(u(&s_end, "spooled"), 0, "nothing left in the spool:\n{report}");
+    assert_eq!(count(&s_end, "delivered") as usize, 1000 + sent_trickle, "every good record delivered:\n{report}");
+    assert_eq!(count(&s_end, "spooled"), 0, "nothing left in the spool:\n{report}");
 }
 
 #[test]
 fn a_suspect_record_is_delivered_once_the_server_takes_it() {
     let sink = Sink::start();
     sink.set_mode(Mode::poison());
-    let mut c = Collector::new(Some(&sink.url()), &format!("{NO_RATE_LIMIT}\ndelivery_max_attempts=8\ndelivery_retry_max=4"));
+    let mut c =
+        Collector::new(Some(&sink.url()), &format!("{NO_RATE_LIMIT}\ndelivery_max_attempts=8\ndelivery_retry_max=4"));
     c.start();
-    let mut client = connect(&c);
+    let mut client = c.client();
     let t0 = Instant::now();
     let poison_id = send_all(&mut client, &[poison(0)]).remove(0);
     send_all(&mut client, &(0..1000).map(good).collect::<Vec<_>>());
@@ -217,8 +228,10 @@ fn a_suspect_record_is_delivered_once_the_server_takes_it() {
     let delivered = sink.wait_for(Duration::from_secs(20), |p| p.iter().any(|p| is_poison(p) && p.ok()));
     let sent_trickle = trickle.stop();
     let attempts = poison_attempts(&sink, t0);
-    let s = c.wait_status(Duration::from_secs(10), |s| u(s, "delivered") as usize >= 1001 + sent_trickle);
-    let fate = c.wait_journal(Duration::from_secs(5), |j| j.iter().any(|e| e["id"] == poison_id.as_str() && e["fate"] == "delivered"));
+    let s = c.wait_status(Duration::from_secs(10), |s| count(s, "delivered") as usize >= 1001 + sent_trickle);
+    let fate = c.wait_journal(Duration::from_secs(5), |j| {
+        j.iter().any(|e| e["id"] == poison_id.as_str() && e["fate"] == "delivered")
+    });
     let fate = fate.iter().find(|e| e["id"] == poison_id.as_str()).map(|e| e["fate"].to_string()).unwrap_or_default();
     let report = format!(
         "good records all delivered within 10 s: {all_good}; poison attempts at {attempts:.2?} s (server fixed at {fixed_at:.2} s); \
@@ -231,18 +244,20 @@ fn a_suspect_record_is_delivered_once_the_server_takes_it() {
     assert!(all_good, "good records held back behind the poison record:\n{report}");
     assert!(two, "the poison record was not retried twice within 20 s:\n{report}");
     assert!(delivered, "the record was not delivered after the server was fixed:\n{report}");
-    assert_eq!(u(&s, "rejected_by_server"), 0, "{report}");
+    assert_eq!(count(&s, "rejected_by_server"), 0, "{report}");
     assert_eq!(fate, "\"delivered\"", "{report}");
-    assert_eq!(u(&s, "delivered") as usize, 1001 + sent_trickle, "{report}");
+    assert_eq!(count(&s, "delivered") as usize, 1001 + sent_trickle, "{report}");
 }
 
 #[test]
 fn an_outage_of_30_s_rejects_no_record() {
     let mut sink = Sink::start();
-    let mut c =
-        Collector::new(Some(&sink.url()), &format!("{NO_RATE_LIMIT}\ndelivery_max_attempts=3\ndelivery_retry_max=4\nretry_max_backoff=2"));
+    let mut c = Collector::new(
+        Some(&sink.url()),
+        &format!("{NO_RATE_LIMIT}\ndelivery_max_attempts=3\ndelivery_retry_max=4\nretry_max_backoff=2"),
+    );
     c.start();
-    let mut client = connect(&c);
+    let mut client = c.client();
     send_all(&mut client, &(0..10).map(good).collect::<Vec<_>>());
     assert!(sink.wait_for(Duration::from_secs(10), |p| good_in(p, 10) >= 10), "{}", c.log_summary(8));
     // Down for 30 s; records keep coming.
@@ -261,7 +276,7 @@ fn an_outage_of_30_s_rejects_no_record() {
     let back = Instant::now();
     let all = sink.wait_for(Duration::from_secs(20), |p| good_in(p, i) >= i);
     let back_secs = back.elapsed().as_secs_f64();
-    let s = c.wait_status(Duration::from_secs(10), |s| u(s, "delivered") as usize >= i);
+    let s = c.wait_status(Duration::from_secs(10), |s| count(s, "delivered") as usize >= i);
     let (fates, _) = c.journal_fate_counts();
     let report = format!(
         "{i} records sent, {} delivered distinct ({back_secs:.1} s after the server came back)\n\
@@ -272,11 +287,11 @@ fn an_outage_of_30_s_rejects_no_record() {
         c.log_summary(8)
     );
     eprintln!("{report}");
-    assert_eq!(u(&s, "rejected_by_server"), 0, "an outage made records poison:\n{report}");
+    assert_eq!(count(&s, "rejected_by_server"), 0, "an outage made records poison:\n{report}");
     assert!(!fates.contains_key("rejected-by-server"), "{report}");
     assert!(all, "not every record delivered within 20 s of the server's return:\n{report}");
-    assert_eq!(u(&s, "delivered") as usize, i, "{report}");
-    assert_eq!(u(&s, "spooled"), 0, "{report}");
+    assert_eq!(count(&s, "delivered") as usize, i, "{report}");
+    assert_eq!(count(&s, "spooled"), 0, "{report}");
 }
 
 #[test]
@@ -285,9 +300,12 @@ fn an_outage_of_500s_for_every_record_rejects_no_record() {
     // trouble, not the records'.
     let sink = Sink::start();
     sink.set_mode(Mode::Status(500, "down for maintenance".into()));
-    let mut c = Collector::new(Some(&sink.url()), &format!("{NO_RATE_LIMIT}\ndelivery_max_attempts=3\ndelivery_retry_max=2\nretry_max_backoff=1"));
+    let mut c = Collector::new(
+        Some(&sink.url()),
+        &format!("{NO_RATE_LIMIT}\ndelivery_max_attempts=3\ndelivery_retry_max=2\nretry_max_backoff=1"),
+    );
     c.start();
-    let mut client = connect(&c);
+    let mut client = c.client();
     send_all(&mut client, &(0..20).map(good).collect::<Vec<_>>());
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(10) {
@@ -297,7 +315,7 @@ fn an_outage_of_500s_for_every_record_rejects_no_record() {
     let during = c.status();
     sink.set_mode(Mode::ok());
     let all = sink.wait_for(Duration::from_secs(15), |p| good_in(p, 20) >= 20);
-    let s = c.wait_status(Duration::from_secs(10), |s| u(s, "delivered") >= 20);
+    let s = c.wait_status(Duration::from_secs(10), |s| count(s, "delivered") >= 20);
     let report = format!(
         "{refused} posts answered 500 in 10 s; status then: {}\nat the end: {}\n{}",
         counters(&during),
@@ -306,9 +324,9 @@ fn an_outage_of_500s_for_every_record_rejects_no_record() {
     );
     eprintln!("{report}");
     assert!(refused >= 3, "the records were not retried during the outage:\n{report}");
-    assert_eq!(u(&s, "rejected_by_server"), 0, "an outage of 500s made records poison:\n{report}");
+    assert_eq!(count(&s, "rejected_by_server"), 0, "an outage of 500s made records poison:\n{report}");
     assert!(all, "not every record delivered after the outage:\n{report}");
-    assert_eq!(u(&s, "delivered"), 20, "{report}");
+    assert_eq!(count(&s, "delivered"), 20, "{report}");
 }
 
 /// The first post of a record answered with `answer()` (a Retry-After,
@@ -319,7 +337,7 @@ fn check_retry_after(answer: impl FnOnce() -> Mode, quiet: f64) {
     let sink = Sink::start();
     let mut c = Collector::new(Some(&sink.url()), NO_RATE_LIMIT);
     c.start();
-    let mut client = connect(&c);
+    let mut client = c.client();
     send_all(&mut client, &[good(0)]);
     assert!(sink.wait_for(Duration::from_secs(10), |p| good_in(p, 1) >= 1), "{}", c.log_summary(8));
     let answer = answer();
@@ -339,7 +357,8 @@ fn check_retry_after(answer: impl FnOnce() -> Mode, quiet: f64) {
     std::thread::sleep(Duration::from_millis(200));
     send_all(&mut client, &(2..22).map(good).collect::<Vec<_>>());
     let all = sink.wait_for(Duration::from_secs(15), |p| good_in(p, 22) >= 22);
-    let after: Vec<f64> = sink.with_posts(|p| p[n0 + 1..].iter().map(|p| p.at.duration_since(paused_at).as_secs_f64()).collect());
+    let after: Vec<f64> =
+        sink.with_posts(|p| p[n0 + 1..].iter().map(|p| p.at.duration_since(paused_at).as_secs_f64()).collect());
     let first = after.first().copied().unwrap_or(f64::NAN);
     let s = c.status();
     let report = format!(
@@ -352,8 +371,8 @@ fn check_retry_after(answer: impl FnOnce() -> Mode, quiet: f64) {
     eprintln!("{report}");
     assert!(first >= quiet, "a post reached the server {first:.2} s after it asked to wait:\n{report}");
     assert!(all, "{report}");
-    let s = c.wait_status(Duration::from_secs(5), |s| u(s, "delivered") >= 22);
-    assert_eq!((u(&s, "delivered"), u(&s, "rejected_by_server")), (22, 0), "{report}");
+    let s = c.wait_status(Duration::from_secs(5), |s| count(s, "delivered") >= 22);
+    assert_eq!((count(&s, "delivered"), count(&s, "rejected_by_server")), (22, 0), "{report}");
 }
 
 #[test]

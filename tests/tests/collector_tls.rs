@@ -3,7 +3,7 @@
 //! trusted and nothing is delivered. And through an HTTP proxy named by
 //! `HTTPS_PROXY` (a real CONNECT tunnel on loopback).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::Command;
@@ -11,9 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use e2e::collector::Collector;
+use e2e::fixtures::Records;
+use e2e::http::read_request;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use telemetry::client::Client;
-use telemetry::{Classification, Payload, Record, Severity};
+use telemetry::Severity;
 
 fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl").current_dir(dir).args(args).output().expect("run openssl");
@@ -23,12 +24,40 @@ fn openssl(dir: &Path, args: &[&str]) {
 /// A CA and a server certificate for 127.0.0.1 signed by it.
 fn make_certs(dir: &Path) {
     let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    openssl(dir, &[&["req", "-x509"], &ec[..], &["-keyout", "ca.key", "-out", "ca.pem", "-days", "1", "-subj", "/CN=telemetrics test CA"]].concat());
-    openssl(dir, &[&["req"], &ec[..], &["-keyout", "leaf.key", "-out", "leaf.csr", "-subj", "/CN=127.0.0.1"]].concat());
-    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n").unwrap();
     openssl(
         dir,
-        &["x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "leaf.pem", "-days", "1", "-extfile", "ext.cnf"],
+        &[
+            &["req", "-x509"],
+            &ec[..],
+            &["-keyout", "ca.key", "-out", "ca.pem", "-days", "1", "-subj", "/CN=telemetrics test CA"],
+        ]
+        .concat(),
+    );
+    openssl(dir, &[&["req"], &ec[..], &["-keyout", "leaf.key", "-out", "leaf.csr", "-subj", "/CN=127.0.0.1"]].concat());
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "leaf.pem",
+            "-days",
+            "1",
+            "-extfile",
+            "ext.cnf",
+        ],
     );
     openssl(dir, &["x509", "-in", "leaf.pem", "-outform", "DER", "-out", "leaf.der"]);
     openssl(dir, &["pkcs8", "-topk8", "-nocrypt", "-in", "leaf.key", "-outform", "DER", "-out", "leaf.key.der"]);
@@ -60,37 +89,13 @@ fn tls_sink(dir: &Path) -> (String, Posts) {
             std::thread::spawn(move || {
                 let Ok(sc) = rustls::ServerConnection::new(cfg) else { return };
                 let mut rd = BufReader::new(rustls::StreamOwned::new(sc, conn));
-                loop {
-                    let mut line = String::new();
-                    if rd.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let mut headers = Vec::new();
-                    loop {
-                        let mut h = String::new();
-                        if rd.read_line(&mut h).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        let h = h.trim_end();
-                        if h.is_empty() {
-                            break;
-                        }
-                        if let Some((k, v)) = h.split_once(':') {
-                            headers.push((k.trim().to_string(), v.trim().to_string()));
-                        }
-                    }
-                    let len: usize = headers
-                        .iter()
-                        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-                        .and_then(|(_, v)| v.parse().ok())
-                        .unwrap_or(0);
-                    let mut body = vec![0; len];
-                    if rd.read_exact(&mut body).is_err() {
-                        return;
-                    }
-                    posts.lock().unwrap().push(headers);
+                while let Some(request) = read_request(&mut rd) {
+                    posts.lock().unwrap().push(request.headers);
                     let w = rd.get_mut();
-                    if w.write_all(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n").and_then(|()| w.flush()).is_err() {
+                    if w.write_all(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
+                        .and_then(|()| w.flush())
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -100,9 +105,7 @@ fn tls_sink(dir: &Path) -> (String, Posts) {
     (url, posts)
 }
 
-fn record() -> Record {
-    Record::builder(Classification::parse("org.test/collector/tls").unwrap(), Severity::Low, Payload::text("over TLS\n")).build()
-}
+const RECORDS: Records = Records::new("org.test/collector/tls", Severity::Low);
 
 #[test]
 fn delivers_over_https_trusting_cainfo_only() {
@@ -113,7 +116,7 @@ fn delivers_over_https_trusting_cainfo_only() {
     // Without cainfo the test CA is unknown: not delivered, and the status says why.
     let mut untrusted = Collector::new(Some(&url), "");
     untrusted.start();
-    Client::connect_path(&untrusted.socket, Duration::from_secs(10)).unwrap().send(&record()).unwrap();
+    untrusted.client().send(&RECORDS.text("over TLS\n")).unwrap();
     let s = untrusted.wait_status(Duration::from_secs(10), |s| s["delivery_failures"].as_u64() > Some(0));
     let err = s["last_delivery_error"].as_str().unwrap_or("").to_lowercase();
     assert!(err.contains("certificate") || err.contains("issuer"), "{s}");
@@ -122,9 +125,9 @@ fn delivers_over_https_trusting_cainfo_only() {
 
     let mut c = Collector::new(Some(&url), &format!("cainfo={}", certs.path().join("ca.pem").display()));
     c.start();
-    let mut client = Client::connect_path(&c.socket, Duration::from_secs(10)).unwrap();
-    client.send(&record()).unwrap();
-    client.send(&record()).unwrap();
+    let mut client = c.client();
+    client.send(&RECORDS.text("over TLS\n")).unwrap();
+    client.send(&RECORDS.text("over TLS\n")).unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
     while posts.lock().unwrap().len() < 2 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
@@ -163,7 +166,9 @@ fn connect_proxy() -> (u16, Tunnels) {
                     }
                 }
                 seen.lock().unwrap().push(head.clone());
-                let Some(target) = head.strip_prefix("CONNECT ").and_then(|r| r.split_whitespace().next()) else { return };
+                let Some(target) = head.strip_prefix("CONNECT ").and_then(|r| r.split_whitespace().next()) else {
+                    return;
+                };
                 let Ok(up) = std::net::TcpStream::connect(target) else { return };
                 let mut client = rd.into_inner();
                 if client.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n").is_err() {
@@ -192,9 +197,9 @@ fn delivers_through_the_https_proxy_of_the_environment() {
     let mut c = Collector::new(Some(&url), &format!("cainfo={}", certs.path().join("ca.pem").display()));
     c.env.push(("HTTPS_PROXY".into(), format!("http://alice:s3cret@127.0.0.1:{proxy_port}")));
     c.start();
-    let mut client = Client::connect_path(&c.socket, Duration::from_secs(10)).unwrap();
-    client.send(&record()).unwrap();
-    client.send(&record()).unwrap();
+    let mut client = c.client();
+    client.send(&RECORDS.text("over TLS\n")).unwrap();
+    client.send(&RECORDS.text("over TLS\n")).unwrap();
     let s = c.wait_status(Duration::from_secs(15), |s| s["delivered"] == 2);
     assert_eq!(s["delivered"], 2, "{s}\n{}", c.log());
     assert_eq!(posts.lock().unwrap().len(), 2);
@@ -215,7 +220,7 @@ fn delivers_through_the_https_proxy_of_the_environment() {
     c.env.push(("HTTPS_PROXY".into(), format!("http://127.0.0.1:{proxy_port}")));
     c.env.push(("NO_PROXY".into(), "127.0.0.1".into()));
     c.start();
-    Client::connect_path(&c.socket, Duration::from_secs(10)).unwrap().send(&record()).unwrap();
+    c.client().send(&RECORDS.text("over TLS\n")).unwrap();
     let s = c.wait_status(Duration::from_secs(15), |s| s["delivered"] == 1);
     assert_eq!(s["delivered"], 1, "{s}\n{}", c.log());
     assert_eq!(tunnels.lock().unwrap().len(), tunnels_before);

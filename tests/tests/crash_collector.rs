@@ -7,40 +7,18 @@
 //! ones stay local (consent is not retroactive). `telemctl crash uninstall`
 //! restores the kernel's settings (a guard restores them on failure too).
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use e2e::collector::Collector;
+use e2e::kernel::{dumps_core, start_eventprobe, SysctlGuard, CORE_PATTERN, CORE_PIPE_LIMIT};
 use e2e::sink::Sink;
 
 const STATE: &str = "/run/telemetrics/crashprobe.state";
-const SYSCTLS: [&str; 2] = ["/proc/sys/kernel/core_pattern", "/proc/sys/kernel/core_pipe_limit"];
-
-struct KernelGuard(Vec<(&'static str, String)>);
-
-impl Drop for KernelGuard {
-    fn drop(&mut self) {
-        for (p, v) in &self.0 {
-            if let Err(e) = std::fs::write(p, v) {
-                eprintln!("FAILED to restore {p}: {e}");
-            }
-        }
-        let _ = std::fs::remove_file(STATE);
-    }
-}
-
-struct Probe(Child);
-
-impl Drop for Probe {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+const SYSCTLS: [&str; 2] = [CORE_PATTERN, CORE_PIPE_LIMIT];
 
 fn crash_program(dir: &Path) -> PathBuf {
     let src = dir.join("boom.c");
@@ -54,41 +32,8 @@ fn crash_program(dir: &Path) -> PathBuf {
 fn crash(exe: &Path) {
     let mut cmd = Command::new(exe);
     cmd.stdout(Stdio::null()).stderr(Stdio::null());
-    // SAFETY: setrlimit is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            let r = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
-            libc::setrlimit(libc::RLIMIT_CORE, &r);
-            Ok(())
-        });
-    }
-    let st = cmd.status().unwrap();
+    let st = dumps_core(&mut cmd, None).status().unwrap();
     assert_eq!(st.signal(), Some(11), "{st}");
-}
-
-fn start_eventprobe(socket: &Path) -> Probe {
-    let obj = e2e::workspace_root().join("probe-ebpf/target/bpfel-unknown-none/release/probe-ebpf");
-    if !obj.exists() {
-        let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["run", "--quiet", "-p", "xtask", "--", "build-ebpf"])
-            .current_dir(e2e::workspace_root())
-            .status()
-            .expect("run cargo xtask build-ebpf");
-        assert!(st.success(), "cargo xtask build-ebpf failed");
-    }
-    let mut child = Command::new(e2e::bin("eventprobe"))
-        .arg("--socket")
-        .arg(socket)
-        .args(["--duration", "55", "--comm", "boom", "--no-exits"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start eventprobe");
-    let out = child.stdout.take().expect("stdout");
-    let probe = Probe(child);
-    let mut line = String::new();
-    BufReader::new(out).read_line(&mut line).expect("read eventprobe stdout");
-    assert!(line.contains("ready"), "eventprobe did not get ready: {line:?}");
-    probe
 }
 
 /// Waits until the journal holds `n` entries of classification `class`
@@ -111,27 +56,30 @@ fn every_probe_through_the_real_collector_and_consent() {
         return;
     }
     assert!(!Path::new(STATE).exists(), "{STATE} exists: a real install is active; not touching it");
-    let guard = KernelGuard(SYSCTLS.iter().map(|p| (*p, std::fs::read_to_string(p).unwrap())).collect());
+    let guard = SysctlGuard::save(&SYSCTLS).and_remove(STATE);
     let sink = Sink::start();
     let tmp = tempfile::Builder::new().prefix("cc").tempdir_in("/tmp").unwrap();
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     // A server is configured, but the machine is not opted in.
-    let extra = format!(
-        "server={}\ncrash_third_party=unwind\ncrash_system_prefixes={}/\n",
-        sink.url(),
-        tmp.path().display()
-    );
+    let extra =
+        format!("server={}\ncrash_third_party=unwind\ncrash_system_prefixes={}/\n", sink.url(), tmp.path().display());
     let mut c = Collector::in_dir(tmp.path(), None, &extra);
     c.start();
     let telemctl = e2e::bin("telemctl");
     let crashprobe = e2e::bin("crashprobe");
-    let out = Command::new(&telemctl).arg("-f").arg(&c.conf).args(["crash", "install", "--exe"]).arg(&crashprobe).output().unwrap();
+    let out = Command::new(&telemctl)
+        .arg("-f")
+        .arg(&c.conf)
+        .args(["crash", "install", "--exe"])
+        .arg(&crashprobe)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "install: {}", String::from_utf8_lossy(&out.stderr));
     let pattern = std::fs::read_to_string(SYSCTLS[0]).unwrap();
     assert!(pattern.starts_with(&format!("|{}", crashprobe.display())), "{pattern}");
-    assert!(pattern.contains(&format!("-c {}", c.conf.display())), "{pattern}");
+    assert!(pattern.contains(&format!("-f {}", c.conf.display())), "{pattern}");
     assert_eq!(std::fs::read_to_string(SYSCTLS[1]).unwrap().trim(), "16");
-    let _events = start_eventprobe(&c.socket);
+    let _events = start_eventprobe(&c.socket, &["--comm", "boom", "--no-exits"]);
     let exe = crash_program(tmp.path());
 
     // Not opted in: everything journaled, nothing sent.
@@ -158,7 +106,8 @@ fn every_probe_through_the_real_collector_and_consent() {
     };
     let ok = sink.wait_for(Duration::from_secs(30), |p| {
         let cl = classes(p);
-        cl.iter().any(|c| c.starts_with("org.clearlinux/crash/")) && cl.iter().any(|c| c == "org.clearlinux/signal/fatal")
+        cl.iter().any(|c| c.starts_with("org.clearlinux/crash/"))
+            && cl.iter().any(|c| c == "org.clearlinux/signal/fatal")
     });
     assert!(ok, "second crash not delivered: {:?}; log:\n{}", classes(&sink.posts()), c.log());
     std::thread::sleep(Duration::from_millis(500));
@@ -168,7 +117,7 @@ fn every_probe_through_the_real_collector_and_consent() {
 
     let out = Command::new(&telemctl).arg("-f").arg(&c.conf).args(["crash", "uninstall"]).output().unwrap();
     assert!(out.status.success(), "uninstall: {}", String::from_utf8_lossy(&out.stderr));
-    for (p, v) in &guard.0 {
+    for (p, v) in guard.saved() {
         assert_eq!(&std::fs::read_to_string(p).unwrap(), v, "{p} restored");
     }
     assert!(!Path::new(STATE).exists());

@@ -12,37 +12,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use e2e::kernel::{dumps_core, KillOnDrop, SysctlGuard, CORE_PATTERN, CORE_PIPE_LIMIT, SUID_DUMPABLE};
 use e2e::receiver::{Behaviour, Receiver};
 use serde_json::Value;
+use telemetry::crash_id::crash_event_id;
+use telemetry::BootId;
 
 static LOCK: Mutex<()> = Mutex::new(());
-
-const SYSCTLS: [&str; 3] = ["/proc/sys/kernel/core_pattern", "/proc/sys/kernel/core_pipe_limit", "/proc/sys/fs/suid_dumpable"];
-
-/// Restores the kernel's crash settings on drop (also on panic).
-struct KernelGuard {
-    saved: Vec<(&'static str, String)>,
-}
-
-impl KernelGuard {
-    fn new() -> KernelGuard {
-        let saved = SYSCTLS.iter().map(|p| (*p, std::fs::read_to_string(p).expect("read sysctl"))).collect();
-        KernelGuard { saved }
-    }
-    fn set(&self, path: &str, v: &str) {
-        std::fs::write(path, format!("{v}\n")).unwrap_or_else(|e| panic!("write {path}: {e}"));
-    }
-}
-
-impl Drop for KernelGuard {
-    fn drop(&mut self) {
-        for (p, v) in &self.saved {
-            if let Err(e) = std::fs::write(p, v) {
-                eprintln!("FAILED to restore {p}: {e}");
-            }
-        }
-    }
-}
 
 /// A test's world: a temp dir readable by everyone (programs may run as
 /// nobody), a receiver, a config file pointing crashprobe at it.
@@ -110,22 +86,7 @@ fn compile_c(dir: &Path, src: &str, out: &str, flags: &[&str]) -> PathBuf {
 fn crash(exe: &Path, uid: Option<u32>) -> u32 {
     let mut c = Command::new(exe);
     c.stdout(Stdio::null()).stderr(Stdio::null());
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        c.pre_exec(move || {
-            let r = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
-            if libc::setrlimit(libc::RLIMIT_CORE, &r) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if let Some(u) = uid {
-                if libc::setgid(u) != 0 || libc::setuid(u) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
-    let mut child = c.spawn().expect("spawn crashing program");
+    let mut child = dumps_core(&mut c, uid).spawn().expect("spawn crashing program");
     let pid = child.id();
     let st = wait_timeout(&mut child, Duration::from_secs(40)).expect("crashing program did not finish");
     assert!(st.signal().is_some(), "{} exited with {st} instead of crashing", exe.display());
@@ -173,15 +134,15 @@ fn crashed_thread(v: &Value) -> &Value {
     t
 }
 
-fn setup(extra: &str) -> Option<(std::sync::MutexGuard<'static, ()>, KernelGuard, World)> {
+fn setup(extra: &str) -> Option<(std::sync::MutexGuard<'static, ()>, SysctlGuard, World)> {
     if !e2e::require_root("crash e2e") {
         return None;
     }
     let lock = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let guard = KernelGuard::new();
+    let guard = SysctlGuard::save(&[CORE_PATTERN, CORE_PIPE_LIMIT, SUID_DUMPABLE]);
     // As `crashprobe --install` sets it: the kernel keeps the crashed
     // process (and its /proc/PID) until the handler is done.
-    guard.set("/proc/sys/kernel/core_pipe_limit", "16");
+    guard.set(CORE_PIPE_LIMIT, "16");
     let w = world(extra);
     Some((lock, guard, w))
 }
@@ -215,7 +176,7 @@ fn crash_c_o0_frame_pointers_pipe_mode_v1_and_event_id() {
     // Also file:line from libc's separate debug info (build-id lookup).
     let Some((_l, g, w)) = setup("crash_payload_version=1\ncrash_debug_lines=true\n") else { return };
     let exe = compile_c(w.dir.path(), "segv.c", "segv", &["-O0", "-g", "-fno-omit-frame-pointer"]);
-    g.set("/proc/sys/kernel/core_pattern", &pipe_pattern(&w.config));
+    g.set(CORE_PATTERN, &pipe_pattern(&w.config));
     let pid = crash(&exe, None);
     let got = w.receiver.wait_for(1, Duration::from_secs(30));
     assert_eq!(got.len(), 1, "errors: {:?}", w.receiver.errors());
@@ -232,20 +193,23 @@ fn crash_c_o0_frame_pointers_pipe_mode_v1_and_event_id() {
     assert!(text.contains("() - [libc.so.6]"), "{text}");
     // libc is stripped: its frame is named and placed from
     // /usr/lib/debug/.build-id/xx/rest.debug (package libc6-dbg).
-    assert!(text.contains("__libc_start_call_main() - [libc.so.6] - ") && text.contains("libc_start_call_main.h:"), "{text}");
+    assert!(
+        text.contains("__libc_start_call_main() - [libc.so.6] - ") && text.contains("libc_start_call_main.h:"),
+        "{text}"
+    );
     assert!(text.ends_with(&format!("_start() - [{segv}]\n\n")), "{text}");
     assert!(!text.contains("Error:"), "{text}");
-    // The event id is unwind::crash_event_id(boot id, pid, start time); the
+    // The event id is crash_event_id(boot id, pid, start time); the
     // process is gone, so check it is not random: a second crash differs,
     // and the id is the documented function of this boot's id and the pid
     // for some start time no later than now.
-    let boot = unwind::read_boot_id().expect("boot id");
+    let boot = BootId::read().expect("boot id");
     let now_ticks = {
         let up: f64 = std::fs::read_to_string("/proc/uptime").unwrap().split(' ').next().unwrap().parse().unwrap();
         (up * 100.0) as u64 + 1
     };
-    let id = *r.event_id.as_bytes();
-    let found = (now_ticks.saturating_sub(6000)..=now_ticks).rev().any(|t| unwind::crash_event_id(&boot, pid, t) == id);
+    let id = r.event_id;
+    let found = (now_ticks.saturating_sub(6000)..=now_ticks).rev().any(|t| crash_event_id(&boot, pid, t) == id);
     assert!(found, "event id is crash_event_id(boot, pid, start)");
 }
 
@@ -261,9 +225,10 @@ fn crash_c_o0_without_eh_frame_uses_debug_frame_then_frame_pointers() {
     );
     // And a copy without .debug_frame either: frame pointers only.
     let nocfi = w.dir.path().join("segvfp");
-    let st = Command::new("objcopy").arg("--remove-section=.debug_frame").arg(&exe).arg(&nocfi).status().expect("objcopy");
+    let st =
+        Command::new("objcopy").arg("--remove-section=.debug_frame").arg(&exe).arg(&nocfi).status().expect("objcopy");
     assert!(st.success());
-    g.set("/proc/sys/kernel/core_pattern", &pipe_pattern(&w.config));
+    g.set(CORE_PATTERN, &pipe_pattern(&w.config));
     for (exe, source) in [(&exe, "cfi"), (&nocfi, "frame_pointer")] {
         crash(exe, None);
         let got = w.receiver.wait_for(if source == "cfi" { 1 } else { 2 }, Duration::from_secs(30));
@@ -283,7 +248,7 @@ fn crash_c_o0_without_eh_frame_uses_debug_frame_then_frame_pointers() {
 fn crash_bad_function_pointer_recovered_by_stack_scan() {
     let Some((_l, g, w)) = setup("") else { return };
     let exe = compile_c(w.dir.path(), "badcall.c", "badcall", &["-O2", "-g"]);
-    g.set("/proc/sys/kernel/core_pattern", &pipe_pattern(&w.config));
+    g.set(CORE_PATTERN, &pipe_pattern(&w.config));
     crash(&exe, None);
     let (_, v) = one_record(&w);
     let t = crashed_thread(&v);
@@ -302,7 +267,7 @@ fn crash_bad_function_pointer_recovered_by_stack_scan() {
 fn crash_c_o2_omit_frame_pointer() {
     let Some((_l, g, w)) = setup("") else { return };
     let exe = compile_c(w.dir.path(), "segv.c", "segv2", &["-O2", "-g", "-fomit-frame-pointer"]);
-    g.set("/proc/sys/kernel/core_pattern", &pipe_pattern(&w.config));
+    g.set(CORE_PATTERN, &pipe_pattern(&w.config));
     crash(&exe, None);
     let (r, v) = one_record(&w);
     assert_eq!(r.record.payload_format_version, 2);
@@ -318,7 +283,7 @@ fn crash_stripped_pie_named_from_symbol_table() {
     let out = Command::new("readelf").arg("-S").arg(&exe).output().expect("readelf");
     let sections = String::from_utf8_lossy(&out.stdout);
     assert!(!sections.contains(".symtab") && !sections.contains(".debug_info"), "stripped");
-    g.set("/proc/sys/kernel/core_pattern", &pipe_pattern(&w.config));
+    g.set(CORE_PATTERN, &pipe_pattern(&w.config));
     crash(&exe, None);
     let (_, v) = one_record(&w);
     assert_levels(&v, &exe, false);
@@ -330,7 +295,7 @@ fn crash_41_threads_every_thread_unwound() {
     // 41 threads' JSON frames need more than the default 64 KiB.
     let w = world_with("", Behaviour { max_payload: 1 << 20, reject: None });
     let exe = compile_c(w.dir.path(), "threads.c", "threads", &["-O2", "-g"]);
-    g.set("/proc/sys/kernel/core_pattern", &pipe_pattern(&w.config));
+    g.set(CORE_PATTERN, &pipe_pattern(&w.config));
     let pid = crash(&exe, None);
     let (r, v) = one_record(&w);
     let threads = v["threads"].as_array().expect("threads");
@@ -356,7 +321,7 @@ fn crash_41_threads_every_thread_unwound() {
 fn crash_cpp_uncaught_exception_with_inlined_function() {
     let Some((_l, g, w)) = setup("") else { return };
     let exe = compile(w.dir.path(), "throw.cpp", "thrower", &["g++", "-O2", "-g"]);
-    g.set("/proc/sys/kernel/core_pattern", &pipe_pattern(&w.config));
+    g.set(CORE_PATTERN, &pipe_pattern(&w.config));
     crash(&exe, None);
     let (_, v) = one_record(&w);
     let t = crashed_thread(&v);
@@ -375,8 +340,9 @@ fn crash_cpp_uncaught_exception_with_inlined_function() {
 #[test]
 fn crash_rust_panic_abort() {
     let Some((_l, g, w)) = setup("") else { return };
-    let exe = compile(w.dir.path(), "panic.rs", "rustpanic", &["rustc", "-C", "panic=abort", "-g", "-C", "opt-level=1"]);
-    g.set("/proc/sys/kernel/core_pattern", &pipe_pattern(&w.config));
+    let exe =
+        compile(w.dir.path(), "panic.rs", "rustpanic", &["rustc", "-C", "panic=abort", "-g", "-C", "opt-level=1"]);
+    g.set(CORE_PATTERN, &pipe_pattern(&w.config));
     crash(&exe, None);
     let (_, v) = one_record(&w);
     let t = crashed_thread(&v);
@@ -392,7 +358,7 @@ fn crash_rust_panic_abort() {
 fn crash_stack_overflow_hits_frame_limit() {
     let Some((_l, g, w)) = setup("") else { return };
     let exe = compile_c(w.dir.path(), "recurse.c", "recurse", &["-O0", "-g"]);
-    g.set("/proc/sys/kernel/core_pattern", &pipe_pattern(&w.config));
+    g.set(CORE_PATTERN, &pipe_pattern(&w.config));
     crash(&exe, None);
     let (_, v) = one_record(&w);
     let t = crashed_thread(&v);
@@ -410,19 +376,12 @@ fn crash_socket_mode() {
     let mut server = Command::new(crashprobe())
         .arg("--serve")
         .arg(&sock)
-        .arg("-c")
+        .arg("-f")
         .arg(&w.config)
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start crashprobe --serve");
-    struct Kill(Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let server = Kill({
+    let server = KillOnDrop({
         let end = std::time::Instant::now() + Duration::from_secs(10);
         while !sock.exists() && std::time::Instant::now() < end {
             std::thread::sleep(Duration::from_millis(10));
@@ -431,7 +390,7 @@ fn crash_socket_mode() {
         let _ = server.try_wait();
         server
     });
-    g.set("/proc/sys/kernel/core_pattern", &format!("@{}", sock.display()));
+    g.set(CORE_PATTERN, &format!("@{}", sock.display()));
     crash(&exe, None);
     crash(&exe, None);
     let got = w.receiver.wait_for(2, Duration::from_secs(30));
@@ -457,7 +416,7 @@ fn crash_socket_mode() {
 fn crash_as_unprivileged_user_after_privilege_drop() {
     let Some((_l, g, w)) = setup("") else { return };
     let exe = compile_c(w.dir.path(), "segv.c", "segvnobody", &["-O2", "-g"]);
-    g.set("/proc/sys/kernel/core_pattern", &pipe_pattern(&w.config));
+    g.set(CORE_PATTERN, &pipe_pattern(&w.config));
     crash(&exe, Some(65534));
     let (_, v) = one_record(&w);
     assert_levels(&v, &exe, true);
@@ -467,8 +426,8 @@ fn crash_as_unprivileged_user_after_privilege_drop() {
 fn crash_non_dumpable_process_gets_no_memory_content() {
     let Some((_l, g, w)) = setup("") else { return };
     let exe = compile_c(w.dir.path(), "nodump.c", "nodump", &["-O0", "-g"]);
-    g.set("/proc/sys/kernel/core_pattern", &pipe_pattern(&w.config));
-    g.set("/proc/sys/fs/suid_dumpable", "2");
+    g.set(CORE_PATTERN, &pipe_pattern(&w.config));
+    g.set(SUID_DUMPABLE, "2");
     crash(&exe, None);
     let (r, v) = one_record(&w);
     assert_eq!(v["memory_withheld"], true, "{v}");
@@ -483,11 +442,11 @@ fn crash_non_dumpable_process_gets_no_memory_content() {
 #[test]
 fn crash_install_and_uninstall_restore_core_pattern() {
     let Some((_l, g, w)) = setup("") else { return };
-    g.set("/proc/sys/kernel/core_pattern", "core.%p.before");
-    g.set("/proc/sys/kernel/core_pipe_limit", "0");
+    g.set(CORE_PATTERN, "core.%p.before");
+    g.set(CORE_PIPE_LIMIT, "0");
     let state = w.dir.path().join("state/crashprobe.state");
     let out = Command::new(crashprobe())
-        .args(["--install", "-c"])
+        .args(["--install", "-f"])
         .arg(&w.config)
         .arg("--state-file")
         .arg(&state)
@@ -502,7 +461,12 @@ fn crash_install_and_uninstall_restore_core_pattern() {
     crash(&exe, None);
     let (_, v) = one_record(&w);
     assert_levels(&v, &exe, true);
-    let out = Command::new(crashprobe()).arg("--uninstall").arg("--state-file").arg(&state).output().expect("run --uninstall");
+    let out = Command::new(crashprobe())
+        .arg("--uninstall")
+        .arg("--state-file")
+        .arg(&state)
+        .output()
+        .expect("run --uninstall");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap(), "core.%p.before\n");
     assert_eq!(std::fs::read_to_string("/proc/sys/kernel/core_pipe_limit").unwrap(), "0\n");
@@ -522,7 +486,10 @@ fn crash_pid_reuse_is_refused() {
     // The "reused" PID: a live, unrelated process.
     let mut other = Command::new("sleep").arg("30").spawn().expect("spawn sleep");
     let mut c = Command::new(crashprobe());
-    c.args(["-P", &other.id().to_string(), "-F", "3", "--print"]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    c.args(["-P", &other.id().to_string(), "-F", "3", "--print"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     // SAFETY: dup2 between fork and exec.
     unsafe {
         c.pre_exec(move || if libc::dup2(pidfd, 3) < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) });
@@ -545,11 +512,12 @@ fn crash_budget_runs_out_and_partial_record_is_sent() {
     let exe = compile_c(w.dir.path(), "segv.c", "segvcore", &["-O0", "-g"]);
     let cores = w.dir.path().join("cores");
     std::fs::create_dir(&cores).unwrap();
-    g.set("/proc/sys/kernel/core_pattern", &format!("{}/core.%p", cores.display()));
+    g.set(CORE_PATTERN, &format!("{}/core.%p", cores.display()));
     let pid = crash(&exe, None);
     let core = std::fs::read(cores.join(format!("core.{pid}"))).expect("core file");
     let sock = w.dir.path().join("b.sock");
-    let mut server = Command::new(crashprobe()).arg("--serve").arg(&sock).arg("-c").arg(&w.config).spawn().expect("serve");
+    let mut server =
+        Command::new(crashprobe()).arg("--serve").arg(&sock).arg("-c").arg(&w.config).spawn().expect("serve");
     let end = std::time::Instant::now() + Duration::from_secs(10);
     while !sock.exists() && std::time::Instant::now() < end {
         std::thread::sleep(Duration::from_millis(10));

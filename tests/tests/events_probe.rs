@@ -21,8 +21,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use e2e::kernel::eventprobe;
 use e2e::receiver::{Behaviour, Received, Receiver};
-use e2e::{bin, require_root, workspace_root};
+use e2e::require_root;
+use telemetry::crash_id::crash_event_id;
+use telemetry::BootId;
 
 const CRASH_C: &str = r#"
 #include <pthread.h>
@@ -95,24 +98,6 @@ fn program(name: &str, flags: &[&str]) -> PathBuf {
 
 const FP: &[&str] = &["-O1", "-fno-omit-frame-pointer"];
 const NOFP: &[&str] = &["-O2", "-fomit-frame-pointer", "-fasynchronous-unwind-tables"];
-
-/// The eventprobe binary, with its eBPF object built first (through the
-/// xtask path) when missing so it gets embedded.
-fn eventprobe() -> PathBuf {
-    static ONCE: OnceLock<()> = OnceLock::new();
-    ONCE.get_or_init(|| {
-        let obj = workspace_root().join("probe-ebpf/target/bpfel-unknown-none/release/probe-ebpf");
-        if !obj.exists() {
-            let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-                .args(["run", "--quiet", "-p", "xtask", "--", "build-ebpf"])
-                .current_dir(workspace_root())
-                .status()
-                .expect("run cargo xtask build-ebpf");
-            assert!(st.success(), "cargo xtask build-ebpf failed");
-        }
-    });
-    bin("eventprobe")
-}
 
 /// A running eventprobe; stopped (SIGTERM, then SIGKILL) when dropped.
 struct Probe {
@@ -263,22 +248,6 @@ impl Drop for Held {
     }
 }
 
-fn wait_record(rx: &Receiver, what: &str, pred: impl Fn(&Received) -> bool) -> Received {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(r) = rx.records().into_iter().find(|r| pred(r)) {
-            return r;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no {what} record within 30 s; got {:#?}; errors {:?}",
-            rx.records(),
-            rx.errors()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn payload(r: &Received) -> String {
     r.record.payload.to_text_lossy().into_owned()
 }
@@ -292,15 +261,15 @@ fn section<'a>(text: &'a str, start: &str, end: Option<&str>) -> &'a str {
     }
 }
 
-fn boot_id() -> [u8; 16] {
-    unwind::read_boot_id().expect("boot id")
+fn boot_id() -> BootId {
+    BootId::read().expect("boot id")
 }
 
 /// Crashes `name` under the hold and returns its record and (pid, start).
 fn crash_and_get(rx: &Receiver, exe: &Path, args: &[&str]) -> (Received, Held) {
     let held = run_held(exe, args);
     let pid = held.pid;
-    let rec = wait_record(rx, "signal/fatal", |r| {
+    let rec = rx.wait_record("signal/fatal", |r| {
         r.record.classification.as_str() == "org.clearlinux/signal/fatal"
             && payload(r).contains(&format!("PID: {pid}\n"))
     });
@@ -343,8 +312,8 @@ fn fatal_signals_with_and_without_frame_pointers() {
     assert!(middle.ends_with(" cfi"), "ev_middle not recovered by CFI: {middle}");
     assert!(unwound.contains("crash.c:"), "no file:line in:\n{text}");
     // Same event id as crashprobe derives for this crash.
-    let want = unwind::crash_event_id(&boot_id(), held.pid as u32, held.start_ticks);
-    assert_eq!(rec.record.event_id.as_bytes(), &want, "event id differs from the shared derivation");
+    let want = crash_event_id(&boot_id(), held.pid as u32, held.start_ticks);
+    assert_eq!(rec.record.event_id.as_bytes(), want.as_bytes(), "event id differs from the shared derivation");
 
     // Without frame pointers: the kernel's walk stops at the crashing
     // function; DWARF CFI over the stack copy recovers the callers.
@@ -411,7 +380,7 @@ fn abnormal_exit_code_and_filtered_comm() {
     let mut c = Command::new(&ok).arg("3").spawn().expect("spawn");
     let pid = c.id();
     assert_eq!(c.wait().expect("wait").code(), Some(3));
-    let rec = wait_record(&rx, "exit/abnormal", |r| r.record.classification.as_str() == "org.clearlinux/exit/abnormal");
+    let rec = rx.wait_record("exit/abnormal", |r| r.record.classification.as_str() == "org.clearlinux/exit/abnormal");
     let text = payload(&rec);
     assert!(
         text.contains(&format!("PID: {pid}\n")) && text.contains("Exit code: 3\n") && text.contains("Comm: ev-exit\n"),
@@ -519,7 +488,7 @@ fn oom_kill_in_a_memory_cgroup() {
     let st = child.wait().expect("wait hog");
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(st.signal(), Some(libc::SIGKILL), "the hog must be OOM-killed: {st:?}");
-    let rec = wait_record(&rx, "oom/kill", |r| r.record.classification.as_str() == "org.clearlinux/oom/kill");
+    let rec = rx.wait_record("oom/kill", |r| r.record.classification.as_str() == "org.clearlinux/oom/kill");
     let text = payload(&rec);
     assert!(text.contains(&format!("PID: {pid}\n")) && text.contains("Comm: ev-hog\n"), "{text}");
     assert_eq!(rec.record.severity, telemetry::Severity::High);
@@ -578,7 +547,7 @@ fn process_gone_before_its_maps_are_read_still_gives_build_id_frames() {
         let pid = c.id();
         // Keep no core: RLIMIT_CORE of the child is inherited (0 by default).
         assert!(c.wait().expect("wait").code().is_none(), "ev-gone should crash");
-        let rec = wait_record(&rx, "signal/fatal", |r| payload(r).contains(&format!("PID: {pid}\n")));
+        let rec = rx.wait_record("signal/fatal", |r| payload(r).contains(&format!("PID: {pid}\n")));
         let text = payload(&rec);
         if !text.contains("Mappings: unavailable") {
             continue;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use e2e::bin;
 use e2e::collector::Collector;
+use e2e::fixtures::record;
 use e2e::receiver::{Behaviour, Receiver};
 use telemetry::{Payload, Severity};
 
@@ -37,7 +38,8 @@ fn hprobe_sends_hello_world_native() {
 #[test]
 fn hprobe_heartbeat_over_legacy_framing_via_env_socket() {
     let rx = Receiver::start(Behaviour::default());
-    let (ok, _, stderr) = run(Command::new(bin("hprobe")).args(["--heartbeat", "--legacy"]).env("TELEM_SOCKET", &rx.path));
+    let (ok, _, stderr) =
+        run(Command::new(bin("hprobe")).args(["--heartbeat", "--legacy"]).env("TELEM_SOCKET", &rx.path));
     assert!(ok, "hprobe failed: {stderr}");
     let got = rx.wait_for(1, WAIT);
     assert_eq!(got.len(), 1, "errors: {:?}", rx.errors());
@@ -157,16 +159,11 @@ fn no_collector_is_a_clear_error() {
 #[test]
 fn client_pipelines_many_records_on_one_connection() {
     use telemetry::client::Client;
-    use telemetry::{Classification, Record};
+    use telemetry::Record;
     let rx = Receiver::start(Behaviour { max_payload: 1000, ..Default::default() });
     let mut c = Client::connect_path(&rx.path, WAIT).unwrap();
     assert_eq!(c.hello().max_payload, 1000);
-    let mut records: Vec<Record> = (0..200)
-        .map(|i| {
-            Record::builder(Classification::parse("a/b/many").unwrap(), Severity::Medium, Payload::text(format!("{i}")))
-                .build()
-        })
-        .collect();
+    let mut records: Vec<Record> = (0..200).map(|i| record("a/b/many", Severity::Medium, format!("{i}"))).collect();
     // One record over the announced limit fails alone; the rest go through.
     records[50].payload = Payload::text("y".repeat(1001));
     let acks = c.send_many(&records).unwrap();
@@ -239,9 +236,15 @@ fn record_gen_no_post_sends_nothing_and_echo_prints() {
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(stdout, "");
     // -n needs no collector at all.
-    let (code, _, stderr) = run_code(
-        Command::new(bin("telem-record-gen")).args(["-n", "-c", "a/b/nopost", "-p", "x", "--socket", "/nonexistent/sock"]),
-    );
+    let (code, _, stderr) = run_code(Command::new(bin("telem-record-gen")).args([
+        "-n",
+        "-c",
+        "a/b/nopost",
+        "-p",
+        "x",
+        "--socket",
+        "/nonexistent/sock",
+    ]));
     assert_eq!(code, Some(0), "{stderr}");
     // -n -o: printed, not sent.
     let (code, stdout, stderr) = gen_to(&c, &["-n", "-o", "-c", "a/b/nopost-echo", "-s", "4", "-p", "printed only"]);
@@ -279,7 +282,12 @@ fn record_gen_no_post_sends_nothing_and_echo_prints() {
 #[test]
 fn record_gen_bad_command_lines_exit_1_with_one_line() {
     let c = Collector::new(None, "");
-    for args in [&["-p", "x"][..], &["-c", "a/b/c", "-s", "9", "-p", "x"], &["-c", "a/b/c", "-x"], &["-c", "a/b/c", "-R", "one"]] {
+    for args in [
+        &["-p", "x"][..],
+        &["-c", "a/b/c", "-s", "9", "-p", "x"],
+        &["-c", "a/b/c", "-x"],
+        &["-c", "a/b/c", "-R", "one"],
+    ] {
         let (code, stdout, stderr) = gen_to(&c, args);
         assert_eq!(code, Some(1), "{args:?}: {stderr}");
         assert_eq!(stdout, "", "{args:?}");

@@ -9,16 +9,15 @@ use std::time::{Duration, Instant};
 
 use e2e::bin;
 use e2e::collector::Collector;
+use e2e::fixtures::Records;
 use e2e::sink::Sink;
-use telemetry::client::{send_legacy, Client};
+use telemetry::client::send_legacy;
 use telemetry::posting::V2_HEADER_NAMES;
-use telemetry::{Classification, HostInfo, Payload, Record, Severity};
+use telemetry::{HostInfo, Payload, Severity};
 
 const WAIT: Duration = Duration::from_secs(15);
 
-fn record(text: &str) -> Record {
-    Record::builder(Classification::parse("org.test/privacy/record").unwrap(), Severity::Medium, Payload::text(text)).build()
-}
+const RECORDS: Records = Records::new("org.test/privacy/record", Severity::Medium);
 
 fn run(cmd: &mut Command) {
     let out = cmd.output().expect("run probe");
@@ -33,9 +32,9 @@ fn send_every_probe(c: &Collector) -> usize {
         .args(["-c", "org.test/privacy/gen", "-s", "2", "-p", "generated payload"])
         .arg("--socket")
         .arg(&c.socket));
-    let mut client = Client::connect_path(&c.socket, Duration::from_secs(10)).expect("connect");
-    client.send(&record("native client")).expect("accepted");
-    send_legacy(&c.socket, &record("legacy by hand"), None, Duration::from_secs(10)).expect("legacy send");
+    let mut client = c.client();
+    client.send(&RECORDS.text("native client")).expect("accepted");
+    send_legacy(&c.socket, &RECORDS.text("legacy by hand"), None, Duration::from_secs(10)).expect("legacy send");
     5
 }
 
@@ -64,7 +63,10 @@ fn not_opted_in_sends_nothing_and_a_later_opt_in_is_not_retroactive() {
         assert_eq!(e["fate"], "local-only: not opted in", "{e}");
     }
     let s = c.status();
-    assert!(s["mode"].as_str().unwrap().starts_with("LOCAL ONLY") && s["mode"].as_str().unwrap().contains("not opted in"), "{s}");
+    assert!(
+        s["mode"].as_str().unwrap().starts_with("LOCAL ONLY") && s["mode"].as_str().unwrap().contains("not opted in"),
+        "{s}"
+    );
     // Delivery looks at the opt-in state every second: give it two.
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!((sink.posts().len(), sink.connections()), (0, 0), "nothing reached the sink");
@@ -117,7 +119,10 @@ fn do_not_track_airgap_and_debug_send_nothing() {
     assert_eq!((sink.posts().len(), sink.connections()), (0, 0), "nothing reached the sink");
     // debug logged each request instead.
     let log = dbg.log();
-    assert!(log.contains("would be sent as") && log.contains("POST http://127.0.0.1:") && log.contains("generated payload"), "{log}");
+    assert!(
+        log.contains("would be sent as") && log.contains("POST http://127.0.0.1:") && log.contains("generated payload"),
+        "{log}"
+    );
 }
 
 fn v2_fields(p: &e2e::sink::Post) -> BTreeMap<String, String> {
@@ -148,8 +153,18 @@ fn anonymous_level_shares_only_the_listed_host_facts_across_starts() {
     // fixed placeholders, and what the probe itself sets for its kind of
     // record (format versions, classification, severity).
     let may_repeat = [
-        "Arch", "Build", "System-Name", "Kernel-Version", "Host-Type", "Board-Name", "Cpu-Model", "Bios-Version",
-        "Record-Format-Version", "Payload-Format-Version", "Classification", "Severity",
+        "Arch",
+        "Build",
+        "System-Name",
+        "Kernel-Version",
+        "Host-Type",
+        "Board-Name",
+        "Cpu-Model",
+        "Bios-Version",
+        "Record-Format-Version",
+        "Payload-Format-Version",
+        "Classification",
+        "Severity",
     ];
     for r in runs.iter().flatten() {
         assert_eq!(r["Arch"], host.arch.as_str());
@@ -169,7 +184,8 @@ fn anonymous_level_shares_only_the_listed_host_facts_across_starts() {
     // (at-least-once: its delivery was not recorded before the stop) keeps
     // its own event id and timestamp; compare only records made in each start.
     let first_events: Vec<&String> = runs[0].iter().map(|r| &r["Event-Id"]).collect();
-    let second: Vec<&BTreeMap<String, String>> = runs[1].iter().filter(|r| !first_events.contains(&&r["Event-Id"])).collect();
+    let second: Vec<&BTreeMap<String, String>> =
+        runs[1].iter().filter(|r| !first_events.contains(&&r["Event-Id"])).collect();
     assert!(!second.is_empty());
     for a in &runs[0] {
         for b in &second {
@@ -199,17 +215,17 @@ fn scrubbing_corpus_through_the_real_collector() {
 #0 level3() - [/usr/bin/segv] - /src/segv.c:4\n\
 #1 std::vector<int, std::allocator<int> >::push_back(int const&) - [/usr/lib/libfoo.so.1.2.3] - /usr/include/c++/12/bits/stl_vector.h:1287\n\
 #2 __libc_start_call_main() - [libc.so.6] - ../sysdeps/nptl/libc_start_call_main.h:58\n";
-    let mut client = Client::connect_path(&c.socket, Duration::from_secs(10)).unwrap();
-    client.send(&record(&personal)).unwrap();
-    client.send(&record(backtrace)).unwrap();
+    let mut client = c.client();
+    client.send(&RECORDS.text(&personal)).unwrap();
+    client.send(&RECORDS.text(backtrace)).unwrap();
     // A bytes payload that is UTF-8 is scrubbed too; one that is not stays as is.
-    let mut bytes_rec = record("");
+    let mut bytes_rec = RECORDS.text("");
     bytes_rec.payload = Payload::Bytes(b"bytes from /home/bob/x".to_vec());
     client.send(&bytes_rec).unwrap();
-    let mut binary = record("");
+    let mut binary = RECORDS.text("");
     binary.payload = Payload::Bytes(vec![0xff, 0xfe, b'/', b'h', b'o', b'm', b'e', b'/', b'b', b'o', b'b']);
     client.send(&binary).unwrap();
-    send_legacy(&c.socket, &record("legacy from 10.0.0.7"), None, Duration::from_secs(10)).unwrap();
+    send_legacy(&c.socket, &RECORDS.text("legacy from 10.0.0.7"), None, Duration::from_secs(10)).unwrap();
     assert!(sink.wait_for(WAIT, |p| p.len() >= 5), "{}", c.log());
     let bodies: Vec<Vec<u8>> = sink.posts().iter().map(|p| p.body.clone()).collect();
     let mut want = String::from(
@@ -235,13 +251,16 @@ fn scrubbing_corpus_through_the_real_collector() {
     // The journal holds the scrubbed payloads too.
     let j = journal_n(&c, 5);
     let journal_text = serde_json::to_string(&j).unwrap();
-    assert!(journal_text.contains("<email>") && !journal_text.contains("alice") && !journal_text.contains("10.0.0.7"), "{journal_text}");
+    assert!(
+        journal_text.contains("<email>") && !journal_text.contains("alice") && !journal_text.contains("10.0.0.7"),
+        "{journal_text}"
+    );
 
     // The original's opt-in-no-privacy-filters file turns scrubbing off.
     std::fs::write(c.dir.join("etc/opt-in-no-privacy-filters"), b"").unwrap();
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(c.status()["scrubbing"], false);
-    client.send(&record("unfiltered alice@example.org")).unwrap();
+    client.send(&RECORDS.text("unfiltered alice@example.org")).unwrap();
     assert!(sink.wait_for(WAIT, |p| p.iter().any(|p| p.body == b"unfiltered alice@example.org")));
 }
 
@@ -258,7 +277,8 @@ fn preview_equals_what_the_sink_then_receives() {
         let mut sink = Sink::start();
         // Not listening yet: the records wait in the spool.
         sink.stop();
-        let mut c = Collector::new(Some(&sink.url()), &format!("record_retention_enabled=true\nserver_protocol={protocol}"));
+        let mut c =
+            Collector::new(Some(&sink.url()), &format!("record_retention_enabled=true\nserver_protocol={protocol}"));
         c.start();
         let n = send_every_probe(&c);
         assert_eq!(journal_n(&c, n).len(), n);
@@ -295,7 +315,10 @@ fn preview_equals_what_the_sink_then_receives() {
             assert!(
                 posts.iter().any(|p| same(&p)),
                 "{protocol}: preview {pv} was not received as such; received: {:?}",
-                posts.iter().map(|p| (&p.method, &p.path, header_set(&p.headers), String::from_utf8_lossy(&p.body))).collect::<Vec<_>>()
+                posts
+                    .iter()
+                    .map(|p| (&p.method, &p.path, header_set(&p.headers), String::from_utf8_lossy(&p.body)))
+                    .collect::<Vec<_>>()
             );
         }
     }
@@ -325,9 +348,9 @@ fn local_retention_prunes_the_journal_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = Collector::in_dir(dir.path(), None, "record_retention_enabled=true");
     c.start();
-    let mut client = Client::connect_path(&c.socket, Duration::from_secs(10)).unwrap();
+    let mut client = c.client();
     for i in 0..6 {
-        client.send(&record(&format!("kept or pruned {i}"))).unwrap();
+        client.send(&RECORDS.text(format!("kept or pruned {i}"))).unwrap();
     }
     drop(client);
     assert_eq!(journal_n(&c, 6).len(), 6);
@@ -338,7 +361,10 @@ fn local_retention_prunes_the_journal_at_start() {
     let payloads: Vec<&str> = j.iter().map(|e| e["payload"].as_str().unwrap()).collect();
     assert_eq!(payloads, ["kept or pruned 2", "kept or pruned 3", "kept or pruned 4", "kept or pruned 5"]);
     let raw = std::fs::read_to_string(dir.path().join("journal/journal")).unwrap();
-    assert!(!raw.contains("kept or pruned 0") && !raw.contains("kept or pruned 1"), "the oldest payloads are gone from disk");
+    assert!(
+        !raw.contains("kept or pruned 0") && !raw.contains("kept or pruned 1"),
+        "the oldest payloads are gone from disk"
+    );
     assert!(c.log().contains("pruned by local retention"), "{}", c.log());
 }
 
@@ -365,7 +391,7 @@ fn preview_follow_shows_records_as_they_arrive() {
     let stdout = child.stdout.take().unwrap();
     let _guard = Kill(child);
     std::thread::sleep(Duration::from_millis(300));
-    Client::connect_path(&c.socket, Duration::from_secs(10)).unwrap().send(&record("live one")).unwrap();
+    c.client().send(&RECORDS.text("live one")).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {

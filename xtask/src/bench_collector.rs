@@ -35,7 +35,18 @@ pub fn main(args: &[String]) -> Result<(), String> {
     }
     util::cargo(&["build", "--release", "-p", "telem-collector", "--bins", "--examples"])?;
     // The load generator (tests/src/bin) and hprobe, run by the example.
-    util::cargo(&["build", "--release", "-p", "e2e", "--bin", "telem-legacy-burst", "-p", "hello-probes", "--bin", "hprobe"])?;
+    util::cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "e2e",
+        "--bin",
+        "telem-legacy-burst",
+        "-p",
+        "hello-probes",
+        "--bin",
+        "hprobe",
+    ])?;
     let mut run = vec!["run", "--quiet", "--release", "-p", "telem-collector", "--example", "bench_collector", "--"];
     run.extend(args.iter().map(String::as_str));
     util::cargo(&run)

@@ -1,5 +1,5 @@
 //! `cargo xtask bench crash`: crashprobe on real cores, against the
-//! original's figures (reference §6).
+//! original's figures (the `original_*` fields of each case below).
 //!
 //! The cores are made once (real crashes of programs compiled here, with a
 //! core_pattern that writes into a private directory; the previous
@@ -71,16 +71,49 @@ struct Case {
 }
 
 const CASES: &[Case] = &[
-    Case { name: "~300 KB core, 4-frame crash, piped", core: "segv", runs: 15, target_s: 0.020, original_s: 0.080, original_text: "70-90 ms", rss_target_kb: None },
-    Case { name: "500 MB core, piped", core: "big", runs: 5, target_s: 0.35, original_s: 0.57, original_text: "0.57 s + 500 MB temp disk", rss_target_kb: Some(32 << 10) },
-    Case { name: "41 threads", core: "threads", runs: 7, target_s: 0.100, original_s: 0.62, original_text: "0.62 s", rss_target_kb: None },
-    Case { name: "stripped binary", core: "stripped", runs: 15, target_s: 0.030, original_s: 10.2, original_text: "10.2 s", rss_target_kb: None },
+    Case {
+        name: "~300 KB core, 4-frame crash, piped",
+        core: "segv",
+        runs: 15,
+        target_s: 0.020,
+        original_s: 0.080,
+        original_text: "70-90 ms",
+        rss_target_kb: None,
+    },
+    Case {
+        name: "500 MB core, piped",
+        core: "big",
+        runs: 5,
+        target_s: 0.35,
+        original_s: 0.57,
+        original_text: "0.57 s + 500 MB temp disk",
+        rss_target_kb: Some(32 << 10),
+    },
+    Case {
+        name: "41 threads",
+        core: "threads",
+        runs: 7,
+        target_s: 0.100,
+        original_s: 0.62,
+        original_text: "0.62 s",
+        rss_target_kb: None,
+    },
+    Case {
+        name: "stripped binary",
+        core: "stripped",
+        runs: 15,
+        target_s: 0.030,
+        original_s: 10.2,
+        original_text: "10.2 s",
+        rss_target_kb: None,
+    },
 ];
 
 pub fn main(_args: &[String]) -> Result<(), String> {
     crate::install::ensure_apt(&["gcc", "binutils", "time", "libc6-dbg"])?;
     util::cargo(&["build", "--release", "-p", "crashprobe", "-p", "telem-collector"])?;
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| util::root().join("target"));
+    let target_dir =
+        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| util::root().join("target"));
     let probe = target_dir.join("release/crashprobe");
     if !probe.exists() {
         return Err(format!("{} was not built", probe.display()));
@@ -88,7 +121,8 @@ pub fn main(_args: &[String]) -> Result<(), String> {
     let dir = std::env::temp_dir().join("telemetrics-bench-crash");
     make_cores(&dir)?;
     let conf = dir.join("bench.conf");
-    std::fs::write(&conf, "[settings]\ncrash_third_party=unwind\ncrash_payload_version=1\n").map_err(|e| e.to_string())?;
+    std::fs::write(&conf, "[settings]\ncrash_third_party=unwind\ncrash_payload_version=1\n")
+        .map_err(|e| e.to_string())?;
     let lines = dir.join("bench-lines.conf");
     std::fs::write(&lines, "[settings]\ncrash_third_party=unwind\ncrash_payload_version=1\ncrash_debug_lines=true\n")
         .map_err(|e| e.to_string())?;
@@ -184,7 +218,7 @@ fn run_once(probe: &Path, conf: &Path, core: &Path) -> Result<(Duration, u64, u6
         .arg("-o")
         .arg(&stats)
         .arg(probe)
-        .args(["--core-only", "--print", "-c"])
+        .args(["--core-only", "--print", "-f"])
         .arg(conf)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -243,7 +277,10 @@ fn make_cores(dir: &Path) -> Result<(), String> {
         .map_err(|e| format!("set core_pattern (needs root): {e}"))?;
     for exe in [&segv, &big, &threads, &stripped] {
         let mut c = Command::new("sh");
-        c.arg("-c").arg(format!("ulimit -c unlimited; exec {}", exe.display())).stdout(Stdio::null()).stderr(Stdio::null());
+        c.arg("-c")
+            .arg(format!("ulimit -c unlimited; exec {}", exe.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         let _ = c.status();
     }
     for n in names {
@@ -318,23 +355,35 @@ fn live(probe: &Path, collector: &Path, dir: &Path) -> Result<(), String> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let pattern = format!("|{} -P %P -F %F -d %d -t %t -s %s -c {}", probe.display(), conf.display());
+    let pattern = format!("|{} -P %P -F %F -d %d -t %t -s %s -f {}", probe.display(), conf.display());
     if pattern.len() > 127 {
-        return Err(format!("core_pattern would be {} bytes (kernel limit 127): use a shorter checkout path", pattern.len()));
+        return Err(format!(
+            "core_pattern would be {} bytes (kernel limit 127): use a shorter checkout path",
+            pattern.len()
+        ));
     }
-    let read = |p: &str| std::fs::read_to_string(p).map(|s| s.trim_end().to_string()).map_err(|e| format!("read {p}: {e}"));
+    let read =
+        |p: &str| std::fs::read_to_string(p).map(|s| s.trim_end().to_string()).map_err(|e| format!("read {p}: {e}"));
     let _pat = SysctlGuard("/proc/sys/kernel/core_pattern", read("/proc/sys/kernel/core_pattern")?);
     let _lim = SysctlGuard("/proc/sys/kernel/core_pipe_limit", read("/proc/sys/kernel/core_pipe_limit")?);
-    std::fs::write("/proc/sys/kernel/core_pipe_limit", "16").map_err(|e| format!("set core_pipe_limit (needs root): {e}"))?;
-    std::fs::write("/proc/sys/kernel/core_pattern", &pattern).map_err(|e| format!("set core_pattern (needs root): {e}"))?;
-    println!("{:<38} {:>10} {:>9} {:>7} {:>20}", "crash, abort() -> record acknowledged", "median", "target", "frames", "vs original");
+    std::fs::write("/proc/sys/kernel/core_pipe_limit", "16")
+        .map_err(|e| format!("set core_pipe_limit (needs root): {e}"))?;
+    std::fs::write("/proc/sys/kernel/core_pattern", &pattern)
+        .map_err(|e| format!("set core_pattern (needs root): {e}"))?;
+    println!(
+        "{:<38} {:>10} {:>9} {:>7} {:>20}",
+        "crash, abort() -> record acknowledged", "median", "target", "frames", "vs original"
+    );
     let journal = live.join("journal/journal");
     let mut seen = 0usize;
     for (i, (name, src, runs, target, orig, orig_text)) in LIVE.iter().enumerate() {
         let c = live.join(format!("prog{i}.c"));
         let exe = live.join(format!("prog{i}"));
-        std::fs::write(&c, format!("#include <unistd.h>\n{}", src.replace("READY;", "{ char r = 'r'; (void)!write(1, &r, 1); }")))
-            .map_err(|e| e.to_string())?;
+        std::fs::write(
+            &c,
+            format!("#include <unistd.h>\n{}", src.replace("READY;", "{ char r = 'r'; (void)!write(1, &r, 1); }")),
+        )
+        .map_err(|e| e.to_string())?;
         util::run(Command::new("gcc").args(["-O2", "-g", "-pthread", "-o"]).arg(&exe).arg(&c))?;
         let mut walls = Vec::new();
         for _ in 0..*runs {
@@ -365,7 +414,10 @@ fn live(probe: &Path, collector: &Path, dir: &Path) -> Result<(), String> {
             std::thread::sleep(Duration::from_millis(50));
         };
         if n < seen {
-            return Err(format!("{name}: only {n} of {seen} crash records reached the collector's journal ({})", journal.display()));
+            return Err(format!(
+                "{name}: only {n} of {seen} crash records reached the collector's journal ({})",
+                journal.display()
+            ));
         }
         walls.sort();
         let med = walls[walls.len() / 2].as_secs_f64();

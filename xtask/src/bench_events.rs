@@ -133,7 +133,7 @@ impl Probe {
 
     fn stop(mut self) -> Result<String, String> {
         // SAFETY: signalling our own child.
-        unsafe { libc_kill(self.child.id() as i32, 15) };
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if self.child.try_wait().map_err(|e| e.to_string())?.is_some() {
@@ -150,25 +150,17 @@ impl Probe {
     }
 }
 
-extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
-    #[link_name = "getrusage"]
-    fn libc_getrusage(who: i32, usage: *mut [i64; 18]) -> i32;
-}
-
-/// User + system CPU time of all reaped children so far (x86_64/aarch64
-/// `struct rusage`: two timevals first).
+/// User + system CPU time of all reaped children so far.
 fn children_cpu() -> Duration {
-    let mut r = [0i64; 18];
-    // SAFETY: RUSAGE_CHILDREN (-1) with a buffer the size of struct rusage.
-    if unsafe { libc_getrusage(-1, &mut r) } != 0 {
+    // SAFETY: rusage is plain data; all zeros is a valid value.
+    let mut r: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes one struct rusage into `r`.
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut r) } != 0 {
         return Duration::ZERO;
     }
-    let tv = |s: i64, us: i64| Duration::from_secs(s.max(0) as u64) + Duration::from_micros(us.max(0) as u64);
-    tv(r[0], r[1]) + tv(r[2], r[3])
+    let tv =
+        |t: libc::timeval| Duration::from_secs(t.tv_sec.max(0) as u64) + Duration::from_micros(t.tv_usec.max(0) as u64);
+    tv(r.ru_utime) + tv(r.ru_stime)
 }
 
 fn value(log: &str, prefix: &str, key: &str) -> Option<u64> {
@@ -187,7 +179,7 @@ fn spawn_run(workload: &Path, noop: &Path, n: u32) -> Result<(Duration, Duration
 
 pub fn main(_args: &[String]) -> Result<(), String> {
     // SAFETY: no preconditions.
-    if unsafe { libc_geteuid() } != 0 {
+    if unsafe { libc::geteuid() } != 0 {
         return Err("bench events needs root (it loads eBPF programs)".into());
     }
     crate::ebpf::build()?;

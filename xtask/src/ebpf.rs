@@ -1,9 +1,9 @@
 //! `cargo xtask build-ebpf`: installs the eBPF toolchain when it is missing
 //! and builds the kernel-side programs in `probe-ebpf/`.
 //!
-//! The recipe is the one in `shared/reference/ebpf-toolchain.md`: Debian's
-//! `rustc-web` (its sysroot holds a prebuilt `core` for `bpfel-unknown-none`),
-//! `llvm-22-dev`, and `bpf-linker` 0.13.0 built against that LLVM. Every step
+//! The toolchain: Debian's `rustc-web` (its sysroot holds a prebuilt `core`
+//! for `bpfel-unknown-none`), `llvm-22-dev`, and `bpf-linker` 0.13.0 built
+//! against that LLVM (probe-ebpf/README.md). Every step
 //! is idempotent and quiet when its tool is already there.
 //!
 //! The object lands in
@@ -19,7 +19,7 @@ use crate::util::{cargo_bin, root, run};
 /// Debian packages of the eBPF toolchain.
 const APT_PACKAGES: &[&str] = &["rustc-web", "cargo-web", "libstd-rust-web-dev-bpf", "llvm-22-dev"];
 
-/// The bpf-linker version pinned by the reference recipe.
+/// The bpf-linker version that builds against `llvm-22-dev`.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// The rustc that can build for `bpfel-unknown-none` (Debian's).

@@ -17,7 +17,34 @@ pub fn setup() -> Result<(), String> {
     // mount (util-linux) the small tmpfs of the full-disk test.
     ensure_apt(&["openssl", "util-linux"])?;
     ensure_cargo_fuzz()?;
+    ensure_lint_tools()?;
     Ok(())
+}
+
+/// rustfmt and clippy (rustup components) and cargo-deny, when missing.
+pub fn ensure_lint_tools() -> Result<(), String> {
+    let cargo = crate::util::cargo_bin();
+    for (sub, component) in [("fmt", "rustfmt"), ("clippy", "clippy")] {
+        if !succeeds(Command::new(&cargo).args([sub, "--version"])) {
+            println!("installing the {component} component");
+            run(Command::new("rustup").args(["component", "add", component]))?;
+        }
+    }
+    if !succeeds(Command::new(&cargo).args(["deny", "--version"])) {
+        println!("installing cargo-deny");
+        run(Command::new(&cargo).args(["install", "--locked", "cargo-deny"]))?;
+    }
+    Ok(())
+}
+
+/// Whether a copy of the RustSec advisory database fetched earlier is
+/// here (cargo-deny keeps it in `$CARGO_HOME/advisory-dbs/`).
+pub fn advisory_db_present() -> bool {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cargo")));
+    let Some(dbs) = home.map(|h| h.join("advisory-dbs")) else { return false };
+    std::fs::read_dir(dbs).map(|d| d.filter_map(Result::ok).any(|e| e.path().join(".git").exists())).unwrap_or(false)
 }
 
 fn dpkg_installed(pkg: &str) -> bool {

@@ -1,8 +1,9 @@
 //! # xtask: the project's tasks
 //!
 //! `cargo xtask test` is the test command: it installs what is missing
-//! (idempotently), builds everything, and runs every test and each fuzz
-//! target for a bounded time. `cargo xtask run` is the main job. `cargo
+//! (idempotently), checks formatting, clippy and cargo-deny (`cargo xtask
+//! lint`), builds everything, and runs every test and each fuzz target for
+//! a bounded time. `cargo xtask run` is the main job. `cargo
 //! xtask bench [WHAT]` runs the benchmarks and prints figures and ratios.
 
 mod bench_collector;
@@ -14,12 +15,13 @@ mod run;
 mod show;
 mod util;
 
-use std::process::ExitCode;
+use std::process::{Command, ExitCode};
 
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
-  test                 install what is missing, build, run all tests and fuzz targets
+  test                 install what is missing, lint, build, run all tests and fuzz targets
+  lint                 cargo fmt --check, clippy -D warnings, cargo deny (as `test` runs them)
   run [--server URL]   run the collector on a local default with the probes (see README)
   build-ebpf           install the eBPF toolchain if missing and build probe-ebpf/
   bench [WHAT]         run benchmarks (framing, collector, crash, events; all by default)
@@ -33,6 +35,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("test") => cmd_test(&args[1..]),
+        Some("lint") => install::ensure_lint_tools().and_then(|()| cmd_lint()),
         Some("setup") => install::setup(),
         Some("fuzz") => cmd_fuzz(&args[1..]),
         Some("bench") => cmd_bench(&args[1..]),
@@ -62,6 +65,7 @@ fn fuzz_secs(args: &[String]) -> Result<u64, String> {
 
 fn cmd_test(args: &[String]) -> Result<(), String> {
     install::setup()?;
+    cmd_lint()?;
     // The eBPF object is embedded in eventprobe: build it (and its
     // toolchain, when missing) before the workspace.
     ebpf::build()?;
@@ -71,9 +75,46 @@ fn cmd_test(args: &[String]) -> Result<(), String> {
     if secs > 0 {
         cmd_fuzz(&["--secs".into(), secs.to_string()])?;
     }
-    println!("xtask test: all steps passed (tests, then fuzz targets for {secs} s each)");
+    println!("xtask test: all steps passed (lint, tests, then fuzz targets for {secs} s each)");
     println!("tests: {passed} passed, {failed} failed");
     Ok(())
+}
+
+/// What CI enforces before any test runs: rustfmt (rustfmt.toml),
+/// clippy with every warning an error (the lints are `[workspace.lints]`
+/// of Cargo.toml), and cargo-deny (deny.toml).
+fn cmd_lint() -> Result<(), String> {
+    println!("xtask: cargo fmt --all --check");
+    util::cargo(&["fmt", "--all", "--check"]).map_err(|e| format!("{e}: run `cargo fmt --all`"))?;
+    println!("xtask: cargo clippy --workspace --all-targets -- -D warnings");
+    util::cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    cmd_deny()
+}
+
+/// cargo-deny: bans, licenses and sources always; advisories when the
+/// RustSec advisory database can be fetched (from GitHub) or a copy
+/// fetched earlier is on this machine, and saying so when neither is.
+fn cmd_deny() -> Result<(), String> {
+    println!("xtask: cargo deny check bans licenses sources");
+    util::cargo(&["deny", "check", "bans", "licenses", "sources"])?;
+    match util::output(Command::new(util::cargo_bin()).args(["deny", "fetch", "db"]).current_dir(util::root())) {
+        Ok(_) => {
+            println!("xtask: cargo deny check advisories");
+            util::cargo(&["deny", "check", "advisories"])
+        }
+        Err(why) if install::advisory_db_present() => {
+            println!("xtask: the advisory database cannot be fetched ({why}); checking advisories against the copy fetched earlier");
+            util::cargo(&["deny", "--offline", "check", "advisories"])
+        }
+        Err(why) => {
+            println!(
+                "xtask: cargo deny advisories NOT checked: the RustSec advisory database \
+                 (https://github.com/RustSec/advisory-db) cannot be fetched from this machine ({why}) \
+                 and no earlier copy is here; bans, licenses and sources were checked"
+            );
+            Ok(())
+        }
+    }
 }
 
 /// The fuzz targets: (crate dir with a fuzz/ folder, target name).

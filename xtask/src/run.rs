@@ -22,12 +22,6 @@ const USAGE: &str = "usage: cargo xtask run [--server URL]
 
   --server URL   deliver records to URL (the run opts in); default: keep them local";
 
-extern "C" {
-    fn signal(signum: i32, handler: usize) -> usize;
-}
-const SIGINT: i32 = 2;
-const SIG_IGN: usize = 1;
-
 fn parse(args: &[String]) -> Result<Option<String>, String> {
     let mut server = None;
     let mut it = args.iter();
@@ -98,7 +92,7 @@ pub fn main(args: &[String]) -> Result<(), String> {
     // Ctrl-C reaches every process of the terminal's group: the collector
     // stops cleanly on it; xtask ignores it to wait for that and tidy up.
     // SAFETY: installing SIG_IGN for SIGINT has no preconditions.
-    unsafe { signal(SIGINT, SIG_IGN) };
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
 
     println!(
         "xtask run: collector on {} ({}), state in {}; Ctrl-C stops it",
@@ -160,22 +154,16 @@ pub fn main(args: &[String]) -> Result<(), String> {
     let status = collector.wait().map_err(|e| format!("waiting for telem-collector: {e}"))?;
     for child in [follower.as_mut(), events.as_mut()].into_iter().flatten() {
         // SAFETY: kill(2) on our own child's pid.
-        unsafe { kill(child.id() as i32, SIGTERM) };
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
         let _ = child.wait();
     }
     println!("xtask run: collector stopped ({status}); journal and spool are kept in {}", run.display());
     Ok(())
 }
 
-extern "C" {
-    fn geteuid() -> u32;
-    fn kill(pid: i32, sig: i32) -> i32;
-}
-const SIGTERM: i32 = 15;
-
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
-    unsafe { geteuid() == 0 }
+    unsafe { libc::geteuid() == 0 }
 }
 
 /// crashprobe installed as core_pattern for the run; the previous
@@ -188,15 +176,13 @@ struct CrashHandler {
 impl CrashHandler {
     fn install(bins: &Path, conf: &Path, state: &Path) -> Option<CrashHandler> {
         let crashprobe = bins.join("crashprobe");
-        let out = Command::new(&crashprobe)
-            .args(["--install", "-c"])
-            .arg(conf)
-            .arg("--state-file")
-            .arg(state)
-            .output();
+        let out = Command::new(&crashprobe).args(["--install", "-f"]).arg(conf).arg("--state-file").arg(state).output();
         match out {
             Ok(o) if o.status.success() => {
-                println!("xtask run: crash handler installed ({}); restored on exit", String::from_utf8_lossy(&o.stdout).trim());
+                println!(
+                    "xtask run: crash handler installed ({}); restored on exit",
+                    String::from_utf8_lossy(&o.stdout).trim()
+                );
                 Some(CrashHandler { crashprobe, state: state.to_path_buf() })
             }
             Ok(o) => {
@@ -215,7 +201,9 @@ impl Drop for CrashHandler {
     fn drop(&mut self) {
         match Command::new(&self.crashprobe).arg("--uninstall").arg("--state-file").arg(&self.state).output() {
             Ok(o) if o.status.success() => println!("xtask run: {}", String::from_utf8_lossy(&o.stdout).trim()),
-            Ok(o) => eprintln!("xtask run: FAILED to restore core_pattern: {}", String::from_utf8_lossy(&o.stderr).trim()),
+            Ok(o) => {
+                eprintln!("xtask run: FAILED to restore core_pattern: {}", String::from_utf8_lossy(&o.stderr).trim())
+            }
             Err(e) => eprintln!("xtask run: FAILED to restore core_pattern: {e}"),
         }
     }
@@ -245,7 +233,14 @@ fn send_hello(bins: &Path, socket: &Path) {
         c
     } else if gen.is_file() {
         let mut c = Command::new(gen);
-        c.arg("--socket").arg(socket).args(["--class", "org.clearlinux/hello/world", "--severity", "1", "--payload", "hello\n"]);
+        c.arg("--socket").arg(socket).args([
+            "--class",
+            "org.clearlinux/hello/world",
+            "--severity",
+            "1",
+            "--payload",
+            "hello\n",
+        ]);
         c
     } else {
         println!("xtask run: no hprobe binary yet; send records with any probe to {}", socket.display());

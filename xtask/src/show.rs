@@ -79,7 +79,8 @@ pub fn top_frames(payload: &str, max: usize) -> Vec<String> {
 
 fn json_frames(v: &Value, max: usize) -> Vec<String> {
     let Some(threads) = v.get("threads").and_then(Value::as_array) else { return Vec::new() };
-    let Some(t) = threads.iter().find(|t| t.get("crashed").and_then(Value::as_bool) == Some(true)).or(threads.first()) else {
+    let Some(t) = threads.iter().find(|t| t.get("crashed").and_then(Value::as_bool) == Some(true)).or(threads.first())
+    else {
         return Vec::new();
     };
     let frames = t.get("frames").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
@@ -150,8 +151,12 @@ mod tests {
     fn fatal_signal_text_uses_the_unwound_stack_else_the_frame_pointer_one() {
         let unwound = "Process: /x\nSignal: 11 (SIGSEGV)\nBacktrace (unwound: cfi, then frame pointers, then scan; end: Outermost):\n\
 #0  0x0000000000401136 level3 (/src/x.c:4) [/x+0x1136]\n#1  0x0000000000401150 main [/x+0x1150]\nFrame-pointer stack (bpf_get_stack):\n#0  0x1 fp\n";
-        assert_eq!(top_frames(unwound, 8), ["#0  0x0000000000401136 level3 (/src/x.c:4) [/x+0x1136]", "#1  0x0000000000401150 main [/x+0x1150]"]);
-        let fp = "Backtrace (unwound): unavailable (no user registers)\nFrame-pointer stack (bpf_get_stack):\n#0  0x1 fp\n";
+        assert_eq!(
+            top_frames(unwound, 8),
+            ["#0  0x0000000000401136 level3 (/src/x.c:4) [/x+0x1136]", "#1  0x0000000000401150 main [/x+0x1150]"]
+        );
+        let fp =
+            "Backtrace (unwound): unavailable (no user registers)\nFrame-pointer stack (bpf_get_stack):\n#0  0x1 fp\n";
         assert_eq!(top_frames(fp, 8), ["#0  0x1 fp"]);
     }
 

@@ -20,12 +20,22 @@ pub fn run(cmd: &mut Command) -> Result<(), String> {
     }
 }
 
+/// Runs `cmd` quietly; its stdout when it succeeds, else the last line of
+/// its stderr (or how it failed to start).
+pub fn output(cmd: &mut Command) -> Result<String, String> {
+    match cmd.output() {
+        Ok(o) if o.status.success() => Ok(String::from_utf8_lossy(&o.stdout).into_owned()),
+        Ok(o) => {
+            let err = String::from_utf8_lossy(&o.stderr);
+            Err(err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("failed").trim().to_string())
+        }
+        Err(e) => Err(format!("cannot start {cmd:?}: {e}")),
+    }
+}
+
 /// Whether `cmd` runs and succeeds, quietly.
 pub fn succeeds(cmd: &mut Command) -> bool {
-    cmd.stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status().is_ok_and(|s| s.success())
 }
 
 pub fn cargo_bin() -> String {
@@ -45,10 +55,7 @@ pub fn fuzz(dir: &str, target: &str, secs: u64) -> Result<(), String> {
     std::fs::create_dir_all(&corpus).map_err(|e| format!("create {}: {e}", corpus.display()))?;
     let seeds = fuzz_dir.join("fuzz/seeds").join(target);
     let mut cmd = Command::new(cargo_bin());
-    cmd.current_dir(&fuzz_dir)
-        .env("RUSTC_BOOTSTRAP", "1")
-        .args(["fuzz", "run", target, "--"])
-        .arg(&corpus);
+    cmd.current_dir(&fuzz_dir).env("RUSTC_BOOTSTRAP", "1").args(["fuzz", "run", target, "--"]).arg(&corpus);
     if seeds.is_dir() {
         cmd.arg(&seeds);
     }

@@ -70,14 +70,20 @@ impl Config {
     pub fn from_settings(settings: Settings) -> Result<Config, CrashConfigError> {
         let mut c = Config::default();
         let get = |k: &str| settings.get(k).map(|v| v.trim().to_string());
-        fn num<T: std::str::FromStr>(key: &'static str, v: &str, expected: &'static str) -> Result<T, CrashConfigError> {
+        fn num<T: std::str::FromStr>(
+            key: &'static str,
+            v: &str,
+            expected: &'static str,
+        ) -> Result<T, CrashConfigError> {
             v.parse().map_err(|_| CrashConfigError::Value { key, value: v.into(), expected })
         }
         if let Some(v) = get("crash_payload_version") {
             c.payload_version = match v.as_str() {
                 "1" => 1,
                 "2" => 2,
-                _ => return Err(CrashConfigError::Value { key: "crash_payload_version", value: v, expected: "1 or 2" }),
+                _ => {
+                    return Err(CrashConfigError::Value { key: "crash_payload_version", value: v, expected: "1 or 2" })
+                }
             };
         }
         if let Some(v) = get("crash_frame_limit") {
@@ -89,7 +95,11 @@ impl Config {
         if let Some(v) = get("crash_budget_secs") {
             let s: u64 = num("crash_budget_secs", &v, "seconds from 1 to 600")?;
             if !(1..=600).contains(&s) {
-                return Err(CrashConfigError::Value { key: "crash_budget_secs", value: v, expected: "seconds from 1 to 600" });
+                return Err(CrashConfigError::Value {
+                    key: "crash_budget_secs",
+                    value: v,
+                    expected: "seconds from 1 to 600",
+                });
             }
             c.budget = Duration::from_secs(s);
         }
@@ -98,7 +108,13 @@ impl Config {
                 "summary" => ThirdParty::Summary,
                 "unwind" => ThirdParty::Unwind,
                 "ignore" => ThirdParty::Ignore,
-                _ => return Err(CrashConfigError::Value { key: "crash_third_party", value: v, expected: "summary, unwind or ignore" }),
+                _ => {
+                    return Err(CrashConfigError::Value {
+                        key: "crash_third_party",
+                        value: v,
+                        expected: "summary, unwind or ignore",
+                    })
+                }
             };
         }
         if let Some(v) = get("crash_system_prefixes") {
@@ -110,7 +126,11 @@ impl Config {
         if let Some(v) = get("crash_stack_kib") {
             let k: u64 = num("crash_stack_kib", &v, "KiB from 16 to 16384")?;
             if !(16..=16384).contains(&k) {
-                return Err(CrashConfigError::Value { key: "crash_stack_kib", value: v, expected: "KiB from 16 to 16384" });
+                return Err(CrashConfigError::Value {
+                    key: "crash_stack_kib",
+                    value: v,
+                    expected: "KiB from 16 to 16384",
+                });
             }
             c.stack_bytes = k << 10;
         }
@@ -118,7 +138,13 @@ impl Config {
             c.debug_lines = match v.as_str() {
                 "true" | "1" | "yes" => true,
                 "false" | "0" | "no" => false,
-                _ => return Err(CrashConfigError::Value { key: "crash_debug_lines", value: v, expected: "true or false" }),
+                _ => {
+                    return Err(CrashConfigError::Value {
+                        key: "crash_debug_lines",
+                        value: v,
+                        expected: "true or false",
+                    })
+                }
             };
         }
         c.settings = settings;
@@ -148,7 +174,11 @@ mod tests {
     fn parses_and_rejects() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("t.conf");
-        std::fs::write(&p, "[settings]\ncrash_payload_version=2\ncrash_third_party=unwind\ncrash_system_prefixes=/tmp/ /usr/\n").unwrap();
+        std::fs::write(
+            &p,
+            "[settings]\ncrash_payload_version=2\ncrash_third_party=unwind\ncrash_system_prefixes=/tmp/ /usr/\n",
+        )
+        .unwrap();
         let c = Config::load(Some(&p)).unwrap();
         assert_eq!(c.payload_version, 2);
         assert_eq!(c.third_party, ThirdParty::Unwind);

@@ -9,7 +9,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use telemetry::{EventId, Payload, Record};
+use telemetry::crash_id::crash_event_id;
+use telemetry::{BootId, EventId, Payload, Record};
 use unwind::{FileOpener, HostOpener, Mapping, Module, ProcOpener, Unwinder};
 
 use crate::config::{Config, ThirdParty};
@@ -245,7 +246,8 @@ pub fn handle<R: Read>(
         }
         // Symbols are loaded by the warmer; if it outlives the budget, the
         // frames go unsymbolized (module, build-id and offset are there).
-        let warmed = warmer.take().is_none_or(|rx| rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).is_ok());
+        let warmed =
+            warmer.take().is_none_or(|rx| rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).is_ok());
         if !warmed {
             report.errors.push("wall-clock budget ran out while loading symbols: frames not symbolized".into());
         }
@@ -265,8 +267,7 @@ pub fn handle<R: Read>(
     };
     let event_id = process
         .as_ref()
-        .and_then(|p| unwind::read_boot_id().ok().map(|b| unwind::crash_event_id(&b, p.pid, p.stat.start_time)))
-        .map(EventId::from_bytes)
+        .and_then(|p| BootId::read().ok().map(|b| crash_event_id(&b, p.pid, p.stat.start_time)))
         .unwrap_or_else(EventId::random);
     let skip = origin == Origin::ThirdParty && cfg.third_party == ThirdParty::Ignore;
     let record = (!skip).then(|| {

@@ -1,6 +1,7 @@
 //! Installing crashprobe as the kernel's core handler, and restoring what
-//! was there before. `telemctl crash install [--socket]` / `uninstall` and
-//! `crashprobe --install` / `--uninstall` call these.
+//! was there before: `crashprobe --install [--crash-socket [SOCKET]]`,
+//! `--uninstall` and `--status` call these (`telemctl crash install`,
+//! `uninstall` and `status` run those commands).
 //!
 //! The previous `core_pattern` and `core_pipe_limit` are saved in a state
 //! file (written atomically, never through a symlink) the first time; a
@@ -23,18 +24,29 @@ pub const DEFAULT_CRASH_SOCKET: &str = "/run/telemetrics/crash.sock";
 /// many concurrent handlers, so `/proc/PID` stays readable while they run.
 pub const PIPE_LIMIT: u32 = 16;
 
+/// How the kernel hands cores to crashprobe.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mode {
-    /// `|EXE -P %P ...`
-    Pipe { exe: PathBuf, config: Option<PathBuf> },
+    /// `|EXE -P %P ... [-f CONFIG]`: the kernel runs EXE per crash.
+    Pipe {
+        /// The crashprobe executable (an absolute path without spaces).
+        exe: PathBuf,
+        /// The configuration file the handler reads (absolute).
+        config: Option<PathBuf>,
+    },
     /// `@SOCKET` (kernel 6.16+), served by `crashprobe --serve SOCKET`.
-    Socket { socket: PathBuf },
+    Socket {
+        /// The socket `crashprobe --serve` listens on.
+        socket: PathBuf,
+    },
 }
 
+/// The files install and uninstall touch.
 #[derive(Debug, Clone)]
 pub struct Paths {
     /// `/proc/sys/kernel` (a temporary directory in unit tests).
     pub sysctl_dir: PathBuf,
+    /// Where the previous values are saved.
     pub state_file: PathBuf,
 }
 
@@ -44,9 +56,12 @@ impl Default for Paths {
     }
 }
 
+/// Why install, uninstall or status failed.
 #[derive(Debug, Error)]
 pub enum InstallError {
-    #[error("core_pattern would be {len} bytes; the kernel allows {MAX_PATTERN}: install crashprobe at a shorter path")]
+    #[error(
+        "core_pattern would be {len} bytes; the kernel allows {MAX_PATTERN}: install crashprobe at a shorter path"
+    )]
     TooLong { len: usize },
     #[error("path {0:?} has whitespace or is not absolute; the kernel splits core_pattern at spaces")]
     BadPath(PathBuf),
@@ -75,7 +90,7 @@ pub fn pattern(mode: &Mode) -> Result<String, InstallError> {
         Mode::Pipe { exe, config } => {
             let mut s = format!("|{} -P %P -F %F -d %d -t %t -s %s", check_path(exe)?);
             if let Some(c) = config {
-                s.push_str(" -c ");
+                s.push_str(" -f ");
                 s.push_str(check_path(c)?);
             }
             s
@@ -105,7 +120,9 @@ fn write_sysctl(p: &Path, v: &str) -> Result<(), InstallError> {
 /// The saved values.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Saved {
+    /// `core_pattern` before the first install.
     pub core_pattern: String,
+    /// `core_pipe_limit` before the first install.
     pub core_pipe_limit: String,
 }
 
@@ -128,7 +145,10 @@ fn decode(path: &Path, text: &str) -> Result<Saved, InstallError> {
             return Err(bad("unknown line"));
         }
     }
-    Ok(Saved { core_pattern: pat.ok_or_else(|| bad("no core_pattern"))?, core_pipe_limit: limit.ok_or_else(|| bad("no core_pipe_limit"))? })
+    Ok(Saved {
+        core_pattern: pat.ok_or_else(|| bad("no core_pattern"))?,
+        core_pipe_limit: limit.ok_or_else(|| bad("no core_pipe_limit"))?,
+    })
 }
 
 fn write_state(path: &Path, s: &Saved) -> Result<(), InstallError> {
@@ -155,6 +175,11 @@ pub fn saved(paths: &Paths) -> Result<Option<Saved>, InstallError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(InstallError::Io { what: "read", path: paths.state_file.clone(), source: e }),
     }
+}
+
+/// The current core_pattern, and what install saved (if installed).
+pub fn status(paths: &Paths) -> Result<(String, Option<Saved>), InstallError> {
+    Ok((read_trim(&paths.sysctl_dir.join("core_pattern"))?, saved(paths)?))
 }
 
 /// Writes core_pattern (and core_pipe_limit for pipe mode), saving the
@@ -204,6 +229,10 @@ mod tests {
         let m = Mode::Pipe { exe: "/usr/bin/crashprobe".into(), config: None };
         let pat = install(&m, &p).unwrap();
         assert_eq!(pat, "|/usr/bin/crashprobe -P %P -F %F -d %d -t %t -s %s");
+        let (current, saved) = status(&p).unwrap();
+        assert_eq!((current.as_str(), saved.unwrap().core_pattern.as_str()), (pat.as_str(), "core"));
+        let with_config = Mode::Pipe { exe: "/usr/bin/crashprobe".into(), config: Some("/etc/t.conf".into()) };
+        assert_eq!(pattern(&with_config).unwrap(), "|/usr/bin/crashprobe -P %P -F %F -d %d -t %t -s %s -f /etc/t.conf");
         assert_eq!(std::fs::read_to_string(d.path().join("core_pattern")).unwrap(), format!("{pat}\n"));
         assert_eq!(std::fs::read_to_string(d.path().join("core_pipe_limit")).unwrap(), "16\n");
         install(&Mode::Socket { socket: "/run/x.sock".into() }, &p).unwrap();

@@ -14,7 +14,7 @@
 //!    │                       module files opened via /proc/PID/map_files
 //!    ▼
 //!  report ── payload v1 (the original's text) or v2 (JSON), class, severity,
-//!    │       event id = unwind::crash_event_id(boot id, pid, start time)
+//!    │       event id = telemetry::crash_id::crash_event_id(boot id, pid, start time)
 //!    ▼  telemetry::client::Client
 //!  telem-collector
 //! ```
@@ -35,8 +35,6 @@ pub mod security;
 pub mod serve;
 pub mod stream;
 
-pub use unwind::crash_event_id;
-
 /// Why a record was not delivered.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
@@ -49,7 +47,11 @@ pub enum SendError {
 /// Sends the outcome's record to the collector (`collector` overrides the
 /// socket the configuration names), refitting the payload to the limit
 /// the collector announces.
-pub fn deliver(cfg: &config::Config, collector: Option<&std::path::Path>, out: &handle::Outcome) -> Result<(), SendError> {
+pub fn deliver(
+    cfg: &config::Config,
+    collector: Option<&std::path::Path>,
+    out: &handle::Outcome,
+) -> Result<(), SendError> {
     let Some(record) = &out.record else { return Ok(()) };
     let sock = cfg.socket(collector)?;
     let mut c = telemetry::client::Client::connect(&sock)?;

@@ -10,14 +10,19 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Parser;
-use crashprobe::config::Config;
-use crashprobe::handle::{handle, Input};
-use crashprobe::install::{self, Mode, Paths};
+use crashprobe::config::{Config, CrashConfigError};
+use crashprobe::handle::{handle, HandleError, Input};
+use crashprobe::install::{self, InstallError, Mode, Paths};
+use crashprobe::serve::ServeError;
 use crashprobe::stream::Stream;
+use crashprobe::SendError;
 
-/// Crash handler for core_pattern. Without --serve/--install/--uninstall it
-/// reads an ELF core on stdin (as the kernel pipes it), unwinds every
-/// thread and sends one crash record to the collector.
+/// Crash handler for core_pattern. Without --serve, --install, --uninstall
+/// or --status it reads an ELF core on stdin (as the kernel pipes it),
+/// unwinds every thread and sends one crash record to the collector.
+///
+/// Logs go to stderr at level `warn`; RUST_LOG sets the level (TELEM_LOG,
+/// the earlier name, is read when RUST_LOG is not set).
 #[derive(Parser, Debug)]
 #[command(name = "crashprobe", version)]
 struct Args {
@@ -37,12 +42,13 @@ struct Args {
     #[arg(short = 's', long)]
     signal: Option<i32>,
     /// Configuration file (default: /etc/telemetrics/telemetrics.conf, then
-    /// /usr/share/defaults/telemetrics/telemetrics.conf).
-    #[arg(short = 'c', long)]
+    /// /usr/share/defaults/telemetrics/telemetrics.conf). `-c` is its
+    /// earlier spelling.
+    #[arg(short = 'f', long = "config", visible_short_alias = 'c', value_name = "FILE")]
     config: Option<PathBuf>,
     /// Collector socket (default: TELEM_SOCKET, else the configuration's
     /// socket_path, else /run/telem-0).
-    #[arg(long)]
+    #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
     /// Analyse a saved core from stdin without /proc, opening module files
     /// by the core's paths on this system (for debugging and benchmarks;
@@ -53,32 +59,67 @@ struct Args {
     #[arg(long)]
     print: bool,
     /// Socket mode: listen on SOCKET for the kernel (core_pattern @SOCKET).
-    #[arg(long, value_name = "SOCKET")]
+    #[arg(long, value_name = "SOCKET", conflicts_with_all = ["install", "uninstall", "status"])]
     serve: Option<PathBuf>,
     /// Install crashprobe as core_pattern (pipe mode, or socket mode with
-    /// --install-socket), saving the previous values.
-    #[arg(long)]
+    /// --crash-socket), saving the previous values. The pattern names this
+    /// executable, and the configuration file given with -f.
+    #[arg(long, conflicts_with_all = ["uninstall", "status"])]
     install: bool,
-    /// With --install: use socket mode on this socket instead of a pipe
-    /// (run `crashprobe --serve SOCKET` as a service first).
-    #[arg(long, value_name = "SOCKET")]
-    install_socket: Option<PathBuf>,
+    /// With --install: socket mode, core_pattern `@SOCKET`, served by
+    /// `crashprobe --serve SOCKET` (kernel 6.16+). Without a value:
+    /// /run/telemetrics/crash.sock.
+    #[arg(
+        long = "crash-socket",
+        alias = "install-socket",
+        value_name = "SOCKET",
+        num_args = 0..=1,
+        default_missing_value = install::DEFAULT_CRASH_SOCKET,
+        requires = "install"
+    )]
+    crash_socket: Option<PathBuf>,
     /// Restore the core_pattern and core_pipe_limit saved by --install.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "status")]
     uninstall: bool,
-    /// State file of --install/--uninstall.
-    #[arg(long, default_value = install::DEFAULT_STATE)]
+    /// Show the current core_pattern and whether --install set it.
+    #[arg(long)]
+    status: bool,
+    /// State file of --install, --uninstall and --status.
+    #[arg(long, value_name = "FILE", default_value = install::DEFAULT_STATE)]
     state_file: PathBuf,
+}
+
+/// Why crashprobe failed.
+#[derive(Debug, thiserror::Error)]
+enum RunError {
+    #[error(transparent)]
+    Install(#[from] InstallError),
+    #[error(transparent)]
+    Config(#[from] CrashConfigError),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    #[error(transparent)]
+    Handle(#[from] HandleError),
+    #[error(transparent)]
+    Send(#[from] SendError),
+    #[error("pipe mode needs -P PID (core_pattern %P), or --core-only for a saved core")]
+    NoPid,
+    #[error("cannot {what}: {source}")]
+    Io { what: &'static str, source: std::io::Error },
+}
+
+/// The log filter: RUST_LOG, else TELEM_LOG (the earlier name), else `warn`.
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    use tracing_subscriber::EnvFilter;
+    EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_from_env("TELEM_LOG"))
+        .unwrap_or_else(|_| EnvFilter::new("warn"))
 }
 
 fn main() -> ExitCode {
     // First: never dump ourselves, and let no one ptrace us.
     let hardening = crashprobe::security::set_not_dumpable();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TELEM_LOG").unwrap_or_else(|_| "warn".into()))
-        .init();
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_ansi(false).with_env_filter(log_filter()).init();
     if let Err(e) = hardening {
         tracing::error!(error = %e, "cannot harden the handler");
         return ExitCode::FAILURE;
@@ -94,28 +135,41 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: Args) -> Result<(), String> {
+fn run(args: Args) -> Result<(), RunError> {
     let paths = Paths { state_file: args.state_file.clone(), ..Paths::default() };
+    if args.status {
+        let (current, saved) = install::status(&paths)?;
+        println!("core_pattern: {current}");
+        match saved {
+            Some(s) => println!("installed by crashprobe --install; uninstall restores {:?}", s.core_pattern),
+            None => println!("not installed by crashprobe (no state file {})", paths.state_file.display()),
+        }
+        return Ok(());
+    }
     if args.uninstall {
-        let s = install::uninstall(&paths).map_err(|e| e.to_string())?;
+        let s = install::uninstall(&paths)?;
         println!("restored core_pattern {:?} and core_pipe_limit {}", s.core_pattern, s.core_pipe_limit);
         return Ok(());
     }
     if args.install {
-        let mode = match &args.install_socket {
+        let mode = match &args.crash_socket {
             Some(s) => Mode::Socket { socket: s.clone() },
             None => Mode::Pipe {
-                exe: std::env::current_exe().map_err(|e| format!("cannot find my own path: {e}"))?,
-                config: args.config.clone(),
+                exe: std::env::current_exe().map_err(|source| RunError::Io { what: "find my own path", source })?,
+                // The kernel runs the handler from `/`: the file must be named absolutely.
+                config: args.config.as_deref().map(|c| std::path::absolute(c).unwrap_or_else(|_| c.to_path_buf())),
             },
         };
-        let p = install::install(&mode, &paths).map_err(|e| e.to_string())?;
+        let p = install::install(&mode, &paths)?;
         println!("core_pattern = {p}");
+        if let Some(s) = &args.crash_socket {
+            println!("run `crashprobe --serve {}` (as root) to receive the cores", s.display());
+        }
         return Ok(());
     }
-    let cfg = Config::load(args.config.as_deref()).map_err(|e| e.to_string())?;
+    let cfg = Config::load(args.config.as_deref())?;
     if let Some(sock) = &args.serve {
-        let l = crashprobe::serve::bind(sock).map_err(|e| e.to_string())?;
+        let l = crashprobe::serve::bind(sock)?;
         crashprobe::serve::serve(l, cfg, args.socket.clone(), Arc::new(AtomicBool::new(false)));
         return Ok(());
     }
@@ -123,7 +177,7 @@ fn run(args: Args) -> Result<(), String> {
     let start = Instant::now();
     let deadline = start + cfg.budget;
     if args.pid.is_none() && !args.core_only {
-        return Err("pipe mode needs -P PID (core_pattern %P), or --core-only for a saved core".into());
+        return Err(RunError::NoPid);
     }
     let input = Input {
         pid: args.pid,
@@ -138,16 +192,63 @@ fn run(args: Args) -> Result<(), String> {
     let unwinder = Arc::new(unwind::Unwinder::new(cfg.unwind_options()));
     // Unbuffered: discarding splices the pipe directly, so no reader may
     // hold bytes back in a buffer.
-    let stdin = std::io::stdin().as_fd().try_clone_to_owned().map_err(|e| format!("cannot use stdin: {e}"))?;
+    let stdin =
+        std::io::stdin().as_fd().try_clone_to_owned().map_err(|source| RunError::Io { what: "use stdin", source })?;
     let mut stream = Stream::from_fd(std::fs::File::from(stdin), Some(deadline));
-    let out = handle(&mut stream, &input, &cfg, &unwinder, deadline).map_err(|e| e.to_string())?;
+    let out = handle(&mut stream, &input, &cfg, &unwinder, deadline)?;
     tracing::info!(bytes = out.bytes_read, ms = start.elapsed().as_millis() as u64, "core handled");
     let Some(record) = &out.record else { return Ok(()) };
     if args.print {
         let mut o = std::io::stdout().lock();
         let _ = o.write_all(record.payload.as_bytes());
-        let _ = writeln!(o, "classification: {} severity: {} event_id: {}", record.classification, record.severity, record.event_id);
+        let _ = writeln!(
+            o,
+            "classification: {} severity: {} event_id: {}",
+            record.classification, record.severity, record.event_id
+        );
         return Ok(());
     }
-    crashprobe::deliver(&cfg, args.socket.as_deref(), &out).map_err(|e| e.to_string())
+    Ok(crashprobe::deliver(&cfg, args.socket.as_deref(), &out)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Args {
+        Args::try_parse_from(std::iter::once("crashprobe").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn config_is_f_and_c_still_works() {
+        assert_eq!(parse(&["-f", "/a.conf"]).config.as_deref(), Some(std::path::Path::new("/a.conf")));
+        assert_eq!(parse(&["--config", "/b.conf"]).config.as_deref(), Some(std::path::Path::new("/b.conf")));
+        // Installed core_patterns carry `-c FILE`.
+        let a = parse(&["-P", "1", "-F", "3", "-d", "1", "-t", "2", "-s", "11", "-c", "/c.conf"]);
+        assert_eq!(a.config.as_deref(), Some(std::path::Path::new("/c.conf")));
+    }
+
+    #[test]
+    fn crash_socket_and_its_old_name() {
+        let a = parse(&["--install", "--crash-socket", "/run/x.sock"]);
+        assert_eq!(a.crash_socket.as_deref(), Some(std::path::Path::new("/run/x.sock")));
+        let a = parse(&["--install", "--crash-socket"]);
+        assert_eq!(a.crash_socket.as_deref(), Some(std::path::Path::new(install::DEFAULT_CRASH_SOCKET)));
+        let a = parse(&["--install", "--install-socket", "/run/y.sock"]);
+        assert_eq!(a.crash_socket.as_deref(), Some(std::path::Path::new("/run/y.sock")));
+        // --socket stays the collector's.
+        let a = parse(&["--install", "--socket", "/run/telem-9"]);
+        assert_eq!((a.socket.as_deref(), a.crash_socket), (Some(std::path::Path::new("/run/telem-9")), None));
+        assert!(
+            Args::try_parse_from(["crashprobe", "--crash-socket", "/x"]).is_err(),
+            "--crash-socket needs --install"
+        );
+        assert!(Args::try_parse_from(["crashprobe", "--install", "--uninstall"]).is_err());
+    }
 }

@@ -8,8 +8,9 @@ use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
+use telemetry::crash_id::{parse_stat, Stat};
 use thiserror::Error;
-use unwind::{parse_proc_maps, parse_stat, Mappings, Stat};
+use unwind::{parse_proc_maps, Mappings};
 
 #[derive(Debug, Error)]
 pub enum ProcError {
@@ -19,7 +20,9 @@ pub enum ProcError {
     Read { pid: u32, file: &'static str, source: std::io::Error },
     #[error("/proc/{pid}/{file} is malformed: {reason}")]
     Parse { pid: u32, file: &'static str, reason: String },
-    #[error("PID {pid} no longer names the crashed process (its pidfd is dead): refusing to read another process's /proc")]
+    #[error(
+        "PID {pid} no longer names the crashed process (its pidfd is dead): refusing to read another process's /proc"
+    )]
     Reused { pid: u32 },
     #[error("PID {pid} started after the crash (start {start_unix} > dump time {dump_time}): the PID was reused")]
     StartedLater { pid: u32, start_unix: u64, dump_time: u64 },
@@ -55,29 +58,40 @@ fn read_at(dir: &OwnedFd, name: &str, limit: u64) -> std::io::Result<Vec<u8>> {
     Ok(v)
 }
 
+/// Why `/proc/PID/status` has no usable real uid or gid.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum StatusError {
+    /// No line with this prefix (`Uid:` or `Gid:`).
+    #[error("no {0} line")]
+    Missing(&'static str),
+    /// The line's first value is not a number.
+    #[error("bad {0} line")]
+    Bad(&'static str),
+}
+
 /// Parses the `Uid:` and `Gid:` lines of `/proc/PID/status` (real ids).
-pub fn parse_status_ids(s: &[u8]) -> Result<(u32, u32), String> {
+pub fn parse_status_ids(s: &[u8]) -> Result<(u32, u32), StatusError> {
     let mut uid = None;
     let mut gid = None;
     for line in s.split(|&c| c == b'\n') {
-        let field = |prefix: &[u8]| -> Option<Result<u32, String>> {
-            let rest = line.strip_prefix(prefix)?;
+        let field = |prefix: &'static str| -> Option<Result<u32, StatusError>> {
+            let rest = line.strip_prefix(prefix.as_bytes())?;
             let first = rest.split(|&c| c == b'\t' || c == b' ').find(|f| !f.is_empty());
             Some(
                 first
                     .and_then(|f| std::str::from_utf8(f).ok())
                     .and_then(|f| f.parse().ok())
-                    .ok_or_else(|| format!("bad {} line", String::from_utf8_lossy(prefix))),
+                    .ok_or(StatusError::Bad(prefix)),
             )
         };
-        if let Some(v) = field(b"Uid:") {
+        if let Some(v) = field("Uid:") {
             uid = Some(v?);
         }
-        if let Some(v) = field(b"Gid:") {
+        if let Some(v) = field("Gid:") {
             gid = Some(v?);
         }
     }
-    Ok((uid.ok_or("no Uid: line")?, gid.ok_or("no Gid: line")?))
+    Ok((uid.ok_or(StatusError::Missing("Uid:"))?, gid.ok_or(StatusError::Missing("Gid:"))?))
 }
 
 /// Whether the pidfd still names a live (or dumping) process.
@@ -104,7 +118,8 @@ fn boot_time() -> Option<u64> {
 /// is alive *after* opening it; without one, by its start time not being
 /// after `dump_time` (unix seconds, core_pattern `%t`).
 pub fn open(pid: u32, pidfd: Option<RawFd>, dump_time: Option<u64>) -> Result<Process, ProcError> {
-    let dir = unwind::open_dir(None, Path::new(&format!("/proc/{pid}"))).map_err(|source| ProcError::Open { pid, source })?;
+    let dir =
+        unwind::open_dir(None, Path::new(&format!("/proc/{pid}"))).map_err(|source| ProcError::Open { pid, source })?;
     let stat_b = read_at(&dir, "stat", 4096).map_err(|source| ProcError::Read { pid, file: "stat", source })?;
     let stat = parse_stat(&stat_b).map_err(|e| ProcError::Parse { pid, file: "stat", reason: e.to_string() })?;
     match (pidfd, dump_time) {
@@ -126,10 +141,12 @@ pub fn open(pid: u32, pidfd: Option<RawFd>, dump_time: Option<u64>) -> Result<Pr
         (None, None) => {}
     }
     let status = read_at(&dir, "status", 64 << 10).map_err(|source| ProcError::Read { pid, file: "status", source })?;
-    let (uid, gid) = parse_status_ids(&status).map_err(|reason| ProcError::Parse { pid, file: "status", reason })?;
+    let (uid, gid) =
+        parse_status_ids(&status).map_err(|e| ProcError::Parse { pid, file: "status", reason: e.to_string() })?;
     let exe = readlink_at(&dir, "exe");
-    // SAFETY: fstat into a zeroed struct.
+    // SAFETY: stat is plain data; all zeros is a valid value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat on the directory fd we hold, into `st`.
     let proc_owner = if unsafe { libc::fstat(dir.as_raw_fd(), &mut st) } == 0 { st.st_uid } else { 0 };
     let maps = read_at(&dir, "maps", 64 << 20).ok().and_then(|b| match parse_proc_maps(&b) {
         Ok(m) => Some(m),
@@ -158,7 +175,10 @@ mod tests {
     use super::*;
     #[test]
     fn status_ids_strict() {
-        assert_eq!(parse_status_ids(b"Name:\tx\nUid:\t1000\t1000\t1000\t1000\nGid:\t100\t100\t100\t100\n"), Ok((1000, 100)));
+        assert_eq!(
+            parse_status_ids(b"Name:\tx\nUid:\t1000\t1000\t1000\t1000\nGid:\t100\t100\t100\t100\n"),
+            Ok((1000, 100))
+        );
         assert!(parse_status_ids(b"Uid:\tabc\nGid:\t1\n").is_err());
         assert!(parse_status_ids(b"Gid:\t1\n").is_err());
     }

@@ -171,7 +171,8 @@ pub fn payload_fitting(r: &CrashReport, version: u32, limit: usize) -> String {
             t.backtrace.frames.truncate(keep);
             t.backtrace.end = End::Limit;
         }
-        r2.errors.push(format!("payload limit {limit} bytes: crashing thread cut to {keep} frames, other threads left out"));
+        r2.errors
+            .push(format!("payload limit {limit} bytes: crashing thread cut to {keep} frames, other threads left out"));
         last = render(&r2);
         if last.len() <= limit {
             return last;
@@ -268,7 +269,11 @@ pub fn payload_v2(r: &CrashReport) -> String {
                         line: own.and_then(|s| s.line),
                         inlined: f.symbols[..f.symbols.len().saturating_sub(1)]
                             .iter()
-                            .map(|s| V2Inline { function: s.function.as_deref(), file: s.file.as_deref(), line: s.line })
+                            .map(|s| V2Inline {
+                                function: s.function.as_deref(),
+                                file: s.file.as_deref(),
+                                line: s.line,
+                            })
                             .collect(),
                     }
                 })
@@ -327,7 +332,11 @@ mod tests {
                 backtrace: Backtrace {
                     frames: vec![
                         frame(Some("level3"), "/usr/bin/segv", Some(("/src/segv.c", 4))),
-                        frame(Some("__libc_start_call_main"), "/usr/lib/x86_64-linux-gnu/libc.so.6", Some(("../sysdeps/nptl/libc_start_call_main.h", 58))),
+                        frame(
+                            Some("__libc_start_call_main"),
+                            "/usr/lib/x86_64-linux-gnu/libc.so.6",
+                            Some(("../sysdeps/nptl/libc_start_call_main.h", 58)),
+                        ),
                         frame(Some("_start"), "/usr/bin/segv", None),
                     ],
                     end: End::Outermost,

@@ -37,7 +37,16 @@ pub struct Stream<R> {
 impl<R: Read> Stream<R> {
     /// A stream over a plain reader (tests, files).
     pub fn new(inner: R, deadline: Option<Instant>) -> Self {
-        Stream { inner, fd: None, pos: 0, deadline, devnull: None, is_pipe: false, nonblock: false, scratch: Vec::new() }
+        Stream {
+            inner,
+            fd: None,
+            pos: 0,
+            deadline,
+            devnull: None,
+            is_pipe: false,
+            nonblock: false,
+            scratch: Vec::new(),
+        }
     }
 
     pub fn pos(&self) -> u64 {
@@ -145,7 +154,9 @@ impl<R: Read> Stream<R> {
                     let chunk = left.min(4 << 20) as usize;
                     let flags = libc::SPLICE_F_MOVE | if self.nonblock { libc::SPLICE_F_NONBLOCK } else { 0 };
                     // SAFETY: both fds are open; splice moves pipe pages to /dev/null.
-                    let r = unsafe { libc::splice(fd, std::ptr::null_mut(), null.as_raw_fd(), std::ptr::null_mut(), chunk, flags) };
+                    let r = unsafe {
+                        libc::splice(fd, std::ptr::null_mut(), null.as_raw_fd(), std::ptr::null_mut(), chunk, flags)
+                    };
                     if r < 0 {
                         let e = io::Error::last_os_error();
                         if e.kind() == io::ErrorKind::Interrupted {
@@ -198,8 +209,9 @@ impl<R: Read + AsRawFd> Stream<R> {
     /// spliced into /dev/null when it is a pipe.
     pub fn from_fd(inner: R, deadline: Option<Instant>) -> Self {
         let fd = inner.as_raw_fd();
-        // SAFETY: fstat on an fd we hold, into a zeroed struct.
+        // SAFETY: stat is plain data; all zeros is a valid value.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fstat on an fd we hold, into `st`.
         let is_pipe = unsafe { libc::fstat(fd, &mut st) } == 0 && (st.st_mode & libc::S_IFMT) == libc::S_IFIFO;
         let devnull = if is_pipe { std::fs::OpenOptions::new().write(true).open("/dev/null").ok() } else { None };
         let kind = st.st_mode & libc::S_IFMT;

@@ -26,8 +26,10 @@ pub fn capture(pid: u32) -> Capture {
     let dir = format!("/proc/{pid}");
     let proc_dir = unwind::open_dir(None, dir.as_ref());
     let exe = std::fs::read_link(format!("{dir}/exe")).ok().map(|p| p.display().to_string());
-    let start_ticks =
-        std::fs::read(format!("{dir}/stat")).ok().and_then(|b| unwind::parse_stat(&b).ok()).map(|s| s.start_time);
+    let start_ticks = std::fs::read(format!("{dir}/stat"))
+        .ok()
+        .and_then(|b| telemetry::crash_id::parse_stat(&b).ok())
+        .map(|s| s.start_time);
     let (maps, missing) = match std::fs::read(format!("{dir}/maps")) {
         Ok(b) if b.is_empty() => (
             Mappings::new(Vec::new()),

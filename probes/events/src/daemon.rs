@@ -226,7 +226,7 @@ impl Sender {
 
 fn worker(rx: Receiver<Job>, classes: Classes, socket: PathBuf, timeout: Duration, counters: Arc<Counters>) {
     let unwinder = Arc::new(Unwinder::new(unwind::Options::default()));
-    let boot_id = match unwind::read_boot_id() {
+    let boot_id = match telemetry::BootId::read() {
         Ok(b) => Some(b),
         Err(e) => {
             tracing::warn!("cannot read the boot id ({e}): fatal-signal records get random event ids");

@@ -12,12 +12,19 @@ use telemetry::client::SocketPath;
 
 /// Reports fatal signals (with user stacks), abnormal exits and OOM kills
 /// seen by eBPF tracepoints to the telemetrics collector. Needs root.
+///
+/// Logs go to stderr at level `info`; RUST_LOG sets the level.
 #[derive(Debug, Parser)]
 #[command(name = "eventprobe", version)]
 struct Args {
-    /// Collector socket (default: TELEM_SOCKET, then the config file's
-    /// socket_path, then /run/telem-0).
-    #[arg(long)]
+    /// Configuration file to take socket_path from (default:
+    /// /etc/telemetrics/telemetrics.conf, then
+    /// /usr/share/defaults/telemetrics/telemetrics.conf).
+    #[arg(short = 'f', long = "config", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Collector socket (default: TELEM_SOCKET, then the configuration
+    /// file's socket_path, then /run/telem-0).
+    #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
     /// Signals reported as fatal (names or numbers, comma-separated).
     /// Default: SIGSEGV,SIGBUS,SIGILL,SIGFPE,SIGABRT,SIGTRAP,SIGSYS.
@@ -84,7 +91,8 @@ fn main() -> ExitCode {
         )
         .init();
     let a = Args::parse();
-    let socket = match SocketPath::resolve(a.socket.as_deref()) {
+    let env = std::env::var_os(telemetry::client::SOCKET_ENV).map(PathBuf::from);
+    let socket = match SocketPath::resolve_with(a.socket.as_deref(), env, a.config.as_deref()) {
         Ok(s) => s.path,
         Err(e) => {
             eprintln!("eventprobe: {e}");
@@ -144,5 +152,21 @@ fn main() -> ExitCode {
             eprintln!("eventprobe: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_is_well_formed_and_config_is_f() {
+        use clap::CommandFactory;
+        Args::command().debug_assert();
+        let a = Args::try_parse_from(["eventprobe", "-f", "/etc/t.conf", "--socket", "/run/s"]).unwrap();
+        assert_eq!(a.config.as_deref(), Some(std::path::Path::new("/etc/t.conf")));
+        assert_eq!(a.socket.as_deref(), Some(std::path::Path::new("/run/s")));
+        let a = Args::try_parse_from(["eventprobe", "--config", "/etc/u.conf"]).unwrap();
+        assert_eq!(a.config.as_deref(), Some(std::path::Path::new("/etc/u.conf")));
     }
 }

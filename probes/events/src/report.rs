@@ -3,7 +3,7 @@
 //!
 //! | event          | classification                 | severity       | event id |
 //! |----------------|--------------------------------|----------------|----------|
-//! | fatal signal   | `org.clearlinux/signal/fatal`  | 3 (high)       | [`unwind::crash_event_id`] (same as crashprobe) |
+//! | fatal signal   | `org.clearlinux/signal/fatal`  | 3 (high)       | [`crash_event_id`] (same as crashprobe) |
 //! | OOM kill       | `org.clearlinux/oom/kill`      | 3 (high)       | random |
 //! | abnormal exit  | `org.clearlinux/exit/abnormal` | 2 (medium)     | random |
 //!
@@ -13,7 +13,8 @@
 
 use std::fmt::Write as _;
 
-use telemetry::{Classification, ClassificationError, EventId, Payload, Record, Severity, DEFAULT_DOMAIN};
+use telemetry::crash_id::crash_event_id;
+use telemetry::{BootId, Classification, ClassificationError, EventId, Payload, Record, Severity, DEFAULT_DOMAIN};
 
 use crate::capture::{frame_line, Capture, Stacks};
 use crate::event::{AbnormalExit, FatalSignal, KernelFrame, OomKill};
@@ -49,8 +50,8 @@ impl Classes {
 
 /// The event id of a crash as every probe derives it, or `None` when the
 /// boot id or the process start time is unknown.
-pub fn fatal_event_id(boot_id: Option<&[u8; 16]>, pid: u32, start_ticks: Option<u64>) -> Option<EventId> {
-    Some(EventId::from_bytes(unwind::crash_event_id(boot_id?, pid, start_ticks?)))
+pub fn fatal_event_id(boot_id: Option<&BootId>, pid: u32, start_ticks: Option<u64>) -> Option<EventId> {
+    Some(crash_event_id(boot_id?, pid, start_ticks?))
 }
 
 /// `SEGV_MAPERR` for (11, 1), else the number.
@@ -86,7 +87,7 @@ pub fn fatal_record(
     f: &FatalSignal,
     cap: &Capture,
     stacks: &Stacks,
-    boot_id: Option<&[u8; 16]>,
+    boot_id: Option<&BootId>,
     suppressed: u64,
 ) -> Record {
     let start = f.start_ticks.or(cap.start_ticks);
@@ -220,9 +221,9 @@ mod tests {
 
     #[test]
     fn event_id_matches_shared_derivation() {
-        let boot = [7u8; 16];
+        let boot = BootId::from_bytes([7u8; 16]);
         let id = fatal_event_id(Some(&boot), 42, Some(1234)).unwrap();
-        assert_eq!(id.as_bytes(), &unwind::crash_event_id(&boot, 42, 1234));
+        assert_eq!(id, crash_event_id(&boot, 42, 1234));
         assert!(fatal_event_id(None, 42, Some(1)).is_none());
         assert!(fatal_event_id(Some(&boot), 42, None).is_none());
     }

@@ -27,7 +27,7 @@ use std::time::Duration;
 use telemetry::client::{self, Client, ClientError, SocketPath};
 use telemetry::config::{ConfigError, Settings};
 use telemetry::record::HEADER_NAMES;
-use telemetry::{ClassificationError, EventIdError, MachineId, Record, SeverityError};
+use telemetry::{ClassificationError, EventIdError, MachineId, Record, RecordId, SeverityError};
 
 /// How a record goes to the collector: the options both probes share.
 #[derive(Debug, Clone, clap::Args)]
@@ -39,12 +39,12 @@ pub struct SendOptions {
     /// Configuration file to take socket_path from, instead of
     /// /etc/telemetrics/telemetrics.conf or
     /// /usr/share/defaults/telemetrics/telemetrics.conf (sent as CFG: with
-    /// --legacy).
+    /// --legacy). `--config` as in every program of the suite;
+    /// `--config-file` and `--config_file` as the original probes spell it.
     #[arg(
         short = 'f',
         long = "config-file",
-        visible_alias = "config_file",
-        alias = "config",
+        visible_aliases = ["config", "config_file"],
         value_name = "FILE",
         allow_hyphen_values = true
     )]
@@ -60,8 +60,8 @@ pub struct SendOptions {
     pub print_id: bool,
 }
 
-fn parse_secs(s: &str) -> Result<Duration, String> {
-    s.parse::<u64>().map(Duration::from_secs).map_err(|e| format!("{s:?}: {e}"))
+fn parse_secs(s: &str) -> Result<Duration, std::num::ParseIntError> {
+    s.parse::<u64>().map(Duration::from_secs)
 }
 
 impl SendOptions {
@@ -160,7 +160,7 @@ pub enum ProbeError {
 
 /// Sends `record` as the options say; returns the record id the collector
 /// gave it (native framing only).
-pub fn send(record: &Record, opts: &SendOptions) -> Result<Option<String>, ProbeError> {
+pub fn send(record: &Record, opts: &SendOptions) -> Result<Option<RecordId>, ProbeError> {
     let socket = SocketPath::resolve_with(
         opts.socket.as_deref(),
         std::env::var_os(client::SOCKET_ENV).map(PathBuf::from),
@@ -172,13 +172,11 @@ pub fn send(record: &Record, opts: &SendOptions) -> Result<Option<String>, Probe
         return Ok(None);
     }
     let mut c = Client::connect_path(&socket.path, opts.timeout)?;
-    let id = c.send(record)?;
-    Ok(Some(client::record_id_hex(&id)))
+    Ok(Some(c.send(record)?))
 }
 
 fn absolute(p: &Path) -> Result<String, ProbeError> {
-    let abs =
-        std::path::absolute(p).map_err(|e| ProbeError::ConfigPath { path: p.into(), reason: e.to_string() })?;
+    let abs = std::path::absolute(p).map_err(|e| ProbeError::ConfigPath { path: p.into(), reason: e.to_string() })?;
     abs.to_str()
         .map(str::to_string)
         .ok_or_else(|| ProbeError::ConfigPath { path: abs.clone(), reason: "not UTF-8".into() })

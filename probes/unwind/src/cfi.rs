@@ -57,7 +57,8 @@ fn enc_size(enc: u8) -> Option<usize> {
 /// a lying header must not reach it). Unusual encodings count as not sane:
 /// the caller then scans `.eh_frame` instead.
 pub(crate) fn hdr_table_fits(b: &[u8], big_endian: bool) -> bool {
-    let (Some(&1), Some(&ptr_enc), Some(&count_enc), Some(&table_enc)) = (b.first(), b.get(1), b.get(2), b.get(3)) else {
+    let (Some(&1), Some(&ptr_enc), Some(&count_enc), Some(&table_enc)) = (b.first(), b.get(1), b.get(2), b.get(3))
+    else {
         return false;
     };
     let (Some(ptr), Some(cnt), Some(row)) = (enc_size(ptr_enc), enc_size(count_enc), enc_size(table_enc)) else {

@@ -52,13 +52,14 @@
 //!   address: what `addr2line -e MODULE` takes), so a server can symbolize
 //!   later. `exact == false` means `pc` is a return address (symbolization
 //!   looks up `pc - 1`).
-//! * [`crash_event_id`] derives the event id all probes give a crash.
+//!
+//! The event id all probes give a crash (boot id, pid, start time) is
+//! `telemetry::crash_id::crash_event_id`: it needs no unwinding.
 //!
 //! Nothing here panics on malformed ELF, DWARF, maps or memory: bad input
 //! ends a backtrace with [`End::Error`] saying why.
 
 pub mod cfi;
-pub mod ident;
 pub mod maps;
 pub mod memory;
 pub mod module;
@@ -68,7 +69,6 @@ pub mod unwinder;
 
 use serde::{Deserialize, Serialize};
 
-pub use ident::{crash_event_id, parse_boot_id, parse_stat, read_boot_id, Stat};
 pub use maps::{parse_proc_maps, Mapping, Mappings};
 pub use memory::{Memory, Regions, StackSnapshot};
 pub use module::{Module, ModuleCache};

@@ -129,10 +129,7 @@ pub fn parse_proc_maps(content: &[u8]) -> Result<Mappings, MapsError> {
         let mut d = dev.splitn(2, |&c| c == b':');
         let major = d.next().and_then(hex).ok_or(err("bad device major"))?;
         let minor = d.next().and_then(hex).ok_or(err("bad device minor"))?;
-        let inode: u64 = std::str::from_utf8(inode)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or(err("bad inode"))?;
+        let inode: u64 = std::str::from_utf8(inode).ok().and_then(|s| s.parse().ok()).ok_or(err("bad inode"))?;
         let name = rest.iter().position(|&c| c != b' ').map(|p| &rest[p..]).unwrap_or(b"");
         let path = (!name.is_empty()).then(|| String::from_utf8_lossy(name).into_owned());
         out.push(Mapping {

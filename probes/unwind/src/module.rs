@@ -116,10 +116,15 @@ struct Dwarf {
 /// Why a file is not a usable module.
 #[derive(Debug, thiserror::Error)]
 pub enum ModuleError {
+    /// The file cannot be mapped or read.
     #[error("cannot map {what}: {source}")]
     Map { what: String, source: std::io::Error },
-    #[error("{what} is not a valid ELF file: {reason}")]
-    Parse { what: String, reason: String },
+    /// A file its owner could change is over [`MAX_READ`] bytes.
+    #[error("{what} is not a valid ELF file: {size} bytes, more than {MAX_READ} for a user-owned file")]
+    TooLarge { what: String, size: u64 },
+    /// The bytes are not ELF `object` can read.
+    #[error("{what} is not a valid ELF file: {source}")]
+    Parse { what: String, source: object::Error },
 }
 
 impl std::fmt::Debug for Module {
@@ -152,11 +157,12 @@ impl Module {
         let backing = if system {
             // SAFETY: a read-only private mapping of a regular file that only
             // root can modify.
-            let map = unsafe { memmap2::Mmap::map(file) }.map_err(|source| ModuleError::Map { what: what.clone(), source })?;
+            let map = unsafe { memmap2::Mmap::map(file) }
+                .map_err(|source| ModuleError::Map { what: what.clone(), source })?;
             Backing::Map(map)
         } else {
             if md.len() > MAX_READ {
-                return Err(ModuleError::Parse { what, reason: format!("{} bytes, more than {MAX_READ} for a user-owned file", md.len()) });
+                return Err(ModuleError::TooLarge { what, size: md.len() });
             }
             // Positional reads: descriptors dup'ed from one open share
             // their offset, and another thread may read the same file.
@@ -174,17 +180,18 @@ impl Module {
             v.truncate(done);
             Backing::Vec(v)
         };
-        Module::parse(backing, origin).map_err(|reason| ModuleError::Parse { what, reason })
+        Module::parse(backing, origin).map_err(|source| ModuleError::Parse { what, source })
     }
 
     /// Parses bytes (e.g. the vDSO taken from a core).
     pub fn from_bytes(bytes: Vec<u8>) -> Result<Module, ModuleError> {
-        Module::parse(Backing::Vec(bytes), None).map_err(|reason| ModuleError::Parse { what: "in-memory module".into(), reason })
+        Module::parse(Backing::Vec(bytes), None)
+            .map_err(|source| ModuleError::Parse { what: "in-memory module".into(), source })
     }
 
-    fn parse(backing: Backing, origin: Option<PathBuf>) -> Result<Module, String> {
+    fn parse(backing: Backing, origin: Option<PathBuf>) -> Result<Module, object::Error> {
         let data = Arc::new(backing);
-        let obj = object::File::parse(&**data).map_err(|e| e.to_string())?;
+        let obj = object::File::parse(&**data)?;
         let endian = if obj.is_little_endian() { gimli::RunTimeEndian::Little } else { gimli::RunTimeEndian::Big };
         let arch = match obj.architecture() {
             object::Architecture::X86_64 => Some(Arch::X86_64),
@@ -205,7 +212,12 @@ impl Module {
         let eh_frame_hdr = find(".eh_frame_hdr");
         let debug_frame = obj
             .section_by_name(".debug_frame")
-            .filter(|s| !matches!(s.compressed_file_range().map(|c| c.format), Ok(object::CompressionFormat::Zlib | object::CompressionFormat::Zstandard)))
+            .filter(|s| {
+                !matches!(
+                    s.compressed_file_range().map(|c| c.format),
+                    Ok(object::CompressionFormat::Zlib | object::CompressionFormat::Zstandard)
+                )
+            })
             .and_then(|s| sect_of(&data, &s));
         let text_addr = obj.section_by_name(".text").map_or(0, |s| s.address());
         let got_addr = obj.section_by_name(".got").map_or(0, |s| s.address());
@@ -260,7 +272,10 @@ impl Module {
         if let Some(l) = self.loads.iter().find(|l| l.offset & !PAGE == map_offset) {
             return Some(map_start.wrapping_sub(l.vaddr & !PAGE));
         }
-        let l = self.loads.iter().find(|l| l.offset & !PAGE <= map_offset && map_offset < l.offset.saturating_add(l.filesz.max(1)))?;
+        let l = self
+            .loads
+            .iter()
+            .find(|l| l.offset & !PAGE <= map_offset && map_offset < l.offset.saturating_add(l.filesz.max(1)))?;
         let vaddr_at = (l.vaddr & !PAGE).wrapping_add(map_offset.wrapping_sub(l.offset & !PAGE));
         Some(map_start.wrapping_sub(vaddr_at))
     }
@@ -322,7 +337,11 @@ impl Module {
         let Some(s) = obj.section_by_name(name) else { return empty };
         let Ok(c) = s.compressed_data() else { return empty };
         if !plausible_size(&c) {
-            tracing::debug!(section = name, size = c.uncompressed_size, "compressed section claims an implausible size; ignored");
+            tracing::debug!(
+                section = name,
+                size = c.uncompressed_size,
+                "compressed section claims an implausible size; ignored"
+            );
             return empty;
         }
         match c.decompress() {
@@ -451,7 +470,8 @@ impl Module {
     /// to the symbol tables (this file's, then the debug file's).
     pub fn symbolize(&self, svma: u64, opener: &dyn FileOpener, separate_lines: bool) -> Vec<crate::Symbol> {
         let mut out = Vec::new();
-        let guard = if self.has_debug_info || separate_lines { self.dwarf(opener).and_then(|m| m.lock().ok()) } else { None };
+        let guard =
+            if self.has_debug_info || separate_lines { self.dwarf(opener).and_then(|m| m.lock().ok()) } else { None };
         if let Some(d) = guard.as_deref() {
             if let Ok(mut frames) = d.ctx.find_frames(svma).skip_all_loads() {
                 use fallible_iterator_shim::Next;
@@ -506,7 +526,8 @@ fn plausible_size(c: &object::CompressedData<'_>) -> bool {
     match c.format {
         object::CompressionFormat::None => true,
         object::CompressionFormat::Zlib => {
-            c.uncompressed_size <= MAX_DECOMPRESSED && c.uncompressed_size <= (c.data.len() as u64).saturating_mul(1032) + 64
+            c.uncompressed_size <= MAX_DECOMPRESSED
+                && c.uncompressed_size <= (c.data.len() as u64).saturating_mul(1032) + 64
         }
         _ => c.uncompressed_size <= MAX_DECOMPRESSED,
     }

@@ -70,7 +70,13 @@ pub fn open_in_root(root: &OwnedFd, path: &Path) -> Option<File> {
     };
     // SAFETY: arguments are valid for openat2(2); the fd is checked.
     let fd = unsafe {
-        libc::syscall(libc::SYS_openat2, root.as_raw_fd(), c.as_ptr(), &how as *const OpenHow, std::mem::size_of::<OpenHow>())
+        libc::syscall(
+            libc::SYS_openat2,
+            root.as_raw_fd(),
+            c.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
     };
     if fd < 0 {
         return None;
@@ -84,7 +90,8 @@ pub fn open_dir(dir: Option<&OwnedFd>, path: &Path) -> std::io::Result<OwnedFd> 
     let c = cstr(path).ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
     let at = dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
     // SAFETY: valid arguments; fd checked.
-    let fd = unsafe { libc::openat(at, c.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC | libc::O_NOFOLLOW) };
+    let fd =
+        unsafe { libc::openat(at, c.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC | libc::O_NOFOLLOW) };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }

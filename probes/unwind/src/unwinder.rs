@@ -168,15 +168,22 @@ impl<M: Memory + ?Sized> Session<'_, '_, M> {
             match (&next, self.module_at(lookup)) {
                 (Some(_), _) => {}
                 (None, l) => match l {
-                Some(l) if l.module.arch.is_none_or(|a| a == regs.arch) => {
-                    match cfi::step(&l.module, l.bias, lookup.wrapping_sub(l.bias), &regs, self.memory, &mut self.ctx) {
-                        Ok(Step::Outermost) => break End::Outermost,
-                        Ok(Step::Caller { regs: r, signal }) => next = Some((r, signal, FrameSource::Cfi)),
-                        Err(e) => why = format!("CFI at {pc:#x}: {e}"),
+                    Some(l) if l.module.arch.is_none_or(|a| a == regs.arch) => {
+                        match cfi::step(
+                            &l.module,
+                            l.bias,
+                            lookup.wrapping_sub(l.bias),
+                            &regs,
+                            self.memory,
+                            &mut self.ctx,
+                        ) {
+                            Ok(Step::Outermost) => break End::Outermost,
+                            Ok(Step::Caller { regs: r, signal }) => next = Some((r, signal, FrameSource::Cfi)),
+                            Err(e) => why = format!("CFI at {pc:#x}: {e}"),
+                        }
                     }
-                }
-                Some(_) => why = format!("{pc:#x} is in a module of another architecture"),
-                None => why = format!("{pc:#x} is in no known module"),
+                    Some(_) => why = format!("{pc:#x} is in a module of another architecture"),
+                    None => why = format!("{pc:#x} is in no known module"),
                 },
             }
             if let Some((r, _, FrameSource::Cfi)) = &next {
@@ -295,7 +302,11 @@ impl<M: Memory + ?Sized> Session<'_, '_, M> {
         for f in &mut bt.frames {
             let lookup = if f.exact { f.pc } else { f.pc.wrapping_sub(1) };
             if let Some(l) = self.module_at(lookup) {
-                f.symbols = l.module.symbolize(lookup.wrapping_sub(l.bias), self.opener, self.unwinder.options.separate_debug_lines);
+                f.symbols = l.module.symbolize(
+                    lookup.wrapping_sub(l.bias),
+                    self.opener,
+                    self.unwinder.options.separate_debug_lines,
+                );
             }
         }
     }

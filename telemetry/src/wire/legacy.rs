@@ -1,4 +1,4 @@
-//! The original libtelemetry framing (reference §1), byte-exact.
+//! The original libtelemetry framing (docs/WIRE.md), byte-exact.
 //!
 //! ```text
 //! u32 LE  total size, these four bytes included
@@ -25,6 +25,7 @@ pub const MIN_RECORD_SIZE: usize = 4 + 4 + 1;
 /// A record decoded from the legacy framing, with what the sender added.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LegacyRecord {
+    /// The record.
     pub record: Record,
     /// The `machine_id` the probe sent (the library sends `FFFFFFFF`).
     pub machine_id: MachineId,
@@ -35,38 +36,92 @@ pub struct LegacyRecord {
 /// Why bytes are not a legacy record.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum LegacyError {
+    /// The bytes given are not as many as the size field says.
     #[error("legacy record is {got} bytes but its size field says {declared}")]
-    SizeMismatch { declared: usize, got: usize },
+    SizeMismatch {
+        /// What the size field says.
+        declared: usize,
+        /// The bytes given.
+        got: usize,
+    },
+    /// The size field is over the limit.
     #[error("legacy record of {size} bytes is over the limit of {limit} bytes")]
-    TooLarge { size: usize, limit: usize },
+    TooLarge {
+        /// What the size field says.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Shorter than [`MIN_RECORD_SIZE`].
     #[error("legacy record is too short ({0} bytes)")]
     TooShort(usize),
+    /// The `CFG:` block is malformed.
     #[error("legacy CFG: path is not NUL-terminated, absolute, UTF-8 text")]
     BadConfigPath,
+    /// The header size field points past the record.
     #[error("legacy header block size {header} does not fit in the record ({available} bytes left)")]
-    HeaderSize { header: usize, available: usize },
+    HeaderSize {
+        /// What the header size field says.
+        header: usize,
+        /// The bytes left after it.
+        available: usize,
+    },
+    /// A header line is missing.
     #[error("legacy header line {line} is missing; expected {expected:?}")]
-    MissingHeader { line: usize, expected: &'static str },
+    MissingHeader {
+        /// The line's index (0-based).
+        line: usize,
+        /// The header name expected there.
+        expected: &'static str,
+    },
+    /// A header line has the wrong name.
     #[error("legacy header line {line} should be {expected:?} but is {found:?}")]
-    WrongHeader { line: usize, expected: &'static str, found: String },
+    WrongHeader {
+        /// The line's index (0-based).
+        line: usize,
+        /// The header name expected there.
+        expected: &'static str,
+        /// The line found.
+        found: String,
+    },
+    /// Bytes after the 15 header lines, inside the header block.
     #[error("legacy header block has data after the 15 header lines")]
     ExtraHeaderData,
+    /// `record_format_version` is not 4.
     #[error("legacy record_format_version is {0:?}; only 4 is understood")]
     FormatVersion(String),
+    /// A numeric header is not a number.
     #[error("legacy {field} is not a number: {value:?}")]
-    NotNumber { field: &'static str, value: String },
+    NotNumber {
+        /// The header.
+        field: &'static str,
+        /// Its value.
+        value: String,
+    },
+    /// The classification header is not valid.
     #[error("legacy classification: {0}")]
     Classification(#[from] ClassificationError),
+    /// The severity header is not valid.
     #[error("legacy severity: {0}")]
     Severity(#[from] SeverityError),
+    /// The event id header is not valid.
     #[error("legacy event_id: {0}")]
     EventId(#[from] EventIdError),
+    /// The machine id header is not valid.
     #[error("legacy machine_id: {0}")]
     MachineId(String),
+    /// A text header is not valid.
     #[error("legacy {field}: {source}")]
-    Text { field: &'static str, source: HeaderTextError },
+    Text {
+        /// The header.
+        field: &'static str,
+        /// Why its value is not valid.
+        source: HeaderTextError,
+    },
+    /// The payload lacks its terminating NUL.
     #[error("legacy payload does not end with a NUL byte")]
     PayloadNotTerminated,
+    /// A NUL inside the payload.
     #[error("legacy payload has a NUL byte at {0} before its end")]
     PayloadNul(usize),
 }
@@ -167,14 +222,9 @@ fn parse_header(header: &[u8], body: &[u8]) -> Result<(Record, MachineId), Legac
         let nl = rest.iter().position(|&b| b == b'\n').ok_or(LegacyError::MissingHeader { line, expected })?;
         let text = &rest[..nl];
         rest = &rest[nl + 1..];
-        let value = text
-            .strip_prefix(expected.as_bytes())
-            .and_then(|t| t.strip_prefix(b": "))
-            .ok_or_else(|| LegacyError::WrongHeader {
-                line,
-                expected,
-                found: String::from_utf8_lossy(text).into_owned(),
-            })?;
+        let value = text.strip_prefix(expected.as_bytes()).and_then(|t| t.strip_prefix(b": ")).ok_or_else(|| {
+            LegacyError::WrongHeader { line, expected, found: String::from_utf8_lossy(text).into_owned() }
+        })?;
         values[line] = value;
     }
     if !rest.is_empty() {
@@ -261,7 +311,7 @@ mod tests {
         }
     }
 
-    /// The bytes of reference §1 for `fixed_record()`, written out by hand:
+    /// The legacy bytes of `fixed_record()`, written out by hand:
     /// the header block is 410 bytes (15 lines counted below), the payload
     /// 6 bytes plus its NUL, so the total is 4 + 4 + 410 + 7 = 425 (0x1a9).
     fn expected_bytes(cfg: bool) -> Vec<u8> {
@@ -333,19 +383,54 @@ event_id: 0123456789abcdef0123456789abcdef\n";
 
     #[test]
     fn each_class_of_bad_input_has_its_error() {
-        assert!(matches!(corrupt(|b| { b.pop(); }), LegacyError::SizeMismatch { .. }));
-        assert!(matches!(corrupt(|b| { let n = b.len(); b[n - 1] = b'x'; }), LegacyError::PayloadNotTerminated));
-        assert!(matches!(corrupt(|b| { let n = b.len(); b[n - 3] = 0; }), LegacyError::PayloadNul(4)));
+        assert!(matches!(
+            corrupt(|b| {
+                b.pop();
+            }),
+            LegacyError::SizeMismatch { .. }
+        ));
+        assert!(matches!(
+            corrupt(|b| {
+                let n = b.len();
+                b[n - 1] = b'x';
+            }),
+            LegacyError::PayloadNotTerminated
+        ));
+        assert!(matches!(
+            corrupt(|b| {
+                let n = b.len();
+                b[n - 3] = 0;
+            }),
+            LegacyError::PayloadNul(4)
+        ));
         assert!(matches!(corrupt(|b| b[4..8].copy_from_slice(&5000u32.to_le_bytes())), LegacyError::HeaderSize { .. }));
         assert!(matches!(corrupt(|b| replace(b, b"severity: 1", b"severity: 9")), LegacyError::Severity(_)));
-        assert!(matches!(corrupt(|b| replace(b, b"org.clearlinux/hello/world", b"org/hello")), LegacyError::Classification(_)));
-        assert!(matches!(corrupt(|b| replace(b, b"severity: 1", b"sevarity: 1")), LegacyError::WrongHeader { line: 2, .. }));
-        assert!(matches!(corrupt(|b| replace(b, b"record_format_version: 4", b"record_format_version: 3")), LegacyError::FormatVersion(_)));
-        assert!(matches!(corrupt(|b| replace(b, b"1700000000", b"17000x0000")), LegacyError::NotNumber { field: "creation_timestamp", .. }));
-        assert!(matches!(corrupt(|b| replace(b, b"0123456789abcdef0123456789abcdef", b"xyz")), LegacyError::EventId(_)));
+        assert!(matches!(
+            corrupt(|b| replace(b, b"org.clearlinux/hello/world", b"org/hello")),
+            LegacyError::Classification(_)
+        ));
+        assert!(matches!(
+            corrupt(|b| replace(b, b"severity: 1", b"sevarity: 1")),
+            LegacyError::WrongHeader { line: 2, .. }
+        ));
+        assert!(matches!(
+            corrupt(|b| replace(b, b"record_format_version: 4", b"record_format_version: 3")),
+            LegacyError::FormatVersion(_)
+        ));
+        assert!(matches!(
+            corrupt(|b| replace(b, b"1700000000", b"17000x0000")),
+            LegacyError::NotNumber { field: "creation_timestamp", .. }
+        ));
+        assert!(matches!(
+            corrupt(|b| replace(b, b"0123456789abcdef0123456789abcdef", b"xyz")),
+            LegacyError::EventId(_)
+        ));
         assert!(matches!(corrupt(|b| replace(b, b"FFFFFFFF", b"FF-F")), LegacyError::MachineId(_)));
         assert!(matches!(corrupt(|b| replace(b, b"x86_64", b"x86\x0164")), LegacyError::Text { field: "arch", .. }));
-        assert!(matches!(corrupt(|b| replace(b, b"event_id: 0123456789abcdef0123456789abcdef\n", b"")), LegacyError::MissingHeader { line: 14, .. }));
+        assert!(matches!(
+            corrupt(|b| replace(b, b"event_id: 0123456789abcdef0123456789abcdef\n", b"")),
+            LegacyError::MissingHeader { line: 14, .. }
+        ));
         assert!(matches!(decode(&[1, 0]), Err(LegacyError::TooShort(2))));
         assert!(matches!(check_total_size(0, 100), Err(LegacyError::TooShort(0))));
         assert!(matches!(check_total_size(200, 100), Err(LegacyError::TooLarge { .. })));

@@ -26,6 +26,11 @@ pub fn sniff(first4: [u8; 4]) -> Framing {
 /// The framing a connection was found to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
+    /// The native framing (the connection starts with [`native::PREFIX`]).
     Native,
-    Legacy { total_size: u32 },
+    /// The legacy framing: one record, no acknowledgement.
+    Legacy {
+        /// The record's size as its first four bytes declare it.
+        total_size: u32,
+    },
 }

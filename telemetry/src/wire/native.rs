@@ -33,6 +33,7 @@ pub const MAX_SERVER_FRAME: usize = 64 * 1024;
 /// Probe -> collector messages.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientFrame {
+    /// One record, answered by one [`Ack`].
     Record(Record),
 }
 
@@ -48,6 +49,7 @@ pub enum ServerFrame {
 /// What the collector announces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
+    /// The native framing version ([`PROTOCOL_VERSION`]).
     pub protocol: u8,
     /// Largest payload the collector accepts, in bytes.
     pub max_payload: u32,
@@ -57,24 +59,41 @@ pub struct Hello {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Ack {
     /// Durably journaled or spooled; `record_id` names it in the journal.
-    Accepted { record_id: [u8; 16] },
+    Accepted {
+        /// The bytes of the [`RecordId`](crate::RecordId) the collector gave it.
+        record_id: [u8; 16],
+    },
     /// Not accepted, with a reason the probe can print.
-    Rejected { reason: String },
+    Rejected {
+        /// Why, in words the probe can print.
+        reason: String,
+    },
 }
 
 /// Why bytes are not a valid native frame.
 #[derive(Debug, Error)]
 pub enum FrameError {
+    /// The first 8 bytes are not [`PREFIX`].
     #[error("connection does not start with the telemetrics native prefix (got {0:02x?})")]
     BadPrefix([u8; 8]),
+    /// The prefix names a version this side does not speak.
     #[error("native framing version {0} is not supported (this side speaks {PROTOCOL_VERSION})")]
     Version(u8),
+    /// A frame's length is over the limit.
     #[error("frame of {size} bytes is over the limit of {limit} bytes")]
-    TooLarge { size: usize, limit: usize },
+    TooLarge {
+        /// The frame's declared length.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The frame's body does not decode.
     #[error("frame is not a valid message: {0}")]
     Decode(#[from] bincode::Error),
+    /// The connection ended inside a frame.
     #[error("connection closed in the middle of a frame")]
     Truncated,
+    /// Reading or writing failed.
     #[error(transparent)]
     Io(io::Error),
 }
@@ -184,11 +203,29 @@ enum PayloadRef<'a> {
 
 impl HostRef<'_> {
     fn fields(&self) -> [&str; 8] {
-        [self.arch, self.host_type, self.build, self.kernel_version, self.system_name, self.board_name, self.cpu_model, self.bios_version]
+        [
+            self.arch,
+            self.host_type,
+            self.build,
+            self.kernel_version,
+            self.system_name,
+            self.board_name,
+            self.cpu_model,
+            self.bios_version,
+        ]
     }
 
     fn is(&self, h: &HostInfo) -> bool {
-        let have = [&h.arch, &h.host_type, &h.build, &h.kernel_version, &h.system_name, &h.board_name, &h.cpu_model, &h.bios_version];
+        let have = [
+            &h.arch,
+            &h.host_type,
+            &h.build,
+            &h.kernel_version,
+            &h.system_name,
+            &h.board_name,
+            &h.cpu_model,
+            &h.bios_version,
+        ];
         self.fields().iter().zip(have).all(|(a, b)| *a == b.as_str())
     }
 
@@ -299,12 +336,8 @@ mod tests {
     use crate::{Classification, Payload, Severity};
 
     fn record() -> Record {
-        Record::builder(
-            Classification::parse("org.test/hello/world").unwrap(),
-            Severity::Low,
-            Payload::text("hello\n"),
-        )
-        .build()
+        Record::builder(Classification::parse("org.test/hello/world").unwrap(), Severity::Low, Payload::text("hello\n"))
+            .build()
     }
 
     #[test]
@@ -365,7 +398,10 @@ mod tests {
         let mut cur = std::io::Cursor::new(buf);
         let mut body = Vec::new();
         assert!(read_frame(&mut cur, MAX_SERVER_FRAME, &mut body).unwrap());
-        assert_eq!(decode_body::<ServerFrame>(&body).unwrap(), ServerFrame::Hello(Hello { protocol: 1, max_payload: 65536 }));
+        assert_eq!(
+            decode_body::<ServerFrame>(&body).unwrap(),
+            ServerFrame::Hello(Hello { protocol: 1, max_payload: 65536 })
+        );
         assert!(!read_frame(&mut cur, MAX_SERVER_FRAME, &mut body).unwrap());
     }
 }

@@ -137,7 +137,8 @@ fn child(a: &Args, k: usize) -> ExitCode {
     let mut frame = Vec::with_capacity(a.size + 1024);
     for n in 0..a.records {
         attempted.store(n + 1, Ordering::SeqCst);
-        let record = Record::builder(class.clone(), Severity::Low, Payload::text(payload(&a.prefix, k, n, a.size))).build();
+        let record =
+            Record::builder(class.clone(), Severity::Low, Payload::text(payload(&a.prefix, k, n, a.size))).build();
         frame.clear();
         if let Err(e) = legacy::encode_into(&record, None, &mut frame) {
             eprintln!("telem-legacy-burst: cannot encode: {e}");

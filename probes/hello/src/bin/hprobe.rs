@@ -2,7 +2,8 @@
 //! collector, to check that records flow.
 //!
 //! The original C program's command line works unchanged: `-H/--heartbeat`,
-//! `-f/--config_file` (also `--config-file`), `-V/--version`, `-h/--help`.
+//! `-f/--config_file` (also `--config-file`, and `--config` as every program
+//! of the suite spells it), `-V/--version`, `-h/--help`.
 
 use std::process::ExitCode;
 
@@ -74,7 +75,14 @@ mod tests {
         assert!(!parse(&[]).heartbeat);
         assert!(parse(&["-V"]).version);
         assert!(parse(&["--version"]).version);
-        for args in [&["-f", "/c"][..], &["--config_file", "/c"], &["--config-file", "/c"], &["-f/c"], &["--config_file=/c"]] {
+        for args in [
+            &["-f", "/c"][..],
+            &["--config_file", "/c"],
+            &["--config-file", "/c"],
+            &["--config", "/c"],
+            &["-f/c"],
+            &["--config_file=/c"],
+        ] {
             assert_eq!(parse(args).send.config.as_deref(), Some(Path::new("/c")), "{args:?}");
         }
         let a = parse(&["-H", "-f", "/c"]);

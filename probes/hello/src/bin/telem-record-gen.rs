@@ -4,7 +4,7 @@
 //! The original C program's command line works unchanged: `-c/--class`,
 //! `-s/--severity` (default 1), `-p/--payload`, `-P/--payload-file`,
 //! `-R/--record-version` (the payload format version, default 1),
-//! `-e/--event-id`, `-f/--config-file`, `-n/--no-post`, `-o/--echo`,
+//! `-e/--event-id`, `-f/--config-file` (also `--config`), `-n/--no-post`, `-o/--echo`,
 //! `-V/--version`, `-h/--help`.
 
 use std::path::PathBuf;
@@ -70,10 +70,8 @@ fn build(args: &Args) -> Result<Record, ProbeError> {
     let class = args.class.as_deref().ok_or(ProbeError::MissingClassification)?;
     let classification: Classification =
         class.parse().map_err(|source| ProbeError::Classification { value: class.to_string(), source })?;
-    let severity: Severity = args
-        .severity
-        .parse()
-        .map_err(|source| ProbeError::Severity { value: args.severity.clone(), source })?;
+    let severity: Severity =
+        args.severity.parse().map_err(|source| ProbeError::Severity { value: args.severity.clone(), source })?;
     let event_id = args
         .event_id
         .as_deref()
@@ -138,8 +136,22 @@ mod tests {
     #[test]
     fn original_short_options() {
         let a = parse(&[
-            "-c", "a/b/c", "-s", "3", "-p", "text", "-P", "file", "-R", "2", "-e", "0123456789abcdef0123456789abcdef",
-            "-f", "/etc/t.conf", "-n", "-o",
+            "-c",
+            "a/b/c",
+            "-s",
+            "3",
+            "-p",
+            "text",
+            "-P",
+            "file",
+            "-R",
+            "2",
+            "-e",
+            "0123456789abcdef0123456789abcdef",
+            "-f",
+            "/etc/t.conf",
+            "-n",
+            "-o",
         ]);
         assert_eq!(a.class.as_deref(), Some("a/b/c"));
         assert_eq!(a.severity, "3");
@@ -154,14 +166,30 @@ mod tests {
     #[test]
     fn original_long_options() {
         let a = parse(&[
-            "--class", "a/b/c", "--severity", "4", "--payload", "t", "--payload-file", "f", "--record-version", "5",
-            "--event-id", "0123456789abcdef0123456789abcdef", "--config-file", "c", "--no-post", "--echo",
+            "--class",
+            "a/b/c",
+            "--severity",
+            "4",
+            "--payload",
+            "t",
+            "--payload-file",
+            "f",
+            "--record-version",
+            "5",
+            "--event-id",
+            "0123456789abcdef0123456789abcdef",
+            "--config-file",
+            "c",
+            "--no-post",
+            "--echo",
         ]);
         assert_eq!((a.class.as_deref(), a.severity.as_str(), a.payload_version), (Some("a/b/c"), "4", 5));
         assert_eq!(a.send.config.as_deref(), Some(std::path::Path::new("c")));
         assert!(a.no_post && a.echo);
         // The original's help spells it --config_file.
         assert_eq!(parse(&["--config_file", "d"]).send.config.as_deref(), Some(std::path::Path::new("d")));
+        // The suite's spelling.
+        assert_eq!(parse(&["--config", "e"]).send.config.as_deref(), Some(std::path::Path::new("e")));
         assert!(parse(&["--version"]).version);
         assert!(parse(&["-V"]).version);
     }

@@ -230,7 +230,7 @@ pub fn request_parts<'a>(
     mid: &'a MachineId,
     record: &'a telemetry::Record,
 ) -> Result<Parts<'a>, String> {
-    let mut h: Vec<(&str, Cow<str>)> = Vec::with_capacity(22);
+    let mut h: Vec<(&str, Cow<'_, str>)> = Vec::with_capacity(22);
     h.push((prep.tid.0.as_str(), Cow::Borrowed(prep.tid.1.as_str())));
     let body = match prep.protocol {
         Protocol::V2 => {
@@ -259,7 +259,7 @@ pub fn request_parts<'a>(
 }
 
 /// The post as bytes on the wire: request line, header lines, body.
-pub fn encode_request(prep: &Prepared, parts: &Parts) -> Bytes {
+pub fn encode_request(prep: &Prepared, parts: &Parts<'_>) -> Bytes {
     let head: usize = parts.headers.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
     let mut out = Vec::with_capacity(prep.path.len() + 20 + head + parts.body.len());
     // Writing into a Vec cannot fail.

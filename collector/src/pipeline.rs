@@ -244,11 +244,7 @@ impl Shared {
 
 /// This boot's id without dashes (32 hex), or zeros when unknown.
 pub fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().replace('-', ""))
-        .ok()
-        .filter(|s| s.len() == 32)
-        .unwrap_or_else(|| "0".repeat(32))
+    telemetry::BootId::read().unwrap_or(telemetry::BootId::UNKNOWN).to_string()
 }
 
 /// Applies the privacy settings to a record before it is journaled or

@@ -795,7 +795,17 @@ impl Spool {
                 let (off, epoch) = ix.files.get(&id).map_or((0, 0), |f| (f.len, f.epoch));
                 return Ok((id, f, off, epoch));
             }
-            match ix.free.pop() {
+            // In place, the largest free file first: its blocks are written
+            // over bytes it already has, so a full disk does not refuse them
+            // while a smaller free file would need new space.
+            let pick = if self.in_place() && ix.free.len() > 1 {
+                let sizes: Vec<u64> =
+                    ix.free.iter().map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)).collect();
+                (0..ix.free.len()).max_by_key(|&i| sizes[i])
+            } else {
+                ix.free.len().checked_sub(1)
+            };
+            match pick.map(|i| ix.free.remove(i)) {
                 Some(p) => (p, false),
                 None => {
                     let n = ix.next_free;

@@ -148,11 +148,11 @@ fn a_full_disk_rejects_with_the_reason_and_keeps_serving() {
     a_full_disk(None);
 }
 
-// A variant under `ulimit -n 256` failed 2 runs in 8: after the spool
-// drained, a recycled 1 MiB spool file was left on the full tmpfs outside
-// the free pool, so new commits kept failing with ENOSPC. Under
-// investigation (see the issue note); the kill -9 and burst tests run
-// under `ulimit -n 256`.
+/// The same under `ulimit -n 256`.
+#[test]
+fn a_full_disk_under_ulimit_n_256() {
+    a_full_disk(Some(256));
+}
 
 fn a_full_disk(nofile: Option<u64>) {
     if !e2e::require_root("a_full_disk_rejects_with_the_reason_and_keeps_serving") {

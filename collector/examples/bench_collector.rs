@@ -21,6 +21,8 @@
 //!    clean round of the same run (target >= 0.90)
 //!
 //! `--quick` runs one round at half the load (5-7 at full size);
+//! `BENCH_CONFIG="key=value;key=value"` adds settings to the collector's
+//! configuration (to measure one setting's cost);
 //! `BENCH_ONLY=e2e|one|latency|legacy|hprobe|poison` runs one phase (to
 //! profile it; `poison` runs the clean end-to-end round too, for its ratio). `BENCH_CONCURRENCY` and `BENCH_PIPELINE`
 //! set the collector's `delivery_concurrency` and `delivery_pipeline`
@@ -161,6 +163,7 @@ impl Daemon {
                     .iter()
                     .zip(["delivery_concurrency", "delivery_pipeline"])
                     .filter_map(|(var, key)| std::env::var(var).ok().map(|v| format!("{key}={v}\n")))
+                    .chain(std::env::var("BENCH_CONFIG").ok().map(|c| format!("{}\n", c.replace(';', "\n"))))
                     .collect::<String>()
             ),
         )

@@ -935,7 +935,16 @@ impl Spool {
                 if let Some(recs) = &seg.records {
                     let Some(item) = recs.get(seg.handed as usize).cloned() else { return Next::Empty };
                     seg.handed += 1;
-                    return Next::Ready(Ticket { seq: seg.seq, item });
+                    let seq = seg.seq;
+                    if seg.handed == seg.total {
+                        // All handed out: each ticket holds its own record, so
+                        // one that waits long (a retry) keeps only itself in
+                        // memory, not its whole block.
+                        seg.records = None;
+                        let bytes = seg.bytes;
+                        ix.cached = ix.cached.saturating_sub(bytes);
+                    }
+                    return Next::Ready(Ticket { seq, item });
                 }
                 let (seq, fid, offset) = (seg.seq, seg.file, seg.offset);
                 match ix.files.get(&fid).map(|f| File::open(&f.path)) {
@@ -955,7 +964,7 @@ impl Spool {
             drop(file);
             let mut ix = self.lock();
             let Some(seg) = ix.segments.iter_mut().find(|s| s.seq == seq) else { continue };
-            if seg.records.is_some() {
+            if seg.records.is_some() || seg.handed >= seg.total {
                 continue;
             }
             match read {

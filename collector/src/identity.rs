@@ -176,7 +176,8 @@ mod tests {
         let a = for_level(&cfg, &session, now).unwrap();
         assert_ne!(a, session);
         assert_eq!(peek(&cfg, now), Some(a.clone()));
-        assert_eq!(peek(&cfg, now + ROTATION), None);
+        // A second past the rotation age (the file was written a moment after `now`).
+        assert_eq!(peek(&cfg, now + ROTATION + Duration::from_secs(1)), None);
         // static: required.
         cfg.privacy_level = PrivacyLevel::Static;
         let e = for_level(&cfg, &session, now).unwrap_err().to_string();

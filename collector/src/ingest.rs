@@ -25,6 +25,7 @@ use bytes::{Buf, BytesMut};
 use telemetry::wire::native::{self, Ack, Hello, ServerFrame};
 use telemetry::wire::{self, legacy, Framing};
 use telemetry::Record;
+use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -90,6 +91,25 @@ pub async fn serve(
     }
     let slots = Arc::new(Semaphore::new(max));
     let budget = Arc::new(Semaphore::new(INFLIGHT_BYTES));
+    // Accepted sockets stay plain (std) sockets unless they need a task:
+    // a legacy sender's whole record is usually there by the time it is
+    // accepted, and is then taken without registering the socket with the
+    // event loop or starting a task for it (see `take_legacy`).
+    let registered = listener.into_std().and_then(|l| {
+        // SAFETY: the AsyncFd owns the std listener, whose descriptor stays
+        // open and the same for the AsyncFd's whole life.
+        unsafe { AsyncFd::register(l) }.map_err(std::io::Error::from)
+    });
+    let listener = match registered {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("cannot serve the probe socket: {e}");
+            return;
+        }
+    };
+    let (close_tx, close_rx) = mpsc::unbounded_channel();
+    tokio::spawn(close_when_stored(close_rx));
+    let mut scratch = vec![0u8; FAST_READ];
     let mut last_full_log: Option<std::time::Instant> = None;
     loop {
         // A free slot first, then accept: at the cap, senders wait in the
@@ -110,25 +130,47 @@ pub async fn serve(
                 }
             }
         };
-        let conn = tokio::select! {
-            c = listener.accept() => c,
-            _ = stop.changed() => return,
-        };
-        let stream = match conn {
-            Ok((s, _)) => s,
-            Err(e) => {
-                // EMFILE and friends: the sender stays in the backlog; wait
-                // a little for a descriptor instead of spinning.
-                tracing::warn!("accept failed: {e}; trying again shortly");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
+        let stream = loop {
+            let mut ready = tokio::select! {
+                r = listener.readable() => match r {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!("the probe socket failed: {e}");
+                        return;
+                    }
+                },
+                _ = stop.changed() => return,
+            };
+            match ready.try_io(|l| l.get_ref().accept()) {
+                Ok(Ok((s, _))) => break s,
+                Ok(Err(e)) => {
+                    // EMFILE and friends: the sender stays in the backlog;
+                    // wait a little for a descriptor instead of spinning.
+                    tracing::warn!("accept failed: {e}; trying again shortly");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(_would_block) => {}
             }
         };
-        let shared = shared.clone();
         let sender = Sender { submit: submit.clone(), budget: budget.clone() };
+        let stream = match take_legacy(stream, &shared, &sender, &mut scratch).await {
+            Taken::Submitted(stream, ack) => {
+                let _ = close_tx.send(Closing { ack, stream, permit });
+                continue;
+            }
+            Taken::Done => continue,
+            Taken::Not(stream, buf) => (stream, buf),
+        };
+        let shared = shared.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection(stream, &shared, sender).await {
-                tracing::debug!("probe connection ended: {e}");
+            let (stream, buf) = stream;
+            match UnixStream::from_std(stream) {
+                Ok(stream) => {
+                    if let Err(e) = connection(stream, buf, &shared, sender).await {
+                        tracing::debug!("probe connection ended: {e}");
+                    }
+                }
+                Err(e) => tracing::warn!("cannot serve a probe connection: {e}"),
             }
             drop(permit);
         });
@@ -202,7 +244,7 @@ async fn read_at_least<R: AsyncRead + Unpin>(
     Ok(())
 }
 
-async fn connection(stream: UnixStream, shared: &Shared, sender: Sender) -> Result<(), ConnError> {
+async fn connection(stream: UnixStream, mut buf: BytesMut, shared: &Shared, sender: Sender) -> Result<(), ConnError> {
     let cfg = shared.config();
     let (uid, pid) = match stream.peer_cred() {
         Ok(c) => (c.uid(), c.pid().unwrap_or(0).max(0) as u32),
@@ -210,7 +252,7 @@ async fn connection(stream: UnixStream, shared: &Shared, sender: Sender) -> Resu
     };
     let (mut rd, wr) = stream.into_split();
     let stats = &shared.stats;
-    let mut buf = BytesMut::with_capacity(MIN_READ_BUFFER);
+    buf.reserve(MIN_READ_BUFFER.saturating_sub(buf.len()));
     let first = read_at_least(&mut rd, &mut buf, 4, cfg.idle_timeout).await;
     // A connection that ends before its first byte sent nothing to refuse.
     truncated(stats, !buf.is_empty(), first)?;
@@ -223,20 +265,8 @@ async fn connection(stream: UnixStream, shared: &Shared, sender: Sender) -> Resu
                 ConnError::Protocol(e.to_string())
             })?;
             truncated(stats, true, read_at_least(&mut rd, &mut buf, size, cfg.idle_timeout).await)?;
-            let rec = legacy::decode(&buf[..size]).map_err(|e| {
-                tracing::warn!("legacy record from uid {uid} pid {pid} refused: {e}");
-                stats.refuse(legacy_refusal(&e), 1);
-                ConnError::Protocol(e.to_string())
-            })?;
-            if let Some(cfgp) = &rec.config_path {
-                tracing::debug!("legacy probe named config {cfgp}; the collector's own configuration applies");
-            }
-            if let Err(e) = rec.record.payload.check_limit(cfg.record_max_bytes) {
-                tracing::warn!("legacy record from uid {uid} pid {pid} refused: {e}");
-                stats.refuse(Refusal::PayloadTooLarge, 1);
-                return Err(ConnError::Protocol(e.to_string()));
-            }
-            let acks = sender.send(vec![Incoming { record: rec.record, size: size as u64 }], uid, pid).await?;
+            let incoming = legacy_incoming(&buf[..size], &cfg, uid, pid, stats)?;
+            let acks = sender.send(vec![incoming], uid, pid).await?;
             match acks.await.map_err(|_| ConnError::Closing)?.pop() {
                 // Counted and journaled by the commit stage, which also logs
                 // (a storm of drops is not a storm of log lines).
@@ -252,6 +282,141 @@ async fn connection(stream: UnixStream, shared: &Shared, sender: Sender) -> Resu
         }
         Framing::Native => native_conn(rd, wr, buf, &cfg, uid, pid, sender, stats).await,
     }
+}
+
+/// Bytes read from a newly accepted socket before deciding how to serve
+/// it: a legacy record of the usual size fits.
+const FAST_READ: usize = 16 * 1024;
+
+/// What [`take_legacy`] did with a new connection.
+enum Taken {
+    /// A whole legacy record was there and went to the commit stage; the
+    /// socket is closed once it is stored (its sender may wait for that).
+    Submitted(std::os::unix::net::UnixStream, oneshot::Receiver<Vec<Ack>>),
+    /// Refused or ended (counted and logged where it happened).
+    Done,
+    /// To be served by a task (native framing, or not all there yet), with
+    /// the bytes already read.
+    Not(std::os::unix::net::UnixStream, BytesMut),
+}
+
+/// The sender's uid and pid of a unix socket.
+fn peer_of(stream: &std::os::unix::net::UnixStream) -> (u32, u32) {
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred { pid: 0, uid: u32::MAX, gid: 0 };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: SO_PEERCRED fills a ucred of the given size on a socket we own.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        (cred.uid, cred.pid.max(0) as u32)
+    } else {
+        (u32::MAX, 0)
+    }
+}
+
+/// Reads what a new connection already sent; when it is a whole legacy
+/// record (the C library connects, writes one record and closes, so it
+/// usually is), decodes and submits it right here: no task, no event-loop
+/// registration, no second read. Anything else goes to [`connection`].
+async fn take_legacy(
+    stream: std::os::unix::net::UnixStream,
+    shared: &Shared,
+    sender: &Sender,
+    scratch: &mut [u8],
+) -> Taken {
+    use std::io::Read;
+    if let Err(e) = stream.set_nonblocking(true) {
+        tracing::debug!("probe connection dropped: {e}");
+        return Taken::Done;
+    }
+    let n = match (&stream).read(scratch) {
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+        Err(e) => {
+            tracing::debug!("probe connection ended: {e}");
+            return Taken::Done;
+        }
+    };
+    let got = &scratch[..n];
+    let Some(Framing::Legacy { total_size }) = got.get(..4).map(|h| wire::sniff([h[0], h[1], h[2], h[3]])) else {
+        return Taken::Not(stream, BytesMut::from(got));
+    };
+    let cfg = shared.config();
+    let size = match legacy::check_total_size(total_size, cfg.max_legacy_record()) {
+        Ok(size) if size <= n => size,
+        // Not all there yet, or too large (the task refuses it, counting).
+        _ => return Taken::Not(stream, BytesMut::from(got)),
+    };
+    let (uid, pid) = peer_of(&stream);
+    let incoming = match legacy_incoming(&got[..size], &cfg, uid, pid, &shared.stats) {
+        Ok(i) => i,
+        Err(_) => return Taken::Done,
+    };
+    match sender.send(vec![incoming], uid, pid).await {
+        Ok(ack) => Taken::Submitted(stream, ack),
+        Err(_) => Taken::Done,
+    }
+}
+
+/// A legacy connection whose record is on its way to the spool.
+struct Closing {
+    ack: oneshot::Receiver<Vec<Ack>>,
+    stream: std::os::unix::net::UnixStream,
+    permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Closes each legacy connection taken by [`take_legacy`] once its record
+/// is stored (or refused: the commit stage counts, journals and logs that),
+/// giving its connection slot back.
+async fn close_when_stored(mut rx: mpsc::UnboundedReceiver<Closing>) {
+    let mut waiting = futures_util::stream::FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            c = rx.recv() => match c {
+                Some(Closing { ack, stream, permit }) => waiting.push(async move {
+                    let _ = ack.await;
+                    drop(stream);
+                    drop(permit);
+                }),
+                None => break,
+            },
+            Some(()) = futures_util::StreamExt::next(&mut waiting), if !waiting.is_empty() => {}
+        }
+    }
+    while futures_util::StreamExt::next(&mut waiting).await.is_some() {}
+}
+
+/// Decodes one legacy record (its `size` bytes) and checks its payload
+/// against `record_max_bytes`; a refusal is counted and logged.
+fn legacy_incoming(
+    bytes: &[u8],
+    cfg: &crate::config::Config,
+    uid: u32,
+    pid: u32,
+    stats: &Stats,
+) -> Result<Incoming, ConnError> {
+    let rec = legacy::decode(bytes).map_err(|e| {
+        tracing::warn!("legacy record from uid {uid} pid {pid} refused: {e}");
+        stats.refuse(legacy_refusal(&e), 1);
+        ConnError::Protocol(e.to_string())
+    })?;
+    if let Some(cfgp) = &rec.config_path {
+        tracing::debug!("legacy probe named config {cfgp}; the collector's own configuration applies");
+    }
+    if let Err(e) = rec.record.payload.check_limit(cfg.record_max_bytes) {
+        tracing::warn!("legacy record from uid {uid} pid {pid} refused: {e}");
+        stats.refuse(Refusal::PayloadTooLarge, 1);
+        return Err(ConnError::Protocol(e.to_string()));
+    }
+    Ok(Incoming { record: rec.record, size: bytes.len() as u64 })
 }
 
 /// Counts a read that failed in the middle of a record (`started`) as a

@@ -1,0 +1,150 @@
+//! Reading the journal back: its tail on start, and the merged records
+//! `telemctl journal` shows.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+
+use serde::Serialize;
+use telemetry::EventId;
+
+use super::*;
+
+/// The end of the journal: the record ids of its last first entries
+/// (within the last [`TAIL_BYTES`] of `journal`) and the newest entry time.
+#[derive(Debug, Default)]
+pub struct Tail {
+    pub ids: std::collections::HashSet<[u8; 16]>,
+    pub newest: Option<u64>,
+}
+
+/// How much of the journal's end [`tail`] reads.
+pub const TAIL_BYTES: u64 = 8 << 20;
+
+/// Reads the end of `dir/journal` (see [`Tail`]).
+pub fn tail(dir: &Path) -> Result<Tail, JournalError> {
+    use std::io::{Seek, SeekFrom};
+    let path = dir.join(FILE_NAME);
+    let mut f = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Tail::default()),
+        Err(source) => return Err(JournalError::Open { path, source }),
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let from = len.saturating_sub(TAIL_BYTES);
+    f.seek(SeekFrom::Start(from)).map_err(|source| JournalError::Open { path: path.clone(), source })?;
+    let mut out = Tail::default();
+    let mut lines = BufReader::new(f).split(b'\n');
+    if from > 0 {
+        // Most likely the middle of a line.
+        lines.next();
+    }
+    for line in lines {
+        let line = line.map_err(|source| JournalError::Open { path: path.clone(), source })?;
+        let Ok(e) = serde_json::from_slice::<Entry>(&line) else { continue };
+        out.newest = out.newest.max(Some(e.time));
+        if e.class.is_some() {
+            if let Ok(id) = e.id.parse::<EventId>() {
+                out.ids.insert(*id.as_bytes());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// One record as the journal knows it: its first entry with the last fate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Merged {
+    #[serde(flatten)]
+    pub entry: Entry,
+    /// Unix seconds of the last fate.
+    pub fate_time: u64,
+}
+
+/// Reads `journal.1` then `journal` and merges fate updates into their
+/// records, in the order records were first journaled. A torn last line
+/// (crash while writing) is skipped.
+pub fn read(dir: &Path) -> Result<Vec<Merged>, JournalError> {
+    let mut out: Vec<Merged> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for name in [OLD_FILE_NAME, FILE_NAME] {
+        let path = dir.join(name);
+        let f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => return Err(JournalError::Open { path, source }),
+        };
+        for line in BufReader::new(f).split(b'\n') {
+            let line = line.map_err(|source| JournalError::Open { path: path.clone(), source })?;
+            let Ok(e) = serde_json::from_slice::<Entry>(&line) else { continue };
+            match index.get(&e.id) {
+                Some(&i) if e.class.is_none() => {
+                    out[i].entry.fate = e.fate;
+                    out[i].fate_time = e.time;
+                }
+                Some(_) => {}
+                None if e.class.is_some() => {
+                    index.insert(e.id.clone(), out.len());
+                    out.push(Merged { fate_time: e.time, entry: e });
+                }
+                // An update whose record was rotated away.
+                None => {}
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The `telemctl journal` filters.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub record_id: Option<String>,
+    pub event_id: Option<String>,
+    /// Exact, or a prefix ending in `/*`.
+    pub classification: Option<String>,
+    pub boot_id: Option<String>,
+}
+
+impl Filter {
+    pub fn matches(&self, m: &Merged) -> bool {
+        let e = &m.entry;
+        let eq = |want: &Option<String>, have: &Option<String>| {
+            want.as_ref().is_none_or(|w| have.as_deref() == Some(w.as_str()))
+        };
+        if self.record_id.as_ref().is_some_and(|r| *r != e.id) {
+            return false;
+        }
+        if !eq(&self.event_id, &e.event) || !eq(&self.boot_id, &e.boot) {
+            return false;
+        }
+        if let Some(pattern) = &self.classification {
+            let class = e.class.as_deref().unwrap_or("");
+            let ok = match pattern.strip_suffix("/*") {
+                Some(prefix) => class.starts_with(prefix) && class[prefix.len()..].starts_with('/'),
+                None => class == pattern,
+            };
+            if !ok {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// `YYYY-MM-DD HH:MM:SS` (UTC) for unix seconds.
+pub fn format_time(t: u64) -> String {
+    let days = (t / 86_400) as i64;
+    let rem = t % 86_400;
+    // Howard Hinnant's civil-from-days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+}

@@ -1,0 +1,293 @@
+use super::*;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use telemetry::Record;
+use telemetry::{Classification, Payload, Severity};
+
+fn item(n: u8, accepted: u64) -> Item {
+    let record = Record::builder(
+        Classification::parse("org.t/spool/test").unwrap(),
+        Severity::Low,
+        Payload::text(format!("r{n}")),
+    )
+    .build();
+    Item { record_id: [n; 16], accepted, counted: true, uid: 1, pid: 2, record }
+}
+
+fn commit(s: &Spool, items: Vec<Item>) -> u64 {
+    let mut body = Vec::new();
+    for i in &items {
+        encode_item(i, &mut body).unwrap();
+    }
+    s.commit(items.into_iter().map(Arc::new).collect(), &body, 0).unwrap()
+}
+
+#[test]
+fn fifo_done_and_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (s, rec) = Spool::open(dir.path(), 0).unwrap();
+        assert_eq!(rec.records, 0);
+        commit(&s, vec![item(1, 100), item(2, 100)]);
+        commit(&s, vec![item(3, 100)]);
+        assert_eq!(s.records(), 3);
+        let t = s.next().unwrap();
+        assert_eq!(t.item.record_id, [1; 16]);
+        s.done(t.seq);
+        // Record 2 handed out but not done: it must come back after a restart.
+        let t2 = s.next().unwrap();
+        assert_eq!(t2.item.record_id, [2; 16]);
+    }
+    // A torn write left in a free file is removed on start.
+    std::fs::write(dir.path().join("free-999"), b"TSPOOL01garbage").unwrap();
+    let (s, rec) = Spool::open(dir.path(), 0).unwrap();
+    assert_eq!(rec.torn, 1);
+    assert_eq!(rec.records, 3, "the first segment had one record not done");
+    let ids: Vec<u8> = std::iter::from_fn(|| s.next()).map(|t| t.item.record_id[0]).collect();
+    assert_eq!(ids, vec![1, 2, 3]);
+}
+
+/// Files holding at least one valid block.
+fn with_blocks(d: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        // A file the housekeeper renames meanwhile is seen under its new name.
+        .filter(|p| File::open(p).is_ok_and(|f| !read_file(f).0.is_empty()))
+        .collect();
+    v.sort();
+    v
+}
+
+fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_record_that_waits_holds_only_its_share_and_commits_wait_for_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = Spool::open(dir.path(), 0).unwrap();
+    let items: Vec<Item> = (0..10).map(|i| item(i, 10)).collect();
+    commit(&s, items);
+    let full = s.bytes();
+    // Nine of ten delivered; one (a retry) still out: it holds a tenth.
+    let tickets: Vec<Ticket> = std::iter::from_fn(|| s.next()).collect();
+    assert_eq!(tickets.len(), 10);
+    for t in &tickets[1..] {
+        s.done(t.seq);
+    }
+    assert!(s.bytes() <= full / 10 + 10, "{} of {full}", s.bytes());
+    assert_eq!(s.records(), 1);
+    // A cap the spool is at: a commit that may wait gets room as soon
+    // as the last record leaves; one that may not is left out.
+    let cap = Some(s.bytes() + 10);
+    let (poll, long) = (Duration::from_millis(10), Duration::from_secs(30));
+    let (fits, reserved, _) = s.reserve_wait(&[100], cap, poll, long, &|| false);
+    assert_eq!((fits, reserved), (vec![false], 0));
+    // Nothing leaves: waiting stops after `stall`.
+    let (fits, _, waited) = s.reserve_wait(&[100], cap, poll, Duration::from_millis(300), &|| true);
+    assert_eq!(fits, vec![false]);
+    assert!(waited >= Duration::from_millis(250) && waited < Duration::from_secs(10), "{waited:?}");
+    let s2 = s.clone();
+    let seq = tickets[0].seq;
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        s2.done(seq);
+    });
+    let (fits, reserved, waited) = s.reserve_wait(&[100], cap, Duration::from_secs(5), long, &|| true);
+    assert_eq!(fits, vec![true]);
+    assert!(reserved > 0);
+    assert!(waited >= Duration::from_millis(150) && waited < Duration::from_secs(4), "{waited:?}");
+    t.join().unwrap();
+    assert_eq!((s.bytes(), s.records()), (0, 0));
+}
+
+#[test]
+fn an_idle_file_whose_blocks_are_all_final_is_started_over_in_place() {
+    for cap in [None, Some(5 << 20)] {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, _) = Spool::open(dir.path(), 0).unwrap();
+        s.set_cap(cap);
+        s.settle(std::time::Duration::from_secs(5));
+        // Lone records, each delivered before the next arrives.
+        for i in 0..20 {
+            commit(&s, vec![item(i, 10)]);
+            let t = s.next().unwrap();
+            s.done(t.seq);
+        }
+        s.settle(std::time::Duration::from_secs(5));
+        assert_eq!(with_blocks(dir.path()), Vec::<PathBuf>::new(), "no dead block is valid ({cap:?})");
+        // One more, not delivered: the only block a restart finds.
+        commit(&s, vec![item(99, 10)]);
+        s.settle(std::time::Duration::from_secs(5));
+        let segs: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("seg-"))
+            .collect();
+        assert_eq!(segs.len(), 1, "one file took every block: {segs:?} ({cap:?})");
+        drop(s);
+        let (s, rec) = Spool::open(dir.path(), 0).unwrap();
+        assert_eq!(rec.records, 1, "{cap:?}");
+        assert_eq!(s.next().map(|t| t.item.record_id), Some([99; 16]));
+    }
+}
+
+#[test]
+fn done_frees_files_and_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = Spool::open(dir.path(), 0).unwrap();
+    commit(&s, vec![item(1, 10)]);
+    commit(&s, vec![item(2, 1000)]);
+    assert!(s.bytes() > 0);
+    let expired = s.expire(500);
+    assert_eq!(expired.len(), 1);
+    assert_eq!(expired[0].record_id, [1; 16]);
+    let t = s.next().unwrap();
+    assert_eq!(t.item.record_id, [2; 16]);
+    s.done(t.seq);
+    assert_eq!((s.bytes(), s.records()), (0, 0));
+    // The housekeeper makes the finished file free: no valid block is left.
+    s.settle(std::time::Duration::from_secs(5));
+    assert_eq!(with_blocks(dir.path()), Vec::<PathBuf>::new());
+    // Expiry on open too.
+    commit(&s, vec![item(3, 10)]);
+    drop(s);
+    let (_, rec) = Spool::open(dir.path(), 500).unwrap();
+    assert_eq!(rec.expired.len(), 1);
+}
+
+#[test]
+fn commits_write_over_preallocated_files_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = Spool::open(dir.path(), 0).unwrap();
+    let sizes = || -> Vec<u64> {
+        let mut v: Vec<u64> =
+            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).collect();
+        v.sort();
+        v
+    };
+    if free_space(dir.path()).is_some_and(|f| f >= PREALLOC_MIN_FREE) {
+        wait_until("the free files are made", || sizes() == vec![MAX_FILE; POOL]);
+        s.settle(std::time::Duration::from_secs(5));
+        for i in 0..20 {
+            commit(&s, vec![item(i, 100), item(i, 100)]);
+        }
+        // No file grew or shrank: the blocks went over the zeros.
+        assert_eq!(sizes().iter().filter(|&&n| n == MAX_FILE).count(), sizes().len(), "{:?}", sizes());
+        assert_eq!(with_blocks(dir.path()).len(), 1);
+    }
+}
+
+#[test]
+fn blocks_of_a_files_earlier_use_are_not_taken_for_new_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (s, _) = Spool::open(dir.path(), 0).unwrap();
+        // First use of a file: three blocks of the same size, delivered.
+        for i in 1..=3 {
+            commit(&s, vec![item(i, 100)]);
+        }
+        s.settle(std::time::Duration::from_secs(5));
+        let file = with_blocks(dir.path()).remove(0);
+        let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+        let first_use = inode(&file);
+        for _ in 1..=3 {
+            let t = s.next().unwrap();
+            s.done(t.seq);
+        }
+        s.settle(std::time::Duration::from_secs(5));
+        assert!(with_blocks(dir.path()).is_empty());
+        // Its second use: one block exactly the size of the old first,
+        // so the old second block lies right behind it.
+        commit(&s, vec![item(9, 100)]);
+        s.settle(std::time::Duration::from_secs(5));
+        let reused = with_blocks(dir.path());
+        assert_eq!(reused.len(), 1);
+        let (blocks, _) = read_file(File::open(&reused[0]).unwrap());
+        assert_eq!(blocks.len(), 1);
+        assert_eq!(inode(&reused[0]), first_use, "the finished file was used again");
+    }
+    let (s, rec) = Spool::open(dir.path(), 0).unwrap();
+    assert_eq!((rec.records, rec.torn), (1, 0));
+    assert_eq!(s.next().unwrap().item.record_id, [9; 16]);
+    assert!(s.next().is_none());
+}
+
+#[test]
+fn recycled_files_carry_new_segments_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = Spool::open(dir.path(), 0).unwrap();
+    for i in 0..200u8 {
+        commit(&s, vec![item(i, 1000)]);
+        let t = s.next().unwrap();
+        assert_eq!(t.item.record_id, [i; 16]);
+        s.done(t.seq);
+    }
+    s.settle(std::time::Duration::from_secs(5));
+    commit(&s, vec![item(250, 1000)]);
+    commit(&s, vec![item(251, 1000)]);
+    drop(s);
+    let (s, rec) = Spool::open(dir.path(), 0).unwrap();
+    assert_eq!(rec.records, 2, "exactly the two undelivered records come back");
+    assert_eq!(s.next().unwrap().item.record_id, [250; 16]);
+    assert_eq!(s.next().unwrap().item.record_id, [251; 16]);
+    assert!(s.next().is_none());
+}
+
+#[test]
+fn blocks_share_a_file_and_a_torn_last_block_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (s, _) = Spool::open(dir.path(), 0).unwrap();
+        commit(&s, vec![item(1, 100), item(2, 100)]);
+        commit(&s, vec![item(3, 100)]);
+        // One committer, one open file: both group commits went into it.
+        assert_eq!(with_blocks(dir.path()).len(), 1);
+    }
+    // A crash in the middle of writing a third block: its header and
+    // half its body reached the disk.
+    let file = with_blocks(dir.path()).remove(0);
+    let (blocks, _) = read_file(File::open(&file).unwrap());
+    let (last_at, last) = blocks.last().unwrap();
+    let end = last_at + last.bytes;
+    let mut body = Vec::new();
+    encode_item(&item(4, 100), &mut body).unwrap();
+    let mut torn = header(last.seq + 1, last.epoch.unwrap(), 1, 100, &body).to_vec();
+    torn.extend_from_slice(&body[..body.len() / 2]);
+    File::options().write(true).open(&file).unwrap().write_all_at(&torn, end).unwrap();
+    let (s, rec) = Spool::open(dir.path(), 0).unwrap();
+    assert_eq!((rec.segments, rec.records, rec.torn), (2, 3, 1));
+    let ids: Vec<u8> = std::iter::from_fn(|| s.next()).map(|t| t.item.record_id[0]).collect();
+    assert_eq!(ids, vec![1, 2, 3]);
+}
+
+#[test]
+fn first_format_blocks_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    // A block as the first format wrote it.
+    let mut body = Vec::new();
+    encode_item(&item(5, 100), &mut body).unwrap();
+    let mut b = MAGIC_V1.to_vec();
+    b.extend_from_slice(&7u64.to_le_bytes());
+    b.extend_from_slice(&1u32.to_le_bytes());
+    b.extend_from_slice(&100u64.to_le_bytes());
+    b.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    b.extend_from_slice(&fnv1a(&body).to_le_bytes());
+    b.extend_from_slice(&body);
+    std::fs::write(dir.path().join("seg-0000000000000007"), &b).unwrap();
+    let (s, rec) = Spool::open(dir.path(), 0).unwrap();
+    assert_eq!((rec.records, rec.torn), (1, 0));
+    let t = s.next().unwrap();
+    assert_eq!((t.seq, t.item.record_id), (7, [5; 16]));
+    // New blocks number on from it.
+    assert!(commit(&s, vec![item(6, 100)]) > 7);
+}

@@ -52,14 +52,26 @@ fn fifo_done_and_recovery() {
 
 /// Files holding at least one valid block.
 fn with_blocks(d: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(d)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        // A file the housekeeper renames meanwhile is seen under its new name.
-        .filter(|p| File::open(p).is_ok_and(|f| !read_file(f).0.is_empty()))
-        .collect();
-    v.sort();
-    v
+    // A file the housekeeper renames between the listing and the open is
+    // listed again under its new name.
+    for _ in 0..100 {
+        let paths: Vec<PathBuf> = std::fs::read_dir(d).unwrap().map(|e| e.unwrap().path()).collect();
+        let opened: Vec<Option<(PathBuf, File)>> =
+            paths.into_iter().map(|p| File::open(&p).ok().map(|f| (p, f))).collect();
+        if opened.iter().any(Option::is_none) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            continue;
+        }
+        let mut v: Vec<PathBuf> = opened
+            .into_iter()
+            .flatten()
+            .filter(|(_, f)| !read_file(f.try_clone().unwrap()).0.is_empty())
+            .map(|(p, _)| p)
+            .collect();
+        v.sort();
+        return v;
+    }
+    panic!("the spool directory kept changing under the test");
 }
 
 fn wait_until(what: &str, cond: impl Fn() -> bool) {

@@ -24,7 +24,7 @@
 //! - other 4xx: the server refused this record: journaled as
 //!   `rejected-by-server` with status and body, not retried.
 //!
-//! While the server takes records delivery says so ([`Shared::flowing`]),
+//! While the server takes records delivery says so ([`Shared::held`]),
 //! and a full spool makes the commit stage wait for room (backpressure)
 //! instead of dropping: `spool_max_size` bounds only what waits because
 //! the server cannot take it.
@@ -397,7 +397,6 @@ pub async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<boo
             d.start_posts();
         }
         let held = d.held(deliver);
-        shared.flowing.store(held.is_none(), Ordering::Relaxed);
         *shared.held.lock().unwrap_or_else(|p| p.into_inner()) = held;
         // Not allowed to send: look at the opt-in state again in a second.
         let consent_wait = (!deliver).then(|| Instant::now() + Duration::from_secs(1));
@@ -405,7 +404,7 @@ pub async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<boo
         tokio::select! {
             biased;
             _ = stop.changed() => {
-                shared.flowing.store(false, Ordering::Relaxed);
+                *shared.held.lock().unwrap_or_else(|p| p.into_inner()) = Some("the collector is stopping".into());
                 d.stop().await;
                 return;
             }

@@ -1,7 +1,7 @@
 //! Local retention: pruning the journal by age and record count.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
 
 use super::*;
@@ -45,22 +45,12 @@ pub fn prune(dir: &Path, now: u64, r: &Retention) -> Result<Pruned, JournalError
     let mut lines: Vec<(String, Vec<u8>)> = Vec::new();
     let mut firsts: Vec<(String, u64)> = Vec::new();
     let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
-    for name in [OLD_FILE_NAME, FILE_NAME] {
-        let path = dir.join(name);
-        let f = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(source) => return Err(JournalError::Open { path, source }),
-        };
-        for line in BufReader::new(f).split(b'\n') {
-            let line = line.map_err(|source| JournalError::Open { path: path.clone(), source })?;
-            let Ok(e) = serde_json::from_slice::<Entry>(&line) else { continue };
-            if e.class.is_some() && seen.insert(e.id.clone()) {
-                firsts.push((e.id.clone(), e.time));
-            }
-            lines.push((e.id, line));
+    super::reader::for_each_entry(dir, |e, line| {
+        if e.class.is_some() && seen.insert(e.id.clone()) {
+            firsts.push((e.id.clone(), e.time));
         }
-    }
+        lines.push((e.id, line));
+    })?;
     let cutoff = now.saturating_sub(r.max_age_secs);
     let young: Vec<&(String, u64)> = firsts.iter().filter(|(_, t)| *t >= cutoff).collect();
     let skip = young.len().saturating_sub(r.max_records as usize);

@@ -68,32 +68,41 @@ pub struct Merged {
 pub fn read(dir: &Path) -> Result<Vec<Merged>, JournalError> {
     let mut out: Vec<Merged> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
+    for_each_entry(dir, |e, _| match index.get(&e.id) {
+        Some(&i) if e.class.is_none() => {
+            out[i].entry.fate = e.fate;
+            out[i].fate_time = e.time;
+        }
+        Some(_) => {}
+        None if e.class.is_some() => {
+            index.insert(e.id.clone(), out.len());
+            out.push(Merged { fate_time: e.time, entry: e });
+        }
+        // An update whose record was rotated away.
+        None => {}
+    })?;
+    Ok(out)
+}
+
+/// Calls `f` with every entry of `journal.1` then `journal`, oldest first,
+/// and its line as written; lines that are not entries (a torn last line)
+/// are skipped.
+pub(super) fn for_each_entry(dir: &Path, mut f: impl FnMut(Entry, Vec<u8>)) -> Result<(), JournalError> {
     for name in [OLD_FILE_NAME, FILE_NAME] {
         let path = dir.join(name);
-        let f = match File::open(&path) {
-            Ok(f) => f,
+        let file = match File::open(&path) {
+            Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(source) => return Err(JournalError::Open { path, source }),
         };
-        for line in BufReader::new(f).split(b'\n') {
+        for line in BufReader::new(file).split(b'\n') {
             let line = line.map_err(|source| JournalError::Open { path: path.clone(), source })?;
-            let Ok(e) = serde_json::from_slice::<Entry>(&line) else { continue };
-            match index.get(&e.id) {
-                Some(&i) if e.class.is_none() => {
-                    out[i].entry.fate = e.fate;
-                    out[i].fate_time = e.time;
-                }
-                Some(_) => {}
-                None if e.class.is_some() => {
-                    index.insert(e.id.clone(), out.len());
-                    out.push(Merged { fate_time: e.time, entry: e });
-                }
-                // An update whose record was rotated away.
-                None => {}
+            if let Ok(e) = serde_json::from_slice::<Entry>(&line) {
+                f(e, line);
             }
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The `telemctl journal` filters.

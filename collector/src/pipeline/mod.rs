@@ -74,11 +74,10 @@ pub struct Shared {
     pub since: u64,
     /// Delivery's backoff deadline (ms since `since_instant`), 0 = none.
     pub retry_at_ms: AtomicU64,
-    /// Set by delivery: the server is taking records now (consent given,
-    /// a server configured, no pause or rate window in force), so a full
-    /// spool drains and commits wait for room instead of dropping.
-    pub flowing: AtomicBool,
-    /// Set by delivery when it is not [`flowing`](Self::flowing): why.
+    /// Set by delivery: why the server cannot take records now, or `None`
+    /// while it does (consent given, a server configured, no pause or rate
+    /// window in force): then a full spool drains, and commits wait for
+    /// room instead of dropping.
     pub held: Mutex<Option<String>>,
     /// When records dropped for a full spool were last logged.
     spool_full_log: Mutex<Option<Instant>>,
@@ -134,13 +133,12 @@ impl Shared {
             journal,
             limiter: Mutex::new(limiter),
             machine_id: Mutex::new(machine_id),
-            boot_id: boot_id().into(),
+            boot_id: telemetry::BootId::read().unwrap_or(telemetry::BootId::UNKNOWN).to_string().into(),
             wake_delivery: Notify::new(),
             flush: AtomicBool::new(false),
             since: telemetry::record::now_unix(),
             retry_at_ms: AtomicU64::new(0),
-            flowing: AtomicBool::new(false),
-            held: Mutex::new(None),
+            held: Mutex::new(Some("delivery has not started".into())),
             spool_full_log: Mutex::new(None),
             since_instant: Instant::now(),
             session_id,
@@ -228,9 +226,9 @@ impl Shared {
         self.held.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_else(|| "delivery is held back".into())
     }
 
-    /// Whether the server takes records now (see [`Shared::flowing`]).
+    /// Whether the server takes records now (see [`Shared::held`]).
     pub fn delivery_flowing(&self) -> bool {
-        self.flowing.load(Ordering::Relaxed)
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).is_none()
     }
 
     pub fn limiter(&self) -> std::sync::MutexGuard<'_, RateLimiter> {
@@ -240,11 +238,6 @@ impl Shared {
     pub fn machine_id(&self) -> MachineId {
         self.machine_id.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
-}
-
-/// This boot's id without dashes (32 hex), or zeros when unknown.
-pub fn boot_id() -> String {
-    telemetry::BootId::read().unwrap_or(telemetry::BootId::UNKNOWN).to_string()
 }
 
 /// Applies the privacy settings to a record before it is journaled or
@@ -425,15 +418,12 @@ pub fn commit_batch(shared: &Shared, batch: Vec<Submission>, body: &mut Vec<u8>)
                 shared.held_reason()
             );
             let dropped = fits.iter().filter(|f| !**f).count();
-            if shared
-                .spool_full_log
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .is_none_or(|t| t.elapsed() > SPOOL_FULL_LOG_EVERY)
-            {
+            let mut last_log = shared.spool_full_log.lock().unwrap_or_else(|p| p.into_inner());
+            if last_log.is_none_or(|t| t.elapsed() > SPOOL_FULL_LOG_EVERY) {
                 tracing::warn!("dropping {dropped} record(s) (and more may follow, logged every 10 s): {reason}");
-                *shared.spool_full_log.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+                *last_log = Some(Instant::now());
             }
+            drop(last_log);
             let mut kept = Vec::with_capacity(body.len());
             let mut at = 0usize;
             for ((&i, &n), fit) in to_spool.iter().zip(&spool_sizes).zip(&fits) {

@@ -16,7 +16,7 @@ impl Spool {
     pub fn commit(&self, items: Vec<Arc<Item>>, body: &[u8], reserved: u64) -> Result<u64, SpoolError> {
         let deadline = Instant::now() + TRANSIENT_WAIT;
         let r = loop {
-            match self.commit_inner(items.clone(), body) {
+            match self.commit_inner(&items, body) {
                 Err(SpoolError::Write { source, .. }) if is_transient(&source) && Instant::now() < deadline => {
                     tracing::debug!("spool commit waits: {source}");
                     std::thread::sleep(Duration::from_millis(20));
@@ -78,7 +78,7 @@ impl Spool {
         Ok((id, f, 0, epoch))
     }
 
-    pub(super) fn commit_inner(&self, items: Vec<Arc<Item>>, body: &[u8]) -> Result<u64, SpoolError> {
+    pub(super) fn commit_inner(&self, items: &[Arc<Item>], body: &[u8]) -> Result<u64, SpoolError> {
         let accepted = items.iter().map(|i| i.accepted).max().unwrap_or(0);
         let (file, f, offset, epoch) = self.take_writer()?;
         let seq = {
@@ -132,7 +132,7 @@ impl Spool {
                 outstanding: n,
                 counted: bytes,
                 ids: items.iter().map(|i| i.record_id).collect(),
-                records: cache.then_some(items),
+                records: cache.then(|| items.to_vec()),
             };
             ix.bytes += bytes;
             ix.records += n as u64;

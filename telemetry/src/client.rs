@@ -236,6 +236,41 @@ impl Client {
     }
 }
 
+/// Sends one record on a connection of its own and returns the record id
+/// the collector gave it, in one round trip: the prefix and the record go
+/// in one write and the writing side is shut (no more records follow, so
+/// the collector can answer straight from its accept loop); then the
+/// collector's hello and the record's acknowledgement are read. The
+/// collector's payload limit is not known beforehand: a record over it is
+/// refused by the collector, with the reason ([`ClientError::Rejected`]).
+///
+/// ```no_run
+/// # use telemetry::{client, Classification, Payload, Record, Severity};
+/// let record = Record::builder(Classification::parse("org.example/hello/world")?, Severity::Low, Payload::text("hi")).build();
+/// let id = client::send_once(std::path::Path::new("/run/telem/telem.sock"), &record, client::DEFAULT_TIMEOUT)?;
+/// println!("accepted as {id}");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn send_once(path: &Path, record: &Record, timeout: Duration) -> Result<RecordId, ClientError> {
+    let mut bytes = native::PREFIX.to_vec();
+    native::encode_into(&ClientFrame::Record(record.clone()), &mut bytes)
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+    let mut stream = connect(path, timeout)?;
+    stream.write_all(&bytes).map_err(|e| map_frame_err(e.into(), timeout))?;
+    stream.shutdown(std::net::Shutdown::Write)?;
+    let mut buf = Vec::new();
+    if !native::read_frame(&mut stream, native::MAX_SERVER_FRAME, &mut buf).map_err(|e| map_frame_err(e, timeout))? {
+        return Err(ClientError::Closed);
+    }
+    let hello = match native::decode_body::<ServerFrame>(&buf).map_err(|e| map_frame_err(e, timeout))? {
+        ServerFrame::Hello(h) => h,
+        ServerFrame::Ack(Ack::Rejected { reason }) => return Err(ClientError::Rejected { reason }),
+        other => return Err(ClientError::Protocol(format!("expected a hello, got {other:?}"))),
+    };
+    let mut c = Client { stream, hello, timeout, buf };
+    c.read_ack()?
+}
+
 /// Sends one record in the legacy framing (one connection per record, no
 /// acknowledgement: the old daemon sends nothing back). Waits, up to the
 /// timeout, for the daemon to close the connection, which it does once it

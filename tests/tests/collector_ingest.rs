@@ -310,3 +310,100 @@ fn systemd_socket_activation_listen_fds() {
     r.unwrap();
     assert!(!c.socket.exists(), "the configured socket_path is not bound when activated");
 }
+
+/// A native sender that writes its prefix and records and shuts its side
+/// (`client::send_once`, as hprobe and telem-record-gen send) is answered
+/// by the accept loop: a hello, then one ack per record, then the end.
+/// Anything wrong in such an exchange is answered as on any connection.
+#[test]
+fn whole_native_exchanges_are_answered_with_acks() {
+    let mut c = Collector::new(None, "record_max_bytes=1000");
+    c.start();
+    let id = telemetry::client::send_once(
+        &c.socket,
+        &record("org.t/whole/one", Severity::Low, "one"),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    match telemetry::client::send_once(
+        &c.socket,
+        &record("org.t/whole/big", Severity::Low, "x".repeat(1001)),
+        Duration::from_secs(10),
+    ) {
+        Err(ClientError::Rejected { reason }) => assert!(reason.contains("at most 1000"), "{reason}"),
+        r => panic!("{r:?}"),
+    }
+
+    // Three records in one write, then the writing side shut.
+    let mut s = UnixStream::connect(&c.socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut bytes = native::PREFIX.to_vec();
+    for i in 0..3 {
+        let r = record("org.t/whole/three", Severity::Low, format!("three {i}"));
+        native::encode_into(&native::ClientFrame::Record(r), &mut bytes).unwrap();
+    }
+    s.write_all(&bytes).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut buf = Vec::new();
+    assert!(native::read_frame(&mut s, native::MAX_SERVER_FRAME, &mut buf).unwrap());
+    assert!(matches!(native::decode_body::<ServerFrame>(&buf).unwrap(), ServerFrame::Hello(_)));
+    let ids: Vec<_> = (0..3)
+        .map(|_| match read_ack(&mut s) {
+            Ack::Accepted { record_id } => record_id,
+            a => panic!("{a:?}"),
+        })
+        .collect();
+    assert!(closed(&mut s));
+
+    // A whole exchange with a broken frame: refused with the reason.
+    let mut bad = UnixStream::connect(&c.socket).unwrap();
+    bad.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut bytes = native::PREFIX.to_vec();
+    bytes.extend_from_slice(&[3, 0, 0, 0, 9, 9, 9]);
+    bad.write_all(&bytes).unwrap();
+    bad.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut buf = Vec::new();
+    assert!(native::read_frame(&mut bad, native::MAX_SERVER_FRAME, &mut buf).unwrap());
+    assert!(matches!(native::decode_body::<ServerFrame>(&buf).unwrap(), ServerFrame::Hello(_)));
+    match read_ack(&mut bad) {
+        Ack::Rejected { reason } => assert!(reason.contains("not a valid message"), "{reason}"),
+        a => panic!("{a:?}"),
+    }
+
+    let j = c.journal(&[]);
+    let classes: Vec<_> = j.iter().map(|e| e["class"].as_str().unwrap_or("").to_string()).collect();
+    assert_eq!(classes, ["org.t/whole/one", "org.t/whole/three", "org.t/whole/three", "org.t/whole/three"], "{j:?}");
+    let journaled: Vec<_> = j.iter().map(|e| e["id"].as_str().unwrap_or("").to_string()).collect();
+    assert_eq!(journaled[0], id.to_string());
+    for (k, rid) in ids.iter().enumerate() {
+        assert_eq!(journaled[k + 1], telemetry::client::record_id_hex(rid));
+    }
+}
+
+/// Records written by legacy senders still waiting in the listen backlog
+/// when the collector is stopped are taken before it exits (the C library
+/// reported them sent). Every connection slot is held by an idle client,
+/// so they are all in the backlog at the stop.
+#[test]
+fn a_stop_takes_the_records_waiting_in_the_backlog() {
+    let mut c = Collector::new(None, "max_connections=1");
+    c.start();
+    let idle = c.client();
+    let waiting: Vec<UnixStream> = (0..5)
+        .map(|i| {
+            let mut s = UnixStream::connect(&c.socket).unwrap();
+            let payload = format!("waiting {i}\n");
+            s.write_all(&Legacy { payload: &payload, ..Legacy::default() }.bytes()).unwrap();
+            s
+        })
+        .collect();
+    // Nothing of theirs is taken while the slot is held.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(c.journal(&[]).len(), 0, "the cap holds them in the backlog");
+    assert!(c.stop(), "clean exit:\n{}", c.log());
+    drop(idle);
+    drop(waiting);
+    let j = c.journal(&[]);
+    assert_eq!(j.len(), 5, "every waiting record taken at the stop: {j:?}\n{}", c.log());
+    assert!(c.log().contains("took 5 record(s)"), "{}", c.log());
+}

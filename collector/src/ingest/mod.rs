@@ -27,15 +27,17 @@ use telemetry::wire::{self, legacy, Framing};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{oneshot, Semaphore};
 
-use crate::pipeline::{Incoming, Shared, Submission};
+use crate::pipeline::{Incoming, Reply, Shared, Submission};
 use crate::stats::{Refusal, Stats};
 
+mod burst;
 mod legacy_conn;
 mod native_conn;
 
-use legacy_conn::{close_when_stored, legacy_incoming, legacy_refusal, take_legacy, Closing, Taken, FAST_READ};
+use burst::{take, Burst, Taken, FAST_READ};
+use legacy_conn::{legacy_incoming, legacy_refusal};
 use native_conn::native_conn;
 
 /// Records a connection may have unacknowledged before its reader waits.
@@ -95,7 +97,6 @@ pub async fn serve(
         );
     }
     let slots = Arc::new(Semaphore::new(max));
-    let budget = Arc::new(Semaphore::new(INFLIGHT_BYTES));
     // Accepted sockets stay plain (std) sockets unless they need a task:
     // a legacy sender's whole record is usually there by the time it is
     // accepted, and is then taken without registering the socket with the
@@ -112,9 +113,9 @@ pub async fn serve(
             return;
         }
     };
-    let (close_tx, close_rx) = mpsc::unbounded_channel();
-    tokio::spawn(close_when_stored(close_rx));
+    let sender = Sender { queue: submit, budget: Arc::new(Semaphore::new(INFLIGHT_BYTES)) };
     let mut scratch = vec![0u8; FAST_READ];
+    let mut burst = Burst::default();
     let mut last_full_log: Option<std::time::Instant> = None;
     loop {
         // A free slot first, then accept: at the cap, senders wait in the
@@ -122,6 +123,8 @@ pub async fn serve(
         let permit = match slots.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
+                // The burst's connections hold slots until stored.
+                burst.submit(&sender).await;
                 if last_full_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
                     tracing::info!("{max} probe connections are open (max_connections); new ones wait to be accepted");
                     last_full_log = Some(std::time::Instant::now());
@@ -131,11 +134,23 @@ pub async fn serve(
                         Ok(p) => p,
                         Err(_) => return,
                     },
-                    _ = stop.changed() => return,
+                    _ = stop.changed() => return drain(&listener, &shared, &sender, &mut scratch, burst).await,
                 }
             }
         };
         let stream = loop {
+            // Accept while connections are there; once none is, submit the
+            // legacy records taken so far and wait for the next.
+            match listener.get_ref().accept() {
+                Ok((s, _)) => break s,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    burst.submit(&sender).await;
+                    accept_failed(e).await;
+                    continue;
+                }
+            }
+            burst.submit(&sender).await;
             let mut ready = tokio::select! {
                 r = listener.readable() => match r {
                     Ok(r) => r,
@@ -144,31 +159,28 @@ pub async fn serve(
                         return;
                     }
                 },
-                _ = stop.changed() => return,
+                _ = stop.changed() => return drain(&listener, &shared, &sender, &mut scratch, burst).await,
             };
             match ready.try_io(|l| l.get_ref().accept()) {
                 Ok(Ok((s, _))) => break s,
-                Ok(Err(e)) => {
-                    // EMFILE and friends: the sender stays in the backlog;
-                    // wait a little for a descriptor instead of spinning.
-                    tracing::warn!("accept failed: {e}; trying again shortly");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+                Ok(Err(e)) => accept_failed(e).await,
                 Err(_would_block) => {}
             }
         };
-        let sender = Sender { submit: submit.clone(), budget: budget.clone() };
-        let stream = match take_legacy(stream, &shared, &sender, &mut scratch).await {
-            Taken::Submitted(stream, ack) => {
-                let _ = close_tx.send(Closing { ack, stream, permit });
+        let (stream, buf, permit) = match take(stream, permit, &shared, &mut scratch) {
+            Taken::Whole(conn, records) => {
+                burst.push(conn, records);
+                if burst.is_full() {
+                    burst.submit(&sender).await;
+                }
                 continue;
             }
             Taken::Done => continue,
-            Taken::Not(stream, buf) => (stream, buf),
+            Taken::Not(stream, buf, permit) => (stream, buf, permit),
         };
         let shared = shared.clone();
+        let sender = sender.clone();
         tokio::spawn(async move {
-            let (stream, buf) = stream;
             match UnixStream::from_std(stream) {
                 Ok(stream) => {
                     if let Err(e) = connection(stream, buf, &shared, sender).await {
@@ -179,6 +191,65 @@ pub async fn serve(
             }
             drop(permit);
         });
+    }
+}
+
+/// An accept that failed for want of a descriptor (or memory): the sender
+/// stays in the backlog; wait a little instead of spinning.
+async fn accept_failed(e: std::io::Error) {
+    tracing::warn!("accept failed: {e}; trying again shortly");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+/// How long a stopping collector keeps taking the legacy records already
+/// waiting in the listen backlog.
+const DRAIN_FOR: Duration = Duration::from_secs(2);
+
+/// On stop: takes the records already sent by connections still in the
+/// listen backlog (a legacy sender wrote its record and will never learn
+/// otherwise), within [`DRAIN_FOR`], and submits them. At most a burst of
+/// them is open at once, whatever the connection cap (open connections may
+/// hold every slot). Anything not whole is closed unread (a native sender
+/// sees no ack and keeps its records).
+async fn drain(
+    listener: &AsyncFd<std::os::unix::net::UnixListener>,
+    shared: &Shared,
+    sender: &Sender,
+    scratch: &mut [u8],
+    mut burst: Burst,
+) {
+    let until = tokio::time::Instant::now() + DRAIN_FOR;
+    let slots = Arc::new(Semaphore::new(burst::BURST_RECORDS));
+    let mut taken = 0usize;
+    loop {
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                burst.submit(sender).await;
+                match tokio::time::timeout_at(until, slots.clone().acquire_owned()).await {
+                    Ok(Ok(p)) => p,
+                    _ => break,
+                }
+            }
+        };
+        let stream = match listener.get_ref().accept() {
+            Ok((s, _)) => s,
+            Err(_) => break,
+        };
+        if let Taken::Whole(conn, records) = take(stream, permit, shared, scratch) {
+            taken += records.len();
+            burst.push(conn, records);
+            if burst.is_full() {
+                burst.submit(sender).await;
+            }
+        }
+        if tokio::time::Instant::now() >= until {
+            break;
+        }
+    }
+    burst.submit(sender).await;
+    if taken > 0 {
+        tracing::info!("took {taken} record(s) from connections still waiting in the listen backlog");
     }
 }
 
@@ -198,24 +269,27 @@ pub enum ConnError {
 const CLOSING: &str = "the collector is shutting down";
 
 /// Hands submissions to the commit stage within the shared byte budget.
+#[derive(Clone)]
 struct Sender {
-    submit: crate::pipeline::SubmitTx,
+    queue: crate::pipeline::SubmitTx,
     budget: Arc<Semaphore>,
 }
 
 impl Sender {
-    /// Submits `records`; the receiver of their acks. The budget is held by
-    /// the submission and given back when the commit stage is done with it.
-    async fn send(&self, records: Vec<Incoming>, uid: u32, pid: u32) -> Result<oneshot::Receiver<Vec<Ack>>, ConnError> {
+    /// Submits `records`; the receiver of their acks.
+    async fn send(&self, records: Vec<Incoming>) -> Result<oneshot::Receiver<Vec<Ack>>, ConnError> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(records, Reply::Acks(tx)).await?;
+        Ok(rx)
+    }
+
+    /// Submits `records`, answered by `reply`. The budget is held by the
+    /// submission and given back when the commit stage is done with it.
+    async fn submit(&self, records: Vec<Incoming>, reply: Reply) -> Result<(), ConnError> {
         let bytes: usize = records.iter().map(|r| r.size as usize).sum();
         let permits = bytes.clamp(1, INFLIGHT_BYTES) as u32;
         let budget = self.budget.clone().acquire_many_owned(permits).await.map_err(|_| ConnError::Closing)?;
-        let (tx, rx) = oneshot::channel();
-        self.submit
-            .send(Submission { records, uid, pid, reply: tx, budget: Some(budget) })
-            .await
-            .map_err(|_| ConnError::Closing)?;
-        Ok(rx)
+        self.queue.send(Submission { records, reply, budget: Some(budget) }).await.map_err(|_| ConnError::Closing)
     }
 }
 
@@ -271,7 +345,7 @@ async fn connection(stream: UnixStream, mut buf: BytesMut, shared: &Shared, send
             })?;
             truncated(stats, true, read_at_least(&mut rd, &mut buf, size, cfg.idle_timeout).await)?;
             let incoming = legacy_incoming(&buf[..size], &cfg, uid, pid, stats)?;
-            let acks = sender.send(vec![incoming], uid, pid).await?;
+            let acks = sender.send(vec![incoming]).await?;
             match acks.await.map_err(|_| ConnError::Closing)?.pop() {
                 // Counted and journaled by the commit stage, which also logs
                 // (a storm of drops is not a storm of log lines).

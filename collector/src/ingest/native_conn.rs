@@ -71,7 +71,7 @@ fn decode_frame(
         stats.refuse(Refusal::PayloadTooLarge, 1);
         return Ok(Frame::Refused(e.to_string()));
     }
-    Ok(Frame::Record(Incoming { record, size: (4 + body.len()) as u64 }))
+    Ok(Frame::Record(Incoming { record, size: (4 + body.len()) as u64, uid, pid }))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -137,13 +137,13 @@ pub(super) async fn native_conn(
                 Ok(Frame::Record(r)) => {
                     batch.push(r);
                     if batch.len() >= MAX_SUBMISSION {
-                        if let Err(e) = submit(&sender, &depth, &otx, std::mem::take(&mut batch), uid, pid).await {
+                        if let Err(e) = submit(&sender, &depth, &otx, std::mem::take(&mut batch)).await {
                             break 'conn Err(e);
                         }
                     }
                 }
                 Ok(Frame::Refused(reason)) => {
-                    if let Err(e) = submit(&sender, &depth, &otx, std::mem::take(&mut batch), uid, pid).await {
+                    if let Err(e) = submit(&sender, &depth, &otx, std::mem::take(&mut batch)).await {
                         break 'conn Err(e);
                     }
                     let _ = otx.send(Out::Ready(Ack::Rejected { reason }));
@@ -155,7 +155,7 @@ pub(super) async fn native_conn(
             }
         }
         // Hand over what is ready before waiting for more bytes.
-        if let Err(e) = submit(&sender, &depth, &otx, batch, uid, pid).await {
+        if let Err(e) = submit(&sender, &depth, &otx, batch).await {
             break Err(e);
         }
         if let Some(reason) = fatal {
@@ -241,15 +241,13 @@ async fn submit(
     depth: &Arc<Semaphore>,
     otx: &mpsc::UnboundedSender<Out>,
     batch: Vec<Incoming>,
-    uid: u32,
-    pid: u32,
 ) -> Result<(), ConnError> {
     if batch.is_empty() {
         return Ok(());
     }
     let n = batch.len();
     depth.acquire_many(n as u32).await.map_err(|_| ConnError::Closing)?.forget();
-    match sender.send(batch, uid, pid).await {
+    match sender.send(batch).await {
         Ok(rx) => {
             let _ = otx.send(Out::Wait(rx, n));
             Ok(())

@@ -40,18 +40,78 @@ pub struct Incoming {
     pub record: Record,
     /// Bytes it took on the wire (what the byte window counts).
     pub size: u64,
+    /// The sending process's uid and pid (SO_PEERCRED).
+    pub uid: u32,
+    pub pid: u32,
 }
 
-/// The records one connection had ready, handed from ingest to the
-/// commit stage; answered with one [`Ack`] per record, in order.
+/// The records one connection had ready (or the one record each of a
+/// burst of legacy connections sent), handed from ingest to the commit
+/// stage; answered with one [`Ack`] per record, in order.
 #[derive(Debug)]
 pub struct Submission {
     pub records: Vec<Incoming>,
-    pub uid: u32,
-    pub pid: u32,
-    pub reply: oneshot::Sender<Vec<Ack>>,
+    pub reply: Reply,
     /// Ingest's in-flight budget, given back when the submission is done.
     pub budget: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// How a submission is answered once its records are stored (or refused).
+#[derive(Debug)]
+pub enum Reply {
+    /// A connection task's acks, one per record, in order.
+    Acks(oneshot::Sender<Vec<Ack>>),
+    /// Connections taken whole by ingest, their records in order: each is
+    /// answered and closed here, on the thread that stored its records,
+    /// and its connection slot goes back to ingest.
+    Whole(Vec<Whole>),
+}
+
+/// A connection whose records ingest took whole (see `ingest::burst`).
+#[derive(Debug)]
+pub struct Whole {
+    pub stream: std::os::unix::net::UnixStream,
+    /// Its connection slot, given back when it is closed.
+    pub slot: tokio::sync::OwnedSemaphorePermit,
+    /// `None`: a legacy record (that protocol has no reply; closing tells
+    /// its sender the record was read; a refusal was counted, journaled and
+    /// logged where it was made). `Some(n)`: a native sender's `n` records,
+    /// answered with their acks before closing.
+    pub acks: Option<usize>,
+}
+
+impl Reply {
+    /// Answers the submission.
+    pub fn send(self, acks: Vec<Ack>) {
+        match self {
+            Reply::Acks(tx) => {
+                let _ = tx.send(acks);
+            }
+            Reply::Whole(conns) => {
+                let mut acks = acks.into_iter();
+                let mut out = Vec::new();
+                for conn in conns {
+                    let n = conn.acks.unwrap_or(1);
+                    out.clear();
+                    for ack in acks.by_ref().take(n) {
+                        if conn.acks.is_some() {
+                            let _ = telemetry::wire::native::encode_into(
+                                &telemetry::wire::native::ServerFrame::Ack(ack),
+                                &mut out,
+                            );
+                        }
+                    }
+                    if !out.is_empty() {
+                        // A few dozen bytes to a sender waiting for them.
+                        use std::io::Write;
+                        if let Err(e) = (&conn.stream).write_all(&out) {
+                            tracing::debug!("cannot answer a probe connection: {e}");
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// What every stage shares.
@@ -331,7 +391,7 @@ pub fn commit_batch(shared: &Shared, batch: Vec<Submission>, body: &mut Vec<u8>)
             replies.push((sub.reply, sub.records.len()));
             budgets.push(sub.budget);
             bump(&shared.stats.received, sub.records.len() as u64);
-            for Incoming { mut record, size } in sub.records {
+            for Incoming { mut record, size, uid, pid } in sub.records {
                 protect(&mut record, &cfg, scrub.then_some(&shared.scrubber));
                 let record_id = shared.next_record_id();
                 if let Some((prep, mid)) = &debug {
@@ -360,7 +420,7 @@ pub fn commit_batch(shared: &Shared, batch: Vec<Submission>, body: &mut Vec<u8>)
                         }
                     },
                 };
-                let item = Item { record_id, accepted: now_unix, counted, uid: sub.uid, pid: sub.pid, record };
+                let item = Item { record_id, accepted: now_unix, counted, uid, pid, record };
                 let (fate, answer) = match answer {
                     Answer::Spooled(_) => {
                         let before = body.len();
@@ -519,7 +579,7 @@ pub fn commit_batch(shared: &Shared, batch: Vec<Submission>, body: &mut Vec<u8>)
                             })
                             .collect(),
                     };
-                    let _ = reply.send(acks);
+                    reply.send(acks);
                 }
             })),
         );
@@ -527,7 +587,7 @@ pub fn commit_batch(shared: &Shared, batch: Vec<Submission>, body: &mut Vec<u8>)
     // Records durably in the spool are acknowledged now (their journal
     // entries are written by the group commit that follows, not waited for).
     for (reply, acks) in now_replies {
-        let _ = reply.send(acks);
+        reply.send(acks);
     }
     if n_spooled > 0 {
         shared.wake_delivery.notify_one();

@@ -15,7 +15,11 @@ fn submit(shared: &Shared, text: &str) -> oneshot::Receiver<Vec<Ack>> {
     let record =
         Record::builder(Classification::parse("org.t/pipe/x").unwrap(), Severity::Low, Payload::text(text)).build();
     let (tx, rx) = oneshot::channel();
-    let sub = Submission { records: vec![Incoming { record, size: 10 }], uid: 1, pid: 2, reply: tx, budget: None };
+    let sub = Submission {
+        records: vec![Incoming { record, size: 10, uid: 1, pid: 2 }],
+        reply: Reply::Acks(tx),
+        budget: None,
+    };
     commit_batch(shared, vec![sub], &mut Vec::new());
     rx
 }

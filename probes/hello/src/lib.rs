@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use telemetry::client::{self, Client, ClientError, SocketPath};
+use telemetry::client::{self, ClientError, SocketPath};
 use telemetry::config::{ConfigError, Settings};
 use telemetry::record::HEADER_NAMES;
 use telemetry::{ClassificationError, EventIdError, MachineId, Record, RecordId, SeverityError};
@@ -171,8 +171,7 @@ pub fn send(record: &Record, opts: &SendOptions) -> Result<Option<RecordId>, Pro
         client::send_legacy(&socket.path, record, cfg.as_deref(), opts.timeout)?;
         return Ok(None);
     }
-    let mut c = Client::connect_path(&socket.path, opts.timeout)?;
-    Ok(Some(c.send(record)?))
+    Ok(Some(client::send_once(&socket.path, record, opts.timeout)?))
 }
 
 fn absolute(p: &Path) -> Result<String, ProbeError> {

@@ -6,7 +6,7 @@
 //! | `status`  | | [`Status`] |
 //! | `flush`   | retry delivery now, forgetting the backoff | `{"ok":true}` |
 //! | `reload`  | re-reads the configuration (as SIGHUP) | `{"ok":true}` once it is in force, or `{"error":...}` when refused |
-//! | `consent` | the opt-in file changed (`telemctl opt-in`, `opt-out`): drops the cached consent decision ([`Shared::consent_changed`]) | `{"ok":true,"consent":...,"mode":...}` once in force |
+//! | `consent` | the opt-in file changed (`telemctl opt-in`, `opt-out`): drops the cached consent decision ([`State::consent_changed`]) | `{"ok":true,"consent":...,"mode":...}` once in force |
 //!
 //! Answers to `reload` and `consent` come only when the change is in
 //! force: a record accepted after it, and every post started after it,
@@ -21,11 +21,11 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
 
-use crate::pipeline::Shared;
+use crate::state::State;
 use crate::stats::Status;
 
 /// Builds the status snapshot.
-pub fn status(shared: &Shared) -> Status {
+pub fn status(shared: &State) -> Status {
     let [received, accepted, rejected, delivered, rate_limited, dropped, expired, rejected_by_server, local_only, delivery_failures] =
         shared.stats.snapshot();
     let cfg = shared.config();
@@ -65,7 +65,7 @@ pub type ReloadDone = tokio::sync::oneshot::Sender<Result<(), String>>;
 
 /// Serves the control socket. `reload` is sent on `reload_tx`, and
 /// answered when the daemon says it is done.
-pub async fn serve(listener: UnixListener, shared: Arc<Shared>, reload_tx: tokio::sync::mpsc::Sender<ReloadDone>) {
+pub async fn serve(listener: UnixListener, shared: Arc<State>, reload_tx: tokio::sync::mpsc::Sender<ReloadDone>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -13,8 +13,9 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::{BadConfig, Config};
 use crate::journal::{Journal, JournalError};
-use crate::pipeline::{self, Shared};
 use crate::spool::{Spool, SpoolError};
+use crate::state::State;
+use crate::store;
 use crate::{control, delivery, identity, ingest};
 
 /// Committer threads (group commits in flight at once).
@@ -172,8 +173,8 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     let _ = std::fs::write(&pid_file, format!("{}\n", std::process::id()));
 
     let (cfg_tx, cfg_rx) = watch::channel(Arc::new(cfg.clone()));
-    let shared = Arc::new(Shared::new(cfg_rx, spool, journal.clone(), mid, session));
-    delivery::journal_expired(&shared, &recovered.expired);
+    let shared = Arc::new(State::new(cfg_rx, spool, journal.clone(), mid, session));
+    store::settle::expired(&shared, &recovered.expired);
     journal_unjournaled(&shared, &cfg, recovered.newest);
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -187,7 +188,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     let committers: Vec<_> = (0..COMMITTERS)
         .filter_map(|i| {
             let (s, r) = (shared.clone(), sub_rx.clone());
-            std::thread::Builder::new().name(format!("commit-{i}")).spawn(move || pipeline::committer(s, r)).ok()
+            std::thread::Builder::new().name(format!("commit-{i}")).spawn(move || store::committer(s, r)).ok()
         })
         .collect();
 
@@ -261,8 +262,9 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
 /// Journals spooled records whose first entry a crash cut off: the spool
 /// had them durably (they were acknowledged), the journal writer had not
 /// written their lines yet when the process died.
-fn journal_unjournaled(shared: &Shared, cfg: &Config, newest: Vec<crate::spool::Item>) {
-    use crate::journal::{Fate, Line};
+fn journal_unjournaled(shared: &State, cfg: &Config, newest: Vec<crate::spool::Item>) {
+    use crate::journal::Fate;
+    use crate::spool::Item;
     if newest.is_empty() {
         return;
     }
@@ -274,36 +276,24 @@ fn journal_unjournaled(shared: &Shared, cfg: &Config, newest: Vec<crate::spool::
         }
     };
     // Only records at least as new as the journal's end can be missing
-    // from it (older ones may have been pruned or rotated away).
-    let lines: Vec<Line> = newest
+    // from it (older ones may have been pruned or rotated away). The spool
+    // does not keep the boot a record was accepted in; after a crash (not
+    // a power loss) it is this one.
+    let missing: Vec<(Item, Fate)> = newest
         .into_iter()
         .filter(|i| tail.newest.is_none_or(|t| i.accepted + 2 >= t) && !tail.ids.contains(&i.record_id))
         .map(|item| {
             let fate = if item.counted { Fate::Spooled } else { Fate::RateLimitedSpooled };
-            // The spool does not keep the boot a record was accepted in;
-            // after a crash (not a power loss) it is this one.
-            Line::First {
-                time: item.accepted,
-                item: Arc::new(item),
-                boot: shared.boot_id.clone(),
-                fate,
-                payload: cfg.record_retention_enabled,
-            }
+            (item, fate)
         })
         .collect();
-    if !lines.is_empty() {
-        tracing::info!(
-            "journal: {} spooled record(s) had no entry (cut off by a crash); journaled them now",
-            lines.len()
-        );
-        shared.journal.append(lines, None);
-    }
+    store::settle::recovered(shared, missing, cfg.record_retention_enabled);
 }
 
 /// Re-reads the configuration file and puts it in force (consent
-/// re-decided, see [`Shared::consent_changed`]); why not, when it is
+/// re-decided, see [`State::consent_changed`]); why not, when it is
 /// refused (the running configuration is kept).
-async fn reload(cfg_tx: &watch::Sender<Arc<Config>>, shared: &Shared) -> Result<(), String> {
+async fn reload(cfg_tx: &watch::Sender<Arc<Config>>, shared: &State) -> Result<(), String> {
     let old = shared.config();
     match Config::load(old.file.as_deref()) {
         Ok(new) => {

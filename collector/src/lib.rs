@@ -7,33 +7,29 @@
 //! ```text
 //!  probes ──unix socket (socket_path or systemd LISTEN_FDS)──┐
 //!                                                            ▼
-//!  ingest      native (prefix, Hello, frames, Acks) | legacy (one record, no reply)
-//!    │ Submission = the frames of one read   (frame size, idle timeout, max_connections,
-//!    │                                        4096 unacked per connection, 2 MiB in flight)
+//!  ingest      native (prefix, Hello, frames, Acks) | legacy (one record, no reply);
+//!    │         whole connections taken in the accept loop, a burst per Submission
+//!    │         (frame size, idle timeout, max_connections, 4096 unacked per connection,
+//!    │          2 MiB in flight)
 //!    ▼
-//!  pipeline    committer threads, group commit:
-//!    │           consent   -> local-only? (DO_NOT_TRACK / airgap / no server /
-//!    │                        delivery off / not opted in / debug); scrub?
-//!    │           privacy   -> host facts per privacy_level, payload scrubbed
-//!    │           ratelimit -> record + byte windows (monotonic), spool or drop
-//!    │           spool     -> one block per batch, written in place: write, fdatasync ==> Acks
-//!    │           journal   -> one JSON line per record (queued lines borrow the record;
-//!    │                        one writer: group commit, lazy fdatasync),
-//!    │                        pruned by local_retention_days / _records
+//!  decide      consent (local-only or deliver; scrub?), privacy (host facts, scrubbing),
+//!    │         rate windows (within / dropped / held), record id        [committer threads]
 //!    ▼
-//!  delivery    FIFO from the spool, v2/v3 (identity stamps the machine id), over
-//!    │         transport: HTTP/1.1 keep-alive, pipelined, rustls; 2xx delivered,
-//!    │         408/429/5xx/errors backoff+retry, other 4xx rejected-by-server;
-//!    │         fates appended to the journal
+//!  store       room in the spool (wait while delivery flows), one block per batch:
+//!    │         write, fdatasync ==> answers; journal lines to its one writer thread
+//!    ▼
+//!  delivery    FIFO from the spool, per-record retries; requests built by `request`
+//!    │         (machine id stamped there; also used by preview and `debug`), sent by
+//!    │         transport (HTTP/1.1 keep-alive, pipelined, rustls); fates journaled
 //!    ▼
 //!  backend                 control: status / flush / reload / consent for telemctl
 //!                          (reload and consent answer once in force: delivery
-//!                          writes under the consent gate, see Shared::consent_changed)
+//!                          writes under the consent gate, see State::consent_changed)
 //! ```
 //!
 //! `main` of both binaries is thin: `telem-collector` calls [`daemon::run`],
 //! `telemctl` uses [`control`], [`journal::read`], [`consent`], [`preview`]
-//! (the requests delivery would send, built by [`delivery::describe`]) and
+//! (the requests delivery would send, built by [`request::describe`]) and
 //! [`service`]. Privacy: docs/PRIVACY.md.
 
 pub mod config;
@@ -41,16 +37,19 @@ pub mod consent;
 pub mod control;
 pub mod crash;
 pub mod daemon;
+pub mod decide;
 pub mod delivery;
 pub mod identity;
 pub mod ingest;
 pub mod journal;
-pub mod pipeline;
 pub mod preview;
 pub mod ratelimit;
+pub mod request;
 pub mod service;
 pub mod spool;
+pub mod state;
 pub mod stats;
+pub mod store;
 pub mod transport;
 
 pub use config::Config;

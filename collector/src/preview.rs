@@ -1,6 +1,6 @@
 //! `telemctl preview`: for records in the journal (and, with `--follow`,
 //! records arriving live) the exact HTTP request the collector would post,
-//! built by the same function delivery uses ([`delivery::describe`]),
+//! built by the same function delivery uses ([`request::describe`]),
 //! without sending anything.
 //!
 //! The journal keeps, per record, every sent field (classification,
@@ -12,18 +12,17 @@
 //! the anonymous level the collector's session id lives only in its
 //! memory, so the preview shows [`MachineId::unset`] and says so.
 
-use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 use std::str::FromStr;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use serde::Serialize;
 use telemetry::{Classification, EventId, MachineId, Payload, Record, Severity};
 
 use crate::config::Config;
-use crate::delivery::{self, Prepared, RequestDesc};
 use crate::identity;
 use crate::journal::{self, Entry};
+use crate::request::{self, Prepared, RequestDesc};
 
 /// One record's preview.
 #[derive(Debug, Clone, Serialize)]
@@ -131,7 +130,7 @@ pub fn record_of(e: &Entry) -> Result<Record, EntryError> {
 
 /// The preview of one journal entry's record.
 pub fn preview(prep: &Prepared, mid: &MachineId, e: &Entry) -> (Preview, Option<RequestDesc>) {
-    let desc = record_of(e).map_err(|e| e.to_string()).and_then(|r| delivery::describe(prep, mid, &r));
+    let desc = record_of(e).map_err(|e| e.to_string()).and_then(|r| request::describe(prep, mid, &r));
     let (request, error, desc) = match desc {
         Ok(d) => (Some(RequestJson::from(&d)), None, Some(d)),
         Err(why) => (None, Some(why), None),
@@ -169,37 +168,9 @@ pub fn journal_records(dir: &Path) -> Result<Vec<Entry>, journal::JournalError> 
 }
 
 /// Calls `f` with every record entry appended to the journal from now on
-/// (polls every 100 ms; follows rotation). Returns when `f` returns false.
+/// (see [`journal::follow`]). Returns when `f` returns false.
 pub fn follow(dir: &Path, mut f: impl FnMut(Entry) -> bool) {
-    let path = dir.join(journal::FILE_NAME);
-    let mut pos = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-    let mut pending = Vec::new();
-    loop {
-        std::thread::sleep(Duration::from_millis(100));
-        let Ok(mut file) = std::fs::File::open(&path) else { continue };
-        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-        if len < pos {
-            pos = 0; // rotated or pruned
-            pending.clear();
-        }
-        if len == pos || file.seek(SeekFrom::Start(pos)).is_err() {
-            continue;
-        }
-        let mut buf = Vec::new();
-        if file.read_to_end(&mut buf).is_err() {
-            continue;
-        }
-        pos += buf.len() as u64;
-        pending.extend_from_slice(&buf);
-        let cut = pending.iter().rposition(|&b| b == b'\n').map(|p| p + 1).unwrap_or(0);
-        let complete: Vec<u8> = pending.drain(..cut).collect();
-        for line in complete.split(|&b| b == b'\n') {
-            let Ok(e) = serde_json::from_slice::<Entry>(line) else { continue };
-            if e.class.is_some() && !f(e) {
-                return;
-            }
-        }
-    }
+    journal::follow(dir, |e| e.class.is_none() || f(e))
 }
 
 #[cfg(test)]
@@ -247,8 +218,8 @@ mod tests {
             .unwrap();
             let prep = Prepared::new(&cfg);
             let (p, d) = preview(&prep, &mid, &entry(&r, Some("hello\n")));
-            assert_eq!(d.unwrap(), delivery::describe(&prep, &mid, &r).unwrap(), "{proto}");
-            let text = render(&p, delivery::describe(&prep, &mid, &r).ok().as_ref());
+            assert_eq!(d.unwrap(), request::describe(&prep, &mid, &r).unwrap(), "{proto}");
+            let text = render(&p, request::describe(&prep, &mid, &r).ok().as_ref());
             assert!(text.contains("POST http://127.0.0.1:9/") && text.contains("stays on this machine"), "{text}");
             // Without the payload: said, not guessed.
             let (p, d) = preview(&prep, &mid, &entry(&r, None));

@@ -75,7 +75,7 @@ fn opt_out_and_opt_in_are_in_force_when_telemctl_returns() {
     let got = bodies(&sink);
     let leaked: Vec<&String> = got.iter().filter(|b| b.starts_with("after opt-out")).collect();
     assert!(leaked.is_empty(), "sent after opt-out returned, yet posted: {leaked:?}");
-    let j = c.journal(&[]);
+    let j = c.wait_journal(Duration::from_secs(10), |j| j.len() >= 2 * ROUNDS);
     assert_eq!(j.len(), 2 * ROUNDS);
     for (n, e) in j.iter().enumerate() {
         if n % 2 == 0 {

@@ -271,7 +271,7 @@ fn expired_records_are_dropped_and_journaled() {
         let now = telemetry::record::now_unix();
         for (i, age) in [(0usize, 7200u64), (1, 7200), (2, 60)] {
             let item = Item {
-                record_id: [i as u8 + 1; 16],
+                record_id: telemetry::RecordId::from_bytes([i as u8 + 1; 16]),
                 accepted: now - age,
                 counted: true,
                 uid: 0,

@@ -1,9 +1,7 @@
 //! telemctl: controls the collector and reads its journal.
 
-use std::io::{BufRead, Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use telem_collector::journal::{self, Filter, Merged};
@@ -295,7 +293,7 @@ fn print_fields() {
 }
 
 fn preview_cmd(cfg: &Config, p: &PreviewArgs) -> ExitCode {
-    use telem_collector::{delivery::Prepared, preview};
+    use telem_collector::{preview, request::Prepared};
     if cfg.server.is_none() {
         return fail("no server is configured, so nothing would ever be sent (set `server` to preview requests)");
     }
@@ -420,46 +418,24 @@ fn journal_cmd(cfg: &Config, j: &JournalArgs) -> ExitCode {
 
 /// Prints entries appended after the listing, as they are journaled.
 fn follow(cfg: &Config, filter: &Filter, j: &JournalArgs) {
-    let path = cfg.journal_dir.join(journal::FILE_NAME);
-    let mut pos = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-    let mut pending = Vec::new();
-    loop {
-        std::thread::sleep(Duration::from_millis(100));
-        let Ok(mut f) = std::fs::File::open(&path) else { continue };
-        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-        if len < pos {
-            pos = 0; // rotated
-        }
-        if len == pos || f.seek(SeekFrom::Start(pos)).is_err() {
-            continue;
-        }
-        let mut buf = Vec::new();
-        if f.read_to_end(&mut buf).is_err() {
-            continue;
-        }
-        pos += buf.len() as u64;
-        pending.extend_from_slice(&buf);
-        let cut = pending.iter().rposition(|&b| b == b'\n').map(|p| p + 1).unwrap_or(0);
-        let complete: Vec<u8> = pending.drain(..cut).collect();
-        for l in complete.lines().map_while(Result::ok) {
-            let Ok(e) = serde_json::from_str::<journal::Entry>(&l) else { continue };
-            let m = Merged { fate_time: e.time, entry: e };
-            if m.entry.class.is_some() {
-                if filter.matches(&m) {
-                    if j.json {
-                        println!("{}", serde_json::to_string(&m).unwrap_or_default());
-                    } else {
-                        println!("{}", line(&m, j.include_payload));
-                    }
-                }
-            } else if filter.record_id.as_ref().is_none_or(|r| *r == m.entry.id) && filter.classification.is_none() {
-                // A later fate of a record.
+    journal::follow(&cfg.journal_dir, |e| {
+        let m = Merged { fate_time: e.time, entry: e };
+        if m.entry.class.is_some() {
+            if filter.matches(&m) {
                 if j.json {
                     println!("{}", serde_json::to_string(&m).unwrap_or_default());
                 } else {
-                    println!("{} {} -> {}", m.entry.id, journal::format_time(m.entry.time), m.entry.fate);
+                    println!("{}", line(&m, j.include_payload));
                 }
             }
+        } else if filter.record_id.as_ref().is_none_or(|r| *r == m.entry.id) && filter.classification.is_none() {
+            // A later fate of a record.
+            if j.json {
+                println!("{}", serde_json::to_string(&m).unwrap_or_default());
+            } else {
+                println!("{} {} -> {}", m.entry.id, journal::format_time(m.entry.time), m.entry.fate);
+            }
         }
-    }
+        true
+    })
 }

@@ -24,7 +24,7 @@
 //! - other 4xx: the server refused this record: journaled as
 //!   `rejected-by-server` with status and body, not retried.
 //!
-//! While the server takes records delivery says so ([`Shared::held`]),
+//! While the server takes records delivery says so ([`State::held`]),
 //! and a full spool makes the commit stage wait for room (backpressure)
 //! instead of dropping: `spool_max_size` bounds only what waits because
 //! the server cannot take it.
@@ -45,25 +45,22 @@ use tokio::task::JoinSet;
 
 use crate::config::Config;
 use crate::consent::Decision;
-use crate::journal::{Fate, Line};
-use crate::pipeline::Shared;
-use crate::ratelimit::Verdict;
-use crate::spool::{Item, Next, Ticket};
-use crate::stats::bump;
+use crate::spool::{Next, Ticket};
+use crate::state::State;
+use crate::store::settle::{self, Settle};
 use crate::transport::{SendError, Transport};
 
-mod request;
 mod retry;
 #[cfg(test)]
 mod tests;
 
-pub use request::*;
+use crate::request::*;
 pub use retry::*;
 
 /// Lets a write of delivery's go only while consent is `deliver` under
-/// the configuration the requests were made with ([`Shared::may_post`]).
+/// the configuration the requests were made with ([`State::may_post`]).
 struct ConsentGate {
-    shared: Arc<Shared>,
+    shared: Arc<State>,
     cfg: Arc<Config>,
 }
 
@@ -101,7 +98,7 @@ async fn post_batch(
 
 /// The delivery stage's state between wake-ups.
 struct Deliverer {
-    shared: Arc<Shared>,
+    shared: Arc<State>,
     cfg: Arc<Config>,
     prep: Arc<Prepared>,
     client: Option<Transport>,
@@ -131,7 +128,7 @@ struct Deliverer {
 }
 
 impl Deliverer {
-    fn new(shared: Arc<Shared>) -> Deliverer {
+    fn new(shared: Arc<State>) -> Deliverer {
         let cfg = shared.config();
         let mut d = Deliverer {
             prep: Arc::new(Prepared::new(&cfg)),
@@ -238,7 +235,7 @@ impl Deliverer {
                 match self.shared.spool.next_ticket() {
                     Next::Ready(t) => Job::new(t),
                     Next::Empty => {
-                        self.journal_lost();
+                        settle::lost(&self.shared);
                         return None;
                     }
                     Next::Busy(why) => {
@@ -254,11 +251,10 @@ impl Deliverer {
                 continue;
             }
             if !job.counted {
-                let size = size_of(&job.ticket.item);
-                match self.shared.limiter().try_acquire(now, size) {
-                    Verdict::Allowed => job.counted = true,
-                    Verdict::Limited { retry_in } => {
-                        self.rate_wait = Some(now + retry_in.unwrap_or(Duration::from_secs(60)));
+                match crate::decide::release_held(&self.shared, now, &job.ticket.item) {
+                    Ok(()) => job.counted = true,
+                    Err(wait) => {
+                        self.rate_wait = Some(now + wait);
                         self.ready.push_front(job);
                         return None;
                     }
@@ -266,21 +262,6 @@ impl Deliverer {
             }
             return Some(job);
         }
-    }
-
-    /// Counts and journals records of spool blocks that could not be read
-    /// back.
-    fn journal_lost(&self) {
-        let lost = self.shared.spool.take_lost();
-        if lost.is_empty() {
-            return;
-        }
-        let mut lines = Vec::new();
-        for l in lost {
-            bump(&self.shared.stats.dropped, l.ids.len() as u64);
-            lines.extend(l.ids.iter().map(|id| Line::fate(*id, Fate::Dropped(l.why.clone()))));
-        }
-        self.shared.journal.append(lines, None);
     }
 
     /// Starts posts on up to `delivery_concurrency` connections at once
@@ -339,16 +320,14 @@ impl Deliverer {
     /// spooled.
     async fn stop(&mut self) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-        let mut updates = Vec::new();
+        let mut settle = Settle::default();
         while let Ok(Some(res)) = tokio::time::timeout_at(deadline, self.inflight.join_next()).await {
             if let Ok(batch) = res {
-                self.finished(batch, &mut updates);
+                self.finished(batch, &mut settle);
             }
         }
         self.inflight.abort_all();
-        if !updates.is_empty() {
-            self.shared.journal.append(updates, None);
-        }
+        settle.commit(&self.shared);
     }
 
     /// The earliest moment something may become possible again.
@@ -366,7 +345,7 @@ impl Deliverer {
 const BUSY_RETRY: Duration = Duration::from_millis(100);
 
 /// Runs the delivery stage until `stop` fires.
-pub async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<bool>) {
+pub async fn run(shared: Arc<State>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut d = Deliverer::new(shared.clone());
     let mut cfg_rx = shared.cfg.clone();
     let mut expiry_tick =
@@ -410,17 +389,15 @@ pub async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<boo
             }
             Some(res) = d.inflight.join_next(), if !d.inflight.is_empty() => {
                 // Take every finished batch, then journal their fates at once.
-                let mut updates = Vec::new();
+                let mut settle = Settle::default();
                 let mut next = Some(res);
                 while let Some(res) = next.take() {
                     if let Ok(batch) = res {
-                        d.finished(batch, &mut updates);
+                        d.finished(batch, &mut settle);
                     }
                     next = d.inflight.try_join_next();
                 }
-                if !updates.is_empty() {
-                    shared.journal.append(updates, None);
-                }
+                settle.commit(&shared);
             }
             _ = shared.wake_delivery.notified() => {}
             _ = cfg_rx.changed() => {
@@ -430,8 +407,8 @@ pub async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<boo
             _ = expiry_tick.tick() => {
                 let before = telemetry::record::now_unix().saturating_sub(d.cfg.record_expiry.as_secs());
                 let gone = shared.spool.expire(before);
-                journal_expired(&shared, &gone);
-                d.journal_lost();
+                settle::expired(&shared, &gone);
+                settle::lost(&shared);
             }
             _ = sleep_opt(sleep_until) => {}
         }
@@ -445,24 +422,7 @@ async fn sleep_opt(until: Option<Instant>) {
     }
 }
 
-fn size_of(item: &Item) -> u64 {
-    let mut v = Vec::new();
-    crate::spool::encode_item(item, &mut v).map(|n| n as u64).unwrap_or(0)
-}
-
-fn expire_one(shared: &Shared, t: &Ticket) {
+fn expire_one(shared: &State, t: &Ticket) {
     shared.spool.done(t.seq);
-    journal_expired(shared, std::slice::from_ref(&*t.item));
-}
-
-/// Journals records dropped for age.
-pub fn journal_expired(shared: &Shared, items: &[Item]) {
-    if items.is_empty() {
-        return;
-    }
-    bump(&shared.stats.expired, items.len() as u64);
-    bump(&shared.stats.dropped, items.len() as u64);
-    tracing::info!("{} spooled record(s) expired (older than record_expiry)", items.len());
-    let fate = Fate::Dropped("expired".into());
-    shared.journal.append(items.iter().map(|i| Line::fate(i.record_id, fate.clone())).collect(), None);
+    settle::expired(shared, std::slice::from_ref(&*t.item));
 }

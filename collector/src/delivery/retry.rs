@@ -3,9 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use crate::journal::{Fate, Line};
+use crate::journal::Fate;
 use crate::spool::Ticket;
 use crate::stats::bump;
+use crate::store::settle::Settle;
 use crate::transport::{Answer, SendError};
 
 use super::*;
@@ -168,17 +169,15 @@ impl Deliverer {
             job.suspect += 1;
         }
         job.pending = false;
-        let mut updates = Vec::new();
-        let gone = self.give_up(job, &mut updates);
-        if !updates.is_empty() {
-            self.shared.journal.append(updates, None);
-        }
+        let mut settle = Settle::default();
+        let gone = self.give_up(job, &mut settle);
+        settle.commit(&self.shared);
         gone
     }
 
     /// Gives the record up after `delivery_max_attempts` suspect failures:
     /// out of the spool, `rejected-by-server` with its last answer.
-    pub(super) fn give_up(&self, job: &mut Job, updates: &mut Vec<Line>) -> bool {
+    pub(super) fn give_up(&self, job: &mut Job, settle: &mut Settle) -> bool {
         if job.suspect < self.cfg.delivery_max_attempts {
             return false;
         }
@@ -188,12 +187,13 @@ impl Deliverer {
             job.ticket.item.record_id_hex(),
             job.suspect
         );
-        self.shared.spool.done(job.ticket.seq);
         bump(&self.shared.stats.rejected_by_server, 1);
-        updates.push(Line::fate(
+        settle.finish(
+            &self.shared,
+            job.ticket.seq,
             job.ticket.item.record_id,
             Fate::RejectedByServer { status, body, attempts: Some(job.suspect) },
-        ));
+        );
         true
     }
 
@@ -204,8 +204,8 @@ impl Deliverer {
         self.ready.insert(pos, job);
     }
 
-    /// Takes the outcomes of one batch; journal entries go to `updates`.
-    pub(super) fn finished(&mut self, batch: Vec<(Job, Outcome)>, updates: &mut Vec<Line>) {
+    /// Takes the outcomes of one batch; final fates go to `settle`.
+    pub(super) fn finished(&mut self, batch: Vec<(Job, Outcome)>, settle: &mut Settle) {
         let shared = self.shared.clone();
         for (mut job, out) in batch {
             match out {
@@ -221,8 +221,7 @@ impl Deliverer {
                     // Counted before it leaves the spool, so a status never
                     // shows it neither spooled nor delivered.
                     bump(&shared.stats.delivered, 1);
-                    shared.spool.done(job.ticket.seq);
-                    updates.push(Line::fate(job.ticket.item.record_id, Fate::Delivered));
+                    settle.finish(&shared, job.ticket.seq, job.ticket.item.record_id, Fate::Delivered);
                 }
                 Outcome::ServerBusy { error, after } => {
                     bump(&shared.stats.delivery_failures, 1);
@@ -248,7 +247,7 @@ impl Deliverer {
                     let id = job.ticket.item.record_id_hex();
                     shared.stats.set_error(Some(format!("server answered {status} to record {id}")));
                     job.last = Some((status, body));
-                    if self.give_up(&mut job, updates) {
+                    if self.give_up(&mut job, settle) {
                         continue;
                     }
                     let wait = record_backoff(job.failures, self.cfg.delivery_retry_max, jitter());
@@ -270,18 +269,18 @@ impl Deliverer {
                 Outcome::Refused { status, body } => {
                     self.successes += 1;
                     self.failing = 0;
-                    shared.spool.done(job.ticket.seq);
                     bump(&shared.stats.rejected_by_server, 1);
                     tracing::warn!("server refused record {}: {status} {body}", job.ticket.item.record_id_hex());
-                    updates.push(Line::fate(
+                    settle.finish(
+                        &shared,
+                        job.ticket.seq,
                         job.ticket.item.record_id,
                         Fate::RejectedByServer { status, body, attempts: None },
-                    ));
+                    );
                 }
                 Outcome::Unsendable(why) => {
-                    shared.spool.done(job.ticket.seq);
                     bump(&shared.stats.dropped, 1);
-                    updates.push(Line::fate(job.ticket.item.record_id, Fate::Dropped(why)));
+                    settle.finish(&shared, job.ticket.seq, job.ticket.item.record_id, Fate::Dropped(why));
                 }
                 Outcome::Withheld => self.put_back(job),
             }

@@ -18,7 +18,8 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::legacy_conn::legacy_incoming;
 use super::Sender;
-use crate::pipeline::{Incoming, Reply, Shared, Whole};
+use crate::state::State;
+use crate::store::{Incoming, Reply, Whole};
 
 /// Bytes read from a newly accepted socket before deciding how to serve
 /// it: a legacy record of the usual size fits.
@@ -65,7 +66,7 @@ pub(super) fn peer_of(stream: &UnixStream) -> (u32, u32) {
 
 /// Reads what a new connection already sent and takes it whole when it
 /// can (see the module's doc); `slot` is its connection slot.
-pub(super) fn take(stream: UnixStream, slot: OwnedSemaphorePermit, shared: &Shared, scratch: &mut [u8]) -> Taken {
+pub(super) fn take(stream: UnixStream, slot: OwnedSemaphorePermit, shared: &State, scratch: &mut [u8]) -> Taken {
     if let Err(e) = stream.set_nonblocking(true) {
         tracing::debug!("probe connection dropped: {e}");
         return Taken::Done;

@@ -5,8 +5,8 @@
 use telemetry::wire::legacy;
 
 use super::ConnError;
-use crate::pipeline::Incoming;
 use crate::stats::{Refusal, Stats};
+use crate::store::Incoming;
 
 /// Decodes one legacy record (its `size` bytes) and checks its payload
 /// against `record_max_bytes`; a refusal is counted and logged.

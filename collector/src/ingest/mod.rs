@@ -29,8 +29,9 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{oneshot, Semaphore};
 
-use crate::pipeline::{Incoming, Reply, Shared, Submission};
+use crate::state::State;
 use crate::stats::{Refusal, Stats};
+use crate::store::{Incoming, Reply, Submission};
 
 mod burst;
 mod legacy_conn;
@@ -83,8 +84,8 @@ pub fn nofile_limit() -> u64 {
 /// `connect` waits there), none is accepted and then dropped.
 pub async fn serve(
     listener: UnixListener,
-    shared: Arc<Shared>,
-    submit: crate::pipeline::SubmitTx,
+    shared: Arc<State>,
+    submit: crate::store::SubmitTx,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let cfg = shared.config();
@@ -213,7 +214,7 @@ const DRAIN_FOR: Duration = Duration::from_secs(2);
 /// sees no ack and keeps its records).
 async fn drain(
     listener: &AsyncFd<std::os::unix::net::UnixListener>,
-    shared: &Shared,
+    shared: &State,
     sender: &Sender,
     scratch: &mut [u8],
     mut burst: Burst,
@@ -271,7 +272,7 @@ const CLOSING: &str = "the collector is shutting down";
 /// Hands submissions to the commit stage within the shared byte budget.
 #[derive(Clone)]
 struct Sender {
-    queue: crate::pipeline::SubmitTx,
+    queue: crate::store::SubmitTx,
     budget: Arc<Semaphore>,
 }
 
@@ -323,7 +324,7 @@ async fn read_at_least<R: AsyncRead + Unpin>(
     Ok(())
 }
 
-async fn connection(stream: UnixStream, mut buf: BytesMut, shared: &Shared, sender: Sender) -> Result<(), ConnError> {
+async fn connection(stream: UnixStream, mut buf: BytesMut, shared: &State, sender: Sender) -> Result<(), ConnError> {
     let cfg = shared.config();
     let (uid, pid) = match stream.peer_cred() {
         Ok(c) => (c.uid(), c.pid().unwrap_or(0).max(0) as u32),

@@ -14,8 +14,8 @@ use super::{
     read_at_least, read_more, truncated, ConnError, Sender, CLOSING, MAX_READ_BUFFER, MAX_SUBMISSION, MIN_READ_BUFFER,
     PIPELINE_DEPTH,
 };
-use crate::pipeline::Incoming;
 use crate::stats::{Refusal, Stats};
+use crate::store::Incoming;
 
 /// The refusal a native framing error is counted as.
 fn frame_refusal(e: &native::FrameError) -> Refusal {

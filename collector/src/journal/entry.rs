@@ -1,6 +1,7 @@
 //! Journal entries: fates, the JSON of an entry, and the lines stages queue.
 
 use std::sync::Arc;
+use telemetry::RecordId;
 
 use serde::{Deserialize, Serialize, Serializer};
 use telemetry::EventId;
@@ -113,7 +114,7 @@ pub enum Line {
         payload: bool,
     },
     Fate {
-        id: [u8; 16],
+        id: RecordId,
         time: u64,
         fate: Fate,
     },
@@ -121,12 +122,12 @@ pub enum Line {
 
 impl Line {
     /// A later fate of a record already journaled, now.
-    pub fn fate(id: [u8; 16], fate: Fate) -> Line {
+    pub fn fate(id: RecordId, fate: Fate) -> Line {
         Line::Fate { id, time: telemetry::record::now_unix(), fate }
     }
 
     /// The record id.
-    pub fn id(&self) -> [u8; 16] {
+    pub fn id(&self) -> RecordId {
         match self {
             Line::First { item, .. } => item.record_id,
             Line::Fate { id, .. } => *id,
@@ -144,7 +145,7 @@ impl Line {
         }
         #[derive(Serialize)]
         struct FirstJson<'a> {
-            id: Shown<EventId>,
+            id: Shown<RecordId>,
             time: u64,
             class: &'a str,
             event: Shown<EventId>,
@@ -162,7 +163,7 @@ impl Line {
         }
         #[derive(Serialize)]
         struct FateJson<'a> {
-            id: Shown<EventId>,
+            id: Shown<RecordId>,
             time: u64,
             fate: Shown<&'a Fate>,
         }
@@ -172,7 +173,7 @@ impl Line {
                 serde_json::to_writer(
                     out,
                     &FirstJson {
-                        id: Shown(EventId::from_bytes(item.record_id)),
+                        id: Shown(item.record_id),
                         time: *time,
                         class: r.classification.as_str(),
                         event: Shown(r.event_id),
@@ -188,10 +189,9 @@ impl Line {
                     },
                 )
             }
-            Line::Fate { id, time, fate } => serde_json::to_writer(
-                out,
-                &FateJson { id: Shown(EventId::from_bytes(*id)), time: *time, fate: Shown(fate) },
-            ),
+            Line::Fate { id, time, fate } => {
+                serde_json::to_writer(out, &FateJson { id: Shown(*id), time: *time, fate: Shown(fate) })
+            }
         }
     }
 }

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
+use telemetry::RecordId;
 
 use serde::Serialize;
 use telemetry::EventId;
@@ -15,7 +16,7 @@ use super::*;
 /// (within the last [`TAIL_BYTES`] of `journal`) and the newest entry time.
 #[derive(Debug, Default)]
 pub struct Tail {
-    pub ids: std::collections::HashSet<[u8; 16]>,
+    pub ids: std::collections::HashSet<RecordId>,
     pub newest: Option<u64>,
 }
 
@@ -46,7 +47,7 @@ pub fn tail(dir: &Path) -> Result<Tail, JournalError> {
         out.newest = out.newest.max(Some(e.time));
         if e.class.is_some() {
             if let Ok(id) = e.id.parse::<EventId>() {
-                out.ids.insert(*id.as_bytes());
+                out.ids.insert(RecordId::from_bytes(*id.as_bytes()));
             }
         }
     }
@@ -142,3 +143,42 @@ impl Filter {
 }
 
 pub use telemetry::record::format_utc as format_time;
+
+/// Calls `f` with every entry appended to the journal in `dir` from now
+/// on (first entries and later fates), in order; polls every 100 ms and
+/// follows rotation and pruning (the file shrinking). Returns when `f`
+/// returns false. `telemctl journal --follow` and `telemctl preview
+/// --follow` both read through it.
+pub fn follow(dir: &std::path::Path, mut f: impl FnMut(Entry) -> bool) {
+    use std::io::{Read, Seek, SeekFrom};
+    let path = dir.join(super::FILE_NAME);
+    let mut pos = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let mut pending = Vec::new();
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let Ok(mut file) = std::fs::File::open(&path) else { continue };
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        if len < pos {
+            // Rotated or pruned: a new file from its start.
+            pos = 0;
+            pending.clear();
+        }
+        if len == pos || file.seek(SeekFrom::Start(pos)).is_err() {
+            continue;
+        }
+        let mut buf = Vec::new();
+        if file.read_to_end(&mut buf).is_err() {
+            continue;
+        }
+        pos += buf.len() as u64;
+        pending.extend_from_slice(&buf);
+        let cut = pending.iter().rposition(|&b| b == b'\n').map(|p| p + 1).unwrap_or(0);
+        let complete: Vec<u8> = pending.drain(..cut).collect();
+        for line in complete.split(|&b| b == b'\n') {
+            let Ok(e) = serde_json::from_slice::<Entry>(line) else { continue };
+            if !f(e) {
+                return;
+            }
+        }
+    }
+}

@@ -4,6 +4,7 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use telemetry::RecordId;
 
 fn entry(id: &str, class: &str) -> Entry {
     Entry {
@@ -31,7 +32,7 @@ fn first(id: u8, class: &str, payload: &str) -> Line {
     )
     .creation_timestamp(5)
     .build();
-    let item = Item { record_id: [id; 16], accepted: 1, counted: true, uid: 7, pid: 8, record };
+    let item = Item { record_id: RecordId::from_bytes([id; 16]), accepted: 1, counted: true, uid: 7, pid: 8, record };
     Line::First { item: Arc::new(item), time: 1, boot: "b".repeat(32).into(), fate: Fate::Spooled, payload: true }
 }
 
@@ -62,9 +63,12 @@ fn a_line_reads_back_as_the_entry_it_describes() {
         }
     );
     let mut json = Vec::new();
-    Line::fate([0xab; 16], Fate::RejectedByServer { status: 400, body: "bad".into(), attempts: None })
-        .write_json(&mut json)
-        .unwrap();
+    Line::fate(
+        RecordId::from_bytes([0xab; 16]),
+        Fate::RejectedByServer { status: 400, body: "bad".into(), attempts: None },
+    )
+    .write_json(&mut json)
+    .unwrap();
     let u: Entry = serde_json::from_slice(&json).unwrap();
     assert_eq!(
         (u.id.as_str(), u.fate.as_str(), u.class),
@@ -79,7 +83,7 @@ fn write_merge_filter() {
     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
     rt.block_on(async {
         j.append_durable(vec![first(0xa, "org.x/crash/clr", "a"), first(0xb, "org.x/hello/world", "b")]).await.unwrap();
-        j.append_durable(vec![Line::fate([0xa; 16], Fate::Delivered)]).await.unwrap();
+        j.append_durable(vec![Line::fate(RecordId::from_bytes([0xa; 16]), Fate::Delivered)]).await.unwrap();
     });
     // Lazy lines are written too (within GATHER), without anyone waiting.
     j.append(vec![first(0xc, "org.x/hello/world", "c")], None);

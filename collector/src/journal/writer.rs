@@ -7,8 +7,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use telemetry::EventId;
-
 use super::*;
 
 /// Called once the lines of a batch are on disk (or failed to be).
@@ -256,7 +254,7 @@ pub(super) fn writer(dir: PathBuf, path: PathBuf, mut file: File, shared: &Share
             }
             if tracing::enabled!(tracing::Level::DEBUG) {
                 if let Line::First { item, fate, .. } = l {
-                    tracing::debug!(target: "telem_collector::journal", id = %EventId::from_bytes(item.record_id), class = item.record.classification.as_str(), fate = %fate, "journaled");
+                    tracing::debug!(target: "telem_collector::journal", id = %item.record_id, class = item.record.classification.as_str(), fate = %fate, "journaled");
                 }
             }
         }

@@ -9,14 +9,26 @@ use super::*;
 
 impl Spool {
     /// Writes `items` as one block, durably (fdatasync), and queues them
-    /// for delivery. `body` holds their [`encode_item`] encodings;
-    /// `reserved` bytes (from [`reserve`](Self::reserve)) are released.
-    /// A resource that runs out for a while (no file descriptor left) is
-    /// waited out, up to [`TRANSIENT_WAIT`]: a record is not refused for it.
+    /// for delivery: [`write`](Self::write) then [`publish`](Self::publish).
     pub fn commit(&self, items: Vec<Arc<Item>>, body: &[u8], reserved: u64) -> Result<u64, SpoolError> {
+        let w = self.write(items, body, reserved)?;
+        let seq = w.seq();
+        self.publish(w);
+        Ok(seq)
+    }
+
+    /// Writes `items` as one block, durably (fdatasync), not yet visible to
+    /// delivery: the store stage journals them first, then
+    /// [`publish`](Self::publish)es the block (so a record's first journal
+    /// entry always precedes the fates delivery gives it). `body` holds
+    /// their [`encode_item`] encodings; `reserved` bytes (from
+    /// [`reserve`](Self::reserve)) stay reserved until it is published. A resource that runs out
+    /// for a while (no file descriptor left) is waited out, up to
+    /// [`TRANSIENT_WAIT`]: a record is not refused for it.
+    pub fn write(&self, items: Vec<Arc<Item>>, body: &[u8], reserved: u64) -> Result<Written, SpoolError> {
         let deadline = Instant::now() + TRANSIENT_WAIT;
         let r = loop {
-            match self.commit_inner(&items, body) {
+            match self.write_block(&items, body) {
                 Err(SpoolError::Write { source, .. }) if is_transient(&source) && Instant::now() < deadline => {
                     tracing::debug!("spool commit waits: {source}");
                     std::thread::sleep(Duration::from_millis(20));
@@ -24,11 +36,21 @@ impl Spool {
                 r => break r,
             }
         };
+        match r {
+            Ok(block) => Ok(Written { block, items, reserved }),
+            Err(e) => {
+                self.release(reserved);
+                Err(e)
+            }
+        }
+    }
+
+    /// Gives `reserved` bytes of room back.
+    fn release(&self, reserved: u64) {
         let mut ix = self.lock();
         ix.reserved = ix.reserved.saturating_sub(reserved);
         drop(ix);
         self.room.notify_all();
-        r
     }
 
     /// An open spool file for this committer alone: an idle writer, else a
@@ -78,7 +100,7 @@ impl Spool {
         Ok((id, f, 0, epoch))
     }
 
-    pub(super) fn commit_inner(&self, items: &[Arc<Item>], body: &[u8]) -> Result<u64, SpoolError> {
+    fn write_block(&self, items: &[Arc<Item>], body: &[u8]) -> Result<Block, SpoolError> {
         let accepted = items.iter().map(|i| i.accepted).max().unwrap_or(0);
         let (file, f, offset, epoch) = self.take_writer()?;
         let seq = {
@@ -112,7 +134,12 @@ impl Spool {
             return Err(SpoolError::Write { path, source: e });
         }
         tracing::debug!(seq, records = items.len(), offset, "spool block committed");
-        let bytes = (HEADER_LEN + body.len()) as u64;
+        Ok(Block { file, f, offset, seq, accepted, bytes: (HEADER_LEN + body.len()) as u64 })
+    }
+
+    /// Makes a written block visible to delivery.
+    pub fn publish(&self, w: Written) {
+        let Written { block: Block { file, f, offset, seq, accepted, bytes }, items, reserved } = w;
         let mut rename = false;
         {
             let mut ix = self.lock();
@@ -136,6 +163,8 @@ impl Spool {
             };
             ix.bytes += bytes;
             ix.records += n as u64;
+            // The room reserved for it is now taken by it.
+            ix.reserved = ix.reserved.saturating_sub(reserved);
             if let Some(sf) = ix.files.get_mut(&file) {
                 sf.len = offset + bytes;
                 sf.live += 1;
@@ -151,9 +180,34 @@ impl Spool {
             let pos = ix.segments.iter().rposition(|s| s.seq < seq).map(|p| p + 1).unwrap_or(0);
             ix.segments.insert(pos, seg);
         }
+        self.room.notify_all();
         if rename {
             self.send_house(House::Rename { file, seq });
         }
-        Ok(seq)
+    }
+}
+
+/// Where a block was written.
+struct Block {
+    file: u64,
+    f: File,
+    offset: u64,
+    seq: u64,
+    accepted: u64,
+    bytes: u64,
+}
+
+/// A block written durably and not yet published (see [`Spool::write`]).
+#[must_use = "a written block reaches delivery only once published"]
+pub struct Written {
+    block: Block,
+    items: Vec<Arc<Item>>,
+    reserved: u64,
+}
+
+impl Written {
+    /// The block's sequence number.
+    pub fn seq(&self) -> u64 {
+        self.block.seq
     }
 }

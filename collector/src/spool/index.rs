@@ -6,6 +6,7 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
+use telemetry::RecordId;
 
 use super::*;
 
@@ -26,7 +27,7 @@ pub(super) struct Segment {
     pub(super) counted: u64,
     /// The records' ids, so a block that cannot be read back is still
     /// journaled record by record.
-    pub(super) ids: Box<[[u8; 16]]>,
+    pub(super) ids: Box<[RecordId]>,
     pub(super) records: Option<Vec<Arc<Item>>>,
 }
 

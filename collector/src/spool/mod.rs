@@ -44,6 +44,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+use telemetry::RecordId;
 
 use serde::{Deserialize, Serialize};
 use telemetry::Record;
@@ -91,7 +92,7 @@ pub enum SpoolError {
 /// One spooled record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Item {
-    pub record_id: [u8; 16],
+    pub record_id: RecordId,
     /// Unix seconds when it was accepted.
     pub accepted: u64,
     /// Already counted by the rate windows (false: it was over a window
@@ -104,7 +105,7 @@ pub struct Item {
 
 impl Item {
     pub fn record_id_hex(&self) -> String {
-        telemetry::client::record_id_hex(&self.record_id)
+        self.record_id.to_string()
     }
 }
 
@@ -122,7 +123,7 @@ pub enum Next {
 /// Records of a block that could not be read back, for the journal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lost {
-    pub ids: Vec<[u8; 16]>,
+    pub ids: Vec<RecordId>,
     pub why: String,
 }
 

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use telemetry::Record;
+use telemetry::RecordId;
 use telemetry::{Classification, Payload, Severity};
 
 fn item(n: u8, accepted: u64) -> Item {
@@ -14,7 +15,7 @@ fn item(n: u8, accepted: u64) -> Item {
         Payload::text(format!("r{n}")),
     )
     .build();
-    Item { record_id: [n; 16], accepted, counted: true, uid: 1, pid: 2, record }
+    Item { record_id: RecordId::from_bytes([n; 16]), accepted, counted: true, uid: 1, pid: 2, record }
 }
 
 fn commit(s: &Spool, items: Vec<Item>) -> u64 {
@@ -23,6 +24,32 @@ fn commit(s: &Spool, items: Vec<Item>) -> u64 {
         encode_item(i, &mut body).unwrap();
     }
     s.commit(items.into_iter().map(Arc::new).collect(), &body, 0).unwrap()
+}
+
+/// A block written but not yet published is durable (it comes back after
+/// a restart) and invisible to delivery until published.
+#[test]
+fn a_written_block_reaches_delivery_only_once_published() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (s, _) = Spool::open(dir.path(), 0).unwrap();
+        let mut body = Vec::new();
+        encode_item(&item(7, 100), &mut body).unwrap();
+        let w = s.write(vec![Arc::new(item(7, 100))], &body, 0).unwrap();
+        assert!(s.next().is_none(), "not visible before publish");
+        s.publish(w);
+        assert_eq!(s.next().map(|t| t.item.record_id), Some(RecordId::from_bytes([7; 16])));
+        assert_eq!(s.records(), 1);
+        let mut body = Vec::new();
+        encode_item(&item(8, 100), &mut body).unwrap();
+        let unpublished = s.write(vec![Arc::new(item(8, 100))], &body, 0).unwrap();
+        std::mem::forget(unpublished);
+    }
+    // Both were durable: both come back.
+    let (s, rec) = Spool::open(dir.path(), 0).unwrap();
+    assert_eq!(rec.records, 2);
+    assert_eq!(s.next().map(|t| t.item.record_id), Some(RecordId::from_bytes([7; 16])));
+    assert_eq!(s.next().map(|t| t.item.record_id), Some(RecordId::from_bytes([8; 16])));
 }
 
 #[test]
@@ -35,18 +62,18 @@ fn fifo_done_and_recovery() {
         commit(&s, vec![item(3, 100)]);
         assert_eq!(s.records(), 3);
         let t = s.next().unwrap();
-        assert_eq!(t.item.record_id, [1; 16]);
+        assert_eq!(t.item.record_id, RecordId::from_bytes([1; 16]));
         s.done(t.seq);
         // Record 2 handed out but not done: it must come back after a restart.
         let t2 = s.next().unwrap();
-        assert_eq!(t2.item.record_id, [2; 16]);
+        assert_eq!(t2.item.record_id, RecordId::from_bytes([2; 16]));
     }
     // A torn write left in a free file is removed on start.
     std::fs::write(dir.path().join("free-999"), b"TSPOOL01garbage").unwrap();
     let (s, rec) = Spool::open(dir.path(), 0).unwrap();
     assert_eq!(rec.torn, 1);
     assert_eq!(rec.records, 3, "the first segment had one record not done");
-    let ids: Vec<u8> = std::iter::from_fn(|| s.next()).map(|t| t.item.record_id[0]).collect();
+    let ids: Vec<u8> = std::iter::from_fn(|| s.next()).map(|t| t.item.record_id.as_bytes()[0]).collect();
     assert_eq!(ids, vec![1, 2, 3]);
 }
 
@@ -149,7 +176,7 @@ fn an_idle_file_whose_blocks_are_all_final_is_started_over_in_place() {
         drop(s);
         let (s, rec) = Spool::open(dir.path(), 0).unwrap();
         assert_eq!(rec.records, 1, "{cap:?}");
-        assert_eq!(s.next().map(|t| t.item.record_id), Some([99; 16]));
+        assert_eq!(s.next().map(|t| t.item.record_id), Some(RecordId::from_bytes([99; 16])));
     }
 }
 
@@ -162,9 +189,9 @@ fn done_frees_files_and_expiry() {
     assert!(s.bytes() > 0);
     let expired = s.expire(500);
     assert_eq!(expired.len(), 1);
-    assert_eq!(expired[0].record_id, [1; 16]);
+    assert_eq!(expired[0].record_id, RecordId::from_bytes([1; 16]));
     let t = s.next().unwrap();
-    assert_eq!(t.item.record_id, [2; 16]);
+    assert_eq!(t.item.record_id, RecordId::from_bytes([2; 16]));
     s.done(t.seq);
     assert_eq!((s.bytes(), s.records()), (0, 0));
     // The housekeeper makes the finished file free: no valid block is left.
@@ -230,7 +257,7 @@ fn blocks_of_a_files_earlier_use_are_not_taken_for_new_ones() {
     }
     let (s, rec) = Spool::open(dir.path(), 0).unwrap();
     assert_eq!((rec.records, rec.torn), (1, 0));
-    assert_eq!(s.next().unwrap().item.record_id, [9; 16]);
+    assert_eq!(s.next().unwrap().item.record_id, RecordId::from_bytes([9; 16]));
     assert!(s.next().is_none());
 }
 
@@ -241,7 +268,7 @@ fn recycled_files_carry_new_segments_across_a_restart() {
     for i in 0..200u8 {
         commit(&s, vec![item(i, 1000)]);
         let t = s.next().unwrap();
-        assert_eq!(t.item.record_id, [i; 16]);
+        assert_eq!(t.item.record_id, RecordId::from_bytes([i; 16]));
         s.done(t.seq);
     }
     s.settle(std::time::Duration::from_secs(5));
@@ -250,8 +277,8 @@ fn recycled_files_carry_new_segments_across_a_restart() {
     drop(s);
     let (s, rec) = Spool::open(dir.path(), 0).unwrap();
     assert_eq!(rec.records, 2, "exactly the two undelivered records come back");
-    assert_eq!(s.next().unwrap().item.record_id, [250; 16]);
-    assert_eq!(s.next().unwrap().item.record_id, [251; 16]);
+    assert_eq!(s.next().unwrap().item.record_id, RecordId::from_bytes([250; 16]));
+    assert_eq!(s.next().unwrap().item.record_id, RecordId::from_bytes([251; 16]));
     assert!(s.next().is_none());
 }
 
@@ -278,7 +305,7 @@ fn blocks_share_a_file_and_a_torn_last_block_is_dropped() {
     File::options().write(true).open(&file).unwrap().write_all_at(&torn, end).unwrap();
     let (s, rec) = Spool::open(dir.path(), 0).unwrap();
     assert_eq!((rec.segments, rec.records, rec.torn), (2, 3, 1));
-    let ids: Vec<u8> = std::iter::from_fn(|| s.next()).map(|t| t.item.record_id[0]).collect();
+    let ids: Vec<u8> = std::iter::from_fn(|| s.next()).map(|t| t.item.record_id.as_bytes()[0]).collect();
     assert_eq!(ids, vec![1, 2, 3]);
 }
 
@@ -299,7 +326,7 @@ fn first_format_blocks_are_read() {
     let (s, rec) = Spool::open(dir.path(), 0).unwrap();
     assert_eq!((rec.records, rec.torn), (1, 0));
     let t = s.next().unwrap();
-    assert_eq!((t.seq, t.item.record_id), (7, [5; 16]));
+    assert_eq!((t.seq, t.item.record_id), (7, RecordId::from_bytes([5; 16])));
     // New blocks number on from it.
     assert!(commit(&s, vec![item(6, 100)]) > 7);
 }

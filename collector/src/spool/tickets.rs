@@ -3,6 +3,7 @@
 use std::fs::File;
 use std::sync::Arc;
 use std::time::Instant;
+use telemetry::RecordId;
 
 use super::*;
 
@@ -87,7 +88,7 @@ impl Spool {
         let Some(pos) = ix.segments.iter().position(|s| s.seq == seq) else { return };
         let seg = &mut ix.segments[pos];
         let lost = seg.total - seg.handed;
-        let ids: Vec<[u8; 16]> = seg.ids.get(seg.handed as usize..).map(|s| s.to_vec()).unwrap_or_default();
+        let ids: Vec<RecordId> = seg.ids.get(seg.handed as usize..).map(|s| s.to_vec()).unwrap_or_default();
         tracing::error!(
             "spool block {seq} (file {}) cannot be read back: {why}; its {lost} record(s) are lost",
             ix.files.get(&seg.file).map(|f| f.path.display().to_string()).unwrap_or_default(),

@@ -45,7 +45,7 @@
 //!
 //! ```no_run
 //! # async fn f(cfg: &telem_collector::Config, uri: http::Uri, requests: Vec<bytes::Bytes>) {
-//! // `requests`: whole HTTP/1.1 requests, as `delivery::encode_request` writes them.
+//! // `requests`: whole HTTP/1.1 requests, as `request::encode_request` writes them.
 //! let t = telem_collector::transport::Transport::new(cfg).unwrap();
 //! for answer in t.exchange(&uri, &requests).await {
 //!     println!("{:?}", answer.map(|a| a.status));

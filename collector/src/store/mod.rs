@@ -1,25 +1,25 @@
-//! The shared state of the stages, and the commit stage: committer threads
-//! take every submission queued by ingest (group commit; a submission is
-//! the records one connection had ready), decide each record's fate
-//! (consent, rate windows, spool room), append one spool block with one
-//! fdatasync, queue the journal lines, and only then answer the senders,
-//! one reply per submission.
+//! Stage: store. Committer threads take every submission queued by ingest
+//! (group commit; a submission is the records one connection had ready,
+//! or those of a burst of whole connections), have each record decided
+//! ([`crate::decide`]), make room in the spool (waiting while delivery
+//! flows, dropping with the reason only what waits because the server
+//! cannot take it), append one spool block with one fdatasync, queue the
+//! journal lines, and only then answer the senders, one reply per
+//! submission.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Instant;
 
-use telemetry::scrub::Scrubber;
 use telemetry::wire::native::Ack;
-use telemetry::{MachineId, Payload, Record};
-use tokio::sync::{oneshot, watch, Notify};
+use telemetry::Record;
+use tokio::sync::oneshot;
 
-use crate::config::{Config, Strategy};
-use crate::consent::{self, Decision};
-use crate::journal::{Fate, Journal, Line};
-use crate::ratelimit::{RateLimiter, Verdict};
-use crate::spool::{self, Item, Spool};
-use crate::stats::{bump, Refusal, Stats};
+use crate::decide::{Decided, Decider, Keep};
+use crate::journal::{Fate, Line};
+use crate::spool::{self, Item};
+use crate::state::State;
+use crate::stats::{bump, Refusal};
 
 /// Most records in one group commit.
 pub const MAX_BATCH: usize = 1024;
@@ -114,213 +114,6 @@ impl Reply {
     }
 }
 
-/// What every stage shares.
-pub struct Shared {
-    pub cfg: watch::Receiver<Arc<Config>>,
-    /// Shared with journal callbacks (a record refused because the journal
-    /// failed is counted there).
-    pub stats: Arc<Stats>,
-    pub spool: Arc<Spool>,
-    pub journal: Journal,
-    pub limiter: Mutex<RateLimiter>,
-    pub machine_id: Mutex<MachineId>,
-    /// This boot's id (32 hex), from /proc/sys/kernel/random/boot_id.
-    pub boot_id: Arc<str>,
-    /// Wakes the delivery stage (new records, flush, reload).
-    pub wake_delivery: Notify,
-    /// Set by `telemctl flush`: retry now, forgetting the backoff.
-    pub flush: AtomicBool,
-    /// Unix seconds the daemon started.
-    pub since: u64,
-    /// Delivery's backoff deadline (ms since `since_instant`), 0 = none.
-    pub retry_at_ms: AtomicU64,
-    /// Set by delivery: why the server cannot take records now, or `None`
-    /// while it does (consent given, a server configured, no pause or rate
-    /// window in force): then a full spool drains, and commits wait for
-    /// room instead of dropping.
-    pub held: Mutex<Option<String>>,
-    /// When records dropped for a full spool were last logged.
-    spool_full_log: Mutex<Option<Instant>>,
-    pub since_instant: Instant,
-    /// This collector start's id (the `anonymous` level's id; in memory
-    /// only, never written).
-    pub session_id: MachineId,
-    /// Scrubs payloads (unless `opt-in-no-privacy-filters` exists).
-    pub scrubber: Scrubber,
-    id_prefix: [u8; 8],
-    id_counter: AtomicU64,
-    /// The consent generation, bumped by [`Shared::consent_changed`] under
-    /// the write lock; delivery writes requests under the read lock (see
-    /// [`Shared::may_post`]).
-    consent_gate: tokio::sync::RwLock<u64>,
-    /// The generation, for readers that cannot wait for the lock.
-    consent_gen: AtomicU64,
-    consent_cache: Mutex<Option<CachedPolicy>>,
-}
-
-/// The last consent decision: when, for which configuration and generation.
-type CachedPolicy = (Instant, Policy, Arc<Config>, u64);
-
-/// What consent decided for records accepted now.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Policy {
-    pub decision: Decision,
-    /// Payloads are scrubbed.
-    pub scrub: bool,
-}
-
-/// How long a consent decision is reused, unless [`Shared::consent_changed`]
-/// drops it first (`telemctl opt-in`, `opt-out` and `reload` do): the
-/// bound on how late a change made behind the daemon's back (the opt-in
-/// file edited by hand) is seen.
-pub const CONSENT_TTL: std::time::Duration = std::time::Duration::from_millis(200);
-
-impl Shared {
-    pub fn new(
-        cfg: watch::Receiver<Arc<Config>>,
-        spool: Arc<Spool>,
-        journal: Journal,
-        machine_id: MachineId,
-        session_id: MachineId,
-    ) -> Shared {
-        let limiter = RateLimiter::new(&cfg.borrow(), Instant::now());
-        let mut id_prefix = [0u8; 8];
-        id_prefix.copy_from_slice(&telemetry::EventId::random().as_bytes()[..8]);
-        Shared {
-            cfg,
-            stats: Arc::new(Stats::default()),
-            spool,
-            journal,
-            limiter: Mutex::new(limiter),
-            machine_id: Mutex::new(machine_id),
-            boot_id: telemetry::BootId::read().unwrap_or(telemetry::BootId::UNKNOWN).to_string().into(),
-            wake_delivery: Notify::new(),
-            flush: AtomicBool::new(false),
-            since: telemetry::record::now_unix(),
-            retry_at_ms: AtomicU64::new(0),
-            held: Mutex::new(Some("delivery has not started".into())),
-            spool_full_log: Mutex::new(None),
-            since_instant: Instant::now(),
-            session_id,
-            scrubber: Scrubber::for_this_host(),
-            id_prefix,
-            id_counter: AtomicU64::new(0),
-            consent_gate: tokio::sync::RwLock::new(0),
-            consent_gen: AtomicU64::new(0),
-            consent_cache: Mutex::new(None),
-        }
-    }
-
-    /// The configuration in force.
-    pub fn config(&self) -> Arc<Config> {
-        self.cfg.borrow().clone()
-    }
-
-    /// The consent decision, re-read from the opt-in file at most every
-    /// [`CONSENT_TTL`] (a stat per record would cost more than the rest).
-    pub fn consent(&self, cfg: &Arc<Config>) -> Decision {
-        self.policy(cfg).decision
-    }
-
-    /// The consent decision and the scrubbing switch, cached as [`consent`](Self::consent).
-    pub fn policy(&self, cfg: &Arc<Config>) -> Policy {
-        // Read before the decision is made: a decision made while the
-        // generation moves is cached under the old one, so not reused.
-        let gen = self.consent_gen.load(Ordering::SeqCst);
-        let mut c = self.consent_cache.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        match &*c {
-            Some((at, p, for_cfg, g))
-                if *g == gen && now.duration_since(*at) < CONSENT_TTL && Arc::ptr_eq(for_cfg, cfg) =>
-            {
-                p.clone()
-            }
-            _ => {
-                let p = Policy { decision: consent::decide(cfg), scrub: consent::scrubbing(cfg) };
-                *c = Some((now, p.clone(), cfg.clone(), gen));
-                p
-            }
-        }
-    }
-
-    /// Applies a change of what may leave the machine: runs `change` (a
-    /// new configuration, or nothing when the opt-in file was changed by
-    /// `telemctl`) while no delivery write is being decided or made, bumps
-    /// the consent generation and drops the cached decision. Once it
-    /// returns, every record accepted decides consent afresh, and no post
-    /// starts unless the new state allows it (posts already written may
-    /// still be answered: those records were accepted before).
-    pub async fn consent_changed(&self, change: impl FnOnce()) {
-        let mut gen = self.consent_gate.write().await;
-        change();
-        *gen += 1;
-        self.consent_gen.store(*gen, Ordering::SeqCst);
-        *self.consent_cache.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        drop(gen);
-        // Records waiting in the spool go (or stay) now, not at the next poll.
-        self.wake_delivery.notify_one();
-    }
-
-    /// Waits until delivery may decide to write requests made with `cfg`;
-    /// the guard, held while they are written, when they may go (consent
-    /// is `deliver` and `cfg` is still the configuration in force), else
-    /// `None`. [`consent_changed`](Self::consent_changed) waits for the
-    /// guards, so no write decided under the old state outlives it.
-    pub async fn may_post(&self, cfg: &Arc<Config>) -> Option<tokio::sync::RwLockReadGuard<'_, u64>> {
-        let guard = self.consent_gate.read().await;
-        let current = self.config();
-        (Arc::ptr_eq(&current, cfg) && self.consent(cfg) == Decision::Deliver).then_some(guard)
-    }
-
-    /// A fresh record id: a per-run random prefix and a counter.
-    pub fn next_record_id(&self) -> [u8; 16] {
-        let n = self.id_counter.fetch_add(1, Ordering::Relaxed);
-        let mut id = [0u8; 16];
-        id[..8].copy_from_slice(&self.id_prefix);
-        id[8..].copy_from_slice(&n.to_be_bytes());
-        id
-    }
-
-    /// Why delivery cannot take records now, for the reason of a drop.
-    pub fn held_reason(&self) -> String {
-        self.held.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_else(|| "delivery is held back".into())
-    }
-
-    /// Whether the server takes records now (see [`Shared::held`]).
-    pub fn delivery_flowing(&self) -> bool {
-        self.held.lock().unwrap_or_else(|p| p.into_inner()).is_none()
-    }
-
-    pub fn limiter(&self) -> std::sync::MutexGuard<'_, RateLimiter> {
-        self.limiter.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub fn machine_id(&self) -> MachineId {
-        self.machine_id.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-}
-
-/// Applies the privacy settings to a record before it is journaled or
-/// spooled: host facts reduced at the `anonymous` level, payload scrubbed
-/// when `scrubber` is given (bytes payloads only when they are UTF-8).
-pub fn protect(record: &mut Record, cfg: &Config, scrubber: Option<&Scrubber>) {
-    crate::identity::anonymize_host(&mut record.host, cfg.privacy_level);
-    let Some(sc) = scrubber else { return };
-    let scrubbed = match &record.payload {
-        Payload::Text(t) => match sc.scrub(t) {
-            std::borrow::Cow::Owned(o) => Some(Payload::Text(o)),
-            std::borrow::Cow::Borrowed(_) => None,
-        },
-        Payload::Bytes(b) => match std::str::from_utf8(b).map(|t| sc.scrub(t)) {
-            Ok(std::borrow::Cow::Owned(o)) => Some(Payload::Bytes(o.into_bytes())),
-            _ => None,
-        },
-    };
-    if let Some(p) = scrubbed {
-        record.payload = p;
-    }
-}
-
 /// The queue from ingest to the committer threads: many producers (tasks
 /// that await room), many consumers (threads that block), and one idle
 /// committer woken per submission.
@@ -330,7 +123,7 @@ pub type SubmitRx = async_channel::Receiver<Submission>;
 
 /// Runs one committer thread until the submission channel closes: takes a
 /// submission, then every one already queued (group commit).
-pub fn committer(shared: Arc<Shared>, rx: SubmitRx) {
+pub fn committer(shared: Arc<State>, rx: SubmitRx) {
     // The block buffer is kept from one commit to the next.
     let mut body = Vec::new();
     while let Ok(first) = rx.recv_blocking() {
@@ -366,12 +159,10 @@ enum Answer {
 
 /// Decides, stores and answers one batch; `body` is scratch space for the
 /// spool block.
-pub fn commit_batch(shared: &Shared, batch: Vec<Submission>, body: &mut Vec<u8>) {
+pub fn commit_batch(shared: &State, batch: Vec<Submission>, body: &mut Vec<u8>) {
     let cfg = shared.config();
-    let Policy { decision, scrub } = shared.policy(&cfg);
-    let debug = cfg.debug.then(|| (crate::delivery::Prepared::new(&cfg), shared.machine_id()));
-    let now = Instant::now();
-    let now_unix = telemetry::record::now_unix();
+    let decider = Decider::new(shared, &cfg);
+    let now_unix = decider.now_unix();
     let payload = cfg.record_retention_enabled;
 
     let n: usize = batch.iter().map(|s| s.records.len()).sum();
@@ -386,49 +177,23 @@ pub fn commit_batch(shared: &Shared, batch: Vec<Submission>, body: &mut Vec<u8>)
     let mut to_spool: Vec<usize> = Vec::with_capacity(n);
     body.clear();
     {
-        let mut limiter = shared.limiter();
+        let mut windows = shared.limiter();
         for sub in batch {
             replies.push((sub.reply, sub.records.len()));
             budgets.push(sub.budget);
             bump(&shared.stats.received, sub.records.len() as u64);
-            for Incoming { mut record, size, uid, pid } in sub.records {
-                protect(&mut record, &cfg, scrub.then_some(&shared.scrubber));
-                let record_id = shared.next_record_id();
-                if let Some((prep, mid)) = &debug {
-                    let id = telemetry::client::record_id_hex(&record_id);
-                    match crate::delivery::describe(prep, mid, &record) {
-                        Ok(d) => tracing::info!("debug: record {id} would be sent as:\n{}", d.render()),
-                        Err(e) => tracing::info!("debug: record {id} cannot be sent: {e}"),
-                    }
-                }
-                let accepted = Ack::Accepted { record_id };
-                let (fate, answer, counted) = match &decision {
-                    Decision::LocalOnly(why) => {
-                        bump(&shared.stats.local_only, 1);
-                        (Fate::LocalOnly((*why).into()), Answer::Journaled(accepted), true)
-                    }
-                    Decision::Deliver => match limiter.try_acquire(now, size) {
-                        Verdict::Allowed => (Fate::Spooled, Answer::Spooled(accepted), true),
-                        Verdict::Limited { .. } => {
-                            bump(&shared.stats.rate_limited, 1);
-                            if cfg.rate_limit_strategy == Strategy::Drop {
-                                bump(&shared.stats.dropped, 1);
-                                (Fate::RateLimitedDropped, Answer::Journaled(accepted), true)
-                            } else {
-                                (Fate::RateLimitedSpooled, Answer::Spooled(accepted), false)
-                            }
-                        }
-                    },
-                };
-                let item = Item { record_id, accepted: now_unix, counted, uid, pid, record };
-                let (fate, answer) = match answer {
-                    Answer::Spooled(_) => {
+            for incoming in sub.records {
+                let Decided { item, fate, keep } = decider.decide(incoming, &mut windows);
+                let accepted = Ack::Accepted { record_id: item.record_id.into() };
+                let (fate, answer) = match keep {
+                    Keep::Journal => (fate, Answer::Journaled(accepted)),
+                    Keep::Spool => {
                         let before = body.len();
                         match spool::encode_item(&item, body) {
                             Ok(n) => {
                                 to_spool.push(items.len());
                                 spool_sizes.push(n as u64);
-                                (fate, answer)
+                                (fate, Answer::Spooled(accepted))
                             }
                             Err(e) => {
                                 body.truncate(before);
@@ -441,7 +206,6 @@ pub fn commit_batch(shared: &Shared, batch: Vec<Submission>, body: &mut Vec<u8>)
                             }
                         }
                     }
-                    other => (fate, other),
                 };
                 items.push(Arc::new(item));
                 fates.push(fate);
@@ -503,11 +267,16 @@ pub fn commit_batch(shared: &Shared, batch: Vec<Submission>, body: &mut Vec<u8>)
         spooled.extend(to_spool.iter().zip(&fits).filter(|(_, f)| **f).map(|(&i, _)| items[i].clone()));
     }
 
-    // Store the spooled records first: their journal fate depends on it.
+    // Write the spooled records first (their journal fate depends on it);
+    // delivery sees them only once their journal lines are queued.
     let n_spooled = spooled.len() as u64;
+    let mut written = None;
     if !spooled.is_empty() {
-        match shared.spool.commit(spooled, body, reserved) {
-            Ok(_) => bump(&shared.stats.accepted, n_spooled),
+        match shared.spool.write(spooled, body, reserved) {
+            Ok(w) => {
+                bump(&shared.stats.accepted, n_spooled);
+                written = Some(w);
+            }
             Err(e) => {
                 let reason = format!("{e}; the record was not kept, send it again later");
                 tracing::warn!("rejecting {n_spooled} record(s): {e}");
@@ -550,8 +319,8 @@ pub fn commit_batch(shared: &Shared, batch: Vec<Submission>, body: &mut Vec<u8>)
         }
     }
 
-    // Queue the journal lines before anything can deliver these records,
-    // so a record's first entry always precedes its later fates.
+    // Queue the journal lines before delivery can see these records, so a
+    // record's first entry always precedes its later fates.
     let lines: Vec<Line> = items
         .into_iter()
         .zip(fates)
@@ -584,16 +353,20 @@ pub fn commit_batch(shared: &Shared, batch: Vec<Submission>, body: &mut Vec<u8>)
             })),
         );
     }
+    // Delivery may take them now: their first entries are queued ahead of
+    // any fate it gives them.
+    if let Some(w) = written {
+        shared.spool.publish(w);
+        shared.wake_delivery.notify_one();
+    }
     // Records durably in the spool are acknowledged now (their journal
     // entries are written by the group commit that follows, not waited for).
     for (reply, acks) in now_replies {
         reply.send(acks);
     }
-    if n_spooled > 0 {
-        shared.wake_delivery.notify_one();
-    }
     drop(budgets);
 }
 
+pub mod settle;
 #[cfg(test)]
 mod tests;

@@ -1,17 +1,20 @@
 use super::*;
+use crate::config::Config;
+use crate::consent::Decision;
+use crate::journal::Journal;
+use crate::spool::Spool;
 use telemetry::{Classification, Severity};
+use telemetry::{MachineId, Payload};
+use tokio::sync::watch;
 
-fn shared(
-    dir: &std::path::Path,
-    cfg: Config,
-) -> (Arc<Shared>, watch::Sender<Arc<Config>>, std::thread::JoinHandle<()>) {
+fn shared(dir: &std::path::Path, cfg: Config) -> (Arc<State>, watch::Sender<Arc<Config>>, std::thread::JoinHandle<()>) {
     let (spool, _) = Spool::open(&dir.join("spool"), 0).unwrap();
     let (journal, h) = Journal::open(&dir.join("journal")).unwrap();
     let (tx, rx) = watch::channel(Arc::new(cfg));
-    (Arc::new(Shared::new(rx, spool, journal, MachineId::random(), MachineId::random())), tx, h)
+    (Arc::new(State::new(rx, spool, journal, MachineId::random(), MachineId::random())), tx, h)
 }
 
-fn submit(shared: &Shared, text: &str) -> oneshot::Receiver<Vec<Ack>> {
+fn submit(shared: &State, text: &str) -> oneshot::Receiver<Vec<Ack>> {
     let record =
         Record::builder(Classification::parse("org.t/pipe/x").unwrap(), Severity::Low, Payload::text(text)).build();
     let (tx, rx) = oneshot::channel();

@@ -1,4 +1,5 @@
-//! Building requests: the target URL, the headers and body of a post
+//! Requests to the backend, built in one place for delivery, `telemctl
+//! preview` and the `debug` setting: the target URL, the headers and body of a post
 //! (`request_parts`), its bytes on the wire (`encode_request`), and the
 //! description `telemctl preview` and the `debug` setting show (`describe`).
 
@@ -31,12 +32,12 @@ pub fn target(server: &Url, protocol: Protocol) -> Url {
 pub struct Prepared {
     pub url: Option<Url>,
     /// `url` as the transport connects to it.
-    pub(super) uri: Option<http::Uri>,
+    pub(crate) uri: Option<http::Uri>,
     /// The request target (path and query) and the `Host` header.
-    pub(super) path: String,
-    pub(super) host: String,
+    pub(crate) path: String,
+    pub(crate) host: String,
     pub protocol: Protocol,
-    pub(super) tid: (String, String),
+    pub(crate) tid: (String, String),
 }
 
 impl Prepared {

@@ -19,6 +19,7 @@
 //! | [`oops`] | start patterns, report assembly, payload |
 //! | [`kmsg`] | reading `/dev/kmsg` records |
 //! | [`klog`] | klogscanner's loop and position |
+//! | [`pstore`] | pstore dump files: names, headers, parts, compression, the record of a dump |
 //! | [`storm`] | one record per identical report per window, plus a count |
 //! | [`config`] | the keys both read from the suite's configuration file |
 //! | [`send`] | records to the collector |
@@ -29,6 +30,7 @@ pub mod config;
 pub mod klog;
 pub mod kmsg;
 pub mod oops;
+pub mod pstore;
 pub mod send;
 pub mod signals;
 pub mod storm;

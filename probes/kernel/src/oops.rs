@@ -490,7 +490,9 @@ impl Report {
         let mut f = Facts::default();
         for line in &self.lines[1..] {
             if let Some(m) = line.strip_prefix("Modules linked in:") {
-                f.modules.get_or_insert_with(|| m.trim().to_string());
+                if f.modules.is_none() && !m.trim().is_empty() {
+                    f.modules = Some(m.trim().to_string());
+                }
             } else if (line.starts_with("CPU: ") || line.starts_with("PID: ")) && f.kernel_version.is_none() {
                 parse_cpu_line(line, &mut f);
             }

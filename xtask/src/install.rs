@@ -10,12 +10,20 @@ use crate::util::{run, succeeds};
 /// info, which the crash tests symbolize libc frames from).
 const APT_PACKAGES: &[&str] = &["gcc", "g++", "binutils", "make", "libc6-dbg"];
 
+/// Debian packages the workspace needs to build: journalprobe links
+/// libsystemd (sd-journal), found with pkg-config.
+pub const BUILD_PACKAGES: &[&str] = &["pkg-config", "libsystemd-dev"];
+
 /// Installs everything `cargo xtask test` needs.
 pub fn setup() -> Result<(), String> {
     ensure_apt(APT_PACKAGES)?;
     // Collector tests: openssl makes the TLS test's CA and certificate,
     // mount (util-linux) the small tmpfs of the full-disk test.
     ensure_apt(&["openssl", "util-linux"])?;
+    ensure_apt(BUILD_PACKAGES)?;
+    // journalprobe tests: systemd-journal-remote makes real journal files
+    // from export streams.
+    ensure_apt(&["systemd-journal-remote"])?;
     ensure_cargo_fuzz()?;
     ensure_lint_tools()?;
     Ok(())

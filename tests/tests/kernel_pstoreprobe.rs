@@ -204,3 +204,50 @@ fn a_refused_or_unsent_record_leaves_the_dump_in_place() {
     assert_eq!(efi.record.creation_timestamp, 1_764_700_000);
     assert_eq!(names(&d.dir), vec!["README".to_string()]);
 }
+
+/// Whether `dir` is a pstore mount point (from /proc/self/mountinfo).
+fn pstore_mounted_at(dir: &Path) -> bool {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines().any(|l| {
+        l.split(' ').nth(4).is_some_and(|m| Path::new(m) == dir)
+            && l.split(" - ").nth(1).is_some_and(|t| t.starts_with("pstore "))
+    })
+}
+
+/// Unmounts `dir` when dropped.
+struct Unmount(PathBuf);
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn mounts_pstore_when_it_is_not_mounted() {
+    if !e2e::require_root("mounts_pstore_when_it_is_not_mounted") {
+        return;
+    }
+    let mut c = Collector::new(None, "");
+    c.start();
+    // This machine's own dumps, if pstore holds any, must not be taken by a
+    // test: look first, on a mount of our own.
+    let look = c.dir.join("pstore-look");
+    std::fs::create_dir_all(&look).unwrap();
+    let st = Command::new("mount").args(["-t", "pstore", "pstore"]).arg(&look).status().expect("run mount");
+    assert!(st.success(), "cannot mount pstore (CONFIG_PSTORE)");
+    let held = names(&look);
+    drop(Unmount(look));
+    if !held.is_empty() {
+        eprintln!("pstore holds this machine's dumps {held:?}: not running pstoreprobe on them");
+        return;
+    }
+    let dir = c.dir.join("pstore-mnt");
+    c.set(&format!("pstore_dir={}", dir.display()));
+    assert!(!pstore_mounted_at(&dir));
+    let o = Command::new(bin("pstoreprobe")).arg("-f").arg(&c.conf).output().expect("run pstoreprobe");
+    let _unmount = Unmount(dir.clone());
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{log}");
+    assert!(pstore_mounted_at(&dir), "pstore not mounted on {}: {log}", dir.display());
+    assert!(log.contains("no crash dump in pstore"), "{log}");
+}

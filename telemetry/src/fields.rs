@@ -96,7 +96,7 @@ pub fn field(name: &str) -> Option<&'static Field> {
 /// The dictionary as a Markdown document (`docs/DATA.md`).
 pub fn markdown() -> String {
     let mut s = String::from(
-        "# Data dictionary\n\nGenerated from `telemetry::fields::FIELDS` (`telemctl fields` prints the same). \
+        "# Data dictionary\n\nGenerated from `telemetry::fields::FIELDS` and `PROBE_PAYLOADS` (`telemctl fields` prints the fields; `telemctl fields --markdown`, this page). \
 Do not edit by hand: run `UPDATE_DOCS=1 cargo test -p telemetry --test data_dictionary`.\n\n\
 Nothing leaves the machine unless it is opted in. Fields marked *sent* are in every record posted \
 to the backend; fields marked *local* stay in the local journal. The journal also keeps each \

@@ -302,6 +302,39 @@ mod tests {
         assert_eq!((h, body), (None, "no header\n"));
     }
 
+    fn dump(reason: Option<&str>, text: &str, missing: Vec<u32>) -> Dump {
+        Dump {
+            backend: "efi".into(),
+            reason: reason.map(String::from),
+            count: 3,
+            time: None,
+            text: text.into(),
+            missing,
+            files: vec!["/p/dmesg-efi-1".into(), "/p/dmesg-efi-2".into()],
+        }
+    }
+
+    #[test]
+    fn the_record_of_a_dump() {
+        // A warning alone keeps its class; the kernel's Panic reason makes it a panic.
+        let w = "<4>[ 1.0] WARNING: CPU: 0 PID: 1 at a.c:1 f+0x1/0x2\n";
+        let r = dump_report(&dump(Some("Oops"), w, vec![]), false, &[]).unwrap();
+        assert_eq!((r.classification, r.severity), ("org.clearlinux/kernel/warning", 2));
+        assert!(r.payload.ends_with("Boot : previous\nPstore : efi Oops#3 (2 parts: dmesg-efi-1 dmesg-efi-2)\n"));
+        let r = dump_report(&dump(Some("Panic"), w, vec![2]), false, &[]).unwrap();
+        assert_eq!((r.classification, r.severity), ("org.clearlinux/kernel/panic", 4));
+        assert!(r.payload.contains("Missing parts : 2\n"), "{}", r.payload);
+        // No report: by the reason, or no record.
+        let r = dump_report(&dump(Some("Panic"), "nothing known\n", vec![]), false, &[]).unwrap();
+        assert!(r.payload.starts_with("Crash Report:\nReason: Panic#3 saved by pstore\n"), "{}", r.payload);
+        assert_eq!(dump_report(&dump(Some("Emergency"), "nothing\n", vec![]), false, &[]), None);
+        // Attachments keep their end.
+        let long = format!("{}END\n", "x".repeat(ATTACH_MAX));
+        let r = dump_report(&dump(Some("Oops"), w, vec![]), false, &[("Console log ramoops".into(), long)]).unwrap();
+        assert!(r.payload.contains("\nConsole log ramoops (previous boot, end):\n"), "{}", r.payload);
+        assert!(r.payload.ends_with("xEND\n"));
+    }
+
     #[test]
     fn raw_deflate_and_zlib() {
         use std::io::Write;

@@ -29,8 +29,10 @@ pub fn setup() -> Result<(), String> {
     Ok(())
 }
 
-/// rustfmt and clippy (rustup components) and cargo-deny, when missing.
+/// rustfmt and clippy (rustup components) and cargo-deny, when missing,
+/// and the Debian packages clippy needs to build the workspace.
 pub fn ensure_lint_tools() -> Result<(), String> {
+    ensure_apt(BUILD_PACKAGES)?;
     let cargo = crate::util::cargo_bin();
     for (sub, component) in [("fmt", "rustfmt"), ("clippy", "clippy")] {
         if !succeeds(Command::new(&cargo).args([sub, "--version"])) {

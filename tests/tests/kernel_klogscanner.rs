@@ -389,6 +389,19 @@ fn identical_warnings_in_a_storm_give_one_record_then_a_count() {
         "{j:#?}"
     );
     assert_eq!(j[1]["class"], "org.clearlinux/kernel/warning");
+
+    // A new window: one record at once; stopped before the window ends,
+    // klogscanner sends the count of what it held back instead of losing it.
+    for _ in 0..3 {
+        kmsg::write_report(&warning(&t, 0));
+    }
+    let j = wait_tagged(&c, &t, WAIT, |j| j.len() >= 3);
+    assert_eq!(j.len(), 3, "{j:#?}");
+    assert_eq!(probe.stop_with(libc::SIGTERM).map(|s| s.success()), Some(true), "{}", probe.log());
+    let j = wait_tagged(&c, &t, WAIT, |j| j.len() >= 4);
+    assert_eq!(j.len(), 4, "{j:#?}\n{}", probe.log());
+    assert!(!payload(&j[2]).contains("Repeated"), "{j:#?}");
+    assert!(payload(&j[3]).contains("Repeated : 2 more identical reports within 3 s"), "{j:#?}");
 }
 
 #[test]

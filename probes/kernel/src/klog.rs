@@ -6,7 +6,8 @@
 //! it was turned into acknowledged records or was not part of a report,
 //! except the lines of a report still being collected, which are read
 //! again. It is written after each acknowledged batch, when the log goes
-//! quiet, and on SIGTERM/SIGINT (which end the loop between batches), so a
+//! quiet, and on SIGTERM/SIGINT (which end the loop between batches, after
+//! reading what the log holds and sending the storm governor's counts), so a
 //! restart neither misses nor repeats a report. A kill -9 between the
 //! collector's acknowledgement and the write (microseconds) repeats that
 //! batch. Messages the kernel overwrote before they were read (an `EPIPE`
@@ -159,6 +160,9 @@ impl Scanner {
             .map_err(|source| ScanError::State { path: self.cfg.state_dir.clone(), source })?;
         tracing::info!(resume = ?self.resume, socket = %self.sender.socket().display(), "following the kernel log");
         loop {
+            // Sampled before reading: what was written before the stop
+            // signal is read (and counted) before stopping.
+            let stopping = self.stop.requested();
             let mut drained = false;
             while self.out.len() < BATCH {
                 match kmsg.read_record().map_err(|source| ScanError::Kmsg { path: self.opts.kmsg.clone(), source })? {
@@ -179,7 +183,10 @@ impl Scanner {
                     self.report(r, now);
                 }
             }
-            for (held, count) in self.storm.expired(now) {
+            let ending = stopping || (drained && self.opts.once);
+            // Ending: the counts of windows still open go now, not lost.
+            let counts = if ending { self.storm.drain() } else { self.storm.expired(now) };
+            for (held, count) in counts {
                 let payload = storm::count_payload(&held, count, self.cfg.storm_window);
                 self.push(held.classification, held.severity, payload);
             }
@@ -187,10 +194,10 @@ impl Scanner {
                 break; // stopped while the collector was away
             }
             self.save()?;
-            if self.stop.requested() || (drained && self.opts.once) {
+            if ending {
                 break;
             }
-            if drained {
+            if drained && !self.stop.requested() {
                 self.wait(&kmsg, now);
             }
         }

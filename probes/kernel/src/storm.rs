@@ -77,6 +77,12 @@ impl Storm {
         out
     }
 
+    /// The count records of every window now, ended or not (when the
+    /// scanner stops, so no count is lost).
+    pub fn drain(&mut self) -> Vec<(Held, u64)> {
+        self.keys.drain().filter_map(|(_, e)| Some((e.last?, e.held)).filter(|(_, n)| *n > 0)).collect()
+    }
+
     /// When the next window with held reports ends.
     pub fn next_deadline(&self) -> Option<Instant> {
         let window = self.window?;
@@ -116,5 +122,8 @@ mod tests {
         assert_eq!(s.expired(t0 + Duration::from_secs(10)), vec![(h("3"), 2)]);
         assert!(s.admit("x".into(), h("4"), t0 + Duration::from_secs(11)));
         assert!(Storm::new(None).admit("x".into(), h("1"), t0));
+        assert!(!s.admit("x".into(), h("5"), t0 + Duration::from_secs(12)));
+        assert_eq!(s.drain(), vec![(h("5"), 1)]);
+        assert!(s.drain().is_empty());
     }
 }

@@ -7,7 +7,7 @@
 //! | `state_dir` | `/var/lib/telemetry` | klogscanner's position (`klogscanner.state`), pstore files sent (`pstore/`) |
 //! | `etc_dir` | `/etc/telemetrics` | `opt-in-no-privacy-filters` there: register values in payloads |
 //! | `klog_facilities` | `kern` | syslog facilities whose messages klogscanner reads, comma-separated (`kern,user` also reads lines written to `/dev/kmsg` from user space, for tests) |
-//! | `klog_storm_window` | `60` | seconds: identical reports (same kind, start line up to numbers, first frames) within this window give one record, and one more with their count when the window ends; `0` turns this off |
+//! | `klog_storm_window` | `60` | seconds: identical reports (same kind, start line up to numbers, first frames) within this window give one record, and one more with their count when the window ends (or klogscanner stops); `0` turns this off |
 //! | `pstore_dir` | `/sys/fs/pstore` | where pstoreprobe reads dumps (mounted there when it is not) |
 
 use std::path::{Path, PathBuf};

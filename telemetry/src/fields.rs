@@ -42,7 +42,7 @@ pub const FIELDS: &[Field] = &[
     Field { name: "classification", scope: Scope::Sent, source: "the probe", example: "org.clearlinux/crash/clr", why: "says what kind of event this is; the backend groups and purges by it", anonymous: SAME },
     Field { name: "severity", scope: Scope::Sent, source: "the probe", example: "3", why: "ranks events (1 low .. 4 critical)", anonymous: SAME },
     Field { name: "machine_id", scope: Scope::Sent, source: "the collector: random, rotated every 3 days (standard), the static id file (static), or random per collector start (anonymous)", example: "5f2c0a9be1d84c7a9e0b3f6d2a1c8e47", why: "counts how many machines see a problem without identifying any for long", anonymous: "a random id per collector start, never written to disk" },
-    Field { name: "creation_timestamp", scope: Scope::Sent, source: "the probe's clock, unix seconds", example: "1700000000", why: "orders events and lets old ones expire", anonymous: SAME },
+    Field { name: "creation_timestamp", scope: Scope::Sent, source: "the probe's clock, unix seconds (pstoreprobe: when the kernel saved the dump, when its backend says)", example: "1700000000", why: "orders events and lets old ones expire", anonymous: SAME },
     Field { name: "arch", scope: Scope::Sent, source: "uname(2) machine", example: "x86_64", why: "crashes differ by architecture", anonymous: SAME },
     Field { name: "host_type", scope: Scope::Sent, source: "/sys/class/dmi/id sys_vendor|product_name|product_version", example: "QEMU|Standard PC (i440FX + PIIX, 1996)|pc-i440fx-9.0", why: "hardware-specific failures", anonymous: DMI_PLACEHOLDER },
     Field { name: "build", scope: Scope::Sent, source: "VERSION_ID of /etc/os-release (or /usr/lib/os-release)", example: "41230", why: "which OS release a problem appears in", anonymous: SAME },
@@ -53,7 +53,7 @@ pub const FIELDS: &[Field] = &[
     Field { name: "cpu_model", scope: Scope::Sent, source: "first `model name` of /proc/cpuinfo", example: "Intel(R) Xeon(R) CPU @ 2.20GHz", why: "CPU-specific failures", anonymous: DMI_PLACEHOLDER },
     Field { name: "bios_version", scope: Scope::Sent, source: "/sys/class/dmi/id bios_version", example: "1.16.3", why: "firmware-specific failures", anonymous: DMI_PLACEHOLDER },
     Field { name: "event_id", scope: Scope::Sent, source: "random, or derived by crashprobe/eventprobe from (boot id, pid, process start time)", example: "0123456789abcdef0123456789abcdef", why: "groups the records of one occurrence", anonymous: SAME },
-    Field { name: "payload", scope: Scope::Sent, source: "the probe (crash backtraces, messages); scrubbed of user names, host name, addresses and e-mail by default", example: "Process: /usr/bin/segv ...", why: "what happened", anonymous: SAME },
+    Field { name: "payload", scope: Scope::Sent, source: "the probe (crash backtraces, kernel reports, failed units' messages; see the table below); scrubbed of user names, host name, addresses and e-mail by default", example: "Process: /usr/bin/segv ...", why: "what happened", anonymous: SAME },
     Field { name: "id", scope: Scope::Local, source: "the collector: a random per-start prefix and a counter", example: "9a0b1c2d3e4f50610000000000000001", why: "names the record in `telemctl journal` and `telemctl preview`", anonymous: SAME },
     Field { name: "time", scope: Scope::Local, source: "the collector's clock, unix seconds", example: "1763797200", why: "when the record arrived; local retention prunes by it", anonymous: SAME },
     Field { name: "class", scope: Scope::Local, source: "the record's classification", example: "org.clearlinux/crash/clr", why: "filter the journal (`telemctl journal -c`)", anonymous: SAME },
@@ -65,6 +65,29 @@ pub const FIELDS: &[Field] = &[
     Field { name: "fate_time", scope: Scope::Local, source: "the collector's clock, unix seconds (`telemctl journal --json` only)", example: "1763797201", why: "when the last fate was decided", anonymous: SAME },
 ];
 
+/// What one probe sends: its classifications and what its payloads hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbePayload {
+    /// The probe.
+    pub probe: &'static str,
+    /// Its classifications (and severities).
+    pub classifications: &'static str,
+    /// What its payload holds.
+    pub payload: &'static str,
+}
+
+/// The payloads of the suite's probes (the table under the fields in
+/// docs/DATA.md).
+pub const PROBE_PAYLOADS: &[ProbePayload] = &[
+    ProbePayload { probe: "hprobe", classifications: "`org.clearlinux/hello/world` (1), `org.clearlinux/heartbeat/ping` (1)", payload: "`hello` and a newline" },
+    ProbePayload { probe: "crashprobe", classifications: "`org.clearlinux/crash/clr` (3), `.../crash/error` (4), `.../crash/clr-build` (2), `.../crash/unknown` (2)", payload: "process path, pid, signal, each thread's backtrace (function, module, file:line); third-party binaries: `Crash from third party` only, by default" },
+    ProbePayload { probe: "eventprobe", classifications: "`org.clearlinux/signal/fatal` (3), `org.clearlinux/oom/kill` (3), `org.clearlinux/exit/abnormal` (2)", payload: "the process, its signal or exit status, the crashing thread's top frames" },
+    ProbePayload { probe: "klogscanner", classifications: "`org.clearlinux/kernel/warning` (2), `.../kernel/bug` (4 or 2), `.../kernel/panic` (4), `.../kernel/stackoverflow` (4), `org.clearlinux/bert/debug` (2), `.../kernel/overrun` (2)", payload: "the kernel report's first line, kernel version, taint flags, loaded modules, call-trace function and module names, registers as `Zero`/`Non-zero` (their values only with `opt-in-no-privacy-filters`); BERT: the `[Hardware Error]` lines; overrun: how many kernel log messages were lost; a storm's count record adds how many identical reports were held back" },
+    ProbePayload { probe: "pstoreprobe", classifications: "as klogscanner (`.../kernel/panic` when the dump holds a panic)", payload: "as klogscanner for the dump's first report, `Panic :` the panic line, `Boot : previous`, the pstore backend and file names, and the end (16 KiB at most) of the previous boot's console and pmsg logs when pstore kept them" },
+    ProbePayload { probe: "journalprobe", classifications: "`org.clearlinux/journal/error` (2)", payload: "the journal entry's `MESSAGE` (failed units; entries of priority 0-3 only with `opt-in-no-privacy-filters`)" },
+    ProbePayload { probe: "telem-record-gen", classifications: "any (`-c`)", payload: "what it is given" },
+];
+
 /// Looks a field up by name.
 pub fn field(name: &str) -> Option<&'static Field> {
     FIELDS.iter().find(|f| f.name == name)
@@ -73,7 +96,7 @@ pub fn field(name: &str) -> Option<&'static Field> {
 /// The dictionary as a Markdown document (`docs/DATA.md`).
 pub fn markdown() -> String {
     let mut s = String::from(
-        "# Data dictionary\n\nGenerated from `telemetry::fields::FIELDS` (`telemctl fields` prints the same). \
+        "# Data dictionary\n\nGenerated from `telemetry::fields::FIELDS` and `PROBE_PAYLOADS` (`telemctl fields` prints the fields; `telemctl fields --markdown`, this page). \
 Do not edit by hand: run `UPDATE_DOCS=1 cargo test -p telemetry --test data_dictionary`.\n\n\
 Nothing leaves the machine unless it is opted in. Fields marked *sent* are in every record posted \
 to the backend; fields marked *local* stay in the local journal. The journal also keeps each \
@@ -95,6 +118,14 @@ in files only root reads, so `telemctl journal -i` shows what was collected.\n\n
             f.why,
             f.anonymous
         ));
+    }
+    s.push_str(
+        "\n## What each probe sends\n\nThe classification (severity in brackets) and what the payload holds; \
+payloads are scrubbed by the collector unless `opt-in-no-privacy-filters` exists.\n\n\
+| probe | classifications | payload |\n|---|---|---|\n",
+    );
+    for p in PROBE_PAYLOADS {
+        s.push_str(&format!("| {} | {} | {} |\n", p.probe, p.classifications, p.payload));
     }
     s
 }

@@ -11,12 +11,14 @@
 //! | [`http`] | the request parser of the test servers |
 //! | [`kernel`] | core_pattern and friends, restored; crashing programs; eventprobe |
 //! | [`burst`] | bursts of legacy records from many processes |
+//! | [`kmsg`] | lines written to `/dev/kmsg`, unique tags, a probe process to stop and restart |
 
 pub mod burst;
 pub mod collector;
 pub mod fixtures;
 pub mod http;
 pub mod kernel;
+pub mod kmsg;
 pub mod receiver;
 pub mod sink;
 
@@ -46,6 +48,8 @@ fn package_of(name: &str) -> &'static str {
         "telem-collector" | "telemctl" => "telem-collector",
         "crashprobe" => "crashprobe",
         "eventprobe" => "eventprobe",
+        "klogscanner" | "pstoreprobe" => "kernel-probes",
+        "journalprobe" => "journalprobe",
         "telem-legacy-burst" => "e2e",
         other => panic!("unknown binary {other}"),
     }

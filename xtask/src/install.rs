@@ -10,19 +10,29 @@ use crate::util::{run, succeeds};
 /// info, which the crash tests symbolize libc frames from).
 const APT_PACKAGES: &[&str] = &["gcc", "g++", "binutils", "make", "libc6-dbg"];
 
+/// Debian packages the workspace needs to build: journalprobe links
+/// libsystemd (sd-journal), found with pkg-config.
+pub const BUILD_PACKAGES: &[&str] = &["pkg-config", "libsystemd-dev"];
+
 /// Installs everything `cargo xtask test` needs.
 pub fn setup() -> Result<(), String> {
     ensure_apt(APT_PACKAGES)?;
     // Collector tests: openssl makes the TLS test's CA and certificate,
     // mount (util-linux) the small tmpfs of the full-disk test.
     ensure_apt(&["openssl", "util-linux"])?;
+    ensure_apt(BUILD_PACKAGES)?;
+    // journalprobe tests: systemd-journal-remote makes real journal files
+    // from export streams.
+    ensure_apt(&["systemd-journal-remote"])?;
     ensure_cargo_fuzz()?;
     ensure_lint_tools()?;
     Ok(())
 }
 
-/// rustfmt and clippy (rustup components) and cargo-deny, when missing.
+/// rustfmt and clippy (rustup components) and cargo-deny, when missing,
+/// and the Debian packages clippy needs to build the workspace.
 pub fn ensure_lint_tools() -> Result<(), String> {
+    ensure_apt(BUILD_PACKAGES)?;
     let cargo = crate::util::cargo_bin();
     for (sub, component) in [("fmt", "rustfmt"), ("clippy", "clippy")] {
         if !succeeds(Command::new(&cargo).args([sub, "--version"])) {

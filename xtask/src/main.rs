@@ -9,6 +9,7 @@
 mod bench_collector;
 mod bench_crash;
 mod bench_events;
+mod bench_kernel;
 mod ebpf;
 mod install;
 mod run;
@@ -24,7 +25,7 @@ commands:
   lint                 cargo fmt --check, clippy -D warnings, cargo deny (as `test` runs them)
   run [--server URL]   run the collector on a local default with the probes (see README)
   build-ebpf           install the eBPF toolchain if missing and build probe-ebpf/
-  bench [WHAT]         run benchmarks (framing, collector, crash, events; all by default)
+  bench [WHAT]         run benchmarks (framing, collector, crash, events, kernel; all by default)
   fuzz [--secs N]      run each fuzz target for N seconds (default 60)
   setup                only install what is missing
 
@@ -142,12 +143,14 @@ fn cmd_bench(args: &[String]) -> Result<(), String> {
         Some("collector") => bench_collector::main(&args[1..]),
         Some("crash") => bench_crash::main(&args[1..]),
         Some("events") => bench_events::main(&args[1..]),
+        Some("kernel") => bench_kernel::main(&args[1..]),
         None => {
             util::cargo(&["bench", "-p", "telemetry", "--bench", "framing"])?;
             bench_collector::main(&[])?;
             bench_crash::main(&[])?;
-            bench_events::main(&[])
+            bench_events::main(&[])?;
+            bench_kernel::main(&[])
         }
-        Some(other) => Err(format!("unknown benchmark {other:?}; known: framing, collector, crash, events")),
+        Some(other) => Err(format!("unknown benchmark {other:?}; known: framing, collector, crash, events, kernel")),
     }
 }

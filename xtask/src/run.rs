@@ -10,7 +10,9 @@
 //! delivers to that URL. As root it also installs crashprobe as the
 //! kernel's core handler for the duration of the run (the previous
 //! core_pattern comes back on exit) and starts eventprobe beside the
-//! collector. Ctrl-C stops everything cleanly.
+//! collector. klogscanner always runs beside it (kernel oops, warnings,
+//! panics and BERT blocks from `/dev/kmsg`; its position in `.run/state`).
+//! Ctrl-C stops everything cleanly.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -83,6 +85,8 @@ pub fn main(args: &[String]) -> Result<(), String> {
             false
         }
     };
+    // journalprobe links libsystemd.
+    crate::install::ensure_apt(crate::install::BUILD_PACKAGES)?;
     util::cargo(&["build", "--workspace", "--bins"])?;
     let bins = bin_dir()?;
     let run = util::root().join(".run");
@@ -150,9 +154,10 @@ pub fn main(args: &[String]) -> Result<(), String> {
         None
     };
     let mut events = if root && ebpf_ok { start_eventprobe(&bins, &socket) } else { None };
+    let mut klog = start_klogscanner(&bins, &conf);
     send_hello(&bins, &socket);
     let status = collector.wait().map_err(|e| format!("waiting for telem-collector: {e}"))?;
-    for child in [follower.as_mut(), events.as_mut()].into_iter().flatten() {
+    for child in [follower.as_mut(), events.as_mut(), klog.as_mut()].into_iter().flatten() {
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
         let _ = child.wait();
@@ -218,6 +223,27 @@ fn start_eventprobe(bins: &Path, socket: &Path) -> Option<Child> {
         }
         Err(e) => {
             eprintln!("xtask run: cannot start eventprobe: {e}");
+            None
+        }
+    }
+}
+
+/// Starts klogscanner beside the collector: kernel oops, warnings, panics
+/// and BERT blocks from /dev/kmsg (its position in .run/state, so a second
+/// run goes on where the first stopped).
+fn start_klogscanner(bins: &Path, conf: &Path) -> Option<Child> {
+    match Command::new(bins.join("klogscanner"))
+        .arg("-f")
+        .arg(conf)
+        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .spawn()
+    {
+        Ok(c) => {
+            println!("xtask run: klogscanner follows the kernel log (oops, warnings, panics, BERT)");
+            Some(c)
+        }
+        Err(e) => {
+            eprintln!("xtask run: cannot start klogscanner: {e}");
             None
         }
     }

@@ -536,3 +536,25 @@ fn crash_budget_runs_out_and_partial_record_is_sent() {
     assert_eq!(v["partial"], true);
     assert!(v["errors"].to_string().contains("budget"), "{v}");
 }
+
+#[test]
+fn crash_unsymbolized_frames_written_as_the_original_v1() {
+    // A stripped program without exported symbols: its frames have a
+    // module and an offset but no function; the original writes them
+    // `#N ??? - [module]`, which the original backend's grouping skips.
+    let Some((_l, g, w)) = setup("crash_payload_version=1\n") else { return };
+    let exe = compile_c(w.dir.path(), "segv.c", "segvstrip", &["-O2"]);
+    let st = Command::new("strip").arg("--strip-all").arg(&exe).status().expect("strip");
+    assert!(st.success());
+    g.set(CORE_PATTERN, &pipe_pattern(&w.config));
+    crash(&exe, None);
+    let got = w.receiver.wait_for(1, Duration::from_secs(30));
+    assert_eq!(got.len(), 1, "errors: {:?}", w.receiver.errors());
+    let text = got[0].record.payload.to_text_lossy().into_owned();
+    let segv = exe.display().to_string();
+    assert!(text.contains(&format!("\n#0 ??? - [{segv}]\n")), "{text}");
+    assert!(text.contains(&format!("\n#1 ??? - [{segv}]\n")), "{text}");
+    assert!(!text.contains("???()"), "no `???()` frames: {text}");
+    // libc's exported functions are still named.
+    assert!(text.contains("() - [libc.so.6]"), "{text}");
+}

@@ -94,6 +94,42 @@ fn crash(exe: &Path, uid: Option<u32>) -> u32 {
     pid
 }
 
+/// As [`crash`], with arguments.
+fn crash_args(exe: &Path, args: &[&str]) -> u32 {
+    let mut c = Command::new(exe);
+    c.args(args).stdout(Stdio::null()).stderr(Stdio::null());
+    let mut child = dumps_core(&mut c, None).spawn().expect("spawn crashing program");
+    let pid = child.id();
+    let st = wait_timeout(&mut child, Duration::from_secs(40)).expect("crashing program did not finish");
+    assert!(st.core_dumped(), "{} {args:?} was not dumped ({st})", exe.display());
+    pid
+}
+
+/// Starts `crashprobe --serve SOCK -f CONFIG` and waits for its socket.
+fn serve(sock: &Path, config: &Path) -> KillOnDrop {
+    let server = Command::new(crashprobe())
+        .arg("--serve")
+        .arg(sock)
+        .arg("-f")
+        .arg(config)
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start crashprobe --serve");
+    let server = KillOnDrop(server);
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while !sock.exists() && std::time::Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(sock.exists(), "server socket {}", sock.display());
+    server
+}
+
+/// The `signature` of a v2 payload.
+fn signature_of(r: &e2e::receiver::Received) -> String {
+    let v: Value = serde_json::from_str(&r.record.payload.to_text_lossy()).expect("json payload");
+    v["signature"].as_str().unwrap_or_else(|| panic!("no signature in {v}")).to_string()
+}
+
 fn wait_timeout(c: &mut Child, t: Duration) -> Option<std::process::ExitStatus> {
     let end = std::time::Instant::now() + t;
     loop {
@@ -185,8 +221,12 @@ fn crash_c_o0_frame_pointers_pipe_mode_v1_and_event_id() {
     assert_eq!(r.severity.as_u8(), 3);
     assert_eq!(r.payload_format_version, 1);
     let text = r.payload.to_text_lossy();
-    let expected_head = format!("Process: {}\nPID: {pid}\nSignal: 11\n\nBacktrace (TID {pid}):\n", exe.display());
+    let expected_head = format!(
+        "Process: {}\nPID: {pid}\nSignal: 11\nSignature: segv!level3 | segv!level2 | segv!level1 @ segv+0x",
+        exe.display()
+    );
     assert!(text.starts_with(&expected_head), "payload:\n{text}");
+    assert!(text.contains(&format!("\n\nBacktrace (TID {pid}):\n#0 level3() - [")), "{text}");
     let segv = exe.display().to_string();
     assert!(text.contains(&format!("#0 level3() - [{segv}] - ")), "{text}");
     assert!(text.contains(&format!("#3 main() - [{segv}] - ")), "{text}");
@@ -557,4 +597,63 @@ fn crash_unsymbolized_frames_written_as_the_original_v1() {
     assert!(!text.contains("???()"), "no `???()` frames: {text}");
     // libc's exported functions are still named.
     assert!(text.contains("() - [libc.so.6]"), "{text}");
+}
+
+#[test]
+fn crash_signatures_stable_under_aslr_distinct_per_bug_shared_by_stripped_build() {
+    let Some((_l, g, w)) = setup("crash_signature_burst=1000\n") else { return };
+    assert_eq!(std::fs::read_to_string("/proc/sys/kernel/randomize_va_space").unwrap().trim(), "2", "ASLR on");
+    std::fs::create_dir(w.dir.path().join("a")).unwrap();
+    std::fs::create_dir(w.dir.path().join("b")).unwrap();
+    let exe = compile_c(&w.dir.path().join("a"), "bugs.c", "bugs", &["-O0", "-g", "-fPIE", "-pie"]);
+    let stripped = w.dir.path().join("b/bugs");
+    let st = Command::new("strip").arg("--strip-all").arg("-o").arg(&stripped).arg(&exe).status().expect("strip");
+    assert!(st.success());
+    // 100 runs of one bug: 50 through the pipe, 50 through the socket.
+    g.set(CORE_PATTERN, &pipe_pattern(&w.config));
+    for _ in 0..50 {
+        crash_args(&exe, &["0"]);
+    }
+    let sock = w.dir.path().join("crash.sock");
+    let _server = serve(&sock, &w.config);
+    g.set(CORE_PATTERN, &format!("@{}", sock.display()));
+    for _ in 0..50 {
+        crash_args(&exe, &["0"]);
+    }
+    let got = w.receiver.wait_for(100, Duration::from_secs(60));
+    assert_eq!(got.len(), 100, "errors: {:?}", w.receiver.errors());
+    let sigs: std::collections::BTreeSet<String> = got.iter().map(signature_of).collect();
+    assert_eq!(sigs.len(), 1, "one bug, one signature: {sigs:?}");
+    let sig0 = sigs.into_iter().next().unwrap();
+    assert!(sig0.starts_with("bugs!bug0 | bugs!main | libc.so.6!"), "{sig0}");
+    // ASLR did move the program: the crashing pc differs between runs.
+    let pcs: std::collections::BTreeSet<String> = got
+        .iter()
+        .map(|r| {
+            let v: Value = serde_json::from_str(&r.record.payload.to_text_lossy()).unwrap();
+            v["threads"][0]["frames"][0]["pc"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert!(pcs.len() > 1, "ASLR moved the program between runs: {pcs:?}");
+    // Ten bugs, ten signatures (socket mode still installed).
+    for i in 1..10 {
+        crash_args(&exe, &[&i.to_string()]);
+    }
+    let got = w.receiver.wait_for(109, Duration::from_secs(60));
+    assert_eq!(got.len(), 109, "errors: {:?}", w.receiver.errors());
+    let ten: Vec<String> = std::iter::once(sig0.clone()).chain(got[100..].iter().map(signature_of)).collect();
+    let distinct: std::collections::BTreeSet<&String> = ten.iter().collect();
+    assert_eq!(distinct.len(), 10, "ten bugs, ten signatures: {ten:#?}");
+    for (i, s) in ten.iter().enumerate() {
+        assert!(s.contains(&format!("bugs!bug{i}")), "bug {i}: {s}");
+        assert!(!s.contains("abort") && !s.contains("raise") && !s.contains("assert"), "plumbing skipped: {s}");
+    }
+    // The stripped build of the same bug: no names, the same location.
+    crash_args(&stripped, &["0"]);
+    let got = w.receiver.wait_for(110, Duration::from_secs(30));
+    let s = signature_of(&got[109]);
+    assert!(s.starts_with("bugs+0x"), "stripped: {s}");
+    let loc = |s: &str| s.rsplit_once(" @ ").map(|(_, l)| l.to_string()).unwrap_or_else(|| panic!("location in {s}"));
+    assert_eq!(loc(&s), loc(&sig0), "stripped {s} and unstripped {sig0} share module+offset");
+    assert!(s.starts_with(&format!("{} |", loc(&sig0))), "{s}");
 }

@@ -211,6 +211,7 @@ pub fn handle<R: Read>(
         threads: Vec::new(),
         errors,
         memory_withheld: !memory_ok,
+        signature: None,
     };
     // 4. Unwind.
     let do_unwind = report::unwinds(cfg, origin);
@@ -258,6 +259,7 @@ pub fn handle<R: Read>(
             report.threads.push(ThreadReport { tid, crashed, backtrace: bt });
         }
     }
+    report.signature = crate::signature::compute(&report);
     // 5. The record.
     let (class, severity) = report::classify(origin, report.is_partial());
     let payload = if !do_unwind {

@@ -33,6 +33,7 @@ pub mod procfs;
 pub mod report;
 pub mod security;
 pub mod serve;
+pub mod signature;
 pub mod stream;
 
 /// Why a record was not delivered.

@@ -34,6 +34,9 @@ pub struct CrashReport {
     pub errors: Vec<String>,
     /// Memory-derived content was withheld (process not dumpable).
     pub memory_withheld: bool,
+    /// The crash signature ([`crate::signature`]), once the threads are
+    /// unwound.
+    pub signature: Option<String>,
 }
 
 /// Which class of executable crashed.
@@ -93,7 +96,8 @@ fn module_label<'a>(f: &'a Frame, exe: &str) -> Option<&'a str> {
     }
 }
 
-/// Payload format 1: the original's layout, one line per function
+/// Payload format 1: the original's layout (with a `Signature:` line after
+/// `Signal:` when there is one), one line per function
 /// (inlined functions get their own line), an `Error:` line per thread
 /// whose backtrace is partial, and a blank line at the end. As the
 /// original: a frame whose function is unknown is `#N ??? - [module]`, a
@@ -103,6 +107,9 @@ pub fn payload_v1(r: &CrashReport) -> String {
     let _ = writeln!(s, "Process: {}", r.process);
     let _ = writeln!(s, "PID: {}", r.pid);
     let _ = writeln!(s, "Signal: {}", r.signal);
+    if let Some(sig) = &r.signature {
+        let _ = writeln!(s, "Signature: {sig}");
+    }
     for t in &r.threads {
         let _ = write!(s, "\nBacktrace (TID {}):\n", t.tid);
         let mut n = 0usize;
@@ -241,6 +248,7 @@ struct V2<'a> {
     fault_address: Option<String>,
     partial: bool,
     memory_withheld: bool,
+    signature: Option<&'a str>,
     errors: &'a [String],
     threads: Vec<V2Thread<'a>>,
 }
@@ -304,6 +312,7 @@ pub fn payload_v2(r: &CrashReport) -> String {
         fault_address: r.fault_address.map(hex),
         partial: r.is_partial(),
         memory_withheld: r.memory_withheld,
+        signature: r.signature.as_deref(),
         errors: &r.errors,
         threads,
     };
@@ -359,6 +368,7 @@ mod tests {
             }],
             errors: vec![],
             memory_withheld: false,
+            signature: None,
         };
         assert_eq!(
             payload_v1(&r),
@@ -368,6 +378,14 @@ mod tests {
              #2 _start() - [/usr/bin/segv]\n\n"
         );
         assert!(!r.is_partial());
+        let mut signed = r.clone();
+        signed.signature = Some("segv!level3 | libc.so.6!__libc_start_call_main @ segv+0x10".into());
+        assert!(payload_v1(&signed).starts_with(
+            "Process: /usr/bin/segv\nPID: 1218\nSignal: 11\n\
+             Signature: segv!level3 | libc.so.6!__libc_start_call_main @ segv+0x10\n\nBacktrace (TID 1218):\n"
+        ));
+        let v: serde_json::Value = serde_json::from_str(&payload_v2(&signed)).unwrap();
+        assert_eq!(v["signature"], "segv!level3 | libc.so.6!__libc_start_call_main @ segv+0x10");
         let v: serde_json::Value = serde_json::from_str(&payload_v2(&r)).unwrap();
         assert_eq!(v["threads"][0]["frames"][0]["function"], "level3");
         assert_eq!(v["threads"][0]["frames"][0]["build_id"], "abcd");
@@ -395,6 +413,7 @@ mod tests {
             }],
             errors: vec![],
             memory_withheld: false,
+            signature: None,
         };
         let p = payload_v1(&r);
         assert!(

@@ -1,0 +1,110 @@
+//! Crash signatures and the crash-loop governor with real parts: real
+//! crashes through the kernel's core_pattern (pipe and socket mode),
+//! crashprobe sending to the real collector, read back with `telemctl
+//! journal`. core_pattern is global: every test takes `LOCK`, and a guard
+//! restores the kernel's settings whatever happens.
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use e2e::collector::Collector;
+use e2e::kernel::{dumps_core, SysctlGuard, CORE_PATTERN, CORE_PIPE_LIMIT};
+
+static LOCK: Mutex<()> = Mutex::new(());
+
+struct World {
+    _lock: std::sync::MutexGuard<'static, ()>,
+    guard: SysctlGuard,
+    tmp: tempfile::TempDir,
+    collector: Collector,
+}
+
+/// Root, the lock, the kernel's settings saved, a collector running with
+/// `extra` settings (crashprobe reads the same file), programs under the
+/// temp dir counted as the system's.
+fn setup(test: &str, extra: &str) -> Option<World> {
+    if !e2e::require_root(test) {
+        return None;
+    }
+    let lock = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let guard = SysctlGuard::save(&[CORE_PATTERN, CORE_PIPE_LIMIT]);
+    guard.set(CORE_PIPE_LIMIT, "16");
+    let tmp = tempfile::Builder::new().prefix("cs").tempdir_in("/tmp").expect("tempdir");
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let extra = format!("crash_system_prefixes={}/\n{extra}", tmp.path().display());
+    let mut collector = Collector::in_dir(tmp.path(), None, &extra);
+    collector.start();
+    Some(World { _lock: lock, guard, tmp, collector })
+}
+
+fn pipe_pattern(cfg: &Path) -> String {
+    let p = format!("|{} -P %P -F %F -d %d -t %t -s %s -f {}", e2e::bin("crashprobe").display(), cfg.display());
+    assert!(p.len() <= 127, "core_pattern too long ({}): {p}", p.len());
+    p
+}
+
+fn bugs(dir: &Path) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/crash_programs/bugs.c");
+    let exe = dir.join("bugs");
+    let o = Command::new("gcc").args(["-O0", "-g", "-o"]).arg(&exe).arg(&src).output().expect("gcc");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    exe
+}
+
+/// Runs bug `i` of `exe`, which must dump core.
+fn crash(exe: &Path, i: u32) {
+    let mut c = Command::new(exe);
+    c.arg(i.to_string()).stdout(Stdio::null()).stderr(Stdio::null());
+    let st = dumps_core(&mut c, None).status().expect("run crashing program");
+    assert!(st.signal().is_some() && st.core_dumped(), "bug {i}: {st}");
+}
+
+/// Waits until `telemctl journal --json ARGS` lists `n` entries.
+fn wait_journal(c: &Collector, args: &[&str], n: usize) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let j = c.journal(args);
+        if j.len() >= n {
+            return j;
+        }
+        assert!(Instant::now() < deadline, "{n} entries for {args:?} not journaled (have {j:?}); log:\n{}", c.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn crash_signature_in_payload_journal_filter_and_verbose_listing() {
+    let Some(w) = setup("crash_signature_in_payload_journal_filter_and_verbose_listing", "") else { return };
+    let c = &w.collector;
+    let exe = bugs(w.tmp.path());
+    w.guard.set(CORE_PATTERN, &pipe_pattern(&c.conf));
+    // Payload format 1 (the default): the `Signature:` line.
+    crash(&exe, 0);
+    crash(&exe, 1);
+    let j = wait_journal(c, &["-c", "org.clearlinux/crash/*", "-i"], 2);
+    let sig_of = |e: &serde_json::Value| e["signature"].as_str().map(String::from);
+    let sig0 = sig_of(&j[0]).unwrap_or_else(|| panic!("signature of {}", j[0]));
+    let sig1 = sig_of(&j[1]).unwrap_or_else(|| panic!("signature of {}", j[1]));
+    assert!(sig0.starts_with("bugs!bug0 | bugs!main"), "{sig0}");
+    assert!(sig1.starts_with("bugs!bug1 | bugs!main"), "{sig1}");
+    let p = j[0]["payload"].as_str().expect("payload kept");
+    assert!(p.contains(&format!("\nSignal: 11\nSignature: {sig0}\n\nBacktrace (TID ")), "{p}");
+    // Payload format 2: the `signature` field, found the same way.
+    c.set("crash_payload_version=2");
+    crash(&exe, 0);
+    let same = wait_journal(c, &["--signature", &sig0], 2);
+    assert_eq!(same.len(), 2, "{same:?}");
+    assert_eq!(same[1]["payload_format_version"], 2, "{}", same[1]);
+    assert_eq!(c.journal(&["--signature", &sig1]).len(), 1);
+    assert_eq!(c.journal(&["--signature", "no such signature"]).len(), 0);
+    // -V shows it under each crash record.
+    let out = c.telemctl(&["journal", "-V", "--signature", &sig0]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.matches(&format!("\n    signature: {sig0}\n")).count(), 2, "{text}");
+    assert!(text.contains("Total records: 2"), "{text}");
+}

@@ -374,6 +374,9 @@ fn crash_cpp_uncaught_exception_with_inlined_function() {
     let inl = p["inlined"].as_array().expect("inlined");
     assert!(inl.iter().any(|s| s["function"] == "app::validate"), "inlined app::validate: {p}");
     assert!(f.iter().position(|x| x == "__cxa_throw") < f.iter().position(|x| x == "app::process"));
+    // The signature skips abort, std::terminate and __cxa_throw.
+    let sig = v["signature"].as_str().expect("signature");
+    assert!(sig.starts_with("thrower!app::validate | thrower!app::process | "), "{sig}");
     assert_eq!(t["end"], "outermost", "{t}");
 }
 
@@ -392,6 +395,9 @@ fn crash_rust_panic_abort() {
     let i = f.iter().position(|x| x == "panic::parse_config").unwrap_or_else(|| panic!("parse_config in {f:?}"));
     assert!(f[i + 1..].iter().any(|x| x == "panic::main"), "{f:?}");
     assert!(f.iter().any(|x| x.starts_with("core::panicking::")), "{f:?}");
+    // The signature skips abort and the panic runtime.
+    let sig = v["signature"].as_str().expect("signature");
+    assert!(sig.starts_with("rustpanic!panic::parse_config | "), "{sig}");
 }
 
 #[test]

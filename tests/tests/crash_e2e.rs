@@ -663,3 +663,68 @@ fn crash_signatures_stable_under_aslr_distinct_per_bug_shared_by_stripped_build(
     assert_eq!(loc(&s), loc(&sig0), "stripped {s} and unstripped {sig0} share module+offset");
     assert!(s.starts_with(&format!("{} |", loc(&sig0))), "{s}");
 }
+
+#[test]
+fn core_only_reads_a_core_saved_by_gdb() {
+    // gdb writes the notes after the memory; `--core-only < FILE` reads
+    // them first. (No core_pattern here: gdb catches the crash.)
+    let w = world("");
+    let exe = compile_c(w.dir.path(), "segv.c", "segvgdb", &["-O2", "-g"]);
+    let core = w.dir.path().join("gdb.core");
+    let out = Command::new("gdb")
+        .args(["-nx", "-q", "-batch", "-ex", "run", "-ex"])
+        .arg(format!("generate-core-file {}", core.display()))
+        .arg("--args")
+        .arg(&exe)
+        .output()
+        .expect("run gdb (cargo xtask test installs it)");
+    assert!(core.exists(), "gdb saved no core: {}", String::from_utf8_lossy(&out.stderr));
+    // The notes really come after the memory.
+    let elf = std::fs::read(&core).expect("read core");
+    let phoff = u64::from_le_bytes(elf[32..40].try_into().unwrap()) as usize;
+    let phnum = u16::from_le_bytes(elf[56..58].try_into().unwrap()) as usize;
+    let (mut note_off, mut first_load) = (0u64, u64::MAX);
+    for i in 0..phnum {
+        let ph = &elf[phoff + 56 * i..phoff + 56 * (i + 1)];
+        let off = u64::from_le_bytes(ph[8..16].try_into().unwrap());
+        match u32::from_le_bytes(ph[0..4].try_into().unwrap()) {
+            4 => note_off = off,
+            1 => first_load = first_load.min(off),
+            _ => {}
+        }
+    }
+    assert!(note_off > first_load, "gdb's notes at {note_off:#x}, memory from {first_load:#x}");
+    let run = |stdin: Stdio| {
+        Command::new(crashprobe())
+            .args(["--core-only", "--print", "-f"])
+            .arg(&w.config)
+            .stdin(stdin)
+            .output()
+            .expect("run crashprobe --core-only")
+    };
+    let out = run(Stdio::from(std::fs::File::open(&core).expect("open core")));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let json = stdout.lines().next().expect("payload line");
+    let v: Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_levels(&v, &exe, true);
+    assert_eq!(v["partial"], false, "{v}");
+    assert!(stdout.contains("classification: org.clearlinux/crash/clr "), "{stdout}");
+    // Through a pipe the notes cannot be read first: said, not guessed.
+    let mut child = Command::new(crashprobe())
+        .args(["--core-only", "--print", "-f"])
+        .arg(&w.config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn crashprobe");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        let _ = stdin.write_all(&elf);
+    });
+    let out = child.wait_with_output().expect("crashprobe output");
+    let _ = writer.join();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("give the core as a file"), "{stdout}");
+}

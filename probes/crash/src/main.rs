@@ -52,7 +52,8 @@ struct Args {
     socket: Option<PathBuf>,
     /// Analyse a saved core from stdin without /proc, opening module files
     /// by the core's paths on this system (for debugging and benchmarks;
-    /// never use it in core_pattern).
+    /// never use it in core_pattern). Cores saved by gdb (notes after the
+    /// memory) need stdin to be the file (`< CORE`), not a pipe.
     #[arg(long)]
     core_only: bool,
     /// Print the payload on stdout instead of sending the record.
@@ -201,6 +202,9 @@ fn run(args: Args) -> Result<(), RunError> {
     if args.print {
         let mut o = std::io::stdout().lock();
         let _ = o.write_all(record.payload.as_bytes());
+        if !record.payload.as_bytes().ends_with(b"\n") {
+            let _ = writeln!(o);
+        }
         let _ = writeln!(
             o,
             "classification: {} severity: {} event_id: {}",

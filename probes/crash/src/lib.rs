@@ -27,6 +27,7 @@
 
 pub mod config;
 pub mod core;
+pub mod governor;
 pub mod handle;
 pub mod install;
 pub mod procfs;

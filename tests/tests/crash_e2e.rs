@@ -43,8 +43,10 @@ fn world_with(extra: &str, behaviour: Behaviour) -> World {
     std::fs::write(
         &config,
         format!(
-            "[settings]\nsocket_path={}\ncrash_third_party=unwind\ncrash_system_prefixes={}/\ncrash_payload_version=2\n{extra}",
+            "[settings]\nsocket_path={}\ncrash_third_party=unwind\ncrash_system_prefixes={}/\ncrash_payload_version=2\n\
+             state_dir={}/state\n{extra}",
             receiver.path.display(),
+            dir.path().display(),
             dir.path().display()
         ),
     )

@@ -108,3 +108,104 @@ fn crash_signature_in_payload_journal_filter_and_verbose_listing() {
     assert_eq!(text.matches(&format!("\n    signature: {sig0}\n")).count(), 2, "{text}");
     assert!(text.contains("Total records: 2"), "{text}");
 }
+
+/// The `Count:` of a `crash/repeated` journal entry, and its signature.
+fn repeated_count(e: &serde_json::Value) -> (String, u64) {
+    let p = e["payload"].as_str().unwrap_or_else(|| panic!("payload of {e}"));
+    let field =
+        |k: &str| p.lines().find_map(|l| l.strip_prefix(k)).unwrap_or_else(|| panic!("{k} in {p}")).trim().to_string();
+    (field("Signature:"), field("Count:").parse().unwrap_or_else(|_| panic!("count in {p}")))
+}
+
+#[test]
+fn crash_loop_governor_storm_pipe_then_socket_mode() {
+    let Some(w) = setup(
+        "crash_loop_governor_storm_pipe_then_socket_mode",
+        "crash_signature_burst=3\ncrash_signature_window=30s\nrate_limit_enabled=false\n",
+    ) else {
+        return;
+    };
+    let c = &w.collector;
+    let exe = bugs(w.tmp.path());
+    w.guard.set(CORE_PATTERN, &pipe_pattern(&c.conf));
+    // A storm of bug 0 from 8 processes at once; a second bug (4 crashes)
+    // in the middle of it.
+    const STORM: u32 = 64;
+    let workers: Vec<_> = (0..8)
+        .map(|k| {
+            let exe = exe.clone();
+            std::thread::spawn(move || {
+                for i in 0..STORM / 8 {
+                    crash(&exe, 0);
+                    if k == 0 && i == 2 {
+                        for _ in 0..4 {
+                            crash(&exe, 1);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in workers {
+        t.join().expect("storm worker");
+    }
+    // Then through the socket: the same window, the same counts.
+    let sock = w.tmp.path().join("crash.sock");
+    let server = Command::new(e2e::bin("crashprobe"))
+        .arg("--serve")
+        .arg(&sock)
+        .arg("-f")
+        .arg(&c.conf)
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("crashprobe --serve");
+    let _server = e2e::kernel::KillOnDrop(server);
+    let end = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(sock.exists(), "server socket");
+    w.guard.set(CORE_PATTERN, &format!("@{}", sock.display()));
+    const SOCKET_STORM: u32 = 16;
+    for _ in 0..SOCKET_STORM {
+        crash(&exe, 0);
+    }
+    // Once the window is over the server sends each signature's
+    // crash/repeated record; the counts add up to every crash.
+    let total0 = u64::from(STORM + SOCKET_STORM);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (full0, full1, rep0, rep1, repeated) = loop {
+        let full = c.journal(&["-c", "org.clearlinux/crash/clr", "-i"]);
+        let repeated = c.journal(&["-c", "org.clearlinux/crash/repeated", "-i"]);
+        let sig = |e: &serde_json::Value| e["signature"].as_str().unwrap_or("").to_string();
+        let full0 = full.iter().filter(|e| sig(e).starts_with("bugs!bug0 |")).count() as u64;
+        let full1 = full.iter().filter(|e| sig(e).starts_with("bugs!bug1 |")).count() as u64;
+        let counts: Vec<(String, u64)> = repeated.iter().map(repeated_count).collect();
+        let rep0: u64 = counts.iter().filter(|(s, _)| s.starts_with("bugs!bug0 |")).map(|(_, n)| n).sum();
+        let rep1: u64 = counts.iter().filter(|(s, _)| s.starts_with("bugs!bug1 |")).map(|(_, n)| n).sum();
+        if full0 + rep0 == total0 && full1 + rep1 == 4 {
+            break (full0, full1, rep0, rep1, repeated);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "counts do not add up: bug0 {full0} full + {rep0} counted of {total0}, bug1 {full1} + {rep1} of 4; log:\n{}",
+            c.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    eprintln!("storm of {total0}: bug0 {full0} full + {rep0} counted; bug1 {full1} full + {rep1} counted");
+    // One crash/repeated record per window and signature; at most 3 full
+    // records per window (the storm normally fits in one window).
+    let windows0 = repeated.iter().filter(|e| repeated_count(e).0.starts_with("bugs!bug0 |")).count() as u64;
+    assert!(windows0 >= 1 && full0 <= 3 * (windows0 + 1), "bug0: {full0} full in {windows0} windows");
+    assert!(rep0 >= total0 - 3 * (windows0 + 1), "bug0 counted: {rep0}");
+    assert_eq!((full1, rep1), (3, 1), "the second bug gets its full records during the storm");
+    for e in &repeated {
+        let p = e["payload"].as_str().unwrap();
+        assert!(p.contains("\nFirst: ") && p.contains("\nLast: ") && p.contains("\nWindow: 30 s from "), "{p}");
+    }
+    // The repeated records are found by signature too.
+    let sig0 = repeated_count(repeated.iter().find(|e| repeated_count(e).0.starts_with("bugs!bug0 |")).unwrap()).0;
+    let by_sig = c.journal(&["--signature", &sig0]);
+    assert_eq!(by_sig.len() as u64, full0 + windows0, "{by_sig:?}");
+}

@@ -324,7 +324,8 @@ fn live(probe: &Path, collector: &Path, dir: &Path) -> Result<(), String> {
         &conf,
         format!(
             "[settings]\nsocket_path={}\nspool_dir={}\njournal_dir={}\nstate_dir={}\netc_dir={}\n\
-             record_retention_enabled=true\nrate_limit_enabled=false\ncrash_third_party=unwind\ncrash_payload_version=1\n",
+             record_retention_enabled=true\nrate_limit_enabled=false\ncrash_third_party=unwind\ncrash_payload_version=1\n\
+             crash_signature_burst=-1\n",
             sock.display(),
             live.join("spool").display(),
             live.join("journal").display(),

@@ -124,6 +124,20 @@ fn render(entries: &[Entry]) -> String {
     s
 }
 
+/// The governor `cfg` asks for (`None` when `crash_signature_burst = -1`,
+/// or when its state cannot be opened: then every crash is recorded in
+/// full, and the reason logged).
+pub fn open_for(cfg: &crate::config::Config) -> Option<Governor> {
+    let burst = cfg.signature_burst?;
+    match Governor::open(&cfg.state_dir, burst, cfg.signature_window.as_secs()) {
+        Ok(g) => Some(g),
+        Err(e) => {
+            tracing::warn!(error = %e, "no crash-loop governor");
+            None
+        }
+    }
+}
+
 /// The governor's table, open, with its limits.
 #[derive(Debug)]
 pub struct Governor {

@@ -196,7 +196,10 @@ fn run(args: Args) -> Result<(), RunError> {
     let stdin =
         std::io::stdin().as_fd().try_clone_to_owned().map_err(|source| RunError::Io { what: "use stdin", source })?;
     let mut stream = Stream::from_fd(std::fs::File::from(stdin), Some(deadline));
-    let out = handle(&mut stream, &input, &cfg, &unwinder, deadline)?;
+    // Opened while still root (handle drops privileges); not for a saved
+    // core or a printed payload.
+    let governor = (!args.core_only && !args.print).then(|| crashprobe::governor::open_for(&cfg)).flatten();
+    let out = handle(&mut stream, &input, &cfg, &unwinder, deadline, governor.as_ref())?;
     tracing::info!(bytes = out.bytes_read, ms = start.elapsed().as_millis() as u64, "core handled");
     let Some(record) = &out.record else { return Ok(()) };
     if args.print {

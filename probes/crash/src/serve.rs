@@ -15,10 +15,14 @@ use std::time::{Duration, Instant};
 use unwind::Unwinder;
 
 use crate::config::Config;
+use crate::governor::Governor;
 use crate::handle::{handle, Input};
 use crate::stream::Stream;
 
 pub const MAX_CONCURRENT: usize = 4;
+/// How often the server sends the `crash/repeated` records of governor
+/// windows that are over.
+const SWEEP_EVERY: Duration = Duration::from_secs(2);
 const SO_PEERPIDFD: libc::c_int = 77;
 
 #[derive(Debug, thiserror::Error)]
@@ -78,8 +82,25 @@ pub fn bind(path: &Path) -> Result<UnixListener, ServeError> {
 pub fn serve(listener: UnixListener, cfg: Config, collector: Option<PathBuf>, stop: Arc<AtomicBool>) {
     let unwinder = Arc::new(Unwinder::new(cfg.unwind_options()));
     let busy = Arc::new((Mutex::new(0usize), Condvar::new()));
+    let governor = crate::governor::open_for(&cfg).map(Arc::new);
+    let mut swept = Instant::now();
     let _ = listener.set_nonblocking(true);
     while !stop.load(Ordering::Relaxed) {
+        // Windows of the crash-loop governor that are over: their
+        // `crash/repeated` records.
+        if let Some(g) = governor.as_ref().filter(|_| swept.elapsed() >= SWEEP_EVERY) {
+            swept = Instant::now();
+            let now =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            match g.sweep(now) {
+                Ok(reports) => {
+                    if let Err(e) = crate::deliver_repeated(&cfg, collector.as_deref(), &reports) {
+                        tracing::error!(error = %e, "crash/repeated records not delivered");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "crash governor sweep failed"),
+            }
+        }
         let conn = match listener.accept() {
             Ok((c, _)) => c,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -107,8 +128,9 @@ pub fn serve(listener: UnixListener, cfg: Config, collector: Option<PathBuf>, st
             *n += 1;
         }
         let (cfg, unwinder, busy, collector) = (cfg.clone(), unwinder.clone(), busy.clone(), collector.clone());
+        let governor = governor.clone();
         std::thread::spawn(move || {
-            one(conn, &cfg, &unwinder, collector.as_deref());
+            one(conn, &cfg, &unwinder, collector.as_deref(), governor.as_deref());
             let (m, cv) = &*busy;
             if let Ok(mut n) = m.lock() {
                 *n -= 1;
@@ -118,7 +140,13 @@ pub fn serve(listener: UnixListener, cfg: Config, collector: Option<PathBuf>, st
     }
 }
 
-fn one(conn: UnixStream, cfg: &Config, unwinder: &Arc<Unwinder>, collector: Option<&Path>) {
+fn one(
+    conn: UnixStream,
+    cfg: &Config,
+    unwinder: &Arc<Unwinder>,
+    collector: Option<&Path>,
+    governor: Option<&Governor>,
+) {
     let deadline = Instant::now() + cfg.budget;
     let cred = peer_cred(&conn);
     let pidfd = peer_pidfd(&conn);
@@ -134,7 +162,7 @@ fn one(conn: UnixStream, cfg: &Config, unwinder: &Arc<Unwinder>, collector: Opti
         ..Input::default()
     };
     let mut stream = Stream::from_fd(conn, Some(deadline));
-    match handle(&mut stream, &input, cfg, unwinder, deadline) {
+    match handle(&mut stream, &input, cfg, unwinder, deadline, governor) {
         Ok(out) => {
             if let Err(e) = crate::deliver(cfg, collector, &out) {
                 tracing::error!(pid, error = %e, "crash record not delivered");

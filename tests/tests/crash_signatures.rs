@@ -209,3 +209,121 @@ fn crash_loop_governor_storm_pipe_then_socket_mode() {
     let by_sig = c.journal(&["--signature", &sig0]);
     assert_eq!(by_sig.len() as u64, full0 + windows0, "{by_sig:?}");
 }
+
+/// Removes crashprobe's install state when dropped (a failed test must not
+/// leave `telemctl crash install` state behind).
+struct RemoveState;
+impl Drop for RemoveState {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(INSTALL_STATE);
+    }
+}
+const INSTALL_STATE: &str = "/run/telemetrics/crashprobe.state";
+
+/// Runs bug `i` of `exe`; whether the kernel dumped its core.
+fn crash_dumped(exe: &Path, i: u32) -> bool {
+    let mut c = Command::new(exe);
+    c.arg(i.to_string()).stdout(Stdio::null()).stderr(Stdio::null());
+    let st = dumps_core(&mut c, None).status().expect("run crashing program");
+    assert!(st.signal().is_some(), "bug {i}: {st}");
+    st.core_dumped()
+}
+
+#[test]
+fn crash_request_socket_mode_install_and_governor_refusing_cores_before_they_are_written() {
+    let Some(w) = setup(
+        "crash_request_socket_mode_install_and_governor_refusing_cores_before_they_are_written",
+        "crash_signature_burst=3\n",
+    ) else {
+        return;
+    };
+    assert!(!Path::new(INSTALL_STATE).exists(), "{INSTALL_STATE} exists: a real install is active; not touching it");
+    let _rm = RemoveState;
+    let c = &w.collector;
+    let exe = bugs(w.tmp.path());
+    let crashprobe = e2e::bin("crashprobe");
+    let sock = w.tmp.path().join("crash.sock");
+    let install =
+        || c.telemctl(&["crash", "install", "--socket", sock.to_str().unwrap(), "--exe", crashprobe.to_str().unwrap()]);
+    // Nothing serves the socket: a clear refusal, core_pattern untouched.
+    let before = std::fs::read_to_string(CORE_PATTERN).unwrap();
+    let out = install();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("nothing serves {}", sock.display())) && err.contains("--serve"), "{err}");
+    assert_eq!(std::fs::read_to_string(CORE_PATTERN).unwrap(), before);
+    // With the server: `@@` (this kernel has the request protocol).
+    let server = Command::new(&crashprobe)
+        .arg("--serve")
+        .arg(&sock)
+        .arg("-f")
+        .arg(&c.conf)
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("crashprobe --serve");
+    let _server = e2e::kernel::KillOnDrop(server);
+    let end = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = install();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_to_string(CORE_PATTERN).unwrap().trim(), format!("@@{}", sock.display()));
+    // Three full records; from then on the kernel is told not to dump: no
+    // core is written at all (the process's status says so).
+    let dumped: Vec<bool> = (0..6).map(|_| crash_dumped(&exe, 0)).collect();
+    assert_eq!(dumped, [true, true, true, false, false, false], "cores of bug 0");
+    // Another bug is still dumped and recorded in full.
+    assert!(crash_dumped(&exe, 1), "bug 1 is dumped");
+    let j = wait_journal(c, &["-c", "org.clearlinux/crash/clr"], 4);
+    let sigs: Vec<&str> = j.iter().filter_map(|e| e["signature"].as_str()).collect();
+    assert_eq!(sigs.iter().filter(|s| s.starts_with("bugs!bug0 | bugs!main")).count(), 3, "{sigs:?}");
+    assert_eq!(sigs.iter().filter(|s| s.starts_with("bugs!bug1 | bugs!main")).count(), 1, "{sigs:?}");
+    let out = c.telemctl(&["crash", "uninstall", "--exe", crashprobe.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_to_string(CORE_PATTERN).unwrap(), before);
+}
+
+#[test]
+fn crash_request_mode_the_kernel_waits_for_the_answer() {
+    // A server of our own speaking the protocol by hand: while it holds the
+    // request unanswered, the crashed process cannot finish; refused, it
+    // ends without a core.
+    let Some(w) = setup("crash_request_mode_the_kernel_waits_for_the_answer", "") else { return };
+    use std::io::{Read, Write};
+    let exe = bugs(w.tmp.path());
+    let sock = w.tmp.path().join("raw.sock");
+    let l = std::os::unix::net::UnixListener::bind(&sock).expect("bind");
+    w.guard.set(CORE_PATTERN, &format!("@@{}", sock.display()));
+    let mut cmd = Command::new(&exe);
+    cmd.arg("0").stdout(Stdio::null()).stderr(Stdio::null());
+    let mut child = e2e::kernel::KillOnDrop(dumps_core(&mut cmd, None).spawn().expect("spawn"));
+    let (mut conn, _) = l.accept().expect("the kernel connects");
+    conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut req = [0u8; 16];
+    conn.read_exact(&mut req).expect("coredump_req");
+    let size = u32::from_le_bytes(req[0..4].try_into().unwrap());
+    let size_ack = u32::from_le_bytes(req[4..8].try_into().unwrap());
+    let mask = u64::from_le_bytes(req[8..16].try_into().unwrap());
+    assert!(size >= 16 && size_ack >= 16, "request {size} / ack {size_ack}");
+    assert_eq!(mask & 0b1111, 0b1111, "KERNEL, USERSPACE, REJECT and WAIT offered: {mask:#x}");
+    let mut rest = vec![0u8; size as usize - 16];
+    conn.read_exact(&mut rest).unwrap();
+    // Unanswered: the process is still there.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(child.0.try_wait().unwrap().is_none(), "the kernel waits for the answer");
+    let mut ack = Vec::new();
+    ack.extend_from_slice(&16u32.to_le_bytes());
+    ack.extend_from_slice(&0u32.to_le_bytes());
+    ack.extend_from_slice(&4u64.to_le_bytes()); // COREDUMP_REJECT
+    conn.write_all(&ack).unwrap();
+    let mut mark = [0u8; 4];
+    conn.read_exact(&mut mark).expect("mark");
+    assert_eq!(u32::from_le_bytes(mark), 0, "COREDUMP_MARK_REQACK");
+    let mut more = Vec::new();
+    let _ = conn.read_to_end(&mut more);
+    assert!(more.is_empty(), "a refused dump sends no core bytes ({} came)", more.len());
+    let st = child.0.wait().expect("wait");
+    assert_eq!(st.signal(), Some(11));
+    assert!(!st.core_dumped(), "refused: no core");
+}

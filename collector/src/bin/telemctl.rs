@@ -107,8 +107,9 @@ enum CrashCmd {
     /// core_pipe_limit. In pipe mode the pattern names the configuration
     /// file given with -f, so the handler finds the collector.
     Install {
-        /// Socket mode: core_pattern `@SOCKET`, served by `crashprobe --serve SOCKET`
-        /// (kernel 6.16+). Without a value: /run/telemetrics/crash.sock.
+        /// Socket mode: core_pattern `@@SOCKET` (kernel 6.17+; `@SOCKET` on 6.16),
+        /// served by `crashprobe --serve SOCKET`, which must already run (else this
+        /// refuses). Without a value: /run/telemetrics/crash.sock.
         #[arg(long = "crash-socket", alias = "socket", value_name = "SOCKET", num_args = 0..=1)]
         crash_socket: Option<Option<PathBuf>>,
     },

@@ -5,13 +5,18 @@
 //! ```text
 //!  kernel: a process dumps core
 //!    │  pipe mode:   core_pattern "|crashprobe -P %P -F %F -d %d -t %t -s %s"
-//!    │  socket mode: core_pattern "@/run/telemetrics/crash.sock" -> crashprobe --serve
+//!    │  socket mode: core_pattern "@@/run/telemetrics/crash.sock" (or "@...")
+//!    │               -> crashprobe --serve; with "@@" the kernel asks first
+//!    │               and the governor may refuse the core (request.rs)
 //!    ▼  the core as a stream (never written to disk)
 //!  core::read_core ── notes (threads' registers, siginfo, auxv, NT_FILE) and
 //!    │                the stacks' bytes only; the rest is discarded as it passes
 //!    ▼
 //!  unwind (probes/unwind) ── CFI / frame pointers / scan, addr2line symbols,
 //!    │                       module files opened via /proc/PID/map_files
+//!    ▼
+//!  signature, governor ── per-signature burst per window; repeats counted,
+//!    │                     one crash/repeated record per window
 //!    ▼
 //!  report ── payload v1 (the original's text) or v2 (JSON), class, severity,
 //!    │       event id = telemetry::crash_id::crash_event_id(boot id, pid, start time)
@@ -32,6 +37,7 @@ pub mod handle;
 pub mod install;
 pub mod procfs;
 pub mod report;
+pub mod request;
 pub mod security;
 pub mod serve;
 pub mod signature;

@@ -59,7 +59,8 @@ struct Args {
     /// Print the payload on stdout instead of sending the record.
     #[arg(long)]
     print: bool,
-    /// Socket mode: listen on SOCKET for the kernel (core_pattern @SOCKET).
+    /// Socket mode: listen on SOCKET for the kernel (core_pattern @@SOCKET
+    /// or @SOCKET).
     #[arg(long, value_name = "SOCKET", conflicts_with_all = ["install", "uninstall", "status"])]
     serve: Option<PathBuf>,
     /// Install crashprobe as core_pattern (pipe mode, or socket mode with
@@ -67,9 +68,10 @@ struct Args {
     /// executable, and the configuration file given with -f.
     #[arg(long, conflicts_with_all = ["uninstall", "status"])]
     install: bool,
-    /// With --install: socket mode, core_pattern `@SOCKET`, served by
-    /// `crashprobe --serve SOCKET` (kernel 6.16+). Without a value:
-    /// /run/telemetrics/crash.sock.
+    /// With --install: socket mode, core_pattern `@@SOCKET` (the kernel asks
+    /// before it dumps; kernel 6.17+) or `@SOCKET` (6.16), served by
+    /// `crashprobe --serve SOCKET`, which must be running: without a server
+    /// install refuses. Without a value: /run/telemetrics/crash.sock.
     #[arg(
         long = "crash-socket",
         alias = "install-socket",
@@ -154,7 +156,10 @@ fn run(args: Args) -> Result<(), RunError> {
     }
     if args.install {
         let mode = match &args.crash_socket {
-            Some(s) => Mode::Socket { socket: s.clone() },
+            Some(s) => {
+                install::check_served(s)?;
+                Mode::Socket { socket: s.clone(), request: install::kernel_has_request_mode() }
+            }
             None => Mode::Pipe {
                 exe: std::env::current_exe().map_err(|source| RunError::Io { what: "find my own path", source })?,
                 // The kernel runs the handler from `/`: the file must be named absolutely.
@@ -164,7 +169,7 @@ fn run(args: Args) -> Result<(), RunError> {
         let p = install::install(&mode, &paths)?;
         println!("core_pattern = {p}");
         if let Some(s) = &args.crash_socket {
-            println!("run `crashprobe --serve {}` (as root) to receive the cores", s.display());
+            println!("served by `crashprobe --serve {}`: keep it running (dist/telem-crashprobe.service)", s.display());
         }
         return Ok(());
     }

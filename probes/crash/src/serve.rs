@@ -1,5 +1,7 @@
-//! Socket mode: core_pattern `@SOCKET` (kernel 6.16+). The kernel connects
-//! to this socket for each crash and streams the core; the peer's
+//! Socket mode: core_pattern `@@SOCKET` (kernel 6.17+: the kernel asks
+//! first, [`crate::request`]) or `@SOCKET` (6.16: the core at once); the
+//! server tells them apart by the first bytes. The kernel connects to this
+//! socket for each crash and streams the core; the peer's
 //! credentials and pidfd name the crashed process. One long-running
 //! process, one thread per crash (each drops its own credentials), at most
 //! [`MAX_CONCURRENT`] at once.
@@ -15,8 +17,9 @@ use std::time::{Duration, Instant};
 use unwind::Unwinder;
 
 use crate::config::Config;
-use crate::governor::Governor;
+use crate::governor::{Decision, Governor};
 use crate::handle::{handle, Input};
+use crate::request;
 use crate::stream::Stream;
 
 pub const MAX_CONCURRENT: usize = 4;
@@ -83,6 +86,7 @@ pub fn serve(listener: UnixListener, cfg: Config, collector: Option<PathBuf>, st
     let unwinder = Arc::new(Unwinder::new(cfg.unwind_options()));
     let busy = Arc::new((Mutex::new(0usize), Condvar::new()));
     let governor = crate::governor::open_for(&cfg).map(Arc::new);
+    let learned = Arc::new(Learned::default());
     let mut swept = Instant::now();
     let _ = listener.set_nonblocking(true);
     while !stop.load(Ordering::Relaxed) {
@@ -128,9 +132,9 @@ pub fn serve(listener: UnixListener, cfg: Config, collector: Option<PathBuf>, st
             *n += 1;
         }
         let (cfg, unwinder, busy, collector) = (cfg.clone(), unwinder.clone(), busy.clone(), collector.clone());
-        let governor = governor.clone();
+        let (governor, learned) = (governor.clone(), learned.clone());
         std::thread::spawn(move || {
-            one(conn, &cfg, &unwinder, collector.as_deref(), governor.as_deref());
+            one(conn, &cfg, &unwinder, collector.as_deref(), governor.as_deref(), &learned);
             let (m, cv) = &*busy;
             if let Ok(mut n) = m.lock() {
                 *n -= 1;
@@ -140,12 +144,40 @@ pub fn serve(listener: UnixListener, cfg: Config, collector: Option<PathBuf>, st
     }
 }
 
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Which signature (from a core) each early key (from the live process, in
+/// request mode) turned out to have, so later crashes of the same site are
+/// refused before their core is written. Bounded; forgotten on restart.
+#[derive(Debug, Default)]
+pub struct Learned(Mutex<std::collections::HashMap<String, String>>);
+
+impl Learned {
+    const MAX: usize = 4096;
+
+    fn lookup(&self, early: &str) -> Option<String> {
+        self.0.lock().ok()?.get(early).cloned()
+    }
+
+    fn learn(&self, early: String, signature: String) {
+        if let Ok(mut m) = self.0.lock() {
+            if m.len() >= Self::MAX {
+                m.clear();
+            }
+            m.insert(early, signature);
+        }
+    }
+}
+
 fn one(
-    conn: UnixStream,
+    mut conn: UnixStream,
     cfg: &Config,
     unwinder: &Arc<Unwinder>,
     collector: Option<&Path>,
     governor: Option<&Governor>,
+    learned: &Learned,
 ) {
     let deadline = Instant::now() + cfg.budget;
     let cred = peer_cred(&conn);
@@ -161,9 +193,73 @@ fn one(
         drop_privileges: unsafe { libc::geteuid() } == 0,
         ..Input::default()
     };
+    let _ =
+        conn.set_read_timeout(Some(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))));
+    let opening = match request::peek_opening(&conn) {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!(pid, error = %e, "nothing read from the kernel's connection");
+            return;
+        }
+    };
+    let mut governor = governor;
+    let mut early_reports = Vec::new();
+    let mut early = None;
+    match opening {
+        request::Opening::Closed => {
+            tracing::debug!(pid, "connection closed without a core (a check that the socket is served)");
+            return;
+        }
+        request::Opening::Core => {}
+        request::Opening::Request => {
+            let req = match request::read_request(&mut conn) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(pid, error = %e, "bad coredump request; dropped");
+                    return;
+                }
+            };
+            // The governor decides before the kernel writes a byte of the
+            // core, once a core has shown which signature this crash site
+            // (its early key, from the live process) has.
+            early = governor.and_then(|_| request::early_signature(pid, input.pidfd, cfg, unwinder, deadline));
+            let known = early.as_ref().and_then(|e| learned.lookup(e));
+            if let (Some(g), Some(sig)) = (governor, &known) {
+                match g.admit(sig, unix_now()) {
+                    Ok((decision, reports)) => {
+                        early_reports = reports;
+                        if decision == Decision::Repeated {
+                            tracing::info!(pid, signature = %sig, "repeated crash counted; core refused");
+                            if let Err(e) = request::answer(&mut conn, &req, request::COREDUMP_REJECT) {
+                                tracing::warn!(pid, error = %e, "refusing the core");
+                            }
+                            if let Err(e) = crate::deliver_repeated(cfg, collector, &early_reports) {
+                                tracing::error!(error = %e, "crash/repeated records not delivered");
+                            }
+                            return;
+                        }
+                        // Counted here: the core is not counted again.
+                        governor = None;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "crash governor unavailable; the core decides"),
+                }
+            }
+            // The kernel streams the core here and keeps the process (and
+            // its /proc) until we are done.
+            if let Err(e) = request::answer(&mut conn, &req, request::COREDUMP_KERNEL | request::COREDUMP_WAIT) {
+                tracing::error!(pid, error = %e, "the kernel did not take our answer; no core");
+                return;
+            }
+        }
+    }
+    let _ = conn.set_read_timeout(None);
     let mut stream = Stream::from_fd(conn, Some(deadline));
     match handle(&mut stream, &input, cfg, unwinder, deadline, governor) {
-        Ok(out) => {
+        Ok(mut out) => {
+            out.repeated.extend(early_reports);
+            if let (Some(e), Some(sig)) = (early, &out.report.signature) {
+                learned.learn(e, sig.clone());
+            }
             if let Err(e) = crate::deliver(cfg, collector, &out) {
                 tracing::error!(pid, error = %e, "crash record not delivered");
             }

@@ -485,6 +485,20 @@ fn crash_non_dumpable_process_gets_no_memory_content() {
     assert_eq!(frames[0]["source"], "context");
     assert!(v["errors"].to_string().contains("not dumpable"), "{v}");
     assert_eq!(r.record.classification.as_str(), "org.clearlinux/crash/error");
+    // The same through the socket, request/ack (`@@`) and plain (`@`): the
+    // kernel says through the peer's pidfd that it dumps as root; notes
+    // only, no memory.
+    let sock = w.dir.path().join("nd.sock");
+    let _server = serve(&sock, &w.config);
+    for (n, prefix) in [(2, "@@"), (3, "@")] {
+        g.set(CORE_PATTERN, &format!("{prefix}{}", sock.display()));
+        crash(&exe, None);
+        let got = w.receiver.wait_for(n, Duration::from_secs(30));
+        assert_eq!(got.len(), n, "{prefix}: errors: {:?}", w.receiver.errors());
+        let v: Value = serde_json::from_str(&got[n - 1].record.payload.to_text_lossy()).expect("json");
+        assert_eq!(v["memory_withheld"], true, "{prefix}: {v}");
+        assert_eq!(crashed_thread(&v)["frames"].as_array().map(Vec::len), Some(1), "{prefix}: {v}");
+    }
 }
 
 #[test]

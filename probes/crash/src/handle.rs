@@ -187,7 +187,9 @@ pub fn handle<R: Read>(
         });
         warmer = spawned.ok().map(|_| rx);
     };
-    let core = read_core_with(stream, &policy, governor.is_none(), &mut on_notes)?;
+    // A non-dumpable process's memory is never read: after the notes the
+    // stream is closed, which ends the kernel's dump.
+    let core = read_core_with(stream, &policy, governor.is_none() && memory_ok, &mut on_notes)?;
     if let Some(why) = &core.incomplete {
         errors.push(format!("core incomplete: {why}"));
     }
@@ -297,7 +299,7 @@ pub fn handle<R: Read>(
             tracing::info!(signature = ?report.signature, "repeated crash counted; core not read further");
             return Ok(Outcome { record: None, report, unwound: do_unwind, bytes_read, governed, repeated });
         }
-        if core.incomplete.is_none() {
+        if core.incomplete.is_none() && memory_ok {
             if let Err(e) = stream.drain() {
                 report.errors.push(format!("core incomplete: {e}"));
             }

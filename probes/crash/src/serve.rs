@@ -65,6 +65,36 @@ pub fn peer_pidfd(s: &UnixStream) -> Option<OwnedFd> {
     (r == 0 && fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// `PIDFD_GET_INFO` (`_IOWR(0xFF, 11, struct pidfd_info)`, 80 bytes).
+const PIDFD_GET_INFO: libc::c_ulong = (3 << 30) | (80 << 16) | (0xFF << 8) | 11;
+const PIDFD_INFO_COREDUMP: u64 = 1 << 4;
+/// `coredump_mask`: the core is dumped as the user (dumpable), or as root
+/// (not dumpable: set-id, changed credentials, `PR_SET_DUMPABLE` 0).
+const PIDFD_COREDUMP_USER: u32 = 1 << 2;
+const PIDFD_COREDUMP_ROOT: u32 = 1 << 3;
+
+/// Whether the kernel dumps the peer as a dumpable process: `Some(1)` as
+/// the user, `Some(2)` as root (memory to be withheld), as core_pattern's
+/// `%d` says in pipe mode; `None` when the kernel does not say (before 6.16).
+pub fn peer_dump_mode(pidfd: &OwnedFd) -> Option<u8> {
+    let mut info = [0u8; 80];
+    info[..8].copy_from_slice(&PIDFD_INFO_COREDUMP.to_le_bytes());
+    // SAFETY: PIDFD_GET_INFO fills at most the 80 bytes its number encodes.
+    let r = unsafe { libc::ioctl(pidfd.as_raw_fd(), PIDFD_GET_INFO as _, info.as_mut_ptr()) };
+    let mask = u64::from_le_bytes(info[..8].try_into().ok()?);
+    if r != 0 || mask & PIDFD_INFO_COREDUMP == 0 {
+        return None;
+    }
+    let coredump = u32::from_le_bytes(info[64..68].try_into().ok()?);
+    if coredump & PIDFD_COREDUMP_ROOT != 0 {
+        Some(2)
+    } else if coredump & PIDFD_COREDUMP_USER != 0 {
+        Some(1)
+    } else {
+        None
+    }
+}
+
 /// Binds `path` (replacing a stale socket, never another file), mode 0600.
 pub fn bind(path: &Path) -> Result<UnixListener, ServeError> {
     if let Ok(md) = std::fs::symlink_metadata(path) {
@@ -189,6 +219,8 @@ fn one(
     let input = Input {
         pid: Some(pid),
         pidfd: pidfd.as_ref().map(|f| f.as_raw_fd()),
+        // The kernel's word on dumpability (else /proc's owner decides).
+        dumpable: pidfd.as_ref().and_then(peer_dump_mode),
         // SAFETY: geteuid has no preconditions.
         drop_privileges: unsafe { libc::geteuid() } == 0,
         ..Input::default()
@@ -222,7 +254,9 @@ fn one(
             // The governor decides before the kernel writes a byte of the
             // core, once a core has shown which signature this crash site
             // (its early key, from the live process) has.
-            early = governor.and_then(|_| request::early_signature(pid, input.pidfd, cfg, unwinder, deadline));
+            early = governor
+                .filter(|_| input.dumpable != Some(2))
+                .and_then(|_| request::early_signature(pid, input.pidfd, cfg, unwinder, deadline));
             let known = early.as_ref().and_then(|e| learned.lookup(e));
             if let (Some(g), Some(sig)) = (governor, &known) {
                 match g.admit(sig, unix_now()) {

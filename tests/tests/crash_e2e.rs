@@ -126,6 +126,29 @@ fn serve(sock: &Path, config: &Path) -> KillOnDrop {
     server
 }
 
+/// Waits for `n` records of programs under the test's directory (other
+/// programs may crash on the machine meanwhile, through the same
+/// core_pattern), in arrival order.
+fn records_of_mine(w: &World, n: usize) -> Vec<e2e::receiver::Received> {
+    let dir = w.dir.path().display().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mine: Vec<_> = w
+            .receiver
+            .records()
+            .into_iter()
+            .filter(|r| {
+                serde_json::from_str::<Value>(&r.record.payload.to_text_lossy())
+                    .is_ok_and(|v| v["process"].as_str().is_some_and(|p| p.starts_with(&dir)))
+            })
+            .collect();
+        if mine.len() >= n || std::time::Instant::now() > deadline {
+            return mine;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The `signature` of a v2 payload.
 fn signature_of(r: &e2e::receiver::Received) -> String {
     let v: Value = serde_json::from_str(&r.record.payload.to_text_lossy()).expect("json payload");
@@ -642,7 +665,7 @@ fn crash_signatures_stable_under_aslr_distinct_per_bug_shared_by_stripped_build(
     for _ in 0..50 {
         crash_args(&exe, &["0"]);
     }
-    let got = w.receiver.wait_for(100, Duration::from_secs(60));
+    let got = records_of_mine(&w, 100);
     assert_eq!(got.len(), 100, "errors: {:?}", w.receiver.errors());
     let sigs: std::collections::BTreeSet<String> = got.iter().map(signature_of).collect();
     assert_eq!(sigs.len(), 1, "one bug, one signature: {sigs:?}");
@@ -661,7 +684,7 @@ fn crash_signatures_stable_under_aslr_distinct_per_bug_shared_by_stripped_build(
     for i in 1..10 {
         crash_args(&exe, &[&i.to_string()]);
     }
-    let got = w.receiver.wait_for(109, Duration::from_secs(60));
+    let got = records_of_mine(&w, 109);
     assert_eq!(got.len(), 109, "errors: {:?}", w.receiver.errors());
     let ten: Vec<String> = std::iter::once(sig0.clone()).chain(got[100..].iter().map(signature_of)).collect();
     let distinct: std::collections::BTreeSet<&String> = ten.iter().collect();
@@ -672,7 +695,8 @@ fn crash_signatures_stable_under_aslr_distinct_per_bug_shared_by_stripped_build(
     }
     // The stripped build of the same bug: no names, the same location.
     crash_args(&stripped, &["0"]);
-    let got = w.receiver.wait_for(110, Duration::from_secs(30));
+    let got = records_of_mine(&w, 110);
+    assert_eq!(got.len(), 110, "errors: {:?}", w.receiver.errors());
     let s = signature_of(&got[109]);
     assert!(s.starts_with("bugs+0x"), "stripped: {s}");
     let loc = |s: &str| s.rsplit_once(" @ ").map(|(_, l)| l.to_string()).unwrap_or_else(|| panic!("location in {s}"));

@@ -16,11 +16,13 @@ use e2e::kernel::{dumps_core, SysctlGuard, CORE_PATTERN, CORE_PIPE_LIMIT};
 
 static LOCK: Mutex<()> = Mutex::new(());
 
+/// Dropped in field order: the collector, the kernel's settings restored,
+/// then the lock released.
 struct World {
-    _lock: std::sync::MutexGuard<'static, ()>,
-    guard: SysctlGuard,
-    tmp: tempfile::TempDir,
     collector: Collector,
+    tmp: tempfile::TempDir,
+    guard: SysctlGuard,
+    _lock: std::sync::MutexGuard<'static, ()>,
 }
 
 /// Root, the lock, the kernel's settings saved, a collector running with
@@ -38,7 +40,7 @@ fn setup(test: &str, extra: &str) -> Option<World> {
     let extra = format!("crash_system_prefixes={}/\n{extra}", tmp.path().display());
     let mut collector = Collector::in_dir(tmp.path(), None, &extra);
     collector.start();
-    Some(World { _lock: lock, guard, tmp, collector })
+    Some(World { collector, tmp, guard, _lock: lock })
 }
 
 fn pipe_pattern(cfg: &Path) -> String {
@@ -63,19 +65,6 @@ fn crash(exe: &Path, i: u32) {
     assert!(st.signal().is_some() && st.core_dumped(), "bug {i}: {st}");
 }
 
-/// Waits until `telemctl journal --json ARGS` lists `n` entries.
-fn wait_journal(c: &Collector, args: &[&str], n: usize) -> Vec<serde_json::Value> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let j = c.journal(args);
-        if j.len() >= n {
-            return j;
-        }
-        assert!(Instant::now() < deadline, "{n} entries for {args:?} not journaled (have {j:?}); log:\n{}", c.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn crash_signature_in_payload_journal_filter_and_verbose_listing() {
     let Some(w) = setup("crash_signature_in_payload_journal_filter_and_verbose_listing", "") else { return };
@@ -85,18 +74,39 @@ fn crash_signature_in_payload_journal_filter_and_verbose_listing() {
     // Payload format 1 (the default): the `Signature:` line.
     crash(&exe, 0);
     crash(&exe, 1);
-    let j = wait_journal(c, &["-c", "org.clearlinux/crash/*", "-i"], 2);
+    // (Other programs crashing on the machine meanwhile go through the same
+    // core_pattern: only this test's program's records are looked at.)
+    let process = format!("Process: {}\n", exe.display());
+    let mine = |args: &[&str], n: usize| -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let j: Vec<serde_json::Value> = c
+                .journal(args)
+                .into_iter()
+                .filter(|e| {
+                    let p = e["payload"].as_str().unwrap_or("");
+                    p.contains(&process) || p.contains(&format!("\"process\":\"{}\"", exe.display()))
+                })
+                .collect();
+            if j.len() >= n {
+                return j;
+            }
+            assert!(Instant::now() < deadline, "{n} records of {args:?} not journaled (have {j:?}); log:\n{}", c.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let j = mine(&["-c", "org.clearlinux/crash/*", "-i"], 2);
     let sig_of = |e: &serde_json::Value| e["signature"].as_str().map(String::from);
     let sig0 = sig_of(&j[0]).unwrap_or_else(|| panic!("signature of {}", j[0]));
     let sig1 = sig_of(&j[1]).unwrap_or_else(|| panic!("signature of {}", j[1]));
-    assert!(sig0.starts_with("bugs!bug0 | bugs!main"), "{sig0}");
+    assert!(sig0.starts_with("bugs!bug0 | bugs!main"), "{sig0}: {}", j[0]);
     assert!(sig1.starts_with("bugs!bug1 | bugs!main"), "{sig1}");
     let p = j[0]["payload"].as_str().expect("payload kept");
     assert!(p.contains(&format!("\nSignal: 11\nSignature: {sig0}\n\nBacktrace (TID ")), "{p}");
     // Payload format 2: the `signature` field, found the same way.
     c.set("crash_payload_version=2");
     crash(&exe, 0);
-    let same = wait_journal(c, &["--signature", &sig0], 2);
+    let same = mine(&["--signature", &sig0, "-i"], 2);
     assert_eq!(same.len(), 2, "{same:?}");
     assert_eq!(same[1]["payload_format_version"], 2, "{}", same[1]);
     assert_eq!(c.journal(&["--signature", &sig1]).len(), 1);
@@ -275,10 +285,20 @@ fn crash_request_socket_mode_install_and_governor_refusing_cores_before_they_are
     assert_eq!(dumped, [true, true, true, false, false, false], "cores of bug 0");
     // Another bug is still dumped and recorded in full.
     assert!(crash_dumped(&exe, 1), "bug 1 is dumped");
-    let j = wait_journal(c, &["-c", "org.clearlinux/crash/clr"], 4);
-    let sigs: Vec<&str> = j.iter().filter_map(|e| e["signature"].as_str()).collect();
-    assert_eq!(sigs.iter().filter(|s| s.starts_with("bugs!bug0 | bugs!main")).count(), 3, "{sigs:?}");
-    assert_eq!(sigs.iter().filter(|s| s.starts_with("bugs!bug1 | bugs!main")).count(), 1, "{sigs:?}");
+    // (Only this program's signatures: others may crash on the machine.)
+    let count = |sigs: &[String], p: &str| sigs.iter().filter(|s| s.starts_with(p)).count();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let sigs = loop {
+        let j = c.journal(&["-c", "org.clearlinux/crash/clr"]);
+        let sigs: Vec<String> = j.iter().filter_map(|e| e["signature"].as_str().map(String::from)).collect();
+        if count(&sigs, "bugs!bug0 | bugs!main") >= 3 && count(&sigs, "bugs!bug1 | bugs!main") >= 1 {
+            break sigs;
+        }
+        assert!(Instant::now() < deadline, "records not journaled: {sigs:?}; log:\n{}", c.log());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(count(&sigs, "bugs!bug0 | bugs!main"), 3, "{sigs:?}");
+    assert_eq!(count(&sigs, "bugs!bug1 | bugs!main"), 1, "{sigs:?}");
     let out = c.telemctl(&["crash", "uninstall", "--exe", crashprobe.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(std::fs::read_to_string(CORE_PATTERN).unwrap(), before);

@@ -27,6 +27,12 @@ use crate::signature;
 
 /// The table's file name in `state_dir`.
 pub const FILE_NAME: &str = "crash-signatures";
+/// Crash sites: which signature each early key (the top frames' modules
+/// and offsets, unwound from the live process before its core) turned out
+/// to have; written under the table's lock.
+pub const SITES_FILE_NAME: &str = "crash-sites";
+/// Most crash sites kept (the file is emptied beyond).
+pub const MAX_SITES: usize = 4096;
 /// Most signatures the table keeps (the oldest windows go first).
 pub const MAX_ENTRIES: usize = 4096;
 
@@ -142,6 +148,7 @@ pub fn open_for(cfg: &crate::config::Config) -> Option<Governor> {
 #[derive(Debug)]
 pub struct Governor {
     file: Mutex<File>,
+    sites: File,
     path: PathBuf,
     burst: u64,
     window_secs: u64,
@@ -191,7 +198,71 @@ impl Governor {
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&path)
             .map_err(io("open", &path))?;
-        Ok(Governor { file: Mutex::new(file), path, burst, window_secs: window_secs.max(1) })
+        let sites_path = state_dir.join(SITES_FILE_NAME);
+        let sites = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&sites_path)
+            .map_err(io("open", &sites_path))?;
+        Ok(Governor { file: Mutex::new(file), sites, path, burst, window_secs: window_secs.max(1) })
+    }
+
+    /// The signature learned for crash site `key`, if any (under the
+    /// table's lock: call from [`Governor::update`] only).
+    fn site(&self, key: &str) -> Option<String> {
+        let mut raw = Vec::new();
+        let mut r: &File = &self.sites;
+        r.seek(SeekFrom::Start(0)).ok()?;
+        r.take(4 << 20).read_to_end(&mut raw).ok()?;
+        String::from_utf8_lossy(&raw)
+            .lines()
+            .filter_map(|l| l.split_once('\t'))
+            .find(|(k, _)| *k == key)
+            .map(|(_, sig)| sig.to_string())
+    }
+
+    /// Remembers that crash site `key` has signature `sig`.
+    pub fn learn_site(&self, key: &str, sig: &str) -> Result<(), GovernorError> {
+        let clean = |t: &str| t.replace(['\n', '\t'], " ");
+        self.update(|_| {
+            if self.site(key).as_deref() == Some(sig) {
+                return Ok(());
+            }
+            let mut raw = Vec::new();
+            let mut r: &File = &self.sites;
+            r.seek(SeekFrom::Start(0))?;
+            r.take(4 << 20).read_to_end(&mut raw)?;
+            let text = String::from_utf8_lossy(&raw).into_owned();
+            let mut lines: Vec<&str> =
+                text.lines().filter(|l| l.split_once('\t').is_some_and(|(k, _)| k != key)).collect();
+            if lines.len() >= MAX_SITES {
+                lines.clear();
+            }
+            let new_line = format!("{}\t{}", clean(key), clean(sig));
+            lines.push(&new_line);
+            let mut out = lines.join("\n");
+            out.push('\n');
+            let mut w: &File = &self.sites;
+            w.seek(SeekFrom::Start(0))?;
+            w.write_all(out.as_bytes())?;
+            self.sites.set_len(out.len() as u64)
+        })?
+        .map_err(self.io("write the crash sites of"))
+    }
+
+    /// Counts a crash of a known crash site (`key`, unwound before the
+    /// core): `None` when the site is not known yet (the core will tell).
+    pub fn admit_site(&self, key: &str, now: u64) -> Result<Option<(String, Decision, Vec<Repeated>)>, GovernorError> {
+        let found = self.update(|entries| {
+            let sig = self.site(key)?;
+            let (d, r) = self.admit_in(entries, &sig, now);
+            Some((sig, d, r))
+        })?;
+        Ok(found)
     }
 
     fn io(&self, what: &'static str) -> impl FnOnce(std::io::Error) -> GovernorError + '_ {
@@ -244,7 +315,11 @@ impl Governor {
     /// Counts a crash of `sig` at `now` (unix seconds): whether to send its
     /// full record, and the `crash/repeated` reports of windows now over.
     pub fn admit(&self, sig: &str, now: u64) -> Result<(Decision, Vec<Repeated>), GovernorError> {
-        self.update(|entries| {
+        self.update(|entries| self.admit_in(entries, sig, now))
+    }
+
+    fn admit_in(&self, entries: &mut Vec<Entry>, sig: &str, now: u64) -> (Decision, Vec<Repeated>) {
+        {
             let reports = self.take_expired(entries, now);
             let decision = match entries.iter_mut().find(|e| e.signature == sig) {
                 Some(e) if e.full < self.burst => {
@@ -282,7 +357,7 @@ impl Governor {
                 }
             };
             (decision, reports)
-        })
+        }
     }
 
     /// The `crash/repeated` reports of windows over at `now`.
@@ -329,6 +404,21 @@ mod tests {
         // Garbage in the file is skipped.
         std::fs::write(d.path().join(FILE_NAME), "junk\n1\t2\n").unwrap();
         assert_eq!(g.admit("a | b", 1200).unwrap().0, Decision::Full);
+    }
+
+    #[test]
+    fn crash_sites_admit_by_their_learned_signature() {
+        let d = tempfile::tempdir().unwrap();
+        let g = Governor::open(d.path(), 1, 60).unwrap();
+        assert_eq!(g.admit_site("x+0x10 x+0x20", 100).unwrap(), None);
+        assert_eq!(g.admit("sig a", 100).unwrap().0, Decision::Full);
+        g.learn_site("x+0x10 x+0x20", "sig a").unwrap();
+        g.learn_site("y+0x1", "sig b").unwrap();
+        let g = Governor::open(d.path(), 1, 60).unwrap();
+        let (sig, decision, _) = g.admit_site("x+0x10 x+0x20", 101).unwrap().unwrap();
+        assert_eq!((sig.as_str(), decision), ("sig a", Decision::Repeated));
+        assert_eq!(g.admit_site("y+0x1", 101).unwrap().unwrap().1, Decision::Full);
+        assert_eq!(g.sweep(200).unwrap()[0].count, 1);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use crashprobe::config::{Config, CrashConfigError};
+use crashprobe::governor::Decision;
 use crashprobe::handle::{handle, HandleError, Input};
 use crashprobe::install::{self, InstallError, Mode, Paths};
 use crashprobe::serve::ServeError;
@@ -204,7 +205,37 @@ fn run(args: Args) -> Result<(), RunError> {
     // Opened while still root (handle drops privileges); not for a saved
     // core or a printed payload.
     let governor = (!args.core_only && !args.print).then(|| crashprobe::governor::open_for(&cfg)).flatten();
-    let out = handle(&mut stream, &input, &cfg, &unwinder, deadline, governor.as_ref())?;
+    // A crash site the governor knows (its early key, unwound from the live
+    // process) is decided before the core is read: a repeat ends here, and
+    // the kernel's dump with it as stdin closes unread.
+    let mut early = None;
+    let mut counted = false;
+    let mut early_reports = Vec::new();
+    if let (Some(g), Some(pid)) = (&governor, args.pid) {
+        early = crashprobe::request::early_key(pid, args.pidfd, args.dumpable, &unwinder);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        match early.as_deref().map(|k| g.admit_site(k, now)) {
+            Some(Ok(Some((sig, Decision::Repeated, reports)))) => {
+                tracing::info!(pid, signature = %sig, "repeated crash counted; core not read");
+                crashprobe::deliver_repeated(&cfg, args.socket.as_deref(), &reports)?;
+                return Ok(());
+            }
+            Some(Ok(Some((_, Decision::Full, reports)))) => {
+                counted = true;
+                early_reports = reports;
+            }
+            Some(Err(e)) => tracing::warn!(error = %e, "crash governor unavailable; the core decides"),
+            Some(Ok(None)) | None => {}
+        }
+    }
+    let in_core_governor = if counted { None } else { governor.as_ref() };
+    let mut out = handle(&mut stream, &input, &cfg, &unwinder, deadline, in_core_governor)?;
+    out.repeated.extend(early_reports);
+    if let (Some(g), Some(key), Some(sig)) = (&governor, &early, &out.report.signature) {
+        if let Err(e) = g.learn_site(key, sig) {
+            tracing::warn!(error = %e, "crash site not remembered");
+        }
+    }
     tracing::info!(bytes = out.bytes_read, ms = start.elapsed().as_millis() as u64, "core handled");
     let Some(record) = &out.record else { return Ok(()) };
     if args.print {

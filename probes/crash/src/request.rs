@@ -10,24 +10,22 @@
 //! Before answering, crashprobe can name the crash site without its core:
 //! the dumping thread's pc and sp are in `/proc/PID/task/TID/stat` while it
 //! dumps (`kstkeip`, `kstkesp`), its stack in `/proc/PID/mem`, its modules
-//! in `/proc/PID/maps`. Unwinding them gives an *early key* (the same
-//! form as a signature, but from pc and sp only, without the other
-//! registers, so not always the signature the core gives). The server
-//! learns which signature each early key has from the first core of it, and
-//! from then on the crash-loop governor refuses that site's repeated crashes
-//! before any byte of their core is written.
+//! in `/proc/PID/maps`. Unwinding them (no symbols) gives an *early key*:
+//! the top frames' modules and offsets, from pc and sp only (without the
+//! other registers, so not always the frames the core gives). The governor
+//! learns which signature each early key has from the first core of it
+//! ([`crate::governor::Governor::learn_site`]), and from then on refuses that
+//! site's repeated crashes before any byte of their core is written. Pipe
+//! mode uses the same key to stop before reading the core.
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
-use std::time::Instant;
 
 use unwind::{Backtrace, ProcOpener, Registers, StackSnapshot, Unwinder};
 
-use crate::config::Config;
 use crate::procfs;
-use crate::report::{CrashReport, ThreadReport};
 use crate::security;
 
 pub const COREDUMP_KERNEL: u64 = 1 << 0;
@@ -170,31 +168,45 @@ fn pread_all(fd: RawFd, buf: &mut [u8], at: u64) -> usize {
     done
 }
 
-/// The crash's early key from the live process, before its core: `None`
-/// when it cannot be had (not dumpable, no `/proc`, not x86_64, unwinding
-/// found no frame, the deadline passed). The stack is read as root from
-/// `/proc/PID/mem`; it is unwound and symbolized on a thread with the
-/// crashed user's credentials.
-pub fn early_signature(
-    pid: u32,
-    pidfd: Option<RawFd>,
-    cfg: &Config,
-    unwinder: &Arc<Unwinder>,
-    deadline: Instant,
-) -> Option<String> {
-    if !cfg!(target_arch = "x86_64") {
+/// Frames in an early key.
+const KEY_FRAMES: usize = 8;
+/// Stack bytes read for an early key.
+const KEY_STACK: u64 = 64 << 10;
+
+/// The early key of a backtrace: its top frames' modules (file names) and
+/// offsets, no symbols (cheap, and the same across ASLR).
+pub fn key_of(bt: &Backtrace) -> Option<String> {
+    let parts: Vec<String> = bt
+        .frames
+        .iter()
+        .take(KEY_FRAMES)
+        .map(|f| match (f.module.as_deref(), f.module_offset) {
+            (Some(m), Some(o)) => format!("{}+{o:#x}", m.rsplit('/').next().unwrap_or(m)),
+            _ => "???".into(),
+        })
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(" "))
+}
+
+/// The crash's early key from the live (dumping) process, before its core
+/// (pipe mode: while the kernel waits on the pipe; request mode: before
+/// the answer): `None` when it cannot be had (not dumpable, no `/proc`,
+/// not x86_64, no frame). The stack is read as root from `/proc/PID/mem`
+/// and unwound on a thread with the crashed user's credentials.
+pub fn early_key(pid: u32, pidfd: Option<RawFd>, dumpable: Option<u8>, unwinder: &Arc<Unwinder>) -> Option<String> {
+    if !cfg!(target_arch = "x86_64") || dumpable.is_some_and(|d| d != 1) {
         return None;
     }
     let p = procfs::open(pid, pidfd, None).ok()?;
-    if p.proc_owner != p.uid {
+    if dumpable.is_none() && p.proc_owner != p.uid {
         // Not dumpable: its memory is not read.
         return None;
     }
     let maps = p.maps.clone()?;
-    let (tid, pc, sp) = dumping_thread(&p.dir)?;
+    let (_tid, pc, sp) = dumping_thread(&p.dir)?;
     let stack = maps.find(sp)?;
     let start = sp.saturating_sub(128).max(stack.start);
-    let end = stack.end.min(sp.saturating_add(cfg.stack_bytes));
+    let end = stack.end.min(sp.saturating_add(KEY_STACK));
     let c = std::ffi::CString::new("mem").ok()?;
     // SAFETY: openat on the process directory fd we hold.
     let fd = unsafe { libc::openat(p.dir.as_raw_fd(), c.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
@@ -209,7 +221,7 @@ pub fn early_signature(
     let opener = ProcOpener::new(p.dir.try_clone().ok()?);
     opener.preopen(&maps);
     let (uid, gid) = (p.uid, p.gid);
-    let bt: Backtrace = std::thread::scope(|s| {
+    std::thread::scope(|s| {
         s.spawn(|| {
             // SAFETY: geteuid has no preconditions.
             if unsafe { libc::geteuid() } == 0 {
@@ -217,26 +229,10 @@ pub fn early_signature(
             }
             let memory = StackSnapshot::new(start, &bytes);
             let mut session = unwinder.session(&memory, &maps, &opener);
-            let mut bt = session.unwind(&Registers::x86_64(pc, sp, 0));
-            if Instant::now() < deadline {
-                session.symbolize(&mut bt);
-            }
-            Some(bt)
+            key_of(&session.unwind(&Registers::x86_64(pc, sp, 0)))
         })
         .join()
         .ok()
         .flatten()
-    })?;
-    let report = CrashReport {
-        process: p.exe.clone().unwrap_or_default(),
-        pid,
-        signal: 0,
-        signal_code: None,
-        fault_address: None,
-        threads: vec![ThreadReport { tid, crashed: true, backtrace: bt }],
-        errors: vec![],
-        memory_withheld: false,
-        signature: None,
-    };
-    crate::signature::compute(&report)
+    })
 }

@@ -116,7 +116,6 @@ pub fn serve(listener: UnixListener, cfg: Config, collector: Option<PathBuf>, st
     let unwinder = Arc::new(Unwinder::new(cfg.unwind_options()));
     let busy = Arc::new((Mutex::new(0usize), Condvar::new()));
     let governor = crate::governor::open_for(&cfg).map(Arc::new);
-    let learned = Arc::new(Learned::default());
     let mut swept = Instant::now();
     let _ = listener.set_nonblocking(true);
     while !stop.load(Ordering::Relaxed) {
@@ -162,9 +161,9 @@ pub fn serve(listener: UnixListener, cfg: Config, collector: Option<PathBuf>, st
             *n += 1;
         }
         let (cfg, unwinder, busy, collector) = (cfg.clone(), unwinder.clone(), busy.clone(), collector.clone());
-        let (governor, learned) = (governor.clone(), learned.clone());
+        let governor = governor.clone();
         std::thread::spawn(move || {
-            one(conn, &cfg, &unwinder, collector.as_deref(), governor.as_deref(), &learned);
+            one(conn, &cfg, &unwinder, collector.as_deref(), governor.as_deref());
             let (m, cv) = &*busy;
             if let Ok(mut n) = m.lock() {
                 *n -= 1;
@@ -178,36 +177,12 @@ fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-/// Which signature (from a core) each early key (from the live process, in
-/// request mode) turned out to have, so later crashes of the same site are
-/// refused before their core is written. Bounded; forgotten on restart.
-#[derive(Debug, Default)]
-pub struct Learned(Mutex<std::collections::HashMap<String, String>>);
-
-impl Learned {
-    const MAX: usize = 4096;
-
-    fn lookup(&self, early: &str) -> Option<String> {
-        self.0.lock().ok()?.get(early).cloned()
-    }
-
-    fn learn(&self, early: String, signature: String) {
-        if let Ok(mut m) = self.0.lock() {
-            if m.len() >= Self::MAX {
-                m.clear();
-            }
-            m.insert(early, signature);
-        }
-    }
-}
-
 fn one(
     mut conn: UnixStream,
     cfg: &Config,
     unwinder: &Arc<Unwinder>,
     collector: Option<&Path>,
     governor: Option<&Governor>,
-    learned: &Learned,
 ) {
     let deadline = Instant::now() + cfg.budget;
     let cred = peer_cred(&conn);
@@ -234,9 +209,10 @@ fn one(
             return;
         }
     };
+    let governor_all = governor;
     let mut governor = governor;
     let mut early_reports = Vec::new();
-    let mut early = None;
+    let mut early: Option<String> = None;
     match opening {
         request::Opening::Closed => {
             tracing::debug!(pid, "connection closed without a core (a check that the socket is served)");
@@ -254,13 +230,10 @@ fn one(
             // The governor decides before the kernel writes a byte of the
             // core, once a core has shown which signature this crash site
             // (its early key, from the live process) has.
-            early = governor
-                .filter(|_| input.dumpable != Some(2))
-                .and_then(|_| request::early_signature(pid, input.pidfd, cfg, unwinder, deadline));
-            let known = early.as_ref().and_then(|e| learned.lookup(e));
-            if let (Some(g), Some(sig)) = (governor, &known) {
-                match g.admit(sig, unix_now()) {
-                    Ok((decision, reports)) => {
+            early = governor.and_then(|_| request::early_key(pid, input.pidfd, input.dumpable, unwinder));
+            if let (Some(g), Some(key)) = (governor, &early) {
+                match g.admit_site(key, unix_now()) {
+                    Ok(Some((sig, decision, reports))) => {
                         early_reports = reports;
                         if decision == Decision::Repeated {
                             tracing::info!(pid, signature = %sig, "repeated crash counted; core refused");
@@ -275,6 +248,7 @@ fn one(
                         // Counted here: the core is not counted again.
                         governor = None;
                     }
+                    Ok(None) => {}
                     Err(e) => tracing::warn!(error = %e, "crash governor unavailable; the core decides"),
                 }
             }
@@ -291,8 +265,10 @@ fn one(
     match handle(&mut stream, &input, cfg, unwinder, deadline, governor) {
         Ok(mut out) => {
             out.repeated.extend(early_reports);
-            if let (Some(e), Some(sig)) = (early, &out.report.signature) {
-                learned.learn(e, sig.clone());
+            if let (Some(g), Some(key), Some(sig)) = (governor_all, &early, &out.report.signature) {
+                if let Err(e) = g.learn_site(key, sig) {
+                    tracing::warn!(error = %e, "crash site not remembered");
+                }
             }
             if let Err(e) = crate::deliver(cfg, collector, &out) {
                 tracing::error!(pid, error = %e, "crash record not delivered");

@@ -12,7 +12,7 @@
 //! | `crash_debug_lines` | `false` | also file:line from separate debug files (`/usr/lib/debug`, found by build-id or debug link); `false` takes only their symbol names: decoding libc's compressed DWARF costs ~50 ms and ~35 MB per crash in pipe mode. The crashed program's own DWARF is always used |
 //! | `crash_signature_burst` | 3 | crash-loop governor: full records per crash signature per window; beyond it crashes are only counted (one `crash/repeated` record per window); -1 turns the governor off |
 //! | `crash_signature_window` | 60 | the governor's window, in minutes (or seconds with an `s` suffix: `90s`), from 1 s to 7 days |
-//! | `state_dir` | `/var/lib/telemetry` | where the governor keeps its counts (`crash-signatures`), as the collector keeps its state |
+//! | `state_dir` | `/var/lib/telemetry` | where the governor keeps its counts (`crash-signatures`) and which signature each crash site has (`crash-sites`), as the collector keeps its state |
 //! | `socket_path` | `/run/telem-0` | the collector (as every probe) |
 
 use std::path::Path;

@@ -12,6 +12,12 @@
 //! clock unix seconds, so windows carry across reboots. The file is opened
 //! while the handler is still root, before it drops privileges.
 //!
+//! Crash sites (`STATE_DIR/crash-sites`, same lock): the signature each
+//! early key ([`crate::request::early_key`]: the top frames' modules and
+//! offsets, unwound from the live process) turned out to have, so a
+//! repeated crash of a known site is decided before its core is read (pipe
+//! mode) or written (`@@` mode).
+//!
 //! A window's `crash/repeated` record is sent once the window is over, by
 //! the next crashprobe that handles a crash of any signature, and by
 //! `crashprobe --serve` (which looks every few seconds).

@@ -212,7 +212,7 @@ fn run(args: Args) -> Result<(), RunError> {
     let mut counted = false;
     let mut early_reports = Vec::new();
     if let (Some(g), Some(pid)) = (&governor, args.pid) {
-        early = crashprobe::request::early_key(pid, args.pidfd, args.dumpable, &unwinder);
+        early = crashprobe::request::early_key(pid, args.pidfd, args.time, args.dumpable, &unwinder);
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         match early.as_deref().map(|k| g.admit_site(k, now)) {
             Some(Ok(Some((sig, Decision::Repeated, reports)))) => {

@@ -193,11 +193,18 @@ pub fn key_of(bt: &Backtrace) -> Option<String> {
 /// the answer): `None` when it cannot be had (not dumpable, no `/proc`,
 /// not x86_64, no frame). The stack is read as root from `/proc/PID/mem`
 /// and unwound on a thread with the crashed user's credentials.
-pub fn early_key(pid: u32, pidfd: Option<RawFd>, dumpable: Option<u8>, unwinder: &Arc<Unwinder>) -> Option<String> {
+pub fn early_key(
+    pid: u32,
+    pidfd: Option<RawFd>,
+    dump_time: Option<u64>,
+    dumpable: Option<u8>,
+    unwinder: &Arc<Unwinder>,
+) -> Option<String> {
     if !cfg!(target_arch = "x86_64") || dumpable.is_some_and(|d| d != 1) {
         return None;
     }
-    let p = procfs::open(pid, pidfd, None).ok()?;
+    // Bound to the crashed process (pidfd, else start time) as for the core.
+    let p = procfs::open(pid, pidfd, dump_time).ok()?;
     if dumpable.is_none() && p.proc_owner != p.uid {
         // Not dumpable: its memory is not read.
         return None;

@@ -230,7 +230,7 @@ fn one(
             // The governor decides before the kernel writes a byte of the
             // core, once a core has shown which signature this crash site
             // (its early key, from the live process) has.
-            early = governor.and_then(|_| request::early_key(pid, input.pidfd, input.dumpable, unwinder));
+            early = governor.and_then(|_| request::early_key(pid, input.pidfd, None, input.dumpable, unwinder));
             if let (Some(g), Some(key)) = (governor, &early) {
                 match g.admit_site(key, unix_now()) {
                     Ok(Some((sig, decision, reports))) => {

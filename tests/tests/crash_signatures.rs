@@ -347,3 +347,59 @@ fn crash_request_mode_the_kernel_waits_for_the_answer() {
     assert_eq!(st.signal(), Some(11));
     assert!(!st.core_dumped(), "refused: no core");
 }
+
+#[test]
+fn crash_loop_governor_pipe_mode_window_reported_by_sweep() {
+    // Pipe mode alone (no server): the count of a window that is over is
+    // sent by `crashprobe --sweep` (the timer in dist/), or by the next
+    // handled crash.
+    let Some(w) = setup(
+        "crash_loop_governor_pipe_mode_window_reported_by_sweep",
+        "crash_signature_burst=1\ncrash_signature_window=2s\n",
+    ) else {
+        return;
+    };
+    let c = &w.collector;
+    let exe = bugs(w.tmp.path());
+    w.guard.set(CORE_PATTERN, &pipe_pattern(&c.conf));
+    for _ in 0..4 {
+        crash(&exe, 0);
+    }
+    let crashprobe = e2e::bin("crashprobe");
+    let sweep =
+        || Command::new(&crashprobe).arg("--sweep").arg("-f").arg(&c.conf).output().expect("crashprobe --sweep");
+    // Once the window (2 s from the first crash; a slow machine may need
+    // more than one) is over, a sweep sends its count: full records and
+    // counts add up to the 4 crashes.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (full, repeated) = loop {
+        let out = sweep();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let repeated: Vec<(String, u64)> = c
+            .journal(&["-c", "org.clearlinux/crash/repeated", "-i"])
+            .iter()
+            .map(repeated_count)
+            .filter(|(s, _)| s.starts_with("bugs!bug0 |"))
+            .collect();
+        let full = c
+            .journal(&["-c", "org.clearlinux/crash/clr", "-i"])
+            .iter()
+            .filter(|e| e["signature"].as_str().is_some_and(|s| s.starts_with("bugs!bug0 |")))
+            .count() as u64;
+        if full + repeated.iter().map(|(_, n)| n).sum::<u64>() == 4 {
+            break (full, repeated);
+        }
+        assert!(Instant::now() < deadline, "counts do not add up: {full} full, {repeated:?}; log:\n{}", c.log());
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(!repeated.is_empty() && full <= repeated.len() as u64 + 1, "{full} full, {repeated:?}");
+    // Sent once: a later sweep adds none for this signature.
+    assert!(sweep().status.success());
+    let again = c
+        .journal(&["-c", "org.clearlinux/crash/repeated", "-i"])
+        .iter()
+        .map(repeated_count)
+        .filter(|(s, _)| s.starts_with("bugs!bug0 |"))
+        .count();
+    assert_eq!(again, repeated.len());
+}

@@ -19,8 +19,9 @@
 //! mode) or written (`@@` mode).
 //!
 //! A window's `crash/repeated` record is sent once the window is over, by
-//! the next crashprobe that handles a crash of any signature, and by
-//! `crashprobe --serve` (which looks every few seconds).
+//! the next crashprobe that handles a crash of any signature, by
+//! `crashprobe --serve` (which looks every few seconds), and by
+//! `crashprobe --sweep` (dist/telem-crashprobe-sweep.timer).
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};

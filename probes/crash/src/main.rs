@@ -88,6 +88,11 @@ struct Args {
     /// Show the current core_pattern and whether --install set it.
     #[arg(long)]
     status: bool,
+    /// Send the `crash/repeated` records of crash-loop governor windows that
+    /// are over, then exit (pipe mode sends them only when a later crash is
+    /// handled; dist/telem-crashprobe-sweep.timer runs this).
+    #[arg(long, conflicts_with_all = ["serve", "install", "uninstall", "status"])]
+    sweep: bool,
     /// State file of --install, --uninstall and --status.
     #[arg(long, value_name = "FILE", default_value = install::DEFAULT_STATE)]
     state_file: PathBuf,
@@ -106,6 +111,8 @@ enum RunError {
     Handle(#[from] HandleError),
     #[error(transparent)]
     Send(#[from] SendError),
+    #[error(transparent)]
+    Governor(#[from] crashprobe::governor::GovernorError),
     #[error("pipe mode needs -P PID (core_pattern %P), or --core-only for a saved core")]
     NoPid,
     #[error("cannot {what}: {source}")]
@@ -175,6 +182,17 @@ fn run(args: Args) -> Result<(), RunError> {
         return Ok(());
     }
     let cfg = Config::load(args.config.as_deref())?;
+    if args.sweep {
+        let Some(g) = crashprobe::governor::open_for(&cfg) else {
+            println!("no crash-loop governor (crash_signature_burst = -1, or its state cannot be opened)");
+            return Ok(());
+        };
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let reports = g.sweep(now)?;
+        crashprobe::deliver_repeated(&cfg, args.socket.as_deref(), &reports)?;
+        println!("{} crash/repeated record(s) sent", reports.len());
+        return Ok(());
+    }
     if let Some(sock) = &args.serve {
         let l = crashprobe::serve::bind(sock)?;
         crashprobe::serve::serve(l, cfg, args.socket.clone(), Arc::new(AtomicBool::new(false)));

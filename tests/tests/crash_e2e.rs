@@ -43,8 +43,10 @@ fn world_with(extra: &str, behaviour: Behaviour) -> World {
     std::fs::write(
         &config,
         format!(
-            "[settings]\nsocket_path={}\ncrash_third_party=unwind\ncrash_system_prefixes={}/\ncrash_payload_version=2\n{extra}",
+            "[settings]\nsocket_path={}\ncrash_third_party=unwind\ncrash_system_prefixes={}/\ncrash_payload_version=2\n\
+             state_dir={}/state\n{extra}",
             receiver.path.display(),
+            dir.path().display(),
             dir.path().display()
         ),
     )
@@ -92,6 +94,65 @@ fn crash(exe: &Path, uid: Option<u32>) -> u32 {
     assert!(st.signal().is_some(), "{} exited with {st} instead of crashing", exe.display());
     assert!(st.core_dumped(), "{} was not dumped ({st})", exe.display());
     pid
+}
+
+/// As [`crash`], with arguments.
+fn crash_args(exe: &Path, args: &[&str]) -> u32 {
+    let mut c = Command::new(exe);
+    c.args(args).stdout(Stdio::null()).stderr(Stdio::null());
+    let mut child = dumps_core(&mut c, None).spawn().expect("spawn crashing program");
+    let pid = child.id();
+    let st = wait_timeout(&mut child, Duration::from_secs(40)).expect("crashing program did not finish");
+    assert!(st.core_dumped(), "{} {args:?} was not dumped ({st})", exe.display());
+    pid
+}
+
+/// Starts `crashprobe --serve SOCK -f CONFIG` and waits for its socket.
+fn serve(sock: &Path, config: &Path) -> KillOnDrop {
+    let server = Command::new(crashprobe())
+        .arg("--serve")
+        .arg(sock)
+        .arg("-f")
+        .arg(config)
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start crashprobe --serve");
+    let server = KillOnDrop(server);
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while !sock.exists() && std::time::Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(sock.exists(), "server socket {}", sock.display());
+    server
+}
+
+/// Waits for `n` records of programs under the test's directory (other
+/// programs may crash on the machine meanwhile, through the same
+/// core_pattern), in arrival order.
+fn records_of_mine(w: &World, n: usize) -> Vec<e2e::receiver::Received> {
+    let dir = w.dir.path().display().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mine: Vec<_> = w
+            .receiver
+            .records()
+            .into_iter()
+            .filter(|r| {
+                serde_json::from_str::<Value>(&r.record.payload.to_text_lossy())
+                    .is_ok_and(|v| v["process"].as_str().is_some_and(|p| p.starts_with(&dir)))
+            })
+            .collect();
+        if mine.len() >= n || std::time::Instant::now() > deadline {
+            return mine;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The `signature` of a v2 payload.
+fn signature_of(r: &e2e::receiver::Received) -> String {
+    let v: Value = serde_json::from_str(&r.record.payload.to_text_lossy()).expect("json payload");
+    v["signature"].as_str().unwrap_or_else(|| panic!("no signature in {v}")).to_string()
 }
 
 fn wait_timeout(c: &mut Child, t: Duration) -> Option<std::process::ExitStatus> {
@@ -185,8 +246,12 @@ fn crash_c_o0_frame_pointers_pipe_mode_v1_and_event_id() {
     assert_eq!(r.severity.as_u8(), 3);
     assert_eq!(r.payload_format_version, 1);
     let text = r.payload.to_text_lossy();
-    let expected_head = format!("Process: {}\nPID: {pid}\nSignal: 11\n\nBacktrace (TID {pid}):\n", exe.display());
+    let expected_head = format!(
+        "Process: {}\nPID: {pid}\nSignal: 11\nSignature: segv!level3 | segv!level2 | segv!level1 @ segv+0x",
+        exe.display()
+    );
     assert!(text.starts_with(&expected_head), "payload:\n{text}");
+    assert!(text.contains(&format!("\n\nBacktrace (TID {pid}):\n#0 level3() - [")), "{text}");
     let segv = exe.display().to_string();
     assert!(text.contains(&format!("#0 level3() - [{segv}] - ")), "{text}");
     assert!(text.contains(&format!("#3 main() - [{segv}] - ")), "{text}");
@@ -334,6 +399,9 @@ fn crash_cpp_uncaught_exception_with_inlined_function() {
     let inl = p["inlined"].as_array().expect("inlined");
     assert!(inl.iter().any(|s| s["function"] == "app::validate"), "inlined app::validate: {p}");
     assert!(f.iter().position(|x| x == "__cxa_throw") < f.iter().position(|x| x == "app::process"));
+    // The signature skips abort, std::terminate and __cxa_throw.
+    let sig = v["signature"].as_str().expect("signature");
+    assert!(sig.starts_with("thrower!app::validate | thrower!app::process | "), "{sig}");
     assert_eq!(t["end"], "outermost", "{t}");
 }
 
@@ -352,6 +420,9 @@ fn crash_rust_panic_abort() {
     let i = f.iter().position(|x| x == "panic::parse_config").unwrap_or_else(|| panic!("parse_config in {f:?}"));
     assert!(f[i + 1..].iter().any(|x| x == "panic::main"), "{f:?}");
     assert!(f.iter().any(|x| x.starts_with("core::panicking::")), "{f:?}");
+    // The signature skips abort and the panic runtime.
+    let sig = v["signature"].as_str().expect("signature");
+    assert!(sig.starts_with("rustpanic!panic::parse_config | "), "{sig}");
 }
 
 #[test]
@@ -437,6 +508,20 @@ fn crash_non_dumpable_process_gets_no_memory_content() {
     assert_eq!(frames[0]["source"], "context");
     assert!(v["errors"].to_string().contains("not dumpable"), "{v}");
     assert_eq!(r.record.classification.as_str(), "org.clearlinux/crash/error");
+    // The same through the socket, request/ack (`@@`) and plain (`@`): the
+    // kernel says through the peer's pidfd that it dumps as root; notes
+    // only, no memory.
+    let sock = w.dir.path().join("nd.sock");
+    let _server = serve(&sock, &w.config);
+    for (n, prefix) in [(2, "@@"), (3, "@")] {
+        g.set(CORE_PATTERN, &format!("{prefix}{}", sock.display()));
+        crash(&exe, None);
+        let got = w.receiver.wait_for(n, Duration::from_secs(30));
+        assert_eq!(got.len(), n, "{prefix}: errors: {:?}", w.receiver.errors());
+        let v: Value = serde_json::from_str(&got[n - 1].record.payload.to_text_lossy()).expect("json");
+        assert_eq!(v["memory_withheld"], true, "{prefix}: {v}");
+        assert_eq!(crashed_thread(&v)["frames"].as_array().map(Vec::len), Some(1), "{prefix}: {v}");
+    }
 }
 
 #[test]
@@ -535,4 +620,151 @@ fn crash_budget_runs_out_and_partial_record_is_sent() {
     let v: Value = serde_json::from_str(&got[0].record.payload.to_text_lossy()).expect("json");
     assert_eq!(v["partial"], true);
     assert!(v["errors"].to_string().contains("budget"), "{v}");
+}
+
+#[test]
+fn crash_unsymbolized_frames_written_as_the_original_v1() {
+    // A stripped program without exported symbols: its frames have a
+    // module and an offset but no function; the original writes them
+    // `#N ??? - [module]`, which the original backend's grouping skips.
+    let Some((_l, g, w)) = setup("crash_payload_version=1\n") else { return };
+    let exe = compile_c(w.dir.path(), "segv.c", "segvstrip", &["-O2"]);
+    let st = Command::new("strip").arg("--strip-all").arg(&exe).status().expect("strip");
+    assert!(st.success());
+    g.set(CORE_PATTERN, &pipe_pattern(&w.config));
+    crash(&exe, None);
+    let got = w.receiver.wait_for(1, Duration::from_secs(30));
+    assert_eq!(got.len(), 1, "errors: {:?}", w.receiver.errors());
+    let text = got[0].record.payload.to_text_lossy().into_owned();
+    let segv = exe.display().to_string();
+    assert!(text.contains(&format!("\n#0 ??? - [{segv}]\n")), "{text}");
+    assert!(text.contains(&format!("\n#1 ??? - [{segv}]\n")), "{text}");
+    assert!(!text.contains("???()"), "no `???()` frames: {text}");
+    // libc's exported functions are still named.
+    assert!(text.contains("() - [libc.so.6]"), "{text}");
+}
+
+#[test]
+fn crash_signatures_stable_under_aslr_distinct_per_bug_shared_by_stripped_build() {
+    let Some((_l, g, w)) = setup("crash_signature_burst=1000\n") else { return };
+    assert_eq!(std::fs::read_to_string("/proc/sys/kernel/randomize_va_space").unwrap().trim(), "2", "ASLR on");
+    std::fs::create_dir(w.dir.path().join("a")).unwrap();
+    std::fs::create_dir(w.dir.path().join("b")).unwrap();
+    let exe = compile_c(&w.dir.path().join("a"), "bugs.c", "bugs", &["-O0", "-g", "-fPIE", "-pie"]);
+    let stripped = w.dir.path().join("b/bugs");
+    let st = Command::new("strip").arg("--strip-all").arg("-o").arg(&stripped).arg(&exe).status().expect("strip");
+    assert!(st.success());
+    // 100 runs of one bug: 50 through the pipe, 50 through the socket.
+    g.set(CORE_PATTERN, &pipe_pattern(&w.config));
+    for _ in 0..50 {
+        crash_args(&exe, &["0"]);
+    }
+    let sock = w.dir.path().join("crash.sock");
+    let _server = serve(&sock, &w.config);
+    g.set(CORE_PATTERN, &format!("@{}", sock.display()));
+    for _ in 0..50 {
+        crash_args(&exe, &["0"]);
+    }
+    let got = records_of_mine(&w, 100);
+    assert_eq!(got.len(), 100, "errors: {:?}", w.receiver.errors());
+    let sigs: std::collections::BTreeSet<String> = got.iter().map(signature_of).collect();
+    assert_eq!(sigs.len(), 1, "one bug, one signature: {sigs:?}");
+    let sig0 = sigs.into_iter().next().unwrap();
+    assert!(sig0.starts_with("bugs!bug0 | bugs!main | libc.so.6!"), "{sig0}");
+    // ASLR did move the program: the crashing pc differs between runs.
+    let pcs: std::collections::BTreeSet<String> = got
+        .iter()
+        .map(|r| {
+            let v: Value = serde_json::from_str(&r.record.payload.to_text_lossy()).unwrap();
+            v["threads"][0]["frames"][0]["pc"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert!(pcs.len() > 1, "ASLR moved the program between runs: {pcs:?}");
+    // Ten bugs, ten signatures (socket mode still installed).
+    for i in 1..10 {
+        crash_args(&exe, &[&i.to_string()]);
+    }
+    let got = records_of_mine(&w, 109);
+    assert_eq!(got.len(), 109, "errors: {:?}", w.receiver.errors());
+    let ten: Vec<String> = std::iter::once(sig0.clone()).chain(got[100..].iter().map(signature_of)).collect();
+    let distinct: std::collections::BTreeSet<&String> = ten.iter().collect();
+    assert_eq!(distinct.len(), 10, "ten bugs, ten signatures: {ten:#?}");
+    for (i, s) in ten.iter().enumerate() {
+        assert!(s.contains(&format!("bugs!bug{i}")), "bug {i}: {s}");
+        assert!(!s.contains("abort") && !s.contains("raise") && !s.contains("assert"), "plumbing skipped: {s}");
+    }
+    // The stripped build of the same bug: no names, the same location.
+    crash_args(&stripped, &["0"]);
+    let got = records_of_mine(&w, 110);
+    assert_eq!(got.len(), 110, "errors: {:?}", w.receiver.errors());
+    let s = signature_of(&got[109]);
+    assert!(s.starts_with("bugs+0x"), "stripped: {s}");
+    let loc = |s: &str| s.rsplit_once(" @ ").map(|(_, l)| l.to_string()).unwrap_or_else(|| panic!("location in {s}"));
+    assert_eq!(loc(&s), loc(&sig0), "stripped {s} and unstripped {sig0} share module+offset");
+    assert!(s.starts_with(&format!("{} |", loc(&sig0))), "{s}");
+}
+
+#[test]
+fn core_only_reads_a_core_saved_by_gdb() {
+    // gdb writes the notes after the memory; `--core-only < FILE` reads
+    // them first. (No core_pattern here: gdb catches the crash.)
+    let w = world("");
+    let exe = compile_c(w.dir.path(), "segv.c", "segvgdb", &["-O2", "-g"]);
+    let core = w.dir.path().join("gdb.core");
+    let out = Command::new("gdb")
+        .args(["-nx", "-q", "-batch", "-ex", "run", "-ex"])
+        .arg(format!("generate-core-file {}", core.display()))
+        .arg("--args")
+        .arg(&exe)
+        .output()
+        .expect("run gdb (cargo xtask test installs it)");
+    assert!(core.exists(), "gdb saved no core: {}", String::from_utf8_lossy(&out.stderr));
+    // The notes really come after the memory.
+    let elf = std::fs::read(&core).expect("read core");
+    let phoff = u64::from_le_bytes(elf[32..40].try_into().unwrap()) as usize;
+    let phnum = u16::from_le_bytes(elf[56..58].try_into().unwrap()) as usize;
+    let (mut note_off, mut first_load) = (0u64, u64::MAX);
+    for i in 0..phnum {
+        let ph = &elf[phoff + 56 * i..phoff + 56 * (i + 1)];
+        let off = u64::from_le_bytes(ph[8..16].try_into().unwrap());
+        match u32::from_le_bytes(ph[0..4].try_into().unwrap()) {
+            4 => note_off = off,
+            1 => first_load = first_load.min(off),
+            _ => {}
+        }
+    }
+    assert!(note_off > first_load, "gdb's notes at {note_off:#x}, memory from {first_load:#x}");
+    let run = |stdin: Stdio| {
+        Command::new(crashprobe())
+            .args(["--core-only", "--print", "-f"])
+            .arg(&w.config)
+            .stdin(stdin)
+            .output()
+            .expect("run crashprobe --core-only")
+    };
+    let out = run(Stdio::from(std::fs::File::open(&core).expect("open core")));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let json = stdout.lines().next().expect("payload line");
+    let v: Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_levels(&v, &exe, true);
+    assert_eq!(v["partial"], false, "{v}");
+    assert!(stdout.contains("classification: org.clearlinux/crash/clr "), "{stdout}");
+    // Through a pipe the notes cannot be read first: said, not guessed.
+    let mut child = Command::new(crashprobe())
+        .args(["--core-only", "--print", "-f"])
+        .arg(&w.config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn crashprobe");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        let _ = stdin.write_all(&elf);
+    });
+    let out = child.wait_with_output().expect("crashprobe output");
+    let _ = writer.join();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("give the core as a file"), "{stdout}");
 }

@@ -35,7 +35,11 @@ fn same_crash_same_event_id_as_crashprobe() {
     let rx = Receiver::start_at(&dir.path().join("telem.sock"), Behaviour::default());
     std::fs::set_permissions(&rx.path, std::fs::Permissions::from_mode(0o666)).expect("chmod socket");
     let config = dir.path().join("c.conf");
-    std::fs::write(&config, format!("[settings]\nsocket_path={}\n", rx.path.display())).expect("write config");
+    std::fs::write(
+        &config,
+        format!("[settings]\nsocket_path={}\nstate_dir={}\n", rx.path.display(), dir.path().join("state").display()),
+    )
+    .expect("write config");
     let src = dir.path().join("both.c");
     std::fs::write(&src, CRASH_C).expect("write both.c");
     let exe = dir.path().join("ev-both");

@@ -11,7 +11,9 @@
 //! reader that only splices to /dev/null). Then real crashes: crashprobe
 //! installed as core_pattern, sending to a real collector, timed from the
 //! crashing program's last instruction to the moment the kernel lets its
-//! parent reap it (which waits for the handler). Needs root.
+//! parent reap it (which waits for the handler). Then the crash-loop
+//! storm and the 16-thread `@@` crash (bench_storm.rs; `--storm-secs N`,
+//! default 60; `--storm-only` runs only those). Needs root.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -109,7 +111,7 @@ const CASES: &[Case] = &[
     },
 ];
 
-pub fn main(_args: &[String]) -> Result<(), String> {
+pub fn main(args: &[String]) -> Result<(), String> {
     crate::install::ensure_apt(&["gcc", "binutils", "time", "libc6-dbg"])?;
     util::cargo(&["build", "--release", "-p", "crashprobe", "-p", "telem-collector"])?;
     let target_dir =
@@ -117,6 +119,9 @@ pub fn main(_args: &[String]) -> Result<(), String> {
     let probe = target_dir.join("release/crashprobe");
     if !probe.exists() {
         return Err(format!("{} was not built", probe.display()));
+    }
+    if args.iter().any(|a| a == "--storm-only") {
+        return crate::bench_storm::main(&probe, &target_dir.join("release/telem-collector"), args);
     }
     let dir = std::env::temp_dir().join("telemetrics-bench-crash");
     make_cores(&dir)?;
@@ -129,6 +134,8 @@ pub fn main(_args: &[String]) -> Result<(), String> {
     println!();
     println!("== real crashes through core_pattern (default settings)");
     live(&probe, &target_dir.join("release/telem-collector"), &dir)?;
+    println!();
+    crate::bench_storm::main(&probe, &target_dir.join("release/telem-collector"), args)?;
     for (label, conf) in [
         ("default settings (libc named from its /usr/lib/debug symbol table)", &conf),
         ("crash_debug_lines=true (also file:line from libc's compressed DWARF)", &lines),
@@ -324,7 +331,8 @@ fn live(probe: &Path, collector: &Path, dir: &Path) -> Result<(), String> {
         &conf,
         format!(
             "[settings]\nsocket_path={}\nspool_dir={}\njournal_dir={}\nstate_dir={}\netc_dir={}\n\
-             record_retention_enabled=true\nrate_limit_enabled=false\ncrash_third_party=unwind\ncrash_payload_version=1\n",
+             record_retention_enabled=true\nrate_limit_enabled=false\ncrash_third_party=unwind\ncrash_payload_version=1\n\
+             crash_signature_burst=-1\n",
             sock.display(),
             live.join("spool").display(),
             live.join("journal").display(),

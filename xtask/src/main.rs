@@ -10,6 +10,7 @@ mod bench_collector;
 mod bench_crash;
 mod bench_events;
 mod bench_kernel;
+mod bench_storm;
 mod ebpf;
 mod install;
 mod run;
@@ -25,7 +26,8 @@ commands:
   lint                 cargo fmt --check, clippy -D warnings, cargo deny (as `test` runs them)
   run [--server URL]   run the collector on a local default with the probes (see README)
   build-ebpf           install the eBPF toolchain if missing and build probe-ebpf/
-  bench [WHAT]         run benchmarks (framing, collector, crash, events, kernel; all by default)
+  bench [WHAT]         run benchmarks (framing, collector, crash, events, kernel; all by default;
+                       crash takes --storm-secs N and --storm-only)
   fuzz [--secs N]      run each fuzz target for N seconds (default 60)
   setup                only install what is missing
 

@@ -90,12 +90,13 @@ fn json_frames(v: &Value, max: usize) -> Vec<String> {
         .enumerate()
         .map(|(i, f)| {
             let s = |k: &str| f.get(k).and_then(Value::as_str);
-            let mut line = format!(
-                "#{} {}() - [{}]",
-                f.get("index").and_then(Value::as_u64).unwrap_or(i as u64),
-                s("function").unwrap_or("???"),
-                s("module").unwrap_or("???")
-            );
+            let n = f.get("index").and_then(Value::as_u64).unwrap_or(i as u64);
+            // As crashprobe's format 1 (the original's text).
+            let mut line = match (s("function"), s("module")) {
+                (_, None) => format!("#{n} (no symbols)"),
+                (None, Some(m)) => format!("#{n} ??? - [{m}]"),
+                (Some(func), Some(m)) => format!("#{n} {func}() - [{m}]"),
+            };
             if let (Some(file), Some(n)) = (s("file"), f.get("line").and_then(Value::as_u64)) {
                 line.push_str(&format!(" - {file}:{n}"));
             }
@@ -129,7 +130,7 @@ mod tests {
         let p = r#"{"payload_format":2,"process":"/x","threads":[
             {"tid":2,"crashed":false,"frames":[{"index":0,"function":"idle","module":"/x"}]},
             {"tid":1,"crashed":true,"frames":[{"index":0,"function":"boom","module":"/x","file":"x.c","line":4},{"index":1,"module":"libc.so.6"}]}]}"#;
-        assert_eq!(top_frames(p, MAX_FRAMES), ["#0 boom() - [/x] - x.c:4", "#1 ???() - [libc.so.6]"]);
+        assert_eq!(top_frames(p, MAX_FRAMES), ["#0 boom() - [/x] - x.c:4", "#1 ??? - [libc.so.6]"]);
     }
 
     #[test]

@@ -105,8 +105,9 @@ enum CrashCmd {
     /// core_pipe_limit. In pipe mode the pattern names the configuration
     /// file given with -f, so the handler finds the collector.
     Install {
-        /// Socket mode: core_pattern `@SOCKET`, served by `crashprobe --serve SOCKET`
-        /// (kernel 6.16+). Without a value: /run/telemetrics/crash.sock.
+        /// Socket mode: core_pattern `@@SOCKET` (kernel 6.17+; `@SOCKET` on 6.16),
+        /// served by `crashprobe --serve SOCKET`, which must already run (else this
+        /// refuses). Without a value: /run/telemetrics/crash.sock.
         #[arg(long = "crash-socket", alias = "socket", value_name = "SOCKET", num_args = 0..=1)]
         crash_socket: Option<Option<PathBuf>>,
     },
@@ -133,7 +134,12 @@ struct JournalArgs {
     /// Include the payload (kept unless record_retention_enabled=false).
     #[arg(short = 'i', long = "include-payload")]
     include_payload: bool,
-    /// Verbose: a column header and the total count.
+    /// Only crash records of this crash signature (exactly as shown by -V:
+    /// crashprobe's `Signature:` line or `signature` field of the payload).
+    #[arg(long = "signature", value_name = "SIG")]
+    signature: Option<String>,
+    /// Verbose: a column header, each crash record's signature under it,
+    /// and the total count.
     #[arg(short = 'V', long = "verbose")]
     verbose: bool,
     /// One JSON object per record.
@@ -354,7 +360,41 @@ fn print_status(s: &telem_collector::stats::Status) {
     }
 }
 
-fn line(m: &Merged, payload: bool) -> String {
+/// The crash signature of a journaled record, derived from its payload when
+/// read (the journal's format has no field for it): crashprobe's
+/// `Signature:` line (payload format 1, and `crash/repeated` records) or the
+/// `signature` field (format 2). `None` without a kept payload.
+fn signature(e: &journal::Entry) -> Option<String> {
+    let p = e.payload.as_deref()?;
+    if p.trim_start().starts_with('{') {
+        let v: serde_json::Value = serde_json::from_str(p).ok()?;
+        return v.get("signature")?.as_str().map(String::from);
+    }
+    // In the header lines, before the first blank line.
+    p.lines().take_while(|l| !l.is_empty()).find_map(|l| l.strip_prefix("Signature: ")).map(|s| s.trim().to_string())
+}
+
+/// `filter`, and the signature (when one is asked for).
+fn matches(filter: &Filter, want: Option<&str>, m: &Merged) -> bool {
+    filter.matches(m) && want.is_none_or(|w| signature(&m.entry).as_deref() == Some(w))
+}
+
+/// One record as `--json` prints it: the entry, with its derived
+/// `signature` when it has one.
+fn json_line(m: &Merged, payload: bool) -> String {
+    let sig = signature(&m.entry);
+    let mut m = m.clone();
+    if !payload {
+        m.entry.payload = None;
+    }
+    let mut v = serde_json::to_value(&m).unwrap_or_default();
+    if let (Some(sig), Some(o)) = (sig, v.as_object_mut()) {
+        o.insert("signature".into(), sig.into());
+    }
+    v.to_string()
+}
+
+fn line(m: &Merged, payload: bool, verbose: bool) -> String {
     let e = &m.entry;
     let mut s = format!(
         "{} {} {} {} {} {}",
@@ -365,6 +405,12 @@ fn line(m: &Merged, payload: bool) -> String {
         e.boot.as_deref().unwrap_or("-"),
         e.fate
     );
+    if verbose {
+        if let Some(sig) = signature(e) {
+            s.push_str("\n    signature: ");
+            s.push_str(&sig);
+        }
+    }
     if payload {
         match &e.payload {
             Some(p) => {
@@ -392,19 +438,15 @@ fn journal_cmd(cfg: &Config, j: &JournalArgs) -> ExitCode {
         Err(e) => return fail(e),
     };
     if j.verbose && !j.json {
-        println!("Record ID, Time (UTC), Classification, Event ID, Boot ID, Fate");
+        println!("Record ID, Time (UTC), Classification, Event ID, Boot ID, Fate (and a crash's signature)");
     }
     let mut n = 0usize;
-    for m in all.iter().filter(|m| filter.matches(m)) {
+    for m in all.iter().filter(|m| matches(&filter, j.signature.as_deref(), m)) {
         n += 1;
         if j.json {
-            let mut m = m.clone();
-            if !j.include_payload {
-                m.entry.payload = None;
-            }
-            println!("{}", serde_json::to_string(&m).unwrap_or_default());
+            println!("{}", json_line(m, j.include_payload));
         } else {
-            println!("{}", line(m, j.include_payload));
+            println!("{}", line(m, j.include_payload, j.verbose));
         }
     }
     if j.verbose && !j.json {
@@ -421,14 +463,17 @@ fn follow(cfg: &Config, filter: &Filter, j: &JournalArgs) {
     journal::follow(&cfg.journal_dir, |e| {
         let m = Merged { fate_time: e.time, entry: e };
         if m.entry.class.is_some() {
-            if filter.matches(&m) {
+            if matches(filter, j.signature.as_deref(), &m) {
                 if j.json {
-                    println!("{}", serde_json::to_string(&m).unwrap_or_default());
+                    println!("{}", json_line(&m, j.include_payload));
                 } else {
-                    println!("{}", line(&m, j.include_payload));
+                    println!("{}", line(&m, j.include_payload, j.verbose));
                 }
             }
-        } else if filter.record_id.as_ref().is_none_or(|r| *r == m.entry.id) && filter.classification.is_none() {
+        } else if filter.record_id.as_ref().is_none_or(|r| *r == m.entry.id)
+            && filter.classification.is_none()
+            && j.signature.is_none()
+        {
             // A later fate of a record.
             if j.json {
                 println!("{}", serde_json::to_string(&m).unwrap_or_default());

@@ -10,6 +10,9 @@
 //! | `crash_build_prefixes` | `/builddir/` | executables under these are build-time crashes (`crash/clr-build`) |
 //! | `crash_stack_kib` | 1024 | stack bytes kept for the crashing thread (others: a quarter, at most 16 MiB in all) |
 //! | `crash_debug_lines` | `false` | also file:line from separate debug files (`/usr/lib/debug`, found by build-id or debug link); `false` takes only their symbol names: decoding libc's compressed DWARF costs ~50 ms and ~35 MB per crash in pipe mode. The crashed program's own DWARF is always used |
+//! | `crash_signature_burst` | 3 | crash-loop governor: full records per crash signature per window; beyond it crashes are only counted (one `crash/repeated` record per window); -1 turns the governor off |
+//! | `crash_signature_window` | 60 | the governor's window, in minutes (or seconds with an `s` suffix: `90s`), from 1 s to 7 days |
+//! | `state_dir` | `/var/lib/telemetry` | where the governor keeps its counts (`crash-signatures`) and which signature each crash site has (`crash-sites`), as the collector keeps its state |
 //! | `socket_path` | `/run/telem-0` | the collector (as every probe) |
 
 use std::path::Path;
@@ -34,6 +37,10 @@ pub struct Config {
     pub build_prefixes: Vec<String>,
     pub stack_bytes: u64,
     pub debug_lines: bool,
+    /// Full records per signature per window; `None`: no governor.
+    pub signature_burst: Option<u64>,
+    pub signature_window: Duration,
+    pub state_dir: std::path::PathBuf,
     pub settings: Settings,
 }
 
@@ -48,6 +55,9 @@ impl Default for Config {
             build_prefixes: vec!["/builddir/".into()],
             stack_bytes: 1 << 20,
             debug_lines: false,
+            signature_burst: Some(3),
+            signature_window: Duration::from_secs(3600),
+            state_dir: "/var/lib/telemetry".into(),
             settings: Settings::default(),
         }
     }
@@ -147,6 +157,34 @@ impl Config {
                 }
             };
         }
+        if let Some(v) = get("crash_signature_burst") {
+            let n: i64 = num("crash_signature_burst", &v, "a number of records, or -1 (no governor)")?;
+            c.signature_burst = match n {
+                -1 => None,
+                n if n >= 0 => Some(n as u64),
+                _ => {
+                    return Err(CrashConfigError::Value {
+                        key: "crash_signature_burst",
+                        value: v,
+                        expected: "a number of records, or -1 (no governor)",
+                    })
+                }
+            };
+        }
+        if let Some(v) = get("crash_signature_window") {
+            const EXPECTED: &str = "minutes (or seconds with an s suffix) from 1 s to 7 days";
+            let secs: u64 = match v.strip_suffix('s') {
+                Some(secs) => num("crash_signature_window", secs.trim(), EXPECTED)?,
+                None => num::<u64>("crash_signature_window", &v, EXPECTED)?.saturating_mul(60),
+            };
+            if !(1..=7 * 86_400).contains(&secs) {
+                return Err(CrashConfigError::Value { key: "crash_signature_window", value: v, expected: EXPECTED });
+            }
+            c.signature_window = Duration::from_secs(secs);
+        }
+        if let Some(v) = get("state_dir") {
+            c.state_dir = v.into();
+        }
         c.settings = settings;
         Ok(c)
     }
@@ -187,5 +225,18 @@ mod tests {
         assert!(Config::load(Some(&p)).is_err());
         std::fs::write(&p, "[settings]\ncrash_frame_limit=0\n").unwrap();
         assert!(Config::load(Some(&p)).is_err());
+        std::fs::write(&p, "[settings]\ncrash_signature_burst=5\ncrash_signature_window=90s\nstate_dir=/s\n").unwrap();
+        let c = Config::load(Some(&p)).unwrap();
+        assert_eq!((c.signature_burst, c.signature_window.as_secs()), (Some(5), 90));
+        assert_eq!(c.state_dir, std::path::PathBuf::from("/s"));
+        std::fs::write(&p, "[settings]\ncrash_signature_burst=-1\ncrash_signature_window=2\n").unwrap();
+        let c = Config::load(Some(&p)).unwrap();
+        assert_eq!((c.signature_burst, c.signature_window.as_secs()), (None, 120));
+        let d = Config::default();
+        assert_eq!((d.signature_burst, d.signature_window.as_secs()), (Some(3), 3600));
+        for bad in ["crash_signature_burst=-2", "crash_signature_window=0", "crash_signature_window=x"] {
+            std::fs::write(&p, format!("[settings]\n{bad}\n")).unwrap();
+            assert!(Config::load(Some(&p)).is_err(), "{bad}");
+        }
     }
 }

@@ -387,55 +387,91 @@ pub fn read_core_with<R: Read>(
     let loads: Vec<Phdr> = phdrs.iter().copied().filter(|p| p.p_type == PT_LOAD).collect();
     let mut wants: Option<Vec<Want>> = None;
     let mut notes_total = 0u64;
-    let result: Result<(), StreamError> = (|| {
-        for p in &phdrs {
-            if p.offset < stream.pos() {
-                // Overlapping or out-of-order segment: skip what is behind us.
-                notes.errors.push(format!("segment at offset {:#x} overlaps an earlier one; skipped", p.offset));
-                continue;
-            }
-            if p.p_type == PT_NOTE {
+    // The kernel writes the notes before the memory; gdb (`gcore`,
+    // `generate-core-file`) and other tools after it. A saved core given as
+    // a file is read notes first; a stream cannot go back for them.
+    let first_load = loads.first().map(|l| l.offset);
+    let notes_late = phdrs.iter().any(|p| p.p_type == PT_NOTE && first_load.is_some_and(|l| p.offset > l));
+    let mut notes_read_first = false;
+    let mut early: Result<(), StreamError> = Ok(());
+    if notes_late && stream.can_seek() {
+        early = (|| {
+            for p in phdrs.iter().filter(|p| p.p_type == PT_NOTE) {
                 notes_total = notes_total.saturating_add(p.filesz);
                 if notes_total > policy.max_notes {
                     notes.errors.push(format!("notes exceed {} bytes; the rest skipped", policy.max_notes));
                     continue;
                 }
-                stream.skip_to(p.offset)?;
+                stream.seek_to(p.offset)?;
                 let b = stream.read_vec(p.filesz as usize)?;
                 parse_notes(arch, &b, &mut notes);
-                continue;
             }
-            // First load segment: the notes are complete; plan what to keep.
-            if wants.is_none() {
-                on_notes(&notes);
-            }
-            let w = wants.get_or_insert_with(|| {
-                let vdso = notes.auxv.iter().find(|(k, _)| *k == AT_SYSINFO_EHDR).map(|(_, v)| *v);
-                plan(&notes, 0, policy, vdso, &loads)
-            });
-            let seg_end = p.vaddr.saturating_add(p.filesz);
-            for want in w.iter() {
-                let s = want.start.max(p.vaddr);
-                let e = want.end.min(seg_end);
-                if s >= e {
+            stream.seek_to(first_load.unwrap_or(0).min(stream.pos()))
+        })();
+        notes_read_first = true;
+    } else if notes_late {
+        notes.errors.push(
+            "the core's notes come after its memory (a core saved by gdb?) and a stream cannot go back: \
+             give the core as a file (crashprobe --core-only < CORE)"
+                .into(),
+        );
+    }
+    if notes_read_first {
+        phdrs.retain(|p| p.p_type != PT_NOTE);
+    }
+    let result: Result<(), StreamError> = early.and_then(|()| {
+        (|| {
+            for p in &phdrs {
+                if p.offset < stream.pos() {
+                    // Overlapping or out-of-order segment: skip what is behind us.
+                    notes.errors.push(format!("segment at offset {:#x} overlaps an earlier one; skipped", p.offset));
                     continue;
                 }
-                let Some(file_off) = p.offset.checked_add(s - p.vaddr) else {
-                    notes.errors.push(format!("segment at offset {:#x} lies past any file size; skipped", p.offset));
-                    break;
-                };
-                stream.skip_to(file_off)?;
-                let bytes = stream.read_vec((e - s) as usize)?;
-                let vdso = notes.auxv.iter().find(|(k, _)| *k == AT_SYSINFO_EHDR).map(|(_, v)| *v);
-                if vdso == Some(s) && s == p.vaddr && vdso_bytes.is_none() {
-                    vdso_bytes = Some((s, bytes));
-                } else {
-                    memory.insert(s, bytes);
+                if p.p_type == PT_NOTE {
+                    notes_total = notes_total.saturating_add(p.filesz);
+                    if notes_total > policy.max_notes {
+                        notes.errors.push(format!("notes exceed {} bytes; the rest skipped", policy.max_notes));
+                        continue;
+                    }
+                    stream.skip_to(p.offset)?;
+                    let b = stream.read_vec(p.filesz as usize)?;
+                    parse_notes(arch, &b, &mut notes);
+                    continue;
+                }
+                // First load segment: the notes are complete; plan what to keep.
+                if wants.is_none() {
+                    on_notes(&notes);
+                }
+                let w = wants.get_or_insert_with(|| {
+                    let vdso = notes.auxv.iter().find(|(k, _)| *k == AT_SYSINFO_EHDR).map(|(_, v)| *v);
+                    plan(&notes, 0, policy, vdso, &loads)
+                });
+                let seg_end = p.vaddr.saturating_add(p.filesz);
+                for want in w.iter() {
+                    let s = want.start.max(p.vaddr);
+                    let e = want.end.min(seg_end);
+                    if s >= e {
+                        continue;
+                    }
+                    let Some(file_off) = p.offset.checked_add(s - p.vaddr) else {
+                        notes
+                            .errors
+                            .push(format!("segment at offset {:#x} lies past any file size; skipped", p.offset));
+                        break;
+                    };
+                    stream.skip_to(file_off)?;
+                    let bytes = stream.read_vec((e - s) as usize)?;
+                    let vdso = notes.auxv.iter().find(|(k, _)| *k == AT_SYSINFO_EHDR).map(|(_, v)| *v);
+                    if vdso == Some(s) && s == p.vaddr && vdso_bytes.is_none() {
+                        vdso_bytes = Some((s, bytes));
+                    } else {
+                        memory.insert(s, bytes);
+                    }
                 }
             }
-        }
-        Ok(())
-    })();
+            Ok(())
+        })()
+    });
     if let Err(e) = result {
         incomplete = Some(e.to_string());
     }

@@ -15,6 +15,7 @@ use unwind::{FileOpener, HostOpener, Mapping, Module, ProcOpener, Unwinder};
 
 use crate::config::{Config, ThirdParty};
 use crate::core::{read_core_with, CoreError, KeepPolicy, AT_SYSINFO_EHDR};
+use crate::governor::{Decision, Governor, Repeated};
 use crate::procfs::{self, Process};
 use crate::report::{self, CrashReport, Origin, ThreadReport};
 use crate::security;
@@ -52,7 +53,8 @@ pub enum HandleError {
 /// The result of handling one crash.
 #[derive(Debug)]
 pub struct Outcome {
-    /// `None` when policy says not to report (`crash_third_party = ignore`).
+    /// `None` when policy says not to report (`crash_third_party = ignore`),
+    /// or the governor counted the crash instead.
     /// Its payload is the full report; [`crate::deliver`] refits it to the
     /// limit the collector announces.
     pub record: Option<Record>,
@@ -60,6 +62,14 @@ pub struct Outcome {
     pub unwound: bool,
     pub report: CrashReport,
     pub bytes_read: u64,
+    /// What the crash-loop governor decided (`None`: not governed).
+    pub governed: Option<Decision>,
+    /// `crash/repeated` reports of governor windows now over, to send.
+    pub repeated: Vec<Repeated>,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 struct NoFiles;
@@ -76,12 +86,17 @@ impl FileOpener for NoFiles {
 /// core from `stream`, unwinds every thread (the crashing one first),
 /// symbolizes, and builds the record. Never fails after the core's
 /// headers were read: what went wrong is in the report's errors.
+///
+/// With a `governor`, the rest of the core (after the stacks) is read only
+/// once the crashing thread's signature is admitted: a repeated crash is
+/// counted and its core left unread (closing the stream ends the dump).
 pub fn handle<R: Read>(
     stream: &mut Stream<R>,
     input: &Input,
     cfg: &Config,
     unwinder: &Arc<Unwinder>,
     deadline: Instant,
+    governor: Option<&Governor>,
 ) -> Result<Outcome, HandleError> {
     let mut errors = Vec::new();
     // 1. The process, bound by pidfd or start time, while we are root.
@@ -172,7 +187,9 @@ pub fn handle<R: Read>(
         });
         warmer = spawned.ok().map(|_| rx);
     };
-    let core = read_core_with(stream, &policy, true, &mut on_notes)?;
+    // A non-dumpable process's memory is never read: after the notes the
+    // stream is closed, which ends the kernel's dump.
+    let core = read_core_with(stream, &policy, governor.is_none() && memory_ok, &mut on_notes)?;
     if let Some(why) = &core.incomplete {
         errors.push(format!("core incomplete: {why}"));
     }
@@ -211,6 +228,7 @@ pub fn handle<R: Read>(
         threads: Vec::new(),
         errors,
         memory_withheld: !memory_ok,
+        signature: None,
     };
     // 4. Unwind.
     let do_unwind = report::unwinds(cfg, origin);
@@ -258,7 +276,37 @@ pub fn handle<R: Read>(
             report.threads.push(ThreadReport { tid, crashed, backtrace: bt });
         }
     }
-    // 5. The record.
+    report.signature = crate::signature::compute(&report);
+    // 5. The governor: count, and stop here when the crash is a repeat.
+    let mut governed = None;
+    let mut repeated = Vec::new();
+    let mut bytes_read = core.bytes_read;
+    if let Some(g) = governor {
+        let now = unix_now();
+        let counted = match &report.signature {
+            Some(sig) => g.admit(sig, now).map(|(d, r)| (Some(d), r)),
+            None => g.sweep(now).map(|r| (None, r)),
+        };
+        match counted {
+            Ok((d, r)) => {
+                governed = d;
+                repeated = r;
+            }
+            // Never lose a crash to the governor's state.
+            Err(e) => tracing::warn!(error = %e, "crash governor unavailable; sending the full record"),
+        }
+        if governed == Some(Decision::Repeated) {
+            tracing::info!(signature = ?report.signature, "repeated crash counted; core not read further");
+            return Ok(Outcome { record: None, report, unwound: do_unwind, bytes_read, governed, repeated });
+        }
+        if core.incomplete.is_none() && memory_ok {
+            if let Err(e) = stream.drain() {
+                report.errors.push(format!("core incomplete: {e}"));
+            }
+        }
+        bytes_read = stream.pos();
+    }
+    // 6. The record.
     let (class, severity) = report::classify(origin, report.is_partial());
     let payload = if !do_unwind {
         report::THIRD_PARTY_PAYLOAD.to_string()
@@ -276,5 +324,5 @@ pub fn handle<R: Read>(
             .payload_format_version(if do_unwind { cfg.payload_version } else { 1 })
             .build()
     });
-    Ok(Outcome { record, report, unwound: do_unwind, bytes_read: core.bytes_read })
+    Ok(Outcome { record, report, unwound: do_unwind, bytes_read, governed, repeated })
 }

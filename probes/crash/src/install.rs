@@ -1,5 +1,7 @@
 //! Installing crashprobe as the kernel's core handler, and restoring what
-//! was there before: `crashprobe --install [--crash-socket [SOCKET]]`,
+//! was there before: `crashprobe --install [--crash-socket [SOCKET]]`
+//! (socket mode: `@@SOCKET` where the kernel has it, else `@SOCKET`, and
+//! only when something serves the socket),
 //! `--uninstall` and `--status` call these (`telemctl crash install`,
 //! `uninstall` and `status` run those commands).
 //!
@@ -34,11 +36,39 @@ pub enum Mode {
         /// The configuration file the handler reads (absolute).
         config: Option<PathBuf>,
     },
-    /// `@SOCKET` (kernel 6.16+), served by `crashprobe --serve SOCKET`.
+    /// `@@SOCKET` (request/ack, kernel 6.17+) or `@SOCKET` (kernel 6.16),
+    /// served by `crashprobe --serve SOCKET`.
     Socket {
         /// The socket `crashprobe --serve` listens on.
         socket: PathBuf,
+        /// `@@`: the kernel asks before it dumps (see [`crate::serve`]).
+        request: bool,
     },
+}
+
+/// Whether this kernel takes `@@SOCKET` (Linux 6.17 and later).
+pub fn kernel_has_request_mode() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    release_at_least(&release, 6, 17)
+}
+
+fn release_at_least(release: &str, major: u32, minor: u32) -> bool {
+    let mut parts = release.trim().split(|c: char| !c.is_ascii_digit());
+    let num = |p: Option<&str>| p.and_then(|s| s.parse::<u32>().ok());
+    match (num(parts.next()), num(parts.next())) {
+        (Some(a), Some(b)) => (a, b) >= (major, minor),
+        _ => false,
+    }
+}
+
+/// Checks that something accepts connections on `socket` (socket mode
+/// without a server loses every crash's core without a word).
+pub fn check_served(socket: &Path) -> Result<(), InstallError> {
+    match std::os::unix::net::UnixStream::connect(socket) {
+        // The server reads a connection that closes at once as no crash.
+        Ok(_) => Ok(()),
+        Err(source) => Err(InstallError::NotServed { socket: socket.into(), source }),
+    }
 }
 
 /// The files install and uninstall touch.
@@ -71,6 +101,13 @@ pub enum InstallError {
     State { path: PathBuf, reason: String },
     #[error("crashprobe is not installed (no state file at {0})")]
     NotInstalled(PathBuf),
+    #[error(
+        "nothing serves {} ({source}): the kernel would lose every crash's core; start `crashprobe --serve {}` \
+         as root first (dist/telem-crashprobe.service), then install",
+        socket.display(),
+        socket.display()
+    )]
+    NotServed { socket: PathBuf, source: std::io::Error },
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> InstallError + 'a {
@@ -95,7 +132,8 @@ pub fn pattern(mode: &Mode) -> Result<String, InstallError> {
             }
             s
         }
-        Mode::Socket { socket } => format!("@{}", check_path(socket)?),
+        Mode::Socket { socket, request: true } => format!("@@{}", check_path(socket)?),
+        Mode::Socket { socket, request: false } => format!("@{}", check_path(socket)?),
     };
     if p.len() > MAX_PATTERN {
         return Err(InstallError::TooLong { len: p.len() });
@@ -235,7 +273,7 @@ mod tests {
         assert_eq!(pattern(&with_config).unwrap(), "|/usr/bin/crashprobe -P %P -F %F -d %d -t %t -s %s -f /etc/t.conf");
         assert_eq!(std::fs::read_to_string(d.path().join("core_pattern")).unwrap(), format!("{pat}\n"));
         assert_eq!(std::fs::read_to_string(d.path().join("core_pipe_limit")).unwrap(), "16\n");
-        install(&Mode::Socket { socket: "/run/x.sock".into() }, &p).unwrap();
+        install(&Mode::Socket { socket: "/run/x.sock".into(), request: false }, &p).unwrap();
         let s = uninstall(&p).unwrap();
         assert_eq!(s.core_pattern, "core");
         assert_eq!(std::fs::read_to_string(d.path().join("core_pattern")).unwrap(), "core\n");
@@ -248,7 +286,25 @@ mod tests {
         let long = PathBuf::from(format!("/{}", "a".repeat(100)));
         assert!(matches!(pattern(&Mode::Pipe { exe: long, config: None }), Err(InstallError::TooLong { .. })));
         assert!(matches!(pattern(&Mode::Pipe { exe: "/a b/c".into(), config: None }), Err(InstallError::BadPath(_))));
-        assert!(matches!(pattern(&Mode::Socket { socket: "rel.sock".into() }), Err(InstallError::BadPath(_))));
+        assert!(matches!(
+            pattern(&Mode::Socket { socket: "rel.sock".into(), request: true }),
+            Err(InstallError::BadPath(_))
+        ));
+    }
+
+    #[test]
+    fn request_mode_pattern_and_kernel_versions() {
+        let m = Mode::Socket { socket: "/run/x.sock".into(), request: true };
+        assert_eq!(pattern(&m).unwrap(), "@@/run/x.sock");
+        assert!(release_at_least("6.18.44-fc-v769\n", 6, 17));
+        assert!(release_at_least("7.0.1", 6, 17));
+        assert!(!release_at_least("6.16.2", 6, 17));
+        assert!(!release_at_least("garbage", 6, 17));
+        let d = tempfile::tempdir().unwrap();
+        assert!(matches!(check_served(&d.path().join("none.sock")), Err(InstallError::NotServed { .. })));
+        let l = std::os::unix::net::UnixListener::bind(d.path().join("s.sock")).unwrap();
+        check_served(&d.path().join("s.sock")).unwrap();
+        drop(l);
     }
 
     #[test]
@@ -256,7 +312,7 @@ mod tests {
         let (d, p) = fake();
         std::fs::create_dir_all(d.path().join("st")).unwrap();
         std::os::unix::fs::symlink(d.path().join("victim"), d.path().join("st/state.tmp")).unwrap();
-        install(&Mode::Socket { socket: "/run/x.sock".into() }, &p).unwrap();
+        install(&Mode::Socket { socket: "/run/x.sock".into(), request: false }, &p).unwrap();
         assert!(!d.path().join("victim").exists());
     }
 }

@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use crashprobe::config::{Config, CrashConfigError};
+use crashprobe::governor::Decision;
 use crashprobe::handle::{handle, HandleError, Input};
 use crashprobe::install::{self, InstallError, Mode, Paths};
 use crashprobe::serve::ServeError;
@@ -52,13 +53,15 @@ struct Args {
     socket: Option<PathBuf>,
     /// Analyse a saved core from stdin without /proc, opening module files
     /// by the core's paths on this system (for debugging and benchmarks;
-    /// never use it in core_pattern).
+    /// never use it in core_pattern). Cores saved by gdb (notes after the
+    /// memory) need stdin to be the file (`< CORE`), not a pipe.
     #[arg(long)]
     core_only: bool,
     /// Print the payload on stdout instead of sending the record.
     #[arg(long)]
     print: bool,
-    /// Socket mode: listen on SOCKET for the kernel (core_pattern @SOCKET).
+    /// Socket mode: listen on SOCKET for the kernel (core_pattern @@SOCKET
+    /// or @SOCKET).
     #[arg(long, value_name = "SOCKET", conflicts_with_all = ["install", "uninstall", "status"])]
     serve: Option<PathBuf>,
     /// Install crashprobe as core_pattern (pipe mode, or socket mode with
@@ -66,9 +69,10 @@ struct Args {
     /// executable, and the configuration file given with -f.
     #[arg(long, conflicts_with_all = ["uninstall", "status"])]
     install: bool,
-    /// With --install: socket mode, core_pattern `@SOCKET`, served by
-    /// `crashprobe --serve SOCKET` (kernel 6.16+). Without a value:
-    /// /run/telemetrics/crash.sock.
+    /// With --install: socket mode, core_pattern `@@SOCKET` (the kernel asks
+    /// before it dumps; kernel 6.17+) or `@SOCKET` (6.16), served by
+    /// `crashprobe --serve SOCKET`, which must be running: without a server
+    /// install refuses. Without a value: /run/telemetrics/crash.sock.
     #[arg(
         long = "crash-socket",
         alias = "install-socket",
@@ -84,6 +88,11 @@ struct Args {
     /// Show the current core_pattern and whether --install set it.
     #[arg(long)]
     status: bool,
+    /// Send the `crash/repeated` records of crash-loop governor windows that
+    /// are over, then exit (pipe mode sends them only when a later crash is
+    /// handled; dist/telem-crashprobe-sweep.timer runs this).
+    #[arg(long, conflicts_with_all = ["serve", "install", "uninstall", "status"])]
+    sweep: bool,
     /// State file of --install, --uninstall and --status.
     #[arg(long, value_name = "FILE", default_value = install::DEFAULT_STATE)]
     state_file: PathBuf,
@@ -102,6 +111,8 @@ enum RunError {
     Handle(#[from] HandleError),
     #[error(transparent)]
     Send(#[from] SendError),
+    #[error(transparent)]
+    Governor(#[from] crashprobe::governor::GovernorError),
     #[error("pipe mode needs -P PID (core_pattern %P), or --core-only for a saved core")]
     NoPid,
     #[error("cannot {what}: {source}")]
@@ -153,7 +164,10 @@ fn run(args: Args) -> Result<(), RunError> {
     }
     if args.install {
         let mode = match &args.crash_socket {
-            Some(s) => Mode::Socket { socket: s.clone() },
+            Some(s) => {
+                install::check_served(s)?;
+                Mode::Socket { socket: s.clone(), request: install::kernel_has_request_mode() }
+            }
             None => Mode::Pipe {
                 exe: std::env::current_exe().map_err(|source| RunError::Io { what: "find my own path", source })?,
                 // The kernel runs the handler from `/`: the file must be named absolutely.
@@ -163,11 +177,22 @@ fn run(args: Args) -> Result<(), RunError> {
         let p = install::install(&mode, &paths)?;
         println!("core_pattern = {p}");
         if let Some(s) = &args.crash_socket {
-            println!("run `crashprobe --serve {}` (as root) to receive the cores", s.display());
+            println!("served by `crashprobe --serve {}`: keep it running (dist/telem-crashprobe.service)", s.display());
         }
         return Ok(());
     }
     let cfg = Config::load(args.config.as_deref())?;
+    if args.sweep {
+        let Some(g) = crashprobe::governor::open_for(&cfg) else {
+            println!("no crash-loop governor (crash_signature_burst = -1, or its state cannot be opened)");
+            return Ok(());
+        };
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let reports = g.sweep(now)?;
+        crashprobe::deliver_repeated(&cfg, args.socket.as_deref(), &reports)?;
+        println!("{} crash/repeated record(s) sent", reports.len());
+        return Ok(());
+    }
     if let Some(sock) = &args.serve {
         let l = crashprobe::serve::bind(sock)?;
         crashprobe::serve::serve(l, cfg, args.socket.clone(), Arc::new(AtomicBool::new(false)));
@@ -195,12 +220,48 @@ fn run(args: Args) -> Result<(), RunError> {
     let stdin =
         std::io::stdin().as_fd().try_clone_to_owned().map_err(|source| RunError::Io { what: "use stdin", source })?;
     let mut stream = Stream::from_fd(std::fs::File::from(stdin), Some(deadline));
-    let out = handle(&mut stream, &input, &cfg, &unwinder, deadline)?;
+    // Opened while still root (handle drops privileges); not for a saved
+    // core or a printed payload.
+    let governor = (!args.core_only && !args.print).then(|| crashprobe::governor::open_for(&cfg)).flatten();
+    // A crash site the governor knows (its early key, unwound from the live
+    // process) is decided before the core is read: a repeat ends here, and
+    // the kernel's dump with it as stdin closes unread.
+    let mut early = None;
+    let mut counted = false;
+    let mut early_reports = Vec::new();
+    if let (Some(g), Some(pid)) = (&governor, args.pid) {
+        early = crashprobe::request::early_key(pid, args.pidfd, args.time, args.dumpable, &unwinder);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        match early.as_deref().map(|k| g.admit_site(k, now)) {
+            Some(Ok(Some((sig, Decision::Repeated, reports)))) => {
+                tracing::info!(pid, signature = %sig, "repeated crash counted; core not read");
+                crashprobe::deliver_repeated(&cfg, args.socket.as_deref(), &reports)?;
+                return Ok(());
+            }
+            Some(Ok(Some((_, Decision::Full, reports)))) => {
+                counted = true;
+                early_reports = reports;
+            }
+            Some(Err(e)) => tracing::warn!(error = %e, "crash governor unavailable; the core decides"),
+            Some(Ok(None)) | None => {}
+        }
+    }
+    let in_core_governor = if counted { None } else { governor.as_ref() };
+    let mut out = handle(&mut stream, &input, &cfg, &unwinder, deadline, in_core_governor)?;
+    out.repeated.extend(early_reports);
+    if let (Some(g), Some(key), Some(sig)) = (&governor, &early, &out.report.signature) {
+        if let Err(e) = g.learn_site(key, sig) {
+            tracing::warn!(error = %e, "crash site not remembered");
+        }
+    }
     tracing::info!(bytes = out.bytes_read, ms = start.elapsed().as_millis() as u64, "core handled");
     let Some(record) = &out.record else { return Ok(()) };
     if args.print {
         let mut o = std::io::stdout().lock();
         let _ = o.write_all(record.payload.as_bytes());
+        if !record.payload.as_bytes().ends_with(b"\n") {
+            let _ = writeln!(o);
+        }
         let _ = writeln!(
             o,
             "classification: {} severity: {} event_id: {}",

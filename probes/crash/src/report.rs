@@ -34,6 +34,9 @@ pub struct CrashReport {
     pub errors: Vec<String>,
     /// Memory-derived content was withheld (process not dumpable).
     pub memory_withheld: bool,
+    /// The crash signature ([`crate::signature`]), once the threads are
+    /// unwound.
+    pub signature: Option<String>,
 }
 
 /// Which class of executable crashed.
@@ -85,29 +88,48 @@ pub fn unwinds(cfg: &Config, origin: Origin) -> bool {
 
 /// The module shown in brackets: the file name for libraries, as the
 /// original (`[libc.so.6]`), the full path for the executable.
-fn module_label<'a>(f: &'a Frame, exe: &str) -> &'a str {
+fn module_label<'a>(f: &'a Frame, exe: &str) -> Option<&'a str> {
     match f.module.as_deref() {
-        None => "???",
-        Some(m) if m == exe => m,
-        Some(m) => m.rsplit('/').next().unwrap_or(m),
+        None => None,
+        Some(m) if m == exe => Some(m),
+        Some(m) => Some(m.rsplit('/').next().unwrap_or(m)),
     }
 }
 
-/// Payload format 1: the original's layout, one line per function
+/// Payload format 1: the original's layout (with a `Signature:` line after
+/// `Signal:` when there is one), one line per function
 /// (inlined functions get their own line), an `Error:` line per thread
-/// whose backtrace is partial, and a blank line at the end.
+/// whose backtrace is partial, and a blank line at the end. As the
+/// original: a frame whose function is unknown is `#N ??? - [module]`, a
+/// frame outside any module `#N (no symbols)`.
 pub fn payload_v1(r: &CrashReport) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "Process: {}", r.process);
     let _ = writeln!(s, "PID: {}", r.pid);
     let _ = writeln!(s, "Signal: {}", r.signal);
+    if let Some(sig) = &r.signature {
+        let _ = writeln!(s, "Signature: {sig}");
+    }
     for t in &r.threads {
         let _ = write!(s, "\nBacktrace (TID {}):\n", t.tid);
         let mut n = 0usize;
         for f in &t.backtrace.frames {
-            let module = module_label(f, &r.process);
-            if f.symbols.is_empty() {
-                let _ = writeln!(s, "#{n} ???() - [{module}]");
+            let Some(module) = module_label(f, &r.process) else {
+                // No module at all (a wild pc): as the original.
+                let _ = writeln!(s, "#{n} (no symbols)");
+                n += 1;
+                continue;
+            };
+            if f.symbols.iter().all(|sym| sym.function.is_none()) {
+                // Unsymbolized: the original's `??? - [module]` (no
+                // parentheses), which the original backend's grouping skips.
+                let _ = write!(s, "#{n} ??? - [{module}]");
+                if let Some(sym) = f.symbols.last() {
+                    if let (Some(file), Some(line)) = (&sym.file, sym.line) {
+                        let _ = write!(s, " - {file}:{line}");
+                    }
+                }
+                s.push('\n');
                 n += 1;
                 continue;
             }
@@ -226,6 +248,7 @@ struct V2<'a> {
     fault_address: Option<String>,
     partial: bool,
     memory_withheld: bool,
+    signature: Option<&'a str>,
     errors: &'a [String],
     threads: Vec<V2Thread<'a>>,
 }
@@ -289,6 +312,7 @@ pub fn payload_v2(r: &CrashReport) -> String {
         fault_address: r.fault_address.map(hex),
         partial: r.is_partial(),
         memory_withheld: r.memory_withheld,
+        signature: r.signature.as_deref(),
         errors: &r.errors,
         threads,
     };
@@ -344,6 +368,7 @@ mod tests {
             }],
             errors: vec![],
             memory_withheld: false,
+            signature: None,
         };
         assert_eq!(
             payload_v1(&r),
@@ -353,10 +378,49 @@ mod tests {
              #2 _start() - [/usr/bin/segv]\n\n"
         );
         assert!(!r.is_partial());
+        let mut signed = r.clone();
+        signed.signature = Some("segv!level3 | libc.so.6!__libc_start_call_main @ segv+0x10".into());
+        assert!(payload_v1(&signed).starts_with(
+            "Process: /usr/bin/segv\nPID: 1218\nSignal: 11\n\
+             Signature: segv!level3 | libc.so.6!__libc_start_call_main @ segv+0x10\n\nBacktrace (TID 1218):\n"
+        ));
+        let v: serde_json::Value = serde_json::from_str(&payload_v2(&signed)).unwrap();
+        assert_eq!(v["signature"], "segv!level3 | libc.so.6!__libc_start_call_main @ segv+0x10");
         let v: serde_json::Value = serde_json::from_str(&payload_v2(&r)).unwrap();
         assert_eq!(v["threads"][0]["frames"][0]["function"], "level3");
         assert_eq!(v["threads"][0]["frames"][0]["build_id"], "abcd");
         assert_eq!(v["threads"][0]["frames"][0]["module_offset"], "0x10");
+    }
+
+    #[test]
+    fn v1_unsymbolized_frames_as_the_original() {
+        let mut unnamed = frame(None, "/usr/lib/libfoo.so.1", None);
+        unnamed.symbols.clear();
+        let mut no_function_but_line = frame(None, "/usr/bin/segv", Some(("/src/segv.c", 9)));
+        no_function_but_line.module_offset = Some(0x20);
+        let mut wild = frame(None, "x", None);
+        wild.module = None;
+        let r = CrashReport {
+            process: "/usr/bin/segv".into(),
+            pid: 1,
+            signal: 11,
+            signal_code: None,
+            fault_address: None,
+            threads: vec![ThreadReport {
+                tid: 1,
+                crashed: true,
+                backtrace: Backtrace { frames: vec![wild, unnamed, no_function_but_line], end: End::Outermost },
+            }],
+            errors: vec![],
+            memory_withheld: false,
+            signature: None,
+        };
+        let p = payload_v1(&r);
+        assert!(
+            p.ends_with("#0 (no symbols)\n#1 ??? - [libfoo.so.1]\n#2 ??? - [/usr/bin/segv] - /src/segv.c:9\n\n"),
+            "{p}"
+        );
+        assert!(!p.contains("???()"), "{p}");
     }
 
     #[test]

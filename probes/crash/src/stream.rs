@@ -31,6 +31,8 @@ pub struct Stream<R> {
     /// (one syscall per chunk instead of two, and no poll wake-ups while
     /// the writer keeps up).
     nonblock: bool,
+    /// The fd is a regular file: [`Stream::seek_to`] may go back.
+    seekable: bool,
     scratch: Vec<u8>,
 }
 
@@ -45,12 +47,35 @@ impl<R: Read> Stream<R> {
             devnull: None,
             is_pipe: false,
             nonblock: false,
+            seekable: false,
             scratch: Vec::new(),
         }
     }
 
     pub fn pos(&self) -> u64 {
         self.pos
+    }
+
+    /// Whether the stream is a file that can be read again from any offset
+    /// (a saved core given with `--core-only < FILE`), not a pipe or socket.
+    pub fn can_seek(&self) -> bool {
+        self.seekable
+    }
+
+    /// Moves to offset `to`, backwards too when [`can_seek`](Self::can_seek).
+    pub fn seek_to(&mut self, to: u64) -> Result<(), StreamError> {
+        match (self.seekable, self.fd) {
+            (true, Some(fd)) if to < self.pos => {
+                let off = libc::off_t::try_from(to).map_err(|_| StreamError::Backwards { at: self.pos, to })?;
+                // SAFETY: lseek on an fd we hold; `inner` reads it unbuffered.
+                if unsafe { libc::lseek(fd, off, libc::SEEK_SET) } < 0 {
+                    return Err(StreamError::Io { at: self.pos, source: io::Error::last_os_error() });
+                }
+                self.pos = to;
+                Ok(())
+            }
+            _ => self.skip_to(to),
+        }
     }
 
     /// Enlarges the pipe (4 MiB, else 1 MiB): fewer wake-ups of the writer
@@ -218,7 +243,10 @@ impl<R: Read + AsRawFd> Stream<R> {
         // Only our own end of a pipe or socket is made non-blocking (the
         // flag is per open file description: the writer is not affected).
         let nonblock = deadline.is_some() && (kind == libc::S_IFIFO || kind == libc::S_IFSOCK) && set_nonblocking(fd);
-        Stream { inner, fd: Some(fd), pos: 0, deadline, devnull, is_pipe, nonblock, scratch: Vec::new() }
+        // A regular file read from its start (the offset is where reading begins).
+        // SAFETY: lseek on an fd we hold.
+        let seekable = kind == libc::S_IFREG && unsafe { libc::lseek(fd, 0, libc::SEEK_CUR) } == 0;
+        Stream { inner, fd: Some(fd), pos: 0, deadline, devnull, is_pipe, nonblock, seekable, scratch: Vec::new() }
     }
 }
 

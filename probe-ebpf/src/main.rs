@@ -27,7 +27,7 @@ use aya_ebpf::maps::{Array, HashMap, PerCpuArray, RingBuf};
 use aya_ebpf::programs::TracePointContext;
 use aya_ebpf::EbpfContext;
 use event_types::{
-    BuildIdFrame, Config, EventHeader, ExitEvent, FatalSignalEvent, OomEvent, UserRegs, COMM_LEN, FLAG_COMM_ALLOW_LIST,
+    BuildIdFrame, Config, EventHeader, DUMPABLE_UNKNOWN, DUMPABLE_USER, ExitEvent, FatalSignalEvent, OomEvent, UserRegs, COMM_LEN, FLAG_COMM_ALLOW_LIST,
     FLAG_EXITS, FLAG_ONLY_DEFAULT_ACTION, FLAG_OOM, FLAG_SIGNALS, KIND_EXIT, KIND_FATAL_SIGNAL, KIND_OOM, LOST_SLOTS,
     MAX_BUILD_ID_FRAMES, MAX_FP_FRAMES, PAGE_SIZE,
 };
@@ -51,6 +51,11 @@ static COMM_DENY: HashMap<[u8; COMM_LEN], u8> = HashMap::with_max_entries(256, 0
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_SLOTS, 0);
 
 const SIGBUS: i32 = 7;
+/// `MMF_DUMPABLE_MASK`: the two low bits of `mm->flags`.
+const MMF_DUMPABLE_MASK: u64 = 3;
+/// Offsets of ip and sp in `struct pt_regs` (= `UserRegs`).
+const REGS_IP_OFFSET: usize = core::mem::offset_of!(UserRegs, ip);
+const REGS_SP_OFFSET: usize = core::mem::offset_of!(UserRegs, sp);
 const SIGSEGV: i32 = 11;
 
 #[inline(always)]
@@ -168,9 +173,44 @@ fn try_signal_deliver(ctx: &TracePointContext) -> Result<(), i64> {
             }
         }
 
+        // The dumpable state (mm->flags & MMF_DUMPABLE_MASK): a process
+        // the kernel would not dump for its user gets no stack copy and no
+        // registers beyond ip/sp.
+        let mut dumpable = DUMPABLE_UNKNOWN;
+        if cfg.off_task_mm != 0 && cfg.off_mm_flags != 0 {
+            let mm = read_kernel_u64(task + cfg.off_task_mm as u64);
+            if mm != 0 {
+                let mut flags: u64 = 0;
+                if bpf_probe_read_kernel(addr_of_mut!(flags).cast(), 8, (mm + cfg.off_mm_flags as u64) as *const c_void)
+                    == 0
+                {
+                    dumpable = (flags & MMF_DUMPABLE_MASK) as u32;
+                }
+            }
+        }
+        (*ev).dumpable = dumpable;
+        (*ev)._pad2 = 0;
+        let may_copy = dumpable == DUMPABLE_USER;
+
         let btf_task = bpf_get_current_task_btf();
         let regs = bpf_task_pt_regs(btf_task) as *const c_void;
-        let r = bpf_probe_read_kernel(addr_of_mut!((*ev).regs).cast(), core::mem::size_of::<UserRegs>() as u32, regs);
+        let r = if may_copy {
+            bpf_probe_read_kernel(addr_of_mut!((*ev).regs).cast(), core::mem::size_of::<UserRegs>() as u32, regs)
+        } else {
+            // Only ip and sp, read one by one; every other register is 0.
+            (*ev).regs = UserRegs::default();
+            let a = bpf_probe_read_kernel(
+                addr_of_mut!((*ev).regs.ip).cast(),
+                8,
+                (regs as *const u8).add(REGS_IP_OFFSET) as *const c_void,
+            );
+            let b = bpf_probe_read_kernel(
+                addr_of_mut!((*ev).regs.sp).cast(),
+                8,
+                (regs as *const u8).add(REGS_SP_OFFSET) as *const c_void,
+            );
+            a | b
+        };
         (*ev).regs_ok = (r == 0) as u32;
 
         (*ev).fp_bytes = bpf_get_stack(
@@ -195,7 +235,11 @@ fn try_signal_deliver(ctx: &TracePointContext) -> Result<(), i64> {
         // Whole pages at fixed offsets, so the verifier keeps each bound.
         macro_rules! page {
             ($i:literal) => {
-                if bpf_probe_read_user(
+                if !may_copy {
+                    // Not dumpable: nothing of its memory leaves the kernel.
+                    // A read of address 0 fails and zeroes the page.
+                    let _ = bpf_probe_read_user(dst.add($i * PAGE_SIZE).cast(), PAGE_SIZE as u32, core::ptr::null());
+                } else if bpf_probe_read_user(
                     dst.add($i * PAGE_SIZE).cast(),
                     PAGE_SIZE as u32,
                     (base + ($i * PAGE_SIZE) as u64) as *const c_void,

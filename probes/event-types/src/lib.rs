@@ -25,6 +25,13 @@ pub const BUILD_ID_SIZE: usize = 20;
 pub const BUILD_ID_STATUS_VALID: i32 = 1;
 /// `BuildIdFrame::status`: only the address is known.
 pub const BUILD_ID_STATUS_IP: i32 = 2;
+/// `FatalSignalEvent::dumpable`: the state could not be read (offsets
+/// unknown, no mm): treated as not dumpable, nothing withheld is copied.
+pub const DUMPABLE_UNKNOWN: u32 = 0xff;
+/// `SUID_DUMP_USER`: the only state in which the kernel writes a core the
+/// user may read; any other (`SUID_DUMP_DISABLE` 0, `SUID_DUMP_ROOT` 2)
+/// means the stack and the registers beyond ip/sp are not copied.
+pub const DUMPABLE_USER: u32 = 1;
 /// Page size the stack copy works in.
 pub const PAGE_SIZE: usize = 4096;
 /// Whole pages of user stack copied, from `sp & !4095` upward. Five pages
@@ -89,6 +96,11 @@ pub struct Config {
     pub off_start_boottime: u32,
     /// Byte offset of `task_struct.thread.cr2` (the x86 fault address), or 0.
     pub off_thread_cr2: u32,
+    /// Byte offset of `task_struct.mm`, or 0.
+    pub off_task_mm: u32,
+    /// Byte offset of `mm_struct.flags` (its low bits hold the dumpable
+    /// state, `MMF_DUMPABLE_MASK`), or 0.
+    pub off_mm_flags: u32,
     pub _pad: u32,
 }
 
@@ -185,6 +197,11 @@ pub struct FatalSignalEvent {
     pub stack_pages_ok: u32,
     /// 1 when `fault_addr` holds the fault address (which may be 0).
     pub fault_addr_ok: u32,
+    /// The process's dumpable state (`mm->flags & MMF_DUMPABLE_MASK`), or
+    /// [`DUMPABLE_UNKNOWN`]. Unless it is [`DUMPABLE_USER`], `stack` is not
+    /// copied (`stack_pages_ok` is 0) and `regs` holds only ip and sp.
+    pub dumpable: u32,
+    pub _pad2: u32,
     /// Copy of the user stack from `stack_base`.
     pub stack: [u8; STACK_COPY_BYTES],
 }
@@ -237,7 +254,7 @@ const _: () = {
     assert!(core::mem::size_of::<EventHeader>() == 40);
     assert!(core::mem::size_of::<UserRegs>() == 21 * 8);
     assert!(core::mem::size_of::<FatalSignalEvent>() % 8 == 0);
-    assert!(core::mem::size_of::<Config>() == 32);
+    assert!(core::mem::size_of::<Config>() == 40);
     assert!(core::mem::size_of::<BuildIdFrame>() == 32);
     assert!(core::mem::align_of::<FatalSignalEvent>() == 8);
 };

@@ -50,6 +50,9 @@ pub struct Options {
     pub duration: Option<Duration>,
     /// Timeout of one send to the collector.
     pub send_timeout: Duration,
+    /// List the registers beyond ip/sp/bp in fatal-signal records
+    /// (`event_registers`, see [`crate::config`]).
+    pub registers: bool,
 }
 
 /// Why the probe stopped with an error.
@@ -224,7 +227,14 @@ impl Sender {
     }
 }
 
-fn worker(rx: Receiver<Job>, classes: Classes, socket: PathBuf, timeout: Duration, counters: Arc<Counters>) {
+fn worker(
+    rx: Receiver<Job>,
+    classes: Classes,
+    socket: PathBuf,
+    timeout: Duration,
+    counters: Arc<Counters>,
+    registers: bool,
+) {
     let unwinder = Arc::new(Unwinder::new(unwind::Options::default()));
     let boot_id = match telemetry::BootId::read() {
         Ok(b) => Some(b),
@@ -238,7 +248,7 @@ fn worker(rx: Receiver<Job>, classes: Classes, socket: PathBuf, timeout: Duratio
         let record = match job {
             Job::Fatal(f, cap, suppressed) => {
                 let stacks = unwind(&unwinder, &f, &cap);
-                fatal_record(&classes, &f, &cap, &stacks, boot_id.as_ref(), suppressed)
+                fatal_record(&classes, &f, &cap, &stacks, boot_id.as_ref(), suppressed, registers)
             }
             Job::Record(r) => r,
         };
@@ -271,10 +281,11 @@ pub async fn run(opts: Options) -> Result<Summary, DaemonError> {
     let counters = Arc::new(Counters::default());
     let (tx, rx) = sync_channel::<Job>(opts.queue.max(1));
     let wc = counters.clone();
-    let (socket, timeout, wclasses) = (opts.socket.clone(), opts.send_timeout, classes.clone());
+    let (socket, timeout, wclasses, registers) =
+        (opts.socket.clone(), opts.send_timeout, classes.clone(), opts.registers);
     let worker = std::thread::Builder::new()
         .name("eventprobe-worker".into())
-        .spawn(move || worker(rx, wclasses, socket, timeout, wc))
+        .spawn(move || worker(rx, wclasses, socket, timeout, wc, registers))
         .map_err(DaemonError::Worker)?;
     let mut reader = Reader {
         classes,

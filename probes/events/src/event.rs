@@ -3,7 +3,8 @@
 
 use event_types::{
     comm_str, BuildIdFrame, EventHeader, ExitEvent, FatalSignalEvent, OomEvent, UserRegs, BUILD_ID_STATUS_IP,
-    BUILD_ID_STATUS_VALID, KIND_EXIT, KIND_FATAL_SIGNAL, KIND_OOM, MAX_FP_FRAMES, PAGE_SIZE, STACK_PAGES,
+    BUILD_ID_STATUS_VALID, DUMPABLE_UNKNOWN, DUMPABLE_USER, KIND_EXIT, KIND_FATAL_SIGNAL, KIND_OOM, MAX_FP_FRAMES,
+    PAGE_SIZE, STACK_PAGES,
 };
 use thiserror::Error;
 
@@ -53,6 +54,37 @@ pub struct FatalSignal {
     /// was readable from the base; pages after a hole are dropped).
     pub stack_base: u64,
     pub stack: Vec<u8>,
+    /// Whether the kernel would dump this process's core for its user
+    /// (`SUID_DUMP_USER`). When not, the kernel side copied no stack and
+    /// no registers beyond ip/sp.
+    pub dumpable: Dumpable,
+}
+
+/// The process's dumpable state at the signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dumpable {
+    /// `SUID_DUMP_USER`: its core would be written for its user.
+    User,
+    /// `SUID_DUMP_DISABLE` (0) or `SUID_DUMP_ROOT` (2): the kernel
+    /// withholds its core from its user.
+    No(u32),
+    /// The state could not be read (treated as not dumpable).
+    Unknown,
+}
+
+impl Dumpable {
+    fn from_raw(v: u32) -> Dumpable {
+        match v {
+            DUMPABLE_USER => Dumpable::User,
+            DUMPABLE_UNKNOWN => Dumpable::Unknown,
+            v => Dumpable::No(v),
+        }
+    }
+
+    /// Whether the process's memory and registers may be reported.
+    pub fn allows_memory(self) -> bool {
+        self == Dumpable::User
+    }
 }
 
 impl std::fmt::Debug for FatalSignal {
@@ -202,6 +234,7 @@ fn parse_fatal(bytes: &[u8]) -> Result<FatalSignal, EventError> {
         fault_ok,
         bid_bytes,
         bid,
+        dumpable,
     ) = unsafe {
         use std::ptr::{addr_of, read_unaligned as r};
         (
@@ -221,12 +254,15 @@ fn parse_fatal(bytes: &[u8]) -> Result<FatalSignal, EventError> {
             r(addr_of!((*base).fault_addr_ok)),
             r(addr_of!((*base).bid_bytes)),
             r(addr_of!((*base).bid_frames)),
+            r(addr_of!((*base).dumpable)),
         )
     };
+    let dumpable = Dumpable::from_raw(dumpable);
     let nframes = if fp_bytes > 0 { (fp_bytes as usize / 8).min(MAX_FP_FRAMES) } else { 0 };
     let stack_off = std::mem::offset_of!(FatalSignalEvent, stack);
     // Contiguous readable pages from the base.
-    let pages = (0..STACK_PAGES).take_while(|i| ok & (1 << i) != 0).count();
+    // (none when the process is not dumpable, whatever the bits say).
+    let pages = if dumpable.allows_memory() { (0..STACK_PAGES).take_while(|i| ok & (1 << i) != 0).count() } else { 0 };
     let stack = bytes[stack_off..stack_off + pages * PAGE_SIZE].to_vec();
     Ok(FatalSignal {
         task: Task::from(&header),
@@ -241,6 +277,7 @@ fn parse_fatal(bytes: &[u8]) -> Result<FatalSignal, EventError> {
         build_id_frames: kernel_frames(&bid, bid_bytes),
         stack_base,
         stack,
+        dumpable,
     })
 }
 
@@ -294,6 +331,7 @@ mod tests {
                 f
             });
             w(addr_of_mut!((*base).stack_pages_ok), 0b01011);
+            w(addr_of_mut!((*base).dumpable), DUMPABLE_USER);
             w(addr_of_mut!((*base).start_boottime_ns), 12_340_000_000);
         }
         // SAFETY: as above.
@@ -317,5 +355,11 @@ mod tests {
         assert_eq!(f.stack.len(), 2 * PAGE_SIZE);
         assert_eq!(f.start_ticks, Some(1234));
         assert!(f.regs.is_some() && f.fault_addr.is_none());
+        assert_eq!(f.dumpable, Dumpable::User);
+        // Not dumpable: no stack bytes are taken, whatever the page bits say.
+        // SAFETY: as above.
+        unsafe { std::ptr::write_unaligned(std::ptr::addr_of_mut!((*base).dumpable), 0) };
+        let Event::Fatal(f) = parse(&buf).unwrap() else { panic!("not fatal") };
+        assert_eq!((f.dumpable, f.stack.len()), (Dumpable::No(0), 0));
     }
 }

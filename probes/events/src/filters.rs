@@ -127,6 +127,8 @@ impl Filters {
             off_group_leader: offsets.group_leader,
             off_start_boottime: offsets.start_boottime,
             off_thread_cr2: offsets.thread_cr2,
+            off_task_mm: offsets.task_mm,
+            off_mm_flags: offsets.mm_flags,
             _pad: 0,
         }
     }

@@ -198,6 +198,10 @@ pub struct TaskOffsets {
     pub group_leader: u32,
     pub start_boottime: u32,
     pub thread_cr2: u32,
+    /// `task_struct.mm`.
+    pub task_mm: u32,
+    /// `mm_struct.flags` (the dumpable state is in its low bits).
+    pub mm_flags: u32,
 }
 
 impl TaskOffsets {
@@ -213,6 +217,16 @@ impl TaskOffsets {
             group_leader: get("group_leader"),
             start_boottime: get("start_boottime"),
             thread_cr2: if cfg!(target_arch = "x86_64") { get("thread.cr2") } else { 0 },
+            task_mm: get("mm"),
+            mm_flags: match btf.member_offset("mm_struct", "flags") {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(
+                        "{e}: the dumpable state is unknown, so no stack or registers beyond ip/sp are copied"
+                    );
+                    0
+                }
+            },
         }
     }
 }
@@ -235,6 +249,7 @@ mod tests {
         };
         let o = TaskOffsets::from_btf(&btf);
         assert!(o.group_leader > 0 && o.start_boottime > 0, "{o:?}");
+        assert!(o.task_mm > 0 && o.mm_flags > 0, "{o:?}");
         assert_ne!(o.group_leader, o.start_boottime);
     }
 }

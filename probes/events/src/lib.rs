@@ -54,6 +54,7 @@
 //! `cargo xtask build-ebpf` and rebuild; `--object PATH` loads another one.
 
 pub mod capture;
+pub mod config;
 pub mod daemon;
 pub mod event;
 pub mod filters;

@@ -17,7 +17,8 @@ use telemetry::client::SocketPath;
 #[derive(Debug, Parser)]
 #[command(name = "eventprobe", version)]
 struct Args {
-    /// Configuration file to take socket_path from (default:
+    /// Configuration file to take socket_path, event_registers and
+    /// privacy_level from (default:
     /// /etc/telemetrics/telemetrics.conf, then
     /// /usr/share/defaults/telemetrics/telemetrics.conf).
     #[arg(short = 'f', long = "config", value_name = "FILE")]
@@ -99,6 +100,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let config = match eventprobe::config::Config::load(a.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("eventprobe: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let filters = Filters {
         signals: if a.no_signals { Vec::new() } else { a.signals.unwrap_or_else(|| DEFAULT_SIGNALS.to_vec()) },
         only_default_action: !a.all_deliveries,
@@ -135,6 +143,7 @@ fn main() -> ExitCode {
         bpf_stats: a.bpf_stats,
         duration,
         send_timeout: Duration::from_secs(5),
+        registers: config.registers,
     };
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -46,10 +46,12 @@ pub const KIND_FATAL_SIGNAL: u32 = 1;
 pub const KIND_EXIT: u32 = 2;
 /// `EventHeader::kind` of an [`OomEvent`].
 pub const KIND_OOM: u32 = 3;
+/// `EventHeader::kind` of a [`ModulesEvent`].
+pub const KIND_MODULES: u32 = 4;
 
 /// Index in the `LOST` per-CPU array of each kind's reservation failures
 /// (ring buffer full), so index = kind.
-pub const LOST_SLOTS: u32 = 4;
+pub const LOST_SLOTS: u32 = 5;
 
 /// Name of the ring buffer map.
 pub const MAP_EVENTS: &str = "EVENTS";
@@ -61,10 +63,16 @@ pub const MAP_COMM_ALLOW: &str = "COMM_ALLOW";
 pub const MAP_COMM_DENY: &str = "COMM_DENY";
 /// Name of the `PerCpuArray<u64>` of lost events, indexed by kind.
 pub const MAP_LOST: &str = "LOST";
+/// Name of the per-CPU `ModuleScan` scratch of the exit program.
+pub const MAP_MODULE_SCAN: &str = "MODULE_SCAN";
+/// Name of the `HashMap<u32 tid, PendingExit>` of threads dying of a
+/// fatal signal whose modules are named at their exit.
+pub const MAP_PENDING: &str = "PENDING_EXIT";
 /// Program names (the tracepoint functions in probe-ebpf).
 pub const PROG_SIGNAL: &str = "signal_deliver";
 pub const PROG_EXIT: &str = "exit_group";
 pub const PROG_OOM: &str = "mark_victim";
+pub const PROG_PROCESS_EXIT: &str = "process_exit";
 
 /// `Config::flags`: report a fatal signal only when its action is the
 /// default (`sa_handler == SIG_DFL`), i.e. the signal kills the process.
@@ -101,7 +109,98 @@ pub struct Config {
     /// Byte offset of `mm_struct.flags` (its low bits hold the dumpable
     /// state, `MMF_DUMPABLE_MASK`), or 0.
     pub off_mm_flags: u32,
+    /// Offsets for the per-module identity recorded at the signal (see
+    /// [`ModuleVma`]); all must be known (non-zero where a field cannot be
+    /// at 0) or no module is recorded.
+    pub vma: VmaOffsets,
     pub _pad: u32,
+    pub _pad2: u32,
+}
+
+/// Kernel structure offsets (from the kernel BTF) the fatal-signal program
+/// needs to name the file behind each code address (`bpf_find_vma`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VmaOffsets {
+    /// 1 when every offset below was found.
+    pub ok: u32,
+    pub vma_start: u32,
+    pub vma_end: u32,
+    pub vma_pgoff: u32,
+    pub vma_file: u32,
+    pub vma_flags: u32,
+    pub file_inode: u32,
+    pub file_dentry: u32,
+    pub inode_ino: u32,
+    pub inode_sb: u32,
+    pub sb_dev: u32,
+    pub dentry_parent: u32,
+    pub dentry_name: u32,
+}
+
+/// Most executable file mappings recorded per fatal signal.
+pub const MAX_MODULES: usize = 16;
+/// Most path components recorded per module (innermost first).
+pub const PATH_DEPTH: usize = 8;
+/// Bytes per recorded path component (NUL-terminated, truncated).
+pub const NAME_LEN: usize = 48;
+/// Most `bpf_find_vma` lookups per fatal signal (bounds the kernel-side
+/// cost whatever the stack holds).
+pub const MAX_VMA_LOOKUPS: u32 = 128;
+
+/// An executable file mapping of the crashing process, found by
+/// `bpf_find_vma` for the instruction pointer or a stack word that points
+/// into it, recorded while the process still exists: enough to unwind and
+/// symbolize after it is gone.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModuleVma {
+    pub start: u64,
+    pub end: u64,
+    /// File offset of `start` (`vm_pgoff << PAGE_SHIFT`).
+    pub offset: u64,
+    /// `inode->i_ino`.
+    pub ino: u64,
+    /// `inode->i_sb->s_dev` (kernel encoding: major << 20 | minor).
+    pub dev: u32,
+    /// Components filled in `names`.
+    pub depth: u16,
+    /// 1 when `names` reaches the root of the file system (else the path
+    /// was deeper than [`PATH_DEPTH`]).
+    pub rooted: u16,
+    /// The dentry names from the file up to its file system's root
+    /// (innermost first; the root's own name is `/`).
+    pub names: [[u8; NAME_LEN]; PATH_DEPTH],
+}
+
+impl Default for ModuleVma {
+    fn default() -> Self {
+        ModuleVma {
+            start: 0,
+            end: 0,
+            offset: 0,
+            ino: 0,
+            dev: 0,
+            depth: 0,
+            rooted: 0,
+            names: [[0; NAME_LEN]; PATH_DEPTH],
+        }
+    }
+}
+
+/// Per-CPU scratch of the fatal-signal program's module search.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ModuleScan {
+    /// Kernel address of the event's stack copy (read word by word).
+    pub words: u64,
+    pub n: u32,
+    pub lookups: u32,
+    pub neg_next: u32,
+    pub _pad: u32,
+    /// Ranges known not to be executable file mappings (stack, heap).
+    pub neg: [[u64; 2]; 8],
+    pub mods: [ModuleVma; MAX_MODULES],
 }
 
 /// What every ring-buffer record starts with.
@@ -201,9 +300,40 @@ pub struct FatalSignalEvent {
     /// [`DUMPABLE_UNKNOWN`]. Unless it is [`DUMPABLE_USER`], `stack` is not
     /// copied (`stack_pages_ok` is 0) and `regs` holds only ip and sp.
     pub dumpable: u32,
-    pub _pad2: u32,
+    /// 1 when a [`ModulesEvent`] of this thread follows (from its exit).
+    pub modules_follow: u32,
     /// Copy of the user stack from `stack_base`.
     pub stack: [u8; STACK_COPY_BYTES],
+}
+
+/// The executable file mappings under the crashing thread's ip and the
+/// words of its stack, named by `bpf_find_vma` when the thread that took
+/// a fatal signal exits (`sched:sched_process_exit`, before its mm is
+/// released). Not at the signal itself: `signal_deliver` runs with
+/// interrupts off, where `bpf_find_vma` can take the mmap lock only once.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ModulesEvent {
+    pub header: EventHeader,
+    /// Entries of `modules` filled.
+    pub n_modules: u32,
+    /// `bpf_find_vma` lookups made (at most [`MAX_VMA_LOOKUPS`]).
+    pub vma_lookups: u32,
+    /// Lookups refused because the mmap lock was busy.
+    pub vma_busy: u32,
+    pub _pad: u32,
+    pub modules: [ModuleVma; MAX_MODULES],
+}
+
+/// What the fatal-signal program leaves for the thread's exit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingExit {
+    pub ip: u64,
+    pub sp: u64,
+    /// 1 when the stack may be read (the process is dumpable).
+    pub scan_stack: u32,
+    pub _pad: u32,
 }
 
 /// A process calling `exit_group` with a non-zero code
@@ -254,7 +384,8 @@ const _: () = {
     assert!(core::mem::size_of::<EventHeader>() == 40);
     assert!(core::mem::size_of::<UserRegs>() == 21 * 8);
     assert!(core::mem::size_of::<FatalSignalEvent>() % 8 == 0);
-    assert!(core::mem::size_of::<Config>() == 40);
+    assert!(core::mem::size_of::<Config>() == 40 + 52 + 4);
+    assert!(core::mem::size_of::<ModuleVma>() == 424);
     assert!(core::mem::size_of::<BuildIdFrame>() == 32);
     assert!(core::mem::align_of::<FatalSignalEvent>() == 8);
 };

@@ -8,6 +8,7 @@
 //!  LOST map ─(1 s)─▶ warning when the kernel side lost events (ring buffer full)
 //! ```
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
@@ -53,6 +54,8 @@ pub struct Options {
     /// List the registers beyond ip/sp/bp in fatal-signal records
     /// (`event_registers`, see [`crate::config`]).
     pub registers: bool,
+    /// Use only the kernel's module names, never /proc/PID (`--no-proc-maps`).
+    pub no_proc_maps: bool,
 }
 
 /// Why the probe stopped with an error.
@@ -137,6 +140,10 @@ struct Reader {
     limiter: RateLimiter,
     tx: SyncSender<Job>,
     counters: Arc<Counters>,
+    no_proc_maps: bool,
+    /// Fatal signals of processes already gone, waiting for the modules
+    /// named at the thread's exit, by tid.
+    waiting: HashMap<u32, (Box<FatalSignal>, Box<Capture>, u64, Instant)>,
 }
 
 impl Reader {
@@ -153,6 +160,15 @@ impl Reader {
             Event::Fatal(f) => (KIND_FATAL_SIGNAL, f.task.comm.as_str()),
             Event::Exit(e) => (KIND_EXIT, e.task.comm.as_str()),
             Event::Oom(o) => (KIND_OOM, o.victim.comm.as_str()),
+            Event::Modules(m) => {
+                // The modules of a fatal signal waiting for them.
+                if let Some((mut f, mut cap, suppressed, _)) = self.waiting.remove(&m.task.tid) {
+                    cap.use_kernel_modules(m, &|_| None);
+                    f.modules = Some(m.clone());
+                    self.queue(Job::Fatal(f, cap, suppressed));
+                }
+                return;
+            }
         };
         let c = match kind {
             KIND_FATAL_SIGNAL => &self.counters.fatal,
@@ -170,15 +186,39 @@ impl Reader {
         let job = match ev {
             Event::Fatal(f) => {
                 // At once, while the process may still exist.
-                let cap = capture(f.task.pid);
+                let cap = capture(&f, self.no_proc_maps);
                 if cap.missing.is_some() {
                     self.counters.maps_missing.fetch_add(1, Ordering::Relaxed);
+                    if f.modules_follow {
+                        // Gone: wait for the modules the kernel names at
+                        // the thread's exit (it follows in the ring).
+                        self.waiting.insert(f.task.tid, (f, Box::new(cap), suppressed, Instant::now()));
+                        return;
+                    }
                 }
                 Job::Fatal(f, Box::new(cap), suppressed)
             }
             Event::Exit(e) => Job::Record(exit_record(&self.classes, &e, suppressed)),
             Event::Oom(o) => Job::Record(oom_record(&self.classes, &o, suppressed)),
+            Event::Modules(_) => return,
         };
+        self.queue(job);
+    }
+
+    /// Fatal signals whose modules did not come (the exit event was lost)
+    /// go on without them.
+    fn flush_waiting(&mut self, older_than: Duration) {
+        let now = Instant::now();
+        let stale: Vec<u32> =
+            self.waiting.iter().filter(|(_, w)| now.duration_since(w.3) >= older_than).map(|(t, _)| *t).collect();
+        for tid in stale {
+            if let Some((f, cap, suppressed, _)) = self.waiting.remove(&tid) {
+                self.queue(Job::Fatal(f, cap, suppressed));
+            }
+        }
+    }
+
+    fn queue(&mut self, job: Job) {
         match self.tx.try_send(job) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
@@ -292,6 +332,8 @@ pub async fn run(opts: Options) -> Result<Summary, DaemonError> {
         limiter: RateLimiter::new(opts.per_key, opts.global, Instant::now()),
         tx,
         counters: counters.clone(),
+        no_proc_maps: opts.no_proc_maps,
+        waiting: HashMap::new(),
     };
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
@@ -311,6 +353,7 @@ pub async fn run(opts: Options) -> Result<Summary, DaemonError> {
                 guard.clear_ready();
             }
             _ = tick.tick() => {
+                reader.flush_waiting(Duration::from_secs(2));
                 if let Ok(l) = probes.lost() {
                     if l.total() > last_lost.total() {
                         tracing::warn!(
@@ -328,6 +371,7 @@ pub async fn run(opts: Options) -> Result<Summary, DaemonError> {
     }
     // What is already in the ring is still reported.
     reader.drain(afd.get_mut());
+    reader.flush_waiting(Duration::ZERO);
     let elapsed = started.elapsed();
     drop(reader);
     if worker.join().is_err() {

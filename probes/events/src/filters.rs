@@ -129,7 +129,9 @@ impl Filters {
             off_thread_cr2: offsets.thread_cr2,
             off_task_mm: offsets.task_mm,
             off_mm_flags: offsets.mm_flags,
+            vma: offsets.vma,
             _pad: 0,
+            _pad2: 0,
         }
     }
 }

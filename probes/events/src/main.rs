@@ -81,6 +81,11 @@ struct Args {
     /// Stop after this many seconds (default: run until SIGTERM or SIGINT).
     #[arg(long)]
     duration: Option<f64>,
+    /// Never read /proc/PID of a crashing process: unwind and symbolize
+    /// with the executable mappings the kernel named at the signal only
+    /// (as when the process is already gone; for tests and measurements).
+    #[arg(long)]
+    no_proc_maps: bool,
 }
 
 fn main() -> ExitCode {
@@ -144,6 +149,7 @@ fn main() -> ExitCode {
         duration,
         send_timeout: Duration::from_secs(5),
         registers: config.registers,
+        no_proc_maps: a.no_proc_maps,
     };
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -137,8 +137,19 @@ pub fn fatal_record(
             let _ = writeln!(p, "{WITHHELD_UNKNOWN}");
         }
     }
-    if let Some(why) = &cap.missing {
-        let _ = writeln!(p, "Mappings: unavailable ({why}); frames are unsymbolized addresses");
+    match (&cap.missing, cap.kernel_modules) {
+        (Some(why), Some((n, opened))) => {
+            let _ = writeln!(
+                p,
+                "Mappings: named by the kernel at the signal ({n} executable mappings, {opened} files opened; {} lookups, {} with the mmap lock busy; /proc/PID/maps: {why})",
+                f.modules.as_ref().map_or(0, |m| m.lookups),
+                f.modules.as_ref().map_or(0, |m| m.busy)
+            );
+        }
+        (Some(why), None) => {
+            let _ = writeln!(p, "Mappings: unavailable ({why}); frames are unsymbolized addresses");
+        }
+        (None, _) => {}
     }
     if suppressed > 0 {
         let _ = writeln!(p, "Suppressed before this one (rate limit): {suppressed}");

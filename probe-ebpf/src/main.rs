@@ -30,7 +30,7 @@ use event_types::{
     BuildIdFrame, Config, EventHeader, DUMPABLE_UNKNOWN, DUMPABLE_USER, ExitEvent, FatalSignalEvent, OomEvent, UserRegs, COMM_LEN, FLAG_COMM_ALLOW_LIST,
     FLAG_EXITS, FLAG_ONLY_DEFAULT_ACTION, FLAG_OOM, FLAG_SIGNALS, KIND_EXIT, KIND_FATAL_SIGNAL, KIND_OOM, LOST_SLOTS,
     MAX_BUILD_ID_FRAMES, MAX_FP_FRAMES, MAX_MODULES, MAX_VMA_LOOKUPS, PAGE_SIZE, PATH_DEPTH, STACK_COPY_BYTES,
-    ModuleScan, ModulesEvent, PendingExit, KIND_MODULES,
+    ModuleScan, ModulesEvent, PendingExit, KIND_MODULES, ExecEvent, KIND_EXEC,
 };
 
 /// Default ring size (user space may change it at load time).
@@ -468,6 +468,46 @@ fn try_process_exit(p: &PendingExit) -> Result<(), i64> {
         );
     }
     entry.submit(BPF_RB_FORCE_WAKEUP as u64);
+    Ok(())
+}
+
+
+/// A process ran `execve`: its executable's identity, so eventprobe can
+/// hold the file open while the process lives.
+#[tracepoint]
+pub fn process_exec(_ctx: TracePointContext) -> u32 {
+    let _ = try_process_exec();
+    0
+}
+
+fn try_process_exec() -> Result<(), i64> {
+    let cfg = config().ok_or(1i64)?;
+    if cfg.flags & FLAG_SIGNALS == 0 || cfg.off_mm_exe_file == 0 || cfg.off_task_mm == 0 || cfg.vma.ok != 1 {
+        return Ok(());
+    }
+    let comm = bpf_get_current_comm().map_err(|e| e as i64)?;
+    if !comm_passes(cfg, &comm) {
+        return Ok(());
+    }
+    let o = &cfg.vma;
+    // SAFETY: kernel reads through the helper (0 when unreadable).
+    let (ino, dev) = unsafe {
+        let task = bpf_get_current_task();
+        let mm = read_kernel_u64(task + cfg.off_task_mm as u64);
+        let file = if mm != 0 { read_kernel_u64(mm + cfg.off_mm_exe_file as u64) } else { 0 };
+        if file == 0 {
+            return Ok(());
+        }
+        let inode = read_kernel_u64(file + o.file_inode as u64);
+        let sb = read_kernel_u64(inode + o.inode_sb as u64);
+        let mut dev: u32 = 0;
+        let _ = bpf_probe_read_kernel(addr_of_mut!(dev).cast(), 4, (sb + o.sb_dev as u64) as *const c_void);
+        (read_kernel_u64(inode + o.inode_ino as u64), dev)
+    };
+    let ev = ExecEvent { header: header(KIND_EXEC, comm), ino, dev, _pad: 0 };
+    if EVENTS.output::<ExecEvent>(&ev, 0).is_err() {
+        count_lost(KIND_EXEC);
+    }
     Ok(())
 }
 

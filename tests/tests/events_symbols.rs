@@ -62,8 +62,10 @@ int main(int argc, char **argv) {
         f(0);
         return 0;
     }
-    if (strcmp(mode, "deleted") == 0) {
-        if (unlink(argv[0]) != 0) return 4;
+    if (strcmp(mode, "stdin") == 0) {
+        /* crash once a byte arrives (the test deletes the binary first) */
+        char c;
+        if (read(0, &c, 1) != 1) return 4;
         sy_outer(0);
         return 0;
     }
@@ -102,7 +104,7 @@ fn build(dir: &Path, out: &str, src: &Path, cxx: bool, flags: &[&str]) -> PathBu
 /// `--no-proc-maps`, reporting only `comms`.
 struct Setup {
     collector: Collector,
-    _probe: KillOnDrop,
+    probe: KillOnDrop,
 }
 
 impl Setup {
@@ -120,15 +122,21 @@ impl Setup {
         let mut line = String::new();
         BufReader::new(out).read_line(&mut line).expect("read eventprobe stdout");
         assert!(line.contains("ready"), "eventprobe did not get ready: {line:?}");
-        Setup { collector, _probe: probe }
+        Setup { collector, probe }
     }
 
     /// Runs `exe args` with RLIMIT_CORE 0 (no core, nothing holds the
     /// dying process), expects it to die of a signal, and returns the
     /// payload of its `signal/fatal` record as the collector journaled it.
     fn crash(&self, exe: &Path, args: &[&str]) -> String {
+        self.crash_after(exe, args, |_| {})
+    }
+
+    /// As [`crash`](Self::crash), calling `before` with the running child
+    /// (its stdin piped) first.
+    fn crash_after(&self, exe: &Path, args: &[&str], before: impl FnOnce(&mut std::process::Child)) -> String {
         let mut cmd = Command::new(exe);
-        cmd.args(args).stdout(Stdio::null()).stderr(Stdio::null());
+        cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null());
         // SAFETY: only setrlimit between fork and exec.
         unsafe {
             cmd.pre_exec(|| {
@@ -141,6 +149,8 @@ impl Setup {
         }
         let mut child = cmd.spawn().expect("spawn crash program");
         let pid = child.id();
+        before(&mut child);
+        drop(child.stdin.take());
         use std::os::unix::process::ExitStatusExt;
         let st = child.wait().expect("wait");
         assert!(st.signal().is_some(), "{} {args:?} should die of a signal: {st:?}", exe.display());
@@ -251,4 +261,39 @@ fn cxx_exception_and_stack_overflow_without_proc() {
     assert_symbolized(&text, &["recurse", "recurse", "recurse"]);
     let n = unwound(&text).lines().filter(|l| l.split_whitespace().nth(2) == Some("recurse")).count();
     assert!(n >= 20, "only {n} recurse frames:\n{text}");
+}
+
+/// Whether process `pid` has a descriptor open on `path` (deleted or not).
+fn holds_open(pid: u32, path: &Path) -> bool {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+    let want = path.display().to_string();
+    dir.filter_map(Result::ok).filter_map(|e| std::fs::read_link(e.path()).ok()).any(|t| {
+        let t = t.display().to_string();
+        t == want || t.strip_suffix(" (deleted)") == Some(want.as_str())
+    })
+}
+
+#[test]
+fn binary_deleted_before_it_crashes_without_proc() {
+    if !require_root("binary_deleted_before_it_crashes_without_proc") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = dir.path().join("sym.c");
+    std::fs::write(&src, SYM_C).expect("write sym.c");
+    let exe = build(dir.path(), "ev-sym-del", &src, false, NOFP);
+    let setup = Setup::start(&["ev-sym-del"]);
+    let probe_pid = setup.probe.0.id();
+    let text = setup.crash_after(&exe, &["stdin"], |_child| {
+        // eventprobe holds the executable from its exec event on ...
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !holds_open(probe_pid, &exe) {
+            assert!(Instant::now() < deadline, "eventprobe did not open {} after its exec", exe.display());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // ... so it can be deleted (as by an upgrade) before it crashes.
+        std::fs::remove_file(&exe).expect("delete the running binary");
+        let _ = _child.stdin.as_mut().map(|s| std::io::Write::write_all(s, b"x"));
+    });
+    assert_symbolized(&text, &[SY, &["main"]].concat());
 }

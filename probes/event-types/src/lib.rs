@@ -48,10 +48,12 @@ pub const KIND_EXIT: u32 = 2;
 pub const KIND_OOM: u32 = 3;
 /// `EventHeader::kind` of a [`ModulesEvent`].
 pub const KIND_MODULES: u32 = 4;
+/// `EventHeader::kind` of an [`ExecEvent`].
+pub const KIND_EXEC: u32 = 5;
 
 /// Index in the `LOST` per-CPU array of each kind's reservation failures
 /// (ring buffer full), so index = kind.
-pub const LOST_SLOTS: u32 = 5;
+pub const LOST_SLOTS: u32 = 6;
 
 /// Name of the ring buffer map.
 pub const MAP_EVENTS: &str = "EVENTS";
@@ -73,6 +75,7 @@ pub const PROG_SIGNAL: &str = "signal_deliver";
 pub const PROG_EXIT: &str = "exit_group";
 pub const PROG_OOM: &str = "mark_victim";
 pub const PROG_PROCESS_EXIT: &str = "process_exit";
+pub const PROG_PROCESS_EXEC: &str = "process_exec";
 
 /// `Config::flags`: report a fatal signal only when its action is the
 /// default (`sa_handler == SIG_DFL`), i.e. the signal kills the process.
@@ -113,8 +116,9 @@ pub struct Config {
     /// [`ModuleVma`]); all must be known (non-zero where a field cannot be
     /// at 0) or no module is recorded.
     pub vma: VmaOffsets,
+    /// Byte offset of `mm_struct.exe_file`, or 0 (no exec events).
+    pub off_mm_exe_file: u32,
     pub _pad: u32,
-    pub _pad2: u32,
 }
 
 /// Kernel structure offsets (from the kernel BTF) the fatal-signal program
@@ -323,6 +327,20 @@ pub struct ModulesEvent {
     pub vma_busy: u32,
     pub _pad: u32,
     pub modules: [ModuleVma; MAX_MODULES],
+}
+
+/// A process ran `execve` (`sched:sched_process_exec`): eventprobe holds
+/// its executable open, so a binary deleted or replaced before it crashes
+/// still unwinds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExecEvent {
+    pub header: EventHeader,
+    /// `mm->exe_file->f_inode->i_ino`.
+    pub ino: u64,
+    /// `...->i_sb->s_dev` (kernel encoding: major << 20 | minor).
+    pub dev: u32,
+    pub _pad: u32,
 }
 
 /// What the fatal-signal program leaves for the thread's exit.

@@ -26,6 +26,7 @@ use unwind::Unwinder;
 
 use crate::capture::{capture, unwind, Capture};
 use crate::event::{parse, Event, FatalSignal};
+use crate::exec::HeldExes;
 use crate::filters::Filters;
 use crate::loader::{object_bytes, LoadError, Lost, Probes};
 use crate::ratelimit::{Limit, RateLimiter, Verdict};
@@ -144,6 +145,8 @@ struct Reader {
     /// Fatal signals of processes already gone, waiting for the modules
     /// named at the thread's exit, by tid.
     waiting: HashMap<u32, (Box<FatalSignal>, Box<Capture>, u64, Instant)>,
+    /// Executables held open while their processes live.
+    held: HeldExes,
 }
 
 impl Reader {
@@ -160,10 +163,15 @@ impl Reader {
             Event::Fatal(f) => (KIND_FATAL_SIGNAL, f.task.comm.as_str()),
             Event::Exit(e) => (KIND_EXIT, e.task.comm.as_str()),
             Event::Oom(o) => (KIND_OOM, o.victim.comm.as_str()),
+            Event::Exec { task, dev, ino } => {
+                self.held.exec(task.pid, *dev, *ino);
+                return;
+            }
             Event::Modules(m) => {
                 // The modules of a fatal signal waiting for them.
                 if let Some((mut f, mut cap, suppressed, _)) = self.waiting.remove(&m.task.tid) {
-                    cap.use_kernel_modules(m, &|_| None);
+                    let held = &self.held;
+                    cap.use_kernel_modules(m, &|k| held.get(k));
                     f.modules = Some(m.clone());
                     self.queue(Job::Fatal(f, cap, suppressed));
                 }
@@ -200,7 +208,7 @@ impl Reader {
             }
             Event::Exit(e) => Job::Record(exit_record(&self.classes, &e, suppressed)),
             Event::Oom(o) => Job::Record(oom_record(&self.classes, &o, suppressed)),
-            Event::Modules(_) => return,
+            Event::Modules(_) | Event::Exec { .. } => return,
         };
         self.queue(job);
     }
@@ -334,6 +342,7 @@ pub async fn run(opts: Options) -> Result<Summary, DaemonError> {
         counters: counters.clone(),
         no_proc_maps: opts.no_proc_maps,
         waiting: HashMap::new(),
+        held: HeldExes::default(),
     };
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
@@ -354,6 +363,7 @@ pub async fn run(opts: Options) -> Result<Summary, DaemonError> {
             }
             _ = tick.tick() => {
                 reader.flush_waiting(Duration::from_secs(2));
+                reader.held.sweep();
                 if let Ok(l) = probes.lost() {
                     if l.total() > last_lost.total() {
                         tracing::warn!(

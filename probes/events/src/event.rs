@@ -2,9 +2,10 @@
 //! eventprobe only sees [`Event`]).
 
 use event_types::{
-    comm_str, BuildIdFrame, EventHeader, ExitEvent, FatalSignalEvent, ModuleVma, ModulesEvent, OomEvent, UserRegs,
-    BUILD_ID_STATUS_IP, BUILD_ID_STATUS_VALID, DUMPABLE_UNKNOWN, DUMPABLE_USER, KIND_EXIT, KIND_FATAL_SIGNAL,
-    KIND_MODULES, KIND_OOM, MAX_FP_FRAMES, MAX_MODULES, NAME_LEN, PAGE_SIZE, PATH_DEPTH, STACK_PAGES,
+    comm_str, BuildIdFrame, EventHeader, ExecEvent, ExitEvent, FatalSignalEvent, ModuleVma, ModulesEvent, OomEvent,
+    UserRegs, BUILD_ID_STATUS_IP, BUILD_ID_STATUS_VALID, DUMPABLE_UNKNOWN, DUMPABLE_USER, KIND_EXEC, KIND_EXIT,
+    KIND_FATAL_SIGNAL, KIND_MODULES, KIND_OOM, MAX_FP_FRAMES, MAX_MODULES, NAME_LEN, PAGE_SIZE, PATH_DEPTH,
+    STACK_PAGES,
 };
 use thiserror::Error;
 
@@ -223,6 +224,12 @@ pub enum Event {
     Exit(AbnormalExit),
     Oom(OomKill),
     Modules(ModulesInfo),
+    /// A process exec'd the file (device (major, minor), inode).
+    Exec {
+        task: Task,
+        dev: (u32, u32),
+        ino: u64,
+    },
 }
 
 impl Event {
@@ -232,6 +239,7 @@ impl Event {
             Event::Exit(_) => "abnormal exit",
             Event::Oom(_) => "oom kill",
             Event::Modules(_) => "modules",
+            Event::Exec { .. } => "exec",
         }
     }
 }
@@ -255,6 +263,10 @@ pub fn parse(bytes: &[u8]) -> Result<Event, EventError> {
     match header.kind {
         KIND_FATAL_SIGNAL => parse_fatal(bytes).map(|f| Event::Fatal(Box::new(f))),
         KIND_MODULES => parse_modules(bytes).map(Event::Modules),
+        KIND_EXEC => {
+            let e: ExecEvent = read(bytes, "an exec event")?;
+            Ok(Event::Exec { task: Task::from(&e.header), dev: (e.dev >> 20, e.dev & 0xf_ffff), ino: e.ino })
+        }
         KIND_EXIT => {
             let e: ExitEvent = read(bytes, "an exit event")?;
             Ok(Event::Exit(AbnormalExit { task: Task::from(&e.header), code: e.code }))

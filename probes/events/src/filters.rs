@@ -130,8 +130,8 @@ impl Filters {
             off_task_mm: offsets.task_mm,
             off_mm_flags: offsets.mm_flags,
             vma: offsets.vma,
+            off_mm_exe_file: offsets.mm_exe_file,
             _pad: 0,
-            _pad2: 0,
         }
     }
 }

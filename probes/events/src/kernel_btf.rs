@@ -206,6 +206,8 @@ pub struct TaskOffsets {
     pub mm_flags: u32,
     /// What naming the file behind a code address takes.
     pub vma: VmaOffsets,
+    /// `mm_struct.exe_file`.
+    pub mm_exe_file: u32,
 }
 
 impl TaskOffsets {
@@ -223,6 +225,7 @@ impl TaskOffsets {
             thread_cr2: if cfg!(target_arch = "x86_64") { get("thread.cr2") } else { 0 },
             task_mm: get("mm"),
             vma: vma_offsets(btf),
+            mm_exe_file: btf.member_offset("mm_struct", "exe_file").unwrap_or(0),
             mm_flags: match btf.member_offset("mm_struct", "flags") {
                 Ok(v) => v,
                 Err(e) => {

@@ -4,9 +4,10 @@
 //!
 //! ```text
 //!  kernel: probe-ebpf/ (tracepoints signal:signal_deliver,
-//!          sched:sched_process_exit, syscalls:sys_enter_exit_group,
+//!          sched:sched_process_exit, sched:sched_process_exec,
+//!          syscalls:sys_enter_exit_group,
 //!          oom:mark_victim; filters in maps)
-//!    │  RingBuf of event_types::{FatalSignalEvent, ModulesEvent, ExitEvent, OomEvent}
+//!    │  RingBuf of event_types::{FatalSignalEvent, ModulesEvent, ExecEvent, ExitEvent, OomEvent}
 //!    ▼
 //!  eventprobe (this crate)
 //!    loader   loads the embedded object with aya, writes the filter maps, attaches
@@ -15,6 +16,7 @@
 //!    capture  /proc/PID/maps at once; unwinding with the shared `unwind` crate
 //!             (DWARF CFI first, frame pointers second) over the stack snapshot
 //!    modules  the kernel's names of the executable mappings (process gone)
+//!    exec     executables held open while their processes live
 //!    config   event_registers, privacy_level
 //!    report   records `org.clearlinux/{signal/fatal, exit/abnormal, oom/kill}`
 //!    │  telemetry::client::Client (native framing, acknowledged)
@@ -37,8 +39,9 @@
 //! `ModulesEvent`: start, end, file offset, device, inode and the dentry
 //! names up to the file system's root of each executable file mapping
 //! (at most 16). `modules` opens those very files (path under each mount
-//! of the device, device and inode checked) and the unwinder runs over
-//! them. Not at the signal itself: `signal:signal_deliver` runs with
+//! of the device, device and inode checked; an executable held open since
+//! its `exec`, see `exec`, when the path no longer names it: deleted or
+//! replaced) and the unwinder runs over them. Not at the signal itself: `signal:signal_deliver` runs with
 //! interrupts off, where `bpf_find_vma` can take the mmap lock only once
 //! per program run. `--no-proc-maps` uses only the kernel's names (tests,
 //! measurements). The record then says `Mappings: named by the kernel at
@@ -70,6 +73,7 @@ pub mod capture;
 pub mod config;
 pub mod daemon;
 pub mod event;
+pub mod exec;
 pub mod filters;
 pub mod kernel_btf;
 pub mod loader;

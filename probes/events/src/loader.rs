@@ -9,7 +9,7 @@ use aya::programs::TracePoint;
 use aya::{Ebpf, EbpfLoader, Pod};
 use event_types::{
     Config, COMM_LEN, KIND_EXIT, KIND_FATAL_SIGNAL, KIND_MODULES, KIND_OOM, MAP_COMM_ALLOW, MAP_COMM_DENY, MAP_CONFIG,
-    MAP_EVENTS, MAP_LOST, PROG_EXIT, PROG_OOM, PROG_PROCESS_EXIT, PROG_SIGNAL,
+    MAP_EVENTS, MAP_LOST, PROG_EXIT, PROG_OOM, PROG_PROCESS_EXEC, PROG_PROCESS_EXIT, PROG_SIGNAL,
 };
 use thiserror::Error;
 
@@ -157,6 +157,7 @@ impl Probes {
             (PROG_EXIT, "syscalls", "sys_enter_exit_group", filters.exits),
             (PROG_OOM, "oom", "mark_victim", filters.oom),
             (PROG_PROCESS_EXIT, "sched", "sched_process_exit", !filters.signals.is_empty()),
+            (PROG_PROCESS_EXEC, "sched", "sched_process_exec", !filters.signals.is_empty()),
         ] {
             if !wanted {
                 continue;
@@ -196,7 +197,7 @@ impl Probes {
     /// `bpf_stats`).
     pub fn prog_stats(&self) -> Vec<(&'static str, ProgStats)> {
         let mut out = Vec::new();
-        for name in [PROG_SIGNAL, PROG_EXIT, PROG_OOM, PROG_PROCESS_EXIT] {
+        for name in [PROG_SIGNAL, PROG_EXIT, PROG_OOM, PROG_PROCESS_EXIT, PROG_PROCESS_EXEC] {
             let Some(p) = self.bpf.program(name) else { continue };
             if let Ok(info) = p.info() {
                 out.push((name, ProgStats { runs: info.run_count(), run_time_ns: info.run_time().as_nanos() as u64 }));

@@ -18,8 +18,8 @@ use core::ptr::addr_of_mut;
 
 use aya_ebpf::bindings::{BPF_F_USER_BUILD_ID, BPF_F_USER_STACK, BPF_RB_FORCE_WAKEUP};
 use aya_ebpf::helpers::generated::{
-    bpf_get_current_task, bpf_get_current_task_btf, bpf_get_stack, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
-    bpf_probe_read_user, bpf_task_pt_regs,
+    bpf_find_vma, bpf_get_current_task, bpf_get_current_task_btf, bpf_get_stack, bpf_ktime_get_boot_ns, bpf_loop,
+    bpf_probe_read_kernel, bpf_probe_read_user, bpf_task_pt_regs,
 };
 use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid};
 use aya_ebpf::macros::{map, tracepoint};
@@ -27,9 +27,10 @@ use aya_ebpf::maps::{Array, HashMap, PerCpuArray, RingBuf};
 use aya_ebpf::programs::TracePointContext;
 use aya_ebpf::EbpfContext;
 use event_types::{
-    BuildIdFrame, Config, EventHeader, ExitEvent, FatalSignalEvent, OomEvent, UserRegs, COMM_LEN, FLAG_COMM_ALLOW_LIST,
+    BuildIdFrame, Config, EventHeader, DUMPABLE_UNKNOWN, DUMPABLE_USER, ExitEvent, FatalSignalEvent, OomEvent, UserRegs, COMM_LEN, FLAG_COMM_ALLOW_LIST,
     FLAG_EXITS, FLAG_ONLY_DEFAULT_ACTION, FLAG_OOM, FLAG_SIGNALS, KIND_EXIT, KIND_FATAL_SIGNAL, KIND_OOM, LOST_SLOTS,
-    MAX_BUILD_ID_FRAMES, MAX_FP_FRAMES, PAGE_SIZE,
+    MAX_BUILD_ID_FRAMES, MAX_FP_FRAMES, MAX_MODULES, MAX_VMA_LOOKUPS, PAGE_SIZE, PATH_DEPTH, STACK_COPY_BYTES,
+    ModuleScan, ModulesEvent, PendingExit, KIND_MODULES, ExecEvent, KIND_EXEC,
 };
 
 /// Default ring size (user space may change it at load time).
@@ -47,10 +48,21 @@ static COMM_ALLOW: HashMap<[u8; COMM_LEN], u8> = HashMap::with_max_entries(256, 
 #[map(name = "COMM_DENY")]
 static COMM_DENY: HashMap<[u8; COMM_LEN], u8> = HashMap::with_max_entries(256, 0);
 
+#[map(name = "MODULE_SCAN")]
+static MODULE_SCAN: PerCpuArray<ModuleScan> = PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "PENDING_EXIT")]
+static PENDING_EXIT: HashMap<u32, PendingExit> = HashMap::with_max_entries(1024, 0);
+
 #[map(name = "LOST")]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_SLOTS, 0);
 
 const SIGBUS: i32 = 7;
+/// `MMF_DUMPABLE_MASK`: the two low bits of `mm->flags`.
+const MMF_DUMPABLE_MASK: u64 = 3;
+/// Offsets of ip and sp in `struct pt_regs` (= `UserRegs`).
+const REGS_IP_OFFSET: usize = core::mem::offset_of!(UserRegs, ip);
+const REGS_SP_OFFSET: usize = core::mem::offset_of!(UserRegs, sp);
 const SIGSEGV: i32 = 11;
 
 #[inline(always)]
@@ -104,6 +116,146 @@ unsafe fn read_kernel_u64(addr: u64) -> u64 {
     } else {
         0
     }
+}
+
+
+/// `VM_EXEC` of `vm_area_struct.vm_flags`.
+const VM_EXEC: u64 = 0x4;
+/// -EBUSY: `bpf_find_vma` could not take the mmap lock.
+const EBUSY: i64 = -16;
+
+/// What the `bpf_find_vma` callback copies out of the vma.
+#[repr(C)]
+struct Found {
+    ok: u64,
+    start: u64,
+    end: u64,
+    pgoff: u64,
+    flags: u64,
+    file: u64,
+}
+
+/// `bpf_find_vma` callback: copies the raw fields of the vma.
+#[inline(never)]
+extern "C" fn vma_cb(_task: *mut c_void, vma: *mut c_void, ctx: *mut c_void) -> i64 {
+    let Some(cfg) = config() else { return 0 };
+    let o = &cfg.vma;
+    let f = ctx as *mut Found;
+    let v = vma as u64;
+    // SAFETY: `ctx` is the caller's `Found`; kernel reads are checked by
+    // the helper.
+    unsafe {
+        (*f).start = read_kernel_u64(v + o.vma_start as u64);
+        (*f).end = read_kernel_u64(v + o.vma_end as u64);
+        (*f).pgoff = read_kernel_u64(v + o.vma_pgoff as u64);
+        (*f).flags = read_kernel_u64(v + o.vma_flags as u64);
+        (*f).file = read_kernel_u64(v + o.vma_file as u64);
+        (*f).ok = 1;
+    }
+    0
+}
+
+/// Records the executable file mapping holding `w`, if `w` points into
+/// one not yet recorded.
+#[inline(always)]
+fn consider(scan: &mut ModuleScan, w: u64, busy: &mut u32) {
+    if !(0x10000..0x0000_8000_0000_0000).contains(&w) {
+        return;
+    }
+    for j in 0..MAX_MODULES {
+        if (j as u32) < scan.n && scan.mods[j].start <= w && w < scan.mods[j].end {
+            return;
+        }
+    }
+    for j in 0..8 {
+        if scan.neg[j][0] <= w && w < scan.neg[j][1] {
+            return;
+        }
+    }
+    if scan.n as usize >= MAX_MODULES || scan.lookups >= MAX_VMA_LOOKUPS {
+        return;
+    }
+    scan.lookups += 1;
+    let Some(cfg) = config() else { return };
+    let o = &cfg.vma;
+    let mut found = Found { ok: 0, start: 0, end: 0, pgoff: 0, flags: 0, file: 0 };
+    // SAFETY: BTF task of the current thread, a callback of the expected
+    // signature, a context on this stack.
+    let r = unsafe {
+        bpf_find_vma(
+            bpf_get_current_task_btf() as *mut _,
+            w,
+            vma_cb as *mut c_void,
+            addr_of_mut!(found).cast(),
+            0,
+        )
+    };
+    if r == EBUSY {
+        *busy += 1;
+    }
+    if found.ok == 0 {
+        return;
+    }
+    if found.flags & VM_EXEC == 0 || found.file == 0 {
+        let k = (scan.neg_next & 7) as usize;
+        scan.neg[k] = [found.start, found.end];
+        scan.neg_next = scan.neg_next.wrapping_add(1);
+        return;
+    }
+    let i = scan.n as usize;
+    if i >= MAX_MODULES {
+        return;
+    }
+    let m = &mut scan.mods[i];
+    m.start = found.start;
+    m.end = found.end;
+    m.offset = found.pgoff << 12;
+    // SAFETY: kernel reads through the helper (0 when unreadable).
+    unsafe {
+        let inode = read_kernel_u64(found.file + o.file_inode as u64);
+        m.ino = read_kernel_u64(inode + o.inode_ino as u64);
+        let sb = read_kernel_u64(inode + o.inode_sb as u64);
+        let mut dev: u32 = 0;
+        let _ = bpf_probe_read_kernel(addr_of_mut!(dev).cast(), 4, (sb + o.sb_dev as u64) as *const c_void);
+        m.dev = dev;
+        let mut dentry = read_kernel_u64(found.file + o.file_dentry as u64);
+        m.depth = 0;
+        m.rooted = 0;
+        for d in 0..PATH_DEPTH {
+            if dentry == 0 {
+                break;
+            }
+            let name = read_kernel_u64(dentry + o.dentry_name as u64);
+            let _ = aya_ebpf::helpers::bpf_probe_read_kernel_str_bytes(name as *const u8, &mut m.names[d]);
+            m.depth = d as u16 + 1;
+            let parent = read_kernel_u64(dentry + o.dentry_parent as u64);
+            if parent == dentry {
+                m.rooted = 1;
+                break;
+            }
+            dentry = parent;
+        }
+    }
+    scan.n += 1;
+}
+
+/// `bpf_loop` callback: word `i` of the user stack from `scan.words`.
+#[inline(never)]
+extern "C" fn scan_word(i: u32, ctx: *mut c_void) -> i64 {
+    let Some(scan) = MODULE_SCAN.get_ptr_mut(0) else { return 1 };
+    // SAFETY: per-CPU scratch; `ctx` is the caller's busy counter.
+    unsafe {
+        let scan = &mut *scan;
+        if scan.n as usize >= MAX_MODULES || scan.lookups >= MAX_VMA_LOOKUPS {
+            return 1;
+        }
+        let mut w: u64 = 0;
+        if bpf_probe_read_user(addr_of_mut!(w).cast(), 8, (scan.words + (i as u64) * 8) as *const c_void) != 0 {
+            return 1;
+        }
+        consider(scan, w, &mut *(ctx as *mut u32));
+    }
+    0
 }
 
 #[tracepoint]
@@ -168,9 +320,43 @@ fn try_signal_deliver(ctx: &TracePointContext) -> Result<(), i64> {
             }
         }
 
+        // The dumpable state (mm->flags & MMF_DUMPABLE_MASK): a process
+        // the kernel would not dump for its user gets no stack copy and no
+        // registers beyond ip/sp.
+        let mut dumpable = DUMPABLE_UNKNOWN;
+        if cfg.off_task_mm != 0 && cfg.off_mm_flags != 0 {
+            let mm = read_kernel_u64(task + cfg.off_task_mm as u64);
+            if mm != 0 {
+                let mut flags: u64 = 0;
+                if bpf_probe_read_kernel(addr_of_mut!(flags).cast(), 8, (mm + cfg.off_mm_flags as u64) as *const c_void)
+                    == 0
+                {
+                    dumpable = (flags & MMF_DUMPABLE_MASK) as u32;
+                }
+            }
+        }
+        (*ev).dumpable = dumpable;
+        let may_copy = dumpable == DUMPABLE_USER;
+
         let btf_task = bpf_get_current_task_btf();
         let regs = bpf_task_pt_regs(btf_task) as *const c_void;
-        let r = bpf_probe_read_kernel(addr_of_mut!((*ev).regs).cast(), core::mem::size_of::<UserRegs>() as u32, regs);
+        let r = if may_copy {
+            bpf_probe_read_kernel(addr_of_mut!((*ev).regs).cast(), core::mem::size_of::<UserRegs>() as u32, regs)
+        } else {
+            // Only ip and sp, read one by one; every other register is 0.
+            (*ev).regs = UserRegs::default();
+            let a = bpf_probe_read_kernel(
+                addr_of_mut!((*ev).regs.ip).cast(),
+                8,
+                (regs as *const u8).add(REGS_IP_OFFSET) as *const c_void,
+            );
+            let b = bpf_probe_read_kernel(
+                addr_of_mut!((*ev).regs.sp).cast(),
+                8,
+                (regs as *const u8).add(REGS_SP_OFFSET) as *const c_void,
+            );
+            a | b
+        };
         (*ev).regs_ok = (r == 0) as u32;
 
         (*ev).fp_bytes = bpf_get_stack(
@@ -195,7 +381,11 @@ fn try_signal_deliver(ctx: &TracePointContext) -> Result<(), i64> {
         // Whole pages at fixed offsets, so the verifier keeps each bound.
         macro_rules! page {
             ($i:literal) => {
-                if bpf_probe_read_user(
+                if !may_copy {
+                    // Not dumpable: nothing of its memory leaves the kernel.
+                    // A read of address 0 fails and zeroes the page.
+                    let _ = bpf_probe_read_user(dst.add($i * PAGE_SIZE).cast(), PAGE_SIZE as u32, core::ptr::null());
+                } else if bpf_probe_read_user(
                     dst.add($i * PAGE_SIZE).cast(),
                     PAGE_SIZE as u32,
                     (base + ($i * PAGE_SIZE) as u64) as *const c_void,
@@ -211,8 +401,113 @@ fn try_signal_deliver(ctx: &TracePointContext) -> Result<(), i64> {
         page!(3);
         page!(4);
         (*ev).stack_pages_ok = ok;
+
+        // The thread dies: its exit names the executable mappings under ip
+        // and the stack's words (see `process_exit`).
+        (*ev).modules_follow = 0;
+        if cfg.vma.ok == 1 && r == 0 && sa_handler == 0 {
+            let p = PendingExit { ip: (*ev).regs.ip, sp: (*ev).regs.sp, scan_stack: may_copy as u32, _pad: 0 };
+            if PENDING_EXIT.insert(&(bpf_get_current_pid_tgid() as u32), &p, 0).is_ok() {
+                (*ev).modules_follow = 1;
+            }
+        }
     }
     entry.submit(BPF_RB_FORCE_WAKEUP as u64);
+    Ok(())
+}
+
+
+/// A thread that took a fatal signal exits (its mm still held): names the
+/// executable mappings under its ip and its stack's words.
+#[tracepoint]
+pub fn process_exit(_ctx: TracePointContext) -> u32 {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    // SAFETY: lookup with a key on the stack; the value is copied.
+    let Some(p) = (unsafe { PENDING_EXIT.get(&tid) }).copied() else { return 0 };
+    let _ = PENDING_EXIT.remove(&tid);
+    let _ = try_process_exit(&p);
+    0
+}
+
+fn try_process_exit(p: &PendingExit) -> Result<(), i64> {
+    let comm = bpf_get_current_comm().map_err(|e| e as i64)?;
+    let Some(scan) = MODULE_SCAN.get_ptr_mut(0) else { return Ok(()) };
+    let Some(mut entry) = EVENTS.reserve::<ModulesEvent>(0) else {
+        count_lost(KIND_MODULES);
+        return Ok(());
+    };
+    let ev: *mut ModulesEvent = entry.as_mut_ptr();
+    // SAFETY: a reserved record of the right size, every field written
+    // before submit; per-CPU scratch.
+    unsafe {
+        (*ev).header = header(KIND_MODULES, comm);
+        let scan = &mut *scan;
+        scan.words = p.sp;
+        let mut probe: u64 = 0;
+        if bpf_probe_read_user(addr_of_mut!(probe).cast(), 8, p.sp as *const c_void) != 0 {
+            // sp of a stack overflow is below the stack: start at the next page.
+            scan.words = (p.sp & !(PAGE_SIZE as u64 - 1)) + PAGE_SIZE as u64;
+        }
+        scan.n = 0;
+        scan.lookups = 0;
+        scan.neg_next = 0;
+        scan.neg = [[0; 2]; 8];
+        let mut busy: u32 = 0;
+        consider(scan, p.ip, &mut busy);
+        if p.scan_stack == 1 {
+            let _ = bpf_loop((STACK_COPY_BYTES / 8) as u32, scan_word as *mut c_void, addr_of_mut!(busy).cast(), 0);
+        }
+        (*ev).n_modules = scan.n;
+        (*ev).vma_lookups = scan.lookups;
+        (*ev).vma_busy = busy;
+        (*ev)._pad = 0;
+        let _ = bpf_probe_read_kernel(
+            addr_of_mut!((*ev).modules).cast(),
+            core::mem::size_of::<[event_types::ModuleVma; MAX_MODULES]>() as u32,
+            addr_of_mut!(scan.mods) as *const c_void,
+        );
+    }
+    entry.submit(BPF_RB_FORCE_WAKEUP as u64);
+    Ok(())
+}
+
+
+/// A process ran `execve`: its executable's identity, so eventprobe can
+/// hold the file open while the process lives.
+#[tracepoint]
+pub fn process_exec(_ctx: TracePointContext) -> u32 {
+    let _ = try_process_exec();
+    0
+}
+
+fn try_process_exec() -> Result<(), i64> {
+    let cfg = config().ok_or(1i64)?;
+    if cfg.flags & FLAG_SIGNALS == 0 || cfg.off_mm_exe_file == 0 || cfg.off_task_mm == 0 || cfg.vma.ok != 1 {
+        return Ok(());
+    }
+    let comm = bpf_get_current_comm().map_err(|e| e as i64)?;
+    if !comm_passes(cfg, &comm) {
+        return Ok(());
+    }
+    let o = &cfg.vma;
+    // SAFETY: kernel reads through the helper (0 when unreadable).
+    let (ino, dev) = unsafe {
+        let task = bpf_get_current_task();
+        let mm = read_kernel_u64(task + cfg.off_task_mm as u64);
+        let file = if mm != 0 { read_kernel_u64(mm + cfg.off_mm_exe_file as u64) } else { 0 };
+        if file == 0 {
+            return Ok(());
+        }
+        let inode = read_kernel_u64(file + o.file_inode as u64);
+        let sb = read_kernel_u64(inode + o.inode_sb as u64);
+        let mut dev: u32 = 0;
+        let _ = bpf_probe_read_kernel(addr_of_mut!(dev).cast(), 4, (sb + o.sb_dev as u64) as *const c_void);
+        (read_kernel_u64(inode + o.inode_ino as u64), dev)
+    };
+    let ev = ExecEvent { header: header(KIND_EXEC, comm), ino, dev, _pad: 0 };
+    if EVENTS.output::<ExecEvent>(&ev, 0).is_err() {
+        count_lost(KIND_EXEC);
+    }
     Ok(())
 }
 

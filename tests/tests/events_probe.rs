@@ -549,9 +549,12 @@ fn process_gone_before_its_maps_are_read_still_gives_build_id_frames() {
         assert!(c.wait().expect("wait").code().is_none(), "ev-gone should crash");
         let rec = rx.wait_record("signal/fatal", |r| payload(r).contains(&format!("PID: {pid}\n")));
         let text = payload(&rec);
-        if !text.contains("Mappings: unavailable") {
+        if !text.contains("Frame-pointer stack by build id") {
             continue;
         }
+        // The kernel named the executable mappings as the thread exited.
+        assert!(text.contains("Mappings: named by the kernel at the signal"), "{text}");
+        assert!(section(&text, "Backtrace (unwound", None).contains("ev_inner"), "{text}");
         let kernel = section(&text, "Frame-pointer stack by build id", None);
         let first = kernel.lines().nth(1).unwrap_or_else(|| panic!("no build-id frames:\n{text}"));
         assert!(first.contains(&format!("build-id {want_id}")), "frame 0 is not in ev-gone ({want_id}):\n{text}");
@@ -571,4 +574,87 @@ fn process_gone_before_its_maps_are_read_still_gives_build_id_frames() {
     assert!(checked, "eventprobe read the maps of all five crashes before the processes were gone; nothing to check");
     let log = probe.stop();
     assert!(summary_value(&log, "maps_missing") >= 1, "{log}");
+}
+
+const NODUMP_C: &str = r#"
+#include <sys/prctl.h>
+#include <string.h>
+__attribute__((noinline)) void nd_inner(volatile int *p) { *p = 42; }
+__attribute__((noinline)) void nd_outer(volatile int *p) { nd_inner(p); __asm__ volatile(""); }
+int main(int argc, char **argv) {
+    if (argc > 1 && strcmp(argv[1], "nodump") == 0 && prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) return 3;
+    nd_outer(0);
+    return 0;
+}
+"#;
+
+/// Runs `exe args` (it crashes; no core: RLIMIT_CORE stays 0) and returns
+/// its fatal-signal record.
+fn crash_unheld(rx: &Receiver, exe: &Path, args: &[&str]) -> String {
+    let mut c = Command::new(exe).args(args).stderr(Stdio::null()).spawn().expect("spawn");
+    let pid = c.id();
+    assert!(c.wait().expect("wait").code().is_none(), "{} should crash", exe.display());
+    payload(&rx.wait_record("signal/fatal", |r| payload(r).contains(&format!("PID: {pid}\n"))))
+}
+
+/// The `Registers:` line of a fatal-signal payload.
+fn registers_line(text: &str) -> &str {
+    text.lines().find(|l| l.starts_with("Registers: ")).unwrap_or_else(|| panic!("no Registers line in:\n{text}"))
+}
+
+#[test]
+fn not_dumpable_process_gives_no_memory_and_registers_need_the_key() {
+    if !require_root("not_dumpable_process_gives_no_memory_and_registers_need_the_key") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = dir.path().join("nodump.c");
+    std::fs::write(&src, NODUMP_C).expect("write nodump.c");
+    let exe = dir.path().join("ev-nodump");
+    assert!(Command::new("gcc").args(["-O1", "-g", "-o"]).arg(&exe).arg(&src).status().expect("gcc").success());
+    let want_id = build_id_of(&exe);
+    let rx = Receiver::start(Behaviour::default());
+
+    // Default configuration: ip, sp and bp only; a process that made itself
+    // non-dumpable gets no stack copy and ip/sp only, and says why.
+    let mut probe = Probe::start(&rx.path, &["--comm", "ev-nodump"]);
+    let text = crash_unheld(&rx, &exe, &[]);
+    let regs = registers_line(&text);
+    assert!(regs.contains(" bp=0x") && !regs.contains(" ax=") && !regs.contains(" di="), "{text}");
+    assert!(text.contains("Stack copy: ") && !text.contains("Stack copy: 0 bytes"), "{text}");
+    assert!(!text.contains("memory withheld"), "{text}");
+
+    let text = crash_unheld(&rx, &exe, &["nodump"]);
+    assert!(text.contains("memory withheld: the process is not dumpable\n"), "{text}");
+    let regs = registers_line(&text);
+    assert!(regs.starts_with("Registers: ip=0x") && regs.contains(" sp=0x"), "{text}");
+    assert!(!regs.contains(" bp=") && !regs.contains(" ax="), "only ip and sp of a non-dumpable process:\n{text}");
+    assert!(!text.contains("Stack copy:"), "{text}");
+    // The kernel-walked frames (build id + file offset) stay.
+    let kernel = section(&text, "Frame-pointer stack by build id", None);
+    assert!(kernel.contains(&format!("build-id {want_id}")), "{text}");
+    probe.stop();
+
+    // event_registers = true: every general-purpose register of a dumpable
+    // process; still ip and sp only for a non-dumpable one.
+    let conf = dir.path().join("t.conf");
+    std::fs::write(&conf, "[settings]\nevent_registers = true\n").expect("write config");
+    let mut probe = Probe::start(&rx.path, &["--comm", "ev-nodump", "-f", conf.to_str().expect("utf-8 path")]);
+    let text = crash_unheld(&rx, &exe, &[]);
+    let regs = registers_line(&text);
+    for r in [" bp=", " ax=", " bx=", " di=", " r8=", " r15="] {
+        assert!(regs.contains(r), "{r} missing with event_registers = true:\n{text}");
+    }
+    let text = crash_unheld(&rx, &exe, &["nodump"]);
+    assert!(text.contains("memory withheld: the process is not dumpable\n"), "{text}");
+    assert!(!registers_line(&text).contains(" ax="), "{text}");
+    probe.stop();
+
+    // privacy_level = anonymous wins over event_registers.
+    std::fs::write(&conf, "[settings]\nevent_registers = true\nprivacy_level = anonymous\n").expect("write config");
+    let mut probe = Probe::start(&rx.path, &["--comm", "ev-nodump", "-f", conf.to_str().expect("utf-8 path")]);
+    let text = crash_unheld(&rx, &exe, &[]);
+    let regs = registers_line(&text);
+    assert!(regs.contains(" bp=") && !regs.contains(" ax="), "{text}");
+    probe.stop();
 }

@@ -25,6 +25,13 @@ pub const BUILD_ID_SIZE: usize = 20;
 pub const BUILD_ID_STATUS_VALID: i32 = 1;
 /// `BuildIdFrame::status`: only the address is known.
 pub const BUILD_ID_STATUS_IP: i32 = 2;
+/// `FatalSignalEvent::dumpable`: the state could not be read (offsets
+/// unknown, no mm): treated as not dumpable, nothing withheld is copied.
+pub const DUMPABLE_UNKNOWN: u32 = 0xff;
+/// `SUID_DUMP_USER`: the only state in which the kernel writes a core the
+/// user may read; any other (`SUID_DUMP_DISABLE` 0, `SUID_DUMP_ROOT` 2)
+/// means the stack and the registers beyond ip/sp are not copied.
+pub const DUMPABLE_USER: u32 = 1;
 /// Page size the stack copy works in.
 pub const PAGE_SIZE: usize = 4096;
 /// Whole pages of user stack copied, from `sp & !4095` upward. Five pages
@@ -39,10 +46,14 @@ pub const KIND_FATAL_SIGNAL: u32 = 1;
 pub const KIND_EXIT: u32 = 2;
 /// `EventHeader::kind` of an [`OomEvent`].
 pub const KIND_OOM: u32 = 3;
+/// `EventHeader::kind` of a [`ModulesEvent`].
+pub const KIND_MODULES: u32 = 4;
+/// `EventHeader::kind` of an [`ExecEvent`].
+pub const KIND_EXEC: u32 = 5;
 
 /// Index in the `LOST` per-CPU array of each kind's reservation failures
 /// (ring buffer full), so index = kind.
-pub const LOST_SLOTS: u32 = 4;
+pub const LOST_SLOTS: u32 = 6;
 
 /// Name of the ring buffer map.
 pub const MAP_EVENTS: &str = "EVENTS";
@@ -54,10 +65,17 @@ pub const MAP_COMM_ALLOW: &str = "COMM_ALLOW";
 pub const MAP_COMM_DENY: &str = "COMM_DENY";
 /// Name of the `PerCpuArray<u64>` of lost events, indexed by kind.
 pub const MAP_LOST: &str = "LOST";
+/// Name of the per-CPU `ModuleScan` scratch of the exit program.
+pub const MAP_MODULE_SCAN: &str = "MODULE_SCAN";
+/// Name of the `HashMap<u32 tid, PendingExit>` of threads dying of a
+/// fatal signal whose modules are named at their exit.
+pub const MAP_PENDING: &str = "PENDING_EXIT";
 /// Program names (the tracepoint functions in probe-ebpf).
 pub const PROG_SIGNAL: &str = "signal_deliver";
 pub const PROG_EXIT: &str = "exit_group";
 pub const PROG_OOM: &str = "mark_victim";
+pub const PROG_PROCESS_EXIT: &str = "process_exit";
+pub const PROG_PROCESS_EXEC: &str = "process_exec";
 
 /// `Config::flags`: report a fatal signal only when its action is the
 /// default (`sa_handler == SIG_DFL`), i.e. the signal kills the process.
@@ -89,7 +107,104 @@ pub struct Config {
     pub off_start_boottime: u32,
     /// Byte offset of `task_struct.thread.cr2` (the x86 fault address), or 0.
     pub off_thread_cr2: u32,
+    /// Byte offset of `task_struct.mm`, or 0.
+    pub off_task_mm: u32,
+    /// Byte offset of `mm_struct.flags` (its low bits hold the dumpable
+    /// state, `MMF_DUMPABLE_MASK`), or 0.
+    pub off_mm_flags: u32,
+    /// Offsets for the per-module identity recorded at the signal (see
+    /// [`ModuleVma`]); all must be known (non-zero where a field cannot be
+    /// at 0) or no module is recorded.
+    pub vma: VmaOffsets,
+    /// Byte offset of `mm_struct.exe_file`, or 0 (no exec events).
+    pub off_mm_exe_file: u32,
     pub _pad: u32,
+}
+
+/// Kernel structure offsets (from the kernel BTF) the fatal-signal program
+/// needs to name the file behind each code address (`bpf_find_vma`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VmaOffsets {
+    /// 1 when every offset below was found.
+    pub ok: u32,
+    pub vma_start: u32,
+    pub vma_end: u32,
+    pub vma_pgoff: u32,
+    pub vma_file: u32,
+    pub vma_flags: u32,
+    pub file_inode: u32,
+    pub file_dentry: u32,
+    pub inode_ino: u32,
+    pub inode_sb: u32,
+    pub sb_dev: u32,
+    pub dentry_parent: u32,
+    pub dentry_name: u32,
+}
+
+/// Most executable file mappings recorded per fatal signal.
+pub const MAX_MODULES: usize = 16;
+/// Most path components recorded per module (innermost first).
+pub const PATH_DEPTH: usize = 8;
+/// Bytes per recorded path component (NUL-terminated, truncated).
+pub const NAME_LEN: usize = 48;
+/// Most `bpf_find_vma` lookups per fatal signal (bounds the kernel-side
+/// cost whatever the stack holds).
+pub const MAX_VMA_LOOKUPS: u32 = 128;
+
+/// An executable file mapping of the crashing process, found by
+/// `bpf_find_vma` for the instruction pointer or a stack word that points
+/// into it, recorded while the process still exists: enough to unwind and
+/// symbolize after it is gone.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModuleVma {
+    pub start: u64,
+    pub end: u64,
+    /// File offset of `start` (`vm_pgoff << PAGE_SHIFT`).
+    pub offset: u64,
+    /// `inode->i_ino`.
+    pub ino: u64,
+    /// `inode->i_sb->s_dev` (kernel encoding: major << 20 | minor).
+    pub dev: u32,
+    /// Components filled in `names`.
+    pub depth: u16,
+    /// 1 when `names` reaches the root of the file system (else the path
+    /// was deeper than [`PATH_DEPTH`]).
+    pub rooted: u16,
+    /// The dentry names from the file up to its file system's root
+    /// (innermost first; the root's own name is `/`).
+    pub names: [[u8; NAME_LEN]; PATH_DEPTH],
+}
+
+impl Default for ModuleVma {
+    fn default() -> Self {
+        ModuleVma {
+            start: 0,
+            end: 0,
+            offset: 0,
+            ino: 0,
+            dev: 0,
+            depth: 0,
+            rooted: 0,
+            names: [[0; NAME_LEN]; PATH_DEPTH],
+        }
+    }
+}
+
+/// Per-CPU scratch of the fatal-signal program's module search.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ModuleScan {
+    /// Kernel address of the event's stack copy (read word by word).
+    pub words: u64,
+    pub n: u32,
+    pub lookups: u32,
+    pub neg_next: u32,
+    pub _pad: u32,
+    /// Ranges known not to be executable file mappings (stack, heap).
+    pub neg: [[u64; 2]; 8],
+    pub mods: [ModuleVma; MAX_MODULES],
 }
 
 /// What every ring-buffer record starts with.
@@ -185,8 +300,58 @@ pub struct FatalSignalEvent {
     pub stack_pages_ok: u32,
     /// 1 when `fault_addr` holds the fault address (which may be 0).
     pub fault_addr_ok: u32,
+    /// The process's dumpable state (`mm->flags & MMF_DUMPABLE_MASK`), or
+    /// [`DUMPABLE_UNKNOWN`]. Unless it is [`DUMPABLE_USER`], `stack` is not
+    /// copied (`stack_pages_ok` is 0) and `regs` holds only ip and sp.
+    pub dumpable: u32,
+    /// 1 when a [`ModulesEvent`] of this thread follows (from its exit).
+    pub modules_follow: u32,
     /// Copy of the user stack from `stack_base`.
     pub stack: [u8; STACK_COPY_BYTES],
+}
+
+/// The executable file mappings under the crashing thread's ip and the
+/// words of its stack, named by `bpf_find_vma` when the thread that took
+/// a fatal signal exits (`sched:sched_process_exit`, before its mm is
+/// released). Not at the signal itself: `signal_deliver` runs with
+/// interrupts off, where `bpf_find_vma` can take the mmap lock only once.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ModulesEvent {
+    pub header: EventHeader,
+    /// Entries of `modules` filled.
+    pub n_modules: u32,
+    /// `bpf_find_vma` lookups made (at most [`MAX_VMA_LOOKUPS`]).
+    pub vma_lookups: u32,
+    /// Lookups refused because the mmap lock was busy.
+    pub vma_busy: u32,
+    pub _pad: u32,
+    pub modules: [ModuleVma; MAX_MODULES],
+}
+
+/// A process ran `execve` (`sched:sched_process_exec`): eventprobe holds
+/// its executable open, so a binary deleted or replaced before it crashes
+/// still unwinds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExecEvent {
+    pub header: EventHeader,
+    /// `mm->exe_file->f_inode->i_ino`.
+    pub ino: u64,
+    /// `...->i_sb->s_dev` (kernel encoding: major << 20 | minor).
+    pub dev: u32,
+    pub _pad: u32,
+}
+
+/// What the fatal-signal program leaves for the thread's exit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingExit {
+    pub ip: u64,
+    pub sp: u64,
+    /// 1 when the stack may be read (the process is dumpable).
+    pub scan_stack: u32,
+    pub _pad: u32,
 }
 
 /// A process calling `exit_group` with a non-zero code
@@ -237,7 +402,8 @@ const _: () = {
     assert!(core::mem::size_of::<EventHeader>() == 40);
     assert!(core::mem::size_of::<UserRegs>() == 21 * 8);
     assert!(core::mem::size_of::<FatalSignalEvent>() % 8 == 0);
-    assert!(core::mem::size_of::<Config>() == 32);
+    assert!(core::mem::size_of::<Config>() == 40 + 52 + 4);
+    assert!(core::mem::size_of::<ModuleVma>() == 424);
     assert!(core::mem::size_of::<BuildIdFrame>() == 32);
     assert!(core::mem::align_of::<FatalSignalEvent>() == 8);
 };

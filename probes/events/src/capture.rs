@@ -9,11 +9,16 @@ use unwind::{Backtrace, End, Frame, FrameSource, Mappings, ProcOpener, Registers
 
 use crate::event::FatalSignal;
 
-/// The process as read from /proc right after its event arrived.
+/// The process as read from /proc right after its event arrived (or, when
+/// it is gone, as the kernel named its executable mappings at the signal).
 pub struct Capture {
     pub maps: Mappings,
     /// Opens the process's files; its mappings were pre-opened.
-    pub opener: Option<ProcOpener>,
+    pub opener: Option<Box<dyn unwind::FileOpener>>,
+    /// When the mappings are the kernel's (the process was gone): how many
+    /// executable mappings it named, and how many of their files were
+    /// opened.
+    pub kernel_modules: Option<(usize, usize)>,
     /// /proc/PID/stat field 22 (clock ticks since boot).
     pub start_ticks: Option<u64>,
     pub exe: Option<String>,
@@ -21,8 +26,19 @@ pub struct Capture {
     pub missing: Option<String>,
 }
 
-/// Reads what can be read of `/proc/PID` now.
-pub fn capture(pid: u32) -> Capture {
+/// Reads what can be read of `/proc/PID` now (nothing with `no_proc`).
+pub fn capture(f: &FatalSignal, no_proc: bool) -> Capture {
+    let pid = f.task.pid;
+    if no_proc {
+        return Capture {
+            kernel_modules: None,
+            maps: Mappings::new(Vec::new()),
+            opener: None,
+            start_ticks: None,
+            exe: None,
+            missing: Some("not read (--no-proc-maps)".into()),
+        };
+    }
     let dir = format!("/proc/{pid}");
     let proc_dir = unwind::open_dir(None, dir.as_ref());
     let exe = std::fs::read_link(format!("{dir}/exe")).ok().map(|p| p.display().to_string());
@@ -45,7 +61,33 @@ pub fn capture(pid: u32) -> Capture {
     if let Some(o) = &opener {
         o.preopen(&maps);
     }
-    Capture { maps, opener, start_ticks, exe, missing }
+    Capture {
+        maps,
+        opener: opener.map(|o| Box::new(o) as Box<dyn unwind::FileOpener>),
+        kernel_modules: None,
+        start_ticks,
+        exe,
+        missing,
+    }
+}
+
+impl Capture {
+    /// When /proc/PID was gone (or not read): takes the mappings the
+    /// kernel named at the thread's exit instead, opening their files
+    /// (`held` gives files already open by (device, inode)).
+    pub fn use_kernel_modules(
+        &mut self,
+        m: &crate::event::ModulesInfo,
+        held: &dyn Fn((u64, u64)) -> Option<std::fs::File>,
+    ) {
+        if self.missing.is_none() || m.modules.is_empty() {
+            return;
+        }
+        let r = crate::modules::resolve(&m.modules, held);
+        self.kernel_modules = Some((m.modules.len(), r.opened));
+        self.maps = r.maps;
+        self.opener = Some(Box::new(r.opener));
+    }
 }
 
 /// The unwound and symbolized stacks of one fatal signal.
@@ -73,7 +115,7 @@ fn user_regs(f: &FatalSignal) -> Option<Registers> {
 /// Unwinds and symbolizes (CPU work: run it off the reader).
 pub fn unwind(unwinder: &Arc<Unwinder>, f: &FatalSignal, cap: &Capture) -> Stacks {
     let opener: &dyn unwind::FileOpener = match &cap.opener {
-        Some(o) => o,
+        Some(o) => o.as_ref(),
         None => &unwind::HostOpener,
     };
     let memory = StackSnapshot::new(f.stack_base, &f.stack);

@@ -8,6 +8,7 @@
 //!  LOST map ─(1 s)─▶ warning when the kernel side lost events (ring buffer full)
 //! ```
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
@@ -25,6 +26,7 @@ use unwind::Unwinder;
 
 use crate::capture::{capture, unwind, Capture};
 use crate::event::{parse, Event, FatalSignal};
+use crate::exec::HeldExes;
 use crate::filters::Filters;
 use crate::loader::{object_bytes, LoadError, Lost, Probes};
 use crate::ratelimit::{Limit, RateLimiter, Verdict};
@@ -50,6 +52,11 @@ pub struct Options {
     pub duration: Option<Duration>,
     /// Timeout of one send to the collector.
     pub send_timeout: Duration,
+    /// List the registers beyond ip/sp/bp in fatal-signal records
+    /// (`event_registers`, see [`crate::config`]).
+    pub registers: bool,
+    /// Use only the kernel's module names, never /proc/PID (`--no-proc-maps`).
+    pub no_proc_maps: bool,
 }
 
 /// Why the probe stopped with an error.
@@ -134,6 +141,12 @@ struct Reader {
     limiter: RateLimiter,
     tx: SyncSender<Job>,
     counters: Arc<Counters>,
+    no_proc_maps: bool,
+    /// Fatal signals of processes already gone, waiting for the modules
+    /// named at the thread's exit, by tid.
+    waiting: HashMap<u32, (Box<FatalSignal>, Box<Capture>, u64, Instant)>,
+    /// Executables held open while their processes live.
+    held: HeldExes,
 }
 
 impl Reader {
@@ -150,6 +163,20 @@ impl Reader {
             Event::Fatal(f) => (KIND_FATAL_SIGNAL, f.task.comm.as_str()),
             Event::Exit(e) => (KIND_EXIT, e.task.comm.as_str()),
             Event::Oom(o) => (KIND_OOM, o.victim.comm.as_str()),
+            Event::Exec { task, dev, ino } => {
+                self.held.exec(task.pid, *dev, *ino);
+                return;
+            }
+            Event::Modules(m) => {
+                // The modules of a fatal signal waiting for them.
+                if let Some((mut f, mut cap, suppressed, _)) = self.waiting.remove(&m.task.tid) {
+                    let held = &self.held;
+                    cap.use_kernel_modules(m, &|k| held.get(k));
+                    f.modules = Some(m.clone());
+                    self.queue(Job::Fatal(f, cap, suppressed));
+                }
+                return;
+            }
         };
         let c = match kind {
             KIND_FATAL_SIGNAL => &self.counters.fatal,
@@ -167,15 +194,39 @@ impl Reader {
         let job = match ev {
             Event::Fatal(f) => {
                 // At once, while the process may still exist.
-                let cap = capture(f.task.pid);
+                let cap = capture(&f, self.no_proc_maps);
                 if cap.missing.is_some() {
                     self.counters.maps_missing.fetch_add(1, Ordering::Relaxed);
+                    if f.modules_follow {
+                        // Gone: wait for the modules the kernel names at
+                        // the thread's exit (it follows in the ring).
+                        self.waiting.insert(f.task.tid, (f, Box::new(cap), suppressed, Instant::now()));
+                        return;
+                    }
                 }
                 Job::Fatal(f, Box::new(cap), suppressed)
             }
             Event::Exit(e) => Job::Record(exit_record(&self.classes, &e, suppressed)),
             Event::Oom(o) => Job::Record(oom_record(&self.classes, &o, suppressed)),
+            Event::Modules(_) | Event::Exec { .. } => return,
         };
+        self.queue(job);
+    }
+
+    /// Fatal signals whose modules did not come (the exit event was lost)
+    /// go on without them.
+    fn flush_waiting(&mut self, older_than: Duration) {
+        let now = Instant::now();
+        let stale: Vec<u32> =
+            self.waiting.iter().filter(|(_, w)| now.duration_since(w.3) >= older_than).map(|(t, _)| *t).collect();
+        for tid in stale {
+            if let Some((f, cap, suppressed, _)) = self.waiting.remove(&tid) {
+                self.queue(Job::Fatal(f, cap, suppressed));
+            }
+        }
+    }
+
+    fn queue(&mut self, job: Job) {
         match self.tx.try_send(job) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
@@ -224,7 +275,14 @@ impl Sender {
     }
 }
 
-fn worker(rx: Receiver<Job>, classes: Classes, socket: PathBuf, timeout: Duration, counters: Arc<Counters>) {
+fn worker(
+    rx: Receiver<Job>,
+    classes: Classes,
+    socket: PathBuf,
+    timeout: Duration,
+    counters: Arc<Counters>,
+    registers: bool,
+) {
     let unwinder = Arc::new(Unwinder::new(unwind::Options::default()));
     let boot_id = match telemetry::BootId::read() {
         Ok(b) => Some(b),
@@ -238,7 +296,7 @@ fn worker(rx: Receiver<Job>, classes: Classes, socket: PathBuf, timeout: Duratio
         let record = match job {
             Job::Fatal(f, cap, suppressed) => {
                 let stacks = unwind(&unwinder, &f, &cap);
-                fatal_record(&classes, &f, &cap, &stacks, boot_id.as_ref(), suppressed)
+                fatal_record(&classes, &f, &cap, &stacks, boot_id.as_ref(), suppressed, registers)
             }
             Job::Record(r) => r,
         };
@@ -271,16 +329,20 @@ pub async fn run(opts: Options) -> Result<Summary, DaemonError> {
     let counters = Arc::new(Counters::default());
     let (tx, rx) = sync_channel::<Job>(opts.queue.max(1));
     let wc = counters.clone();
-    let (socket, timeout, wclasses) = (opts.socket.clone(), opts.send_timeout, classes.clone());
+    let (socket, timeout, wclasses, registers) =
+        (opts.socket.clone(), opts.send_timeout, classes.clone(), opts.registers);
     let worker = std::thread::Builder::new()
         .name("eventprobe-worker".into())
-        .spawn(move || worker(rx, wclasses, socket, timeout, wc))
+        .spawn(move || worker(rx, wclasses, socket, timeout, wc, registers))
         .map_err(DaemonError::Worker)?;
     let mut reader = Reader {
         classes,
         limiter: RateLimiter::new(opts.per_key, opts.global, Instant::now()),
         tx,
         counters: counters.clone(),
+        no_proc_maps: opts.no_proc_maps,
+        waiting: HashMap::new(),
+        held: HeldExes::default(),
     };
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
@@ -300,6 +362,8 @@ pub async fn run(opts: Options) -> Result<Summary, DaemonError> {
                 guard.clear_ready();
             }
             _ = tick.tick() => {
+                reader.flush_waiting(Duration::from_secs(2));
+                reader.held.sweep();
                 if let Ok(l) = probes.lost() {
                     if l.total() > last_lost.total() {
                         tracing::warn!(
@@ -317,6 +381,7 @@ pub async fn run(opts: Options) -> Result<Summary, DaemonError> {
     }
     // What is already in the ring is still reported.
     reader.drain(afd.get_mut());
+    reader.flush_waiting(Duration::ZERO);
     let elapsed = started.elapsed();
     drop(reader);
     if worker.join().is_err() {

@@ -2,8 +2,10 @@
 //! eventprobe only sees [`Event`]).
 
 use event_types::{
-    comm_str, BuildIdFrame, EventHeader, ExitEvent, FatalSignalEvent, OomEvent, UserRegs, BUILD_ID_STATUS_IP,
-    BUILD_ID_STATUS_VALID, KIND_EXIT, KIND_FATAL_SIGNAL, KIND_OOM, MAX_FP_FRAMES, PAGE_SIZE, STACK_PAGES,
+    comm_str, BuildIdFrame, EventHeader, ExecEvent, ExitEvent, FatalSignalEvent, ModuleVma, ModulesEvent, OomEvent,
+    UserRegs, BUILD_ID_STATUS_IP, BUILD_ID_STATUS_VALID, DUMPABLE_UNKNOWN, DUMPABLE_USER, KIND_EXEC, KIND_EXIT,
+    KIND_FATAL_SIGNAL, KIND_MODULES, KIND_OOM, MAX_FP_FRAMES, MAX_MODULES, NAME_LEN, PAGE_SIZE, PATH_DEPTH,
+    STACK_PAGES,
 };
 use thiserror::Error;
 
@@ -53,6 +55,102 @@ pub struct FatalSignal {
     /// was readable from the base; pages after a hole are dropped).
     pub stack_base: u64,
     pub stack: Vec<u8>,
+    /// Whether the kernel would dump this process's core for its user
+    /// (`SUID_DUMP_USER`). When not, the kernel side copied no stack and
+    /// no registers beyond ip/sp.
+    pub dumpable: Dumpable,
+    /// A [`ModulesInfo`] of this thread follows (from its exit).
+    pub modules_follow: bool,
+    /// The executable file mappings under ip and the stack's words, named
+    /// by the kernel as the thread exited (see `crate::modules`); filled
+    /// from the [`ModulesInfo`] that follows.
+    pub modules: Option<ModulesInfo>,
+}
+
+/// The executable mappings of a thread that died of a fatal signal, named
+/// by the kernel at its exit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModulesInfo {
+    pub task: Task,
+    pub modules: Vec<KernelModule>,
+    /// `bpf_find_vma` lookups made, and how many found the mmap lock busy.
+    pub lookups: u32,
+    pub busy: u32,
+}
+
+/// An executable file mapping as the kernel named it at the signal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelModule {
+    pub start: u64,
+    pub end: u64,
+    /// File offset of `start`.
+    pub offset: u64,
+    /// Device (major, minor) and inode of the file.
+    pub dev: (u32, u32),
+    pub ino: u64,
+    /// The path inside its file system (`/`-rooted), when the dentry walk
+    /// reached the root.
+    pub fs_path: Option<String>,
+    /// The file's own name.
+    pub name: String,
+}
+
+fn name_of(b: &[u8; NAME_LEN]) -> String {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(NAME_LEN);
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
+
+impl KernelModule {
+    fn from_raw(m: &ModuleVma) -> Option<KernelModule> {
+        if m.start >= m.end || m.depth == 0 {
+            return None;
+        }
+        let depth = usize::from(m.depth).min(PATH_DEPTH);
+        let names: Vec<String> = m.names[..depth].iter().map(name_of).collect();
+        let name = names.first().cloned().unwrap_or_default();
+        let fs_path = (m.rooted == 1).then(|| {
+            let parts: Vec<&str> =
+                names.iter().rev().map(String::as_str).filter(|n| *n != "/" && !n.is_empty()).collect();
+            format!("/{}", parts.join("/"))
+        });
+        Some(KernelModule {
+            start: m.start,
+            end: m.end,
+            offset: m.offset,
+            // The kernel's dev_t: major << 20 | minor.
+            dev: (m.dev >> 20, m.dev & 0xf_ffff),
+            ino: m.ino,
+            fs_path,
+            name,
+        })
+    }
+}
+
+/// The process's dumpable state at the signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dumpable {
+    /// `SUID_DUMP_USER`: its core would be written for its user.
+    User,
+    /// `SUID_DUMP_DISABLE` (0) or `SUID_DUMP_ROOT` (2): the kernel
+    /// withholds its core from its user.
+    No(u32),
+    /// The state could not be read (treated as not dumpable).
+    Unknown,
+}
+
+impl Dumpable {
+    fn from_raw(v: u32) -> Dumpable {
+        match v {
+            DUMPABLE_USER => Dumpable::User,
+            DUMPABLE_UNKNOWN => Dumpable::Unknown,
+            v => Dumpable::No(v),
+        }
+    }
+
+    /// Whether the process's memory and registers may be reported.
+    pub fn allows_memory(self) -> bool {
+        self == Dumpable::User
+    }
 }
 
 impl std::fmt::Debug for FatalSignal {
@@ -125,6 +223,13 @@ pub enum Event {
     Fatal(Box<FatalSignal>),
     Exit(AbnormalExit),
     Oom(OomKill),
+    Modules(ModulesInfo),
+    /// A process exec'd the file (device (major, minor), inode).
+    Exec {
+        task: Task,
+        dev: (u32, u32),
+        ino: u64,
+    },
 }
 
 impl Event {
@@ -133,6 +238,8 @@ impl Event {
             Event::Fatal(_) => "fatal signal",
             Event::Exit(_) => "abnormal exit",
             Event::Oom(_) => "oom kill",
+            Event::Modules(_) => "modules",
+            Event::Exec { .. } => "exec",
         }
     }
 }
@@ -155,6 +262,11 @@ pub fn parse(bytes: &[u8]) -> Result<Event, EventError> {
     let header: EventHeader = read(bytes, "an event header")?;
     match header.kind {
         KIND_FATAL_SIGNAL => parse_fatal(bytes).map(|f| Event::Fatal(Box::new(f))),
+        KIND_MODULES => parse_modules(bytes).map(Event::Modules),
+        KIND_EXEC => {
+            let e: ExecEvent = read(bytes, "an exec event")?;
+            Ok(Event::Exec { task: Task::from(&e.header), dev: (e.dev >> 20, e.dev & 0xf_ffff), ino: e.ino })
+        }
         KIND_EXIT => {
             let e: ExitEvent = read(bytes, "an exit event")?;
             Ok(Event::Exit(AbnormalExit { task: Task::from(&e.header), code: e.code }))
@@ -202,6 +314,8 @@ fn parse_fatal(bytes: &[u8]) -> Result<FatalSignal, EventError> {
         fault_ok,
         bid_bytes,
         bid,
+        dumpable,
+        modules_follow,
     ) = unsafe {
         use std::ptr::{addr_of, read_unaligned as r};
         (
@@ -221,13 +335,23 @@ fn parse_fatal(bytes: &[u8]) -> Result<FatalSignal, EventError> {
             r(addr_of!((*base).fault_addr_ok)),
             r(addr_of!((*base).bid_bytes)),
             r(addr_of!((*base).bid_frames)),
+            r(addr_of!((*base).dumpable)),
+            r(addr_of!((*base).modules_follow)),
         )
     };
+    let dumpable = Dumpable::from_raw(dumpable);
     let nframes = if fp_bytes > 0 { (fp_bytes as usize / 8).min(MAX_FP_FRAMES) } else { 0 };
     let stack_off = std::mem::offset_of!(FatalSignalEvent, stack);
-    // Contiguous readable pages from the base.
-    let pages = (0..STACK_PAGES).take_while(|i| ok & (1 << i) != 0).count();
-    let stack = bytes[stack_off..stack_off + pages * PAGE_SIZE].to_vec();
+    // Contiguous readable pages
+    // (none when the process is not dumpable, whatever the bits say).
+    // The run starts at the first readable page: sp of a stack overflow
+    // lies in the unmapped page below the stack.
+    let first = (0..STACK_PAGES).find(|i| ok & (1 << i) != 0).unwrap_or(STACK_PAGES);
+    let pages =
+        if dumpable.allows_memory() { (first..STACK_PAGES).take_while(|i| ok & (1 << i) != 0).count() } else { 0 };
+    let from = stack_off + first * PAGE_SIZE;
+    let stack = bytes[from..from + pages * PAGE_SIZE].to_vec();
+    let stack_base = if pages > 0 { stack_base + (first * PAGE_SIZE) as u64 } else { stack_base };
     Ok(FatalSignal {
         task: Task::from(&header),
         signal,
@@ -241,6 +365,34 @@ fn parse_fatal(bytes: &[u8]) -> Result<FatalSignal, EventError> {
         build_id_frames: kernel_frames(&bid, bid_bytes),
         stack_base,
         stack,
+        dumpable,
+        modules_follow: modules_follow == 1,
+        modules: None,
+    })
+}
+
+fn parse_modules(bytes: &[u8]) -> Result<ModulesInfo, EventError> {
+    let need = std::mem::size_of::<ModulesEvent>();
+    if bytes.len() < need {
+        return Err(EventError::Short { what: "a modules event", len: bytes.len(), need });
+    }
+    let base = bytes.as_ptr().cast::<ModulesEvent>();
+    // SAFETY: length checked; unaligned reads of plain integer fields.
+    let (header, n, lookups, busy, modules) = unsafe {
+        use std::ptr::{addr_of, read_unaligned as r};
+        (
+            r(addr_of!((*base).header)),
+            r(addr_of!((*base).n_modules)),
+            r(addr_of!((*base).vma_lookups)),
+            r(addr_of!((*base).vma_busy)),
+            r(addr_of!((*base).modules)),
+        )
+    };
+    Ok(ModulesInfo {
+        task: Task::from(&header),
+        modules: modules.iter().take((n as usize).min(MAX_MODULES)).filter_map(KernelModule::from_raw).collect(),
+        lookups,
+        busy,
     })
 }
 
@@ -294,6 +446,7 @@ mod tests {
                 f
             });
             w(addr_of_mut!((*base).stack_pages_ok), 0b01011);
+            w(addr_of_mut!((*base).dumpable), DUMPABLE_USER);
             w(addr_of_mut!((*base).start_boottime_ns), 12_340_000_000);
         }
         // SAFETY: as above.
@@ -317,5 +470,11 @@ mod tests {
         assert_eq!(f.stack.len(), 2 * PAGE_SIZE);
         assert_eq!(f.start_ticks, Some(1234));
         assert!(f.regs.is_some() && f.fault_addr.is_none());
+        assert_eq!(f.dumpable, Dumpable::User);
+        // Not dumpable: no stack bytes are taken, whatever the page bits say.
+        // SAFETY: as above.
+        unsafe { std::ptr::write_unaligned(std::ptr::addr_of_mut!((*base).dumpable), 0) };
+        let Event::Fatal(f) = parse(&buf).unwrap() else { panic!("not fatal") };
+        assert_eq!((f.dumpable, f.stack.len()), (Dumpable::No(0), 0));
     }
 }

@@ -127,6 +127,10 @@ impl Filters {
             off_group_leader: offsets.group_leader,
             off_start_boottime: offsets.start_boottime,
             off_thread_cr2: offsets.thread_cr2,
+            off_task_mm: offsets.task_mm,
+            off_mm_flags: offsets.mm_flags,
+            vma: offsets.vma,
+            off_mm_exe_file: offsets.mm_exe_file,
             _pad: 0,
         }
     }

@@ -8,6 +8,8 @@
 
 use std::collections::HashMap;
 
+use event_types::VmaOffsets;
+
 use thiserror::Error;
 
 /// Why offsets could not be found.
@@ -198,6 +200,14 @@ pub struct TaskOffsets {
     pub group_leader: u32,
     pub start_boottime: u32,
     pub thread_cr2: u32,
+    /// `task_struct.mm`.
+    pub task_mm: u32,
+    /// `mm_struct.flags` (the dumpable state is in its low bits).
+    pub mm_flags: u32,
+    /// What naming the file behind a code address takes.
+    pub vma: VmaOffsets,
+    /// `mm_struct.exe_file`.
+    pub mm_exe_file: u32,
 }
 
 impl TaskOffsets {
@@ -213,6 +223,48 @@ impl TaskOffsets {
             group_leader: get("group_leader"),
             start_boottime: get("start_boottime"),
             thread_cr2: if cfg!(target_arch = "x86_64") { get("thread.cr2") } else { 0 },
+            task_mm: get("mm"),
+            vma: vma_offsets(btf),
+            mm_exe_file: btf.member_offset("mm_struct", "exe_file").unwrap_or(0),
+            mm_flags: match btf.member_offset("mm_struct", "flags") {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(
+                        "{e}: the dumpable state is unknown, so no stack or registers beyond ip/sp are copied"
+                    );
+                    0
+                }
+            },
+        }
+    }
+}
+
+/// The offsets of [`VmaOffsets`], or all zero (`ok` = 0) when one is
+/// missing: modules are then not recorded at the signal.
+pub fn vma_offsets(btf: &KernelBtf) -> VmaOffsets {
+    let get = |s: &str, p: &str| btf.member_offset(s, p);
+    let all = (|| -> Result<VmaOffsets, BtfError> {
+        Ok(VmaOffsets {
+            ok: 1,
+            vma_start: get("vm_area_struct", "vm_start")?,
+            vma_end: get("vm_area_struct", "vm_end")?,
+            vma_pgoff: get("vm_area_struct", "vm_pgoff")?,
+            vma_file: get("vm_area_struct", "vm_file")?,
+            vma_flags: get("vm_area_struct", "vm_flags")?,
+            file_inode: get("file", "f_inode")?,
+            file_dentry: get("file", "f_path.dentry")?,
+            inode_ino: get("inode", "i_ino")?,
+            inode_sb: get("inode", "i_sb")?,
+            sb_dev: get("super_block", "s_dev")?,
+            dentry_parent: get("dentry", "d_parent")?,
+            dentry_name: get("dentry", "d_name.name")?,
+        })
+    })();
+    match all {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!("{e}: code addresses are not named by the kernel; a process gone before /proc/PID/maps is read gets unsymbolized frames");
+            VmaOffsets::default()
         }
     }
 }
@@ -235,6 +287,9 @@ mod tests {
         };
         let o = TaskOffsets::from_btf(&btf);
         assert!(o.group_leader > 0 && o.start_boottime > 0, "{o:?}");
+        assert!(o.task_mm > 0 && o.mm_flags > 0, "{o:?}");
+        assert_eq!(o.vma.ok, 1, "{o:?}");
+        assert_ne!(o.vma.vma_start, o.vma.vma_end);
         assert_ne!(o.group_leader, o.start_boottime);
     }
 }

@@ -4,8 +4,10 @@
 //!
 //! ```text
 //!  kernel: probe-ebpf/ (tracepoints signal:signal_deliver,
-//!          syscalls:sys_enter_exit_group, oom:mark_victim; filters in maps)
-//!    │  RingBuf of event_types::{FatalSignalEvent, ExitEvent, OomEvent}
+//!          sched:sched_process_exit, sched:sched_process_exec,
+//!          syscalls:sys_enter_exit_group,
+//!          oom:mark_victim; filters in maps)
+//!    │  RingBuf of event_types::{FatalSignalEvent, ModulesEvent, ExecEvent, ExitEvent, OomEvent}
 //!    ▼
 //!  eventprobe (this crate)
 //!    loader   loads the embedded object with aya, writes the filter maps, attaches
@@ -13,6 +15,9 @@
 //!    daemon   tokio AsyncFd reader, rate limiter, /proc capture, worker thread
 //!    capture  /proc/PID/maps at once; unwinding with the shared `unwind` crate
 //!             (DWARF CFI first, frame pointers second) over the stack snapshot
+//!    modules  the kernel's names of the executable mappings (process gone)
+//!    exec     executables held open while their processes live
+//!    config   event_registers, privacy_level
 //!    report   records `org.clearlinux/{signal/fatal, exit/abnormal, oom/kill}`
 //!    │  telemetry::client::Client (native framing, acknowledged)
 //!    ▼
@@ -21,17 +26,28 @@
 //!
 //! ## Reading the crashed process in time
 //! A fatal signal's registers, frame-pointer stack and stack copy are taken
-//! in the kernel, but the mappings needed to unwind and symbolize them are
-//! read from `/proc/PID/maps` (and the mapped files pre-opened through
-//! `/proc/PID/map_files`) when the event reaches user space. That works
-//! while the process still exists: the kernel keeps a crashing process
-//! alive while its core is dumped, so with a core_pattern handler
-//! (crashprobe, systemd-coredump) or a core file being written the read
-//! succeeds (see `tests/tests/events_crashprobe.rs`). Without a core dump
-//! the process is usually gone within microseconds; the record then says
-//! `Mappings: unavailable`, and lists the frame-pointer walk as the kernel
-//! resolved it while the process existed (`BPF_F_USER_BUILD_ID`: GNU build
-//! id and file offset per frame), which a server can symbolize.
+//! in the kernel. The mappings needed to unwind and symbolize them come
+//! from `/proc/PID/maps` (files pre-opened through `/proc/PID/map_files`)
+//! when the process still exists as the event reaches user space (a
+//! core_pattern handler such as crashprobe holds it while its core is
+//! dumped). Without a core dump the process is usually gone within
+//! microseconds, so the kernel names them itself: when the thread that
+//! took the fatal signal exits (`sched:sched_process_exit`, before its mm
+//! is released), `process_exit` calls `bpf_find_vma` for ip and for every
+//! word of the user stack (16 KiB from sp; at most 128 lookups, stack and
+//! heap ranges remembered so each is looked up once) and sends a
+//! `ModulesEvent`: start, end, file offset, device, inode and the dentry
+//! names up to the file system's root of each executable file mapping
+//! (at most 16). `modules` opens those very files (path under each mount
+//! of the device, device and inode checked; an executable held open since
+//! its `exec`, see `exec`, when the path no longer names it: deleted or
+//! replaced) and the unwinder runs over them. Not at the signal itself: `signal:signal_deliver` runs with
+//! interrupts off, where `bpf_find_vma` can take the mmap lock only once
+//! per program run. `--no-proc-maps` uses only the kernel's names (tests,
+//! measurements). The record then says `Mappings: named by the kernel at
+//! the signal (...)`, and also lists the frame-pointer walk as the kernel
+//! resolved it (`BPF_F_USER_BUILD_ID`: GNU build id and file offset per
+//! frame).
 //!
 //! ## Kernel facts without CO-RE
 //! aya-ebpf has no CO-RE relocations, so `kernel_btf` reads the offsets of
@@ -54,10 +70,13 @@
 //! `cargo xtask build-ebpf` and rebuild; `--object PATH` loads another one.
 
 pub mod capture;
+pub mod config;
 pub mod daemon;
 pub mod event;
+pub mod exec;
 pub mod filters;
 pub mod kernel_btf;
 pub mod loader;
+pub mod modules;
 pub mod ratelimit;
 pub mod report;

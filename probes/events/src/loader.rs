@@ -8,8 +8,8 @@ use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::TracePoint;
 use aya::{Ebpf, EbpfLoader, Pod};
 use event_types::{
-    Config, COMM_LEN, KIND_EXIT, KIND_FATAL_SIGNAL, KIND_OOM, MAP_COMM_ALLOW, MAP_COMM_DENY, MAP_CONFIG, MAP_EVENTS,
-    MAP_LOST, PROG_EXIT, PROG_OOM, PROG_SIGNAL,
+    Config, COMM_LEN, KIND_EXIT, KIND_FATAL_SIGNAL, KIND_MODULES, KIND_OOM, MAP_COMM_ALLOW, MAP_COMM_DENY, MAP_CONFIG,
+    MAP_EVENTS, MAP_LOST, PROG_EXIT, PROG_OOM, PROG_PROCESS_EXEC, PROG_PROCESS_EXIT, PROG_SIGNAL,
 };
 use thiserror::Error;
 
@@ -63,11 +63,13 @@ pub struct Lost {
     pub fatal: u64,
     pub exit: u64,
     pub oom: u64,
+    /// Module names of a fatal signal (the record then has none).
+    pub modules: u64,
 }
 
 impl Lost {
     pub fn total(&self) -> u64 {
-        self.fatal + self.exit + self.oom
+        self.fatal + self.exit + self.oom + self.modules
     }
 }
 
@@ -154,6 +156,8 @@ impl Probes {
             (PROG_SIGNAL, "signal", "signal_deliver", !filters.signals.is_empty()),
             (PROG_EXIT, "syscalls", "sys_enter_exit_group", filters.exits),
             (PROG_OOM, "oom", "mark_victim", filters.oom),
+            (PROG_PROCESS_EXIT, "sched", "sched_process_exit", !filters.signals.is_empty()),
+            (PROG_PROCESS_EXEC, "sched", "sched_process_exec", !filters.signals.is_empty()),
         ] {
             if !wanted {
                 continue;
@@ -181,14 +185,19 @@ impl Probes {
             let v = self.lost.get(&k, 0).map_err(|source| LoadError::Map { name: MAP_LOST, source })?;
             Ok(v.iter().sum())
         };
-        Ok(Lost { fatal: get(KIND_FATAL_SIGNAL)?, exit: get(KIND_EXIT)?, oom: get(KIND_OOM)? })
+        Ok(Lost {
+            fatal: get(KIND_FATAL_SIGNAL)?,
+            exit: get(KIND_EXIT)?,
+            oom: get(KIND_OOM)?,
+            modules: get(KIND_MODULES)?,
+        })
     }
 
     /// Run-time statistics per attached program (zero unless loaded with
     /// `bpf_stats`).
     pub fn prog_stats(&self) -> Vec<(&'static str, ProgStats)> {
         let mut out = Vec::new();
-        for name in [PROG_SIGNAL, PROG_EXIT, PROG_OOM] {
+        for name in [PROG_SIGNAL, PROG_EXIT, PROG_OOM, PROG_PROCESS_EXIT, PROG_PROCESS_EXEC] {
             let Some(p) = self.bpf.program(name) else { continue };
             if let Ok(info) = p.info() {
                 out.push((name, ProgStats { runs: info.run_count(), run_time_ns: info.run_time().as_nanos() as u64 }));

@@ -17,7 +17,8 @@ use telemetry::client::SocketPath;
 #[derive(Debug, Parser)]
 #[command(name = "eventprobe", version)]
 struct Args {
-    /// Configuration file to take socket_path from (default:
+    /// Configuration file to take socket_path, event_registers and
+    /// privacy_level from (default:
     /// /etc/telemetrics/telemetrics.conf, then
     /// /usr/share/defaults/telemetrics/telemetrics.conf).
     #[arg(short = 'f', long = "config", value_name = "FILE")]
@@ -80,6 +81,11 @@ struct Args {
     /// Stop after this many seconds (default: run until SIGTERM or SIGINT).
     #[arg(long)]
     duration: Option<f64>,
+    /// Never read /proc/PID of a crashing process: unwind and symbolize
+    /// with the executable mappings the kernel named at the signal only
+    /// (as when the process is already gone; for tests and measurements).
+    #[arg(long)]
+    no_proc_maps: bool,
 }
 
 fn main() -> ExitCode {
@@ -94,6 +100,13 @@ fn main() -> ExitCode {
     let env = std::env::var_os(telemetry::client::SOCKET_ENV).map(PathBuf::from);
     let socket = match SocketPath::resolve_with(a.socket.as_deref(), env, a.config.as_deref()) {
         Ok(s) => s.path,
+        Err(e) => {
+            eprintln!("eventprobe: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let config = match eventprobe::config::Config::load(a.config.as_deref()) {
+        Ok(c) => c,
         Err(e) => {
             eprintln!("eventprobe: {e}");
             return ExitCode::from(2);
@@ -135,6 +148,8 @@ fn main() -> ExitCode {
         bpf_stats: a.bpf_stats,
         duration,
         send_timeout: Duration::from_secs(5),
+        registers: config.registers,
+        no_proc_maps: a.no_proc_maps,
     };
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -17,11 +17,17 @@ use telemetry::crash_id::crash_event_id;
 use telemetry::{BootId, Classification, ClassificationError, EventId, Payload, Record, Severity, DEFAULT_DOMAIN};
 
 use crate::capture::{frame_line, Capture, Stacks};
-use crate::event::{AbnormalExit, FatalSignal, KernelFrame, OomKill};
+use crate::event::{AbnormalExit, Dumpable, FatalSignal, KernelFrame, OomKill};
 use crate::filters::signal_name;
 
 /// Most frames written per stack (keeps the payload far below 64 KiB).
 pub const MAX_FRAMES_SHOWN: usize = 64;
+
+/// What a record of a process that is not dumpable says instead of its
+/// stack copy (the kernel copied no stack and no registers beyond ip/sp).
+pub const WITHHELD_NOT_DUMPABLE: &str = "memory withheld: the process is not dumpable";
+/// The same when the dumpable state could not be read.
+pub const WITHHELD_UNKNOWN: &str = "memory withheld: the process's dumpable state could not be read";
 
 pub const CLASS_FATAL: &str = "signal/fatal";
 pub const CLASS_EXIT: &str = "exit/abnormal";
@@ -89,6 +95,7 @@ pub fn fatal_record(
     stacks: &Stacks,
     boot_id: Option<&BootId>,
     suppressed: u64,
+    all_registers: bool,
 ) -> Record {
     let start = f.start_ticks.or(cap.start_ticks);
     let mut p = String::new();
@@ -106,15 +113,43 @@ pub fn fatal_record(
         let _ = writeln!(p, "Start time (ticks since boot): {t}");
     }
     if let Some(r) = &f.regs {
-        let _ = writeln!(
-            p,
-            "Registers: ip={:#x} sp={:#x} bp={:#x} ax={:#x} bx={:#x} cx={:#x} dx={:#x} si={:#x} di={:#x}",
-            r.ip, r.sp, r.bp, r.ax, r.bx, r.cx, r.dx, r.si, r.di
-        );
+        let _ = write!(p, "Registers: ip={:#x} sp={:#x}", r.ip, r.sp);
+        if f.dumpable.allows_memory() {
+            let _ = write!(p, " bp={:#x}", r.bp);
+            if all_registers {
+                let _ = write!(
+                    p,
+                    " ax={:#x} bx={:#x} cx={:#x} dx={:#x} si={:#x} di={:#x} r8={:#x} r9={:#x} r10={:#x} r11={:#x} r12={:#x} r13={:#x} r14={:#x} r15={:#x}",
+                    r.ax, r.bx, r.cx, r.dx, r.si, r.di, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15
+                );
+            }
+        }
+        p.push('\n');
     }
-    let _ = writeln!(p, "Stack copy: {} bytes from {:#x}", f.stack.len(), f.stack_base);
-    if let Some(why) = &cap.missing {
-        let _ = writeln!(p, "Mappings: unavailable ({why}); frames are unsymbolized addresses");
+    match f.dumpable {
+        Dumpable::User => {
+            let _ = writeln!(p, "Stack copy: {} bytes from {:#x}", f.stack.len(), f.stack_base);
+        }
+        Dumpable::No(_) => {
+            let _ = writeln!(p, "{WITHHELD_NOT_DUMPABLE}");
+        }
+        Dumpable::Unknown => {
+            let _ = writeln!(p, "{WITHHELD_UNKNOWN}");
+        }
+    }
+    match (&cap.missing, cap.kernel_modules) {
+        (Some(why), Some((n, opened))) => {
+            let _ = writeln!(
+                p,
+                "Mappings: named by the kernel at the signal ({n} executable mappings, {opened} files opened; {} lookups, {} with the mmap lock busy; /proc/PID/maps: {why})",
+                f.modules.as_ref().map_or(0, |m| m.lookups),
+                f.modules.as_ref().map_or(0, |m| m.busy)
+            );
+        }
+        (Some(why), None) => {
+            let _ = writeln!(p, "Mappings: unavailable ({why}); frames are unsymbolized addresses");
+        }
+        (None, _) => {}
     }
     if suppressed > 0 {
         let _ = writeln!(p, "Suppressed before this one (rate limit): {suppressed}");
@@ -134,7 +169,7 @@ pub fn fatal_record(
     for (i, fr) in stacks.frame_pointer.frames.iter().take(MAX_FRAMES_SHOWN).enumerate() {
         let _ = writeln!(p, "{}", frame_line(i, fr));
     }
-    if cap.missing.is_some() && !f.build_id_frames.is_empty() {
+    if (cap.missing.is_some() || !f.dumpable.allows_memory()) && !f.build_id_frames.is_empty() {
         // The only symbolizable form left: what the kernel resolved while
         // the process existed.
         let _ = writeln!(p, "Frame-pointer stack by build id (resolved in the kernel):");

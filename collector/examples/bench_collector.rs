@@ -243,6 +243,23 @@ fn proc_cpu_secs(pid: u32) -> f64 {
     ns as f64 / 1e9
 }
 
+/// Per thread name: (run time in ns, context switches), summed over the
+/// threads of that name.
+fn threads_by_name(pid: u32) -> std::collections::BTreeMap<String, (u64, u64)> {
+    let mut by = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return by };
+    for t in tasks.filter_map(|t| t.ok()) {
+        let name = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default().trim().to_string();
+        let sched = std::fs::read_to_string(t.path().join("schedstat")).unwrap_or_default();
+        let mut f = sched.split_whitespace().map(|v| v.parse::<u64>().unwrap_or(0));
+        let (ns, _, switches) = (f.next().unwrap_or(0), f.next(), f.next().unwrap_or(0));
+        let e: &mut (u64, u64) = by.entry(name).or_default();
+        e.0 += ns;
+        e.1 += switches;
+    }
+    by
+}
+
 fn end_to_end(senders: usize, per_sender: u64) -> (f64, u64) {
     let r = end_to_end_with(senders, per_sender, 0, Duration::from_secs(120));
     assert!(r.delivered >= r.good, "only {} of {} delivered", r.delivered, r.good);
@@ -429,6 +446,7 @@ fn hprobe_runs(runs: u64) -> (f64, f64) {
     std::thread::sleep(Duration::from_secs(1));
     let idle_per_s = (d.cpu_secs() - idle0) / idle_t.elapsed().as_secs_f64();
     let cpu0 = d.cpu_secs();
+    let threads0 = threads_by_name(d.child.id());
     let t = Instant::now();
     let mut failed = 0;
     for _ in 0..runs {
@@ -447,6 +465,15 @@ fn hprobe_runs(runs: u64) -> (f64, f64) {
     }
     let got = count.load(Ordering::Relaxed);
     let cpu_us = (d.cpu_secs() - cpu0) * 1e6 / runs as f64;
+    let by: Vec<String> = threads_by_name(d.child.id())
+        .into_iter()
+        .map(|(name, (ns, sw))| {
+            let (ns0, sw0) = threads0.get(&name).copied().unwrap_or((0, 0));
+            let per = |v: u64, v0: u64| v.saturating_sub(v0) as f64 / runs as f64;
+            format!("{name} {:.1} us / {:.1} switches", per(ns, ns0) / 1e3, per(sw, sw0))
+        })
+        .collect();
+    println!("  (hprobe: collector threads per record: {})", by.join(", "));
     let idle_us = idle_per_s * t.elapsed().as_secs_f64() * 1e6 / runs as f64;
     println!(
         "  (hprobe: {runs} runs, {failed} failed, {got} delivered; {per_run_ms:.2} ms per run; collector CPU {cpu_us:.1} us per record, \

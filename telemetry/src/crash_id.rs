@@ -35,6 +35,26 @@ pub fn crash_event_id(boot_id: &BootId, pid: u32, start_time_ticks: u64) -> Even
     EventId::from_bytes(out)
 }
 
+/// The domain separator of [`kernel_report_event_id`].
+pub const KERNEL_REPORT_DOMAIN: &[u8] = b"telemetrics kernel report event id v1\0";
+
+/// The event id of a kernel report read from `/dev/kmsg` (klogscanner):
+/// `SHA-256(KERNEL_REPORT_DOMAIN || boot_id (16 raw bytes) || seq (u64
+/// LE))`, first 16 bytes, where `seq` is the `/dev/kmsg` sequence number
+/// of the report's first line. A report sent again after the probe was
+/// killed between the collector's acknowledgement and saving its position
+/// carries the same event id, so a backend can tell it is the same report.
+pub fn kernel_report_event_id(boot_id: &BootId, seq: u64) -> EventId {
+    let mut h = Sha256::new();
+    h.update(KERNEL_REPORT_DOMAIN);
+    h.update(boot_id.as_bytes());
+    h.update(seq.to_le_bytes());
+    let d = h.finalize();
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&d[..16]);
+    EventId::from_bytes(out)
+}
+
 /// Why a `/proc/PID/stat` line was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum StatError {
@@ -100,6 +120,14 @@ mod tests {
         assert!(parse_stat(&s).is_err());
         assert!(parse_stat(b"12 no comm").is_err());
     }
+    #[test]
+    fn kernel_report_event_id_is_a_function_of_boot_and_sequence() {
+        let b = BootId::UNKNOWN;
+        assert_eq!(kernel_report_event_id(&b, 7), kernel_report_event_id(&b, 7));
+        assert_ne!(kernel_report_event_id(&b, 7), kernel_report_event_id(&b, 8));
+        assert_ne!(kernel_report_event_id(&b, 7), crash_event_id(&b, 7, 0));
+    }
+
     #[test]
     fn event_id_is_a_function_of_boot_pid_and_start() {
         let b = BootId::parse_uuid(b"0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0\n").unwrap();

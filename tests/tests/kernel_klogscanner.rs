@@ -359,6 +359,17 @@ fn killed_mid_burst_and_restarted_no_report_missed() {
     let log = probe.log();
     assert!(missing.is_empty(), "missing {missing:?}\nklogscanner log:\n{log}");
     assert!(repeated.iter().all(|(_, k)| *k == 2), "repeated more than once: {repeated:?}");
+    // Every report has its own event id, and one sent again carries the
+    // same one as its first sending (a backend can tell the two apart).
+    let mut ids = std::collections::HashMap::new();
+    for i in 0..n {
+        let needle = format!("at drivers/{t}/{}.c:1 ", letters(i));
+        let events: std::collections::BTreeSet<&str> =
+            j.iter().filter(|e| payload(e).contains(&needle)).filter_map(|e| e["event"].as_str()).collect();
+        assert_eq!(events.len(), 1, "report {i}: event ids {events:?}");
+        let id = events.into_iter().next().unwrap_or_default();
+        assert!(ids.insert(id, i).is_none(), "reports {i} and {:?} share event id {id}", ids.get(id));
+    }
     if let (Some(first), Some(last)) = (repeated.first(), repeated.last()) {
         assert!(last.0 - first.0 < 15, "repeats beyond the batch in flight at the kill: {repeated:?}");
     }

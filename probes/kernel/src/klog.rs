@@ -249,7 +249,13 @@ impl Scanner {
         let payload = r.payload(self.cfg.register_values());
         let held = Held { classification: r.pattern.classification, severity: r.pattern.severity, payload };
         if self.storm.admit(r.signature(), held.clone(), now) {
-            self.push(held.classification, held.severity, held.payload);
+            // The same report gets the same event id if it is ever sent
+            // again (a kill between the ack and saving the position).
+            let event = telemetry::crash_id::kernel_report_event_id(&self.boot, r.first);
+            match send::record_of(held.classification, held.severity, held.payload, event) {
+                Ok(r) => self.out.push(r),
+                Err(e) => tracing::error!(error = %e, "cannot make a record"),
+            }
         } else {
             tracing::debug!(class = held.classification, "identical report held back (storm window)");
         }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use telemetry::client::{Client, ClientError};
-use telemetry::{Classification, Payload, Record, Severity};
+use telemetry::{Classification, EventId, Payload, Record, Severity};
 
 /// Why a record cannot be made (the tables' values are fixed and valid:
 /// unit tests build every one).
@@ -19,12 +19,18 @@ pub enum RecordError {
     Severity(u8, telemetry::SeverityError),
 }
 
-/// A record: classification, severity, text payload, created now.
+/// A record: classification, severity, text payload, created now, with a
+/// random event id.
 pub fn record(classification: &str, severity: u8, payload: String) -> Result<Record, RecordError> {
+    record_of(classification, severity, payload, EventId::random())
+}
+
+/// A record as [`record`], with the given event id.
+pub fn record_of(classification: &str, severity: u8, payload: String, event: EventId) -> Result<Record, RecordError> {
     let class = Classification::parse(classification)
         .map_err(|e| RecordError::Classification(classification.to_string(), e))?;
     let sev = Severity::try_from(severity).map_err(|e| RecordError::Severity(severity, e))?;
-    Ok(Record::builder(class, sev, Payload::text(payload)).build())
+    Ok(Record::builder(class, sev, Payload::text(payload)).event_id(event).build())
 }
 
 /// The collector's connection.

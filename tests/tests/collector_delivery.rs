@@ -45,7 +45,11 @@ fn check_delivery(protocol: &str) {
     }
     // Connections are reused: five more posts, one at a time, open none.
     let before = sink.connections();
+    // (Each waits until the collector has the answer to the one before:
+    // the connection is back in its pool only then.)
     for i in 5..10 {
+        let s = c.wait_status(Duration::from_secs(10), |s| s["delivered"] == i);
+        assert_eq!(s["delivered"], i, "{s}");
         client.send(&RECORDS.numbered(i)).unwrap();
         assert!(sink.wait_for(Duration::from_secs(10), |p| p.len() > i));
     }

@@ -135,8 +135,19 @@ impl Setup {
     /// As [`crash`](Self::crash), calling `before` with the running child
     /// (its stdin piped) first.
     fn crash_after(&self, exe: &Path, args: &[&str], before: impl FnOnce(&mut std::process::Child)) -> String {
+        self.crash_with(exe, args, &[], before)
+    }
+
+    /// As [`crash_after`](Self::crash_after), with `env` set.
+    fn crash_with(
+        &self,
+        exe: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        before: impl FnOnce(&mut std::process::Child),
+    ) -> String {
         let mut cmd = Command::new(exe);
-        cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null());
+        cmd.args(args).envs(env.iter().copied()).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null());
         // SAFETY: only setrlimit between fork and exec.
         unsafe {
             cmd.pre_exec(|| {
@@ -296,4 +307,90 @@ fn binary_deleted_before_it_crashes_without_proc() {
         let _ = _child.stdin.as_mut().map(|s| std::io::Write::write_all(s, b"x"));
     });
     assert_symbolized(&text, &[SY, &["main"]].concat());
+}
+
+/// A Go program whose nil dereference is in a function of its own (not
+/// inlined, no frame of its own: the faulting pc is its first
+/// instruction), under another, under `main.main`.
+const GO_NIL: &str = r#"package main
+
+import "os"
+
+type node struct{ val int }
+
+//go:noinline
+func goCrash(n *node) int {
+	return n.val + 1
+}
+
+//go:noinline
+func goMiddle(n *node) int {
+	return goCrash(n) * 2
+}
+
+func main() {
+	var n *node
+	if len(os.Args) > 5 {
+		n = &node{}
+	}
+	os.Exit(goMiddle(n))
+}
+"#;
+
+/// Builds [`GO_NIL`] with the Go toolchain (`cargo xtask setup` installs
+/// golang-go), statically (no cgo), as Go builds by default.
+pub fn build_go(dir: &Path, out: &str) -> PathBuf {
+    let src = dir.join("gosrc");
+    std::fs::create_dir_all(&src).expect("create the Go source dir");
+    std::fs::write(src.join("main.go"), GO_NIL).expect("write main.go");
+    std::fs::write(src.join("go.mod"), "module gonil\n\ngo 1.19\n").expect("write go.mod");
+    let exe = dir.join(out);
+    let st = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&exe)
+        .arg(".")
+        .current_dir(&src)
+        .env("GOCACHE", dir.join("gocache"))
+        .env("GOPATH", dir.join("gopath"))
+        .env("HOME", dir)
+        .env("CGO_ENABLED", "0")
+        .env("GOTOOLCHAIN", "local")
+        .env("GOFLAGS", "-mod=mod")
+        .status()
+        .expect("run go (cargo xtask setup installs golang-go)");
+    assert!(st.success(), "go build failed");
+    exe
+}
+
+#[test]
+fn go_nil_dereference_without_proc() {
+    if !require_root("go_nil_dereference_without_proc") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exe = build_go(dir.path(), "ev-go-nil");
+    let setup = Setup::start(&["ev-go-nil"]);
+    // GOTRACEBACK=crash: Go prints its traceback, then re-raises SIGABRT
+    // with the default action from its handler, on the signal stack; the
+    // goroutine's frames are on the stack that handler interrupted.
+    let text = setup.crash_with(&exe, &[], &[("GOTRACEBACK", "crash")], |_| {});
+    assert!(text.contains("Signal: 6 (SIGABRT)"), "{text}");
+    assert!(text.contains("Mappings: named by the kernel at the signal"), "{text}");
+    let bt = unwound(text.as_str());
+    let lines: Vec<&str> = bt.lines().skip(1).collect();
+    // A frame names its own function last (after inlined ones).
+    let at = |f: &str| {
+        lines.iter().position(|l| {
+            let before_module = l.split(" [/").next().unwrap_or(l);
+            before_module.rsplit(" <- ").next().unwrap_or(before_module).split_whitespace().any(|w| w == f)
+        })
+    };
+    let Some(sigpanic) = at("runtime.sigpanic") else { panic!("no runtime.sigpanic frame:\n{text}") };
+    // The faulting function comes right after sigpanic (its pc is the
+    // faulting instruction, not a return address), then its caller and
+    // main.main.
+    assert_eq!(at("main.goCrash"), Some(sigpanic + 1), "the faulting function must follow sigpanic:\n{text}");
+    assert_eq!(at("main.goMiddle"), Some(sigpanic + 2), "{text}");
+    assert_eq!(at("main.main"), Some(sigpanic + 3), "{text}");
+    assert!(lines[sigpanic + 1].contains("ev-go-nil+0x"), "{text}");
 }

@@ -24,13 +24,13 @@ use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{signal, SignalKind};
 use unwind::Unwinder;
 
-use crate::capture::{capture, unwind, Capture};
-use crate::event::{parse, Event, FatalSignal};
+use crate::capture::{capture, unwind, unwind_oom, Capture};
+use crate::event::{parse, Event, FatalSignal, OomKill, OomStack};
 use crate::exec::HeldExes;
 use crate::filters::Filters;
 use crate::loader::{object_bytes, LoadError, Lost, Probes};
 use crate::ratelimit::{Limit, RateLimiter, Verdict};
-use crate::report::{exit_record, fatal_record, oom_record, Classes};
+use crate::report::{exit_record, fatal_record, oom_record, Classes, OomVictim};
 
 /// How the probe runs.
 #[derive(Debug, Clone)]
@@ -133,8 +133,14 @@ impl std::fmt::Display for Summary {
 
 enum Job {
     Fatal(Box<FatalSignal>, Box<Capture>, u64),
+    /// An OOM kill, with the victim's stack (and its capture, its cgroup's
+    /// path) when its exit sent it.
+    Oom(Box<OomKill>, Option<(Box<OomStack>, Box<Capture>, Option<String>)>, u64),
     Record(Record),
 }
+
+/// How long an OOM kill waits for its victim's exit (and stack).
+const OOM_STACK_WAIT: Duration = Duration::from_secs(5);
 
 struct Reader {
     classes: Classes,
@@ -147,6 +153,12 @@ struct Reader {
     waiting: HashMap<u32, (Box<FatalSignal>, Box<Capture>, u64, Instant)>,
     /// Executables held open while their processes live.
     held: HeldExes,
+    /// OOM kills waiting for their victim's stack, by the victim's tid.
+    waiting_oom: HashMap<u32, (Box<OomKill>, u64, Instant)>,
+    /// Whether a victim's exit sends its stack (the exit program runs).
+    oom_stacks: bool,
+    /// The kernel log, for the constraint of OOM kills.
+    kmsg: Option<crate::kmsg::Kmsg>,
 }
 
 impl Reader {
@@ -159,10 +171,24 @@ impl Reader {
                 return;
             }
         };
+        let ev = match ev {
+            Event::OomStack(s) => {
+                if let Some((o, suppressed, _)) = self.waiting_oom.remove(&s.task.tid) {
+                    let held = &self.held;
+                    let cap = Capture::of_oom_victim(&s, &|k| held.get(k));
+                    // Now, while the victim's cgroup still exists.
+                    let cgroup = crate::cgroup::path_of(s.cgroup_id);
+                    self.queue(Job::Oom(o, Some((s, Box::new(cap), cgroup)), suppressed));
+                }
+                return;
+            }
+            ev => ev,
+        };
         let (kind, comm) = match &ev {
             Event::Fatal(f) => (KIND_FATAL_SIGNAL, f.task.comm.as_str()),
             Event::Exit(e) => (KIND_EXIT, e.task.comm.as_str()),
             Event::Oom(o) => (KIND_OOM, o.victim.comm.as_str()),
+            Event::OomStack(_) => return,
             Event::Exec { task, dev, ino } => {
                 self.held.exec(task.pid, *dev, *ino);
                 return;
@@ -207,8 +233,16 @@ impl Reader {
                 Job::Fatal(f, Box::new(cap), suppressed)
             }
             Event::Exit(e) => Job::Record(exit_record(&self.classes, &e, suppressed)),
-            Event::Oom(o) => Job::Record(oom_record(&self.classes, &o, suppressed)),
-            Event::Modules(_) | Event::Exec { .. } => return,
+            Event::Oom(mut o) => {
+                o.kernel_line = self.kmsg.as_mut().and_then(|k| k.line_for(o.victim.pid));
+                if self.oom_stacks {
+                    // The victim's exit sends its stack (it follows).
+                    self.waiting_oom.insert(o.victim.pid, (Box::new(o), suppressed, Instant::now()));
+                    return;
+                }
+                Job::Oom(Box::new(o), None, suppressed)
+            }
+            Event::Modules(_) | Event::Exec { .. } | Event::OomStack(_) => return,
         };
         self.queue(job);
     }
@@ -222,6 +256,15 @@ impl Reader {
         for tid in stale {
             if let Some((f, cap, suppressed, _)) = self.waiting.remove(&tid) {
                 self.queue(Job::Fatal(f, cap, suppressed));
+            }
+        }
+        // OOM victims that did not exit in time (or whose stack was lost).
+        let oom_wait = if older_than.is_zero() { Duration::ZERO } else { OOM_STACK_WAIT };
+        let stale: Vec<u32> =
+            self.waiting_oom.iter().filter(|(_, w)| now.duration_since(w.2) >= oom_wait).map(|(t, _)| *t).collect();
+        for tid in stale {
+            if let Some((o, suppressed, _)) = self.waiting_oom.remove(&tid) {
+                self.queue(Job::Oom(o, None, suppressed));
             }
         }
     }
@@ -298,6 +341,13 @@ fn worker(
                 let stacks = unwind(&unwinder, &f, &cap);
                 fatal_record(&classes, &f, &cap, &stacks, boot_id.as_ref(), suppressed, registers)
             }
+            Job::Oom(o, victim, suppressed) => {
+                let v = victim.map(|(s, cap, cgroup)| {
+                    let bt = unwind_oom(&unwinder, &s, &cap);
+                    OomVictim { stack: s, backtrace: bt, kernel_modules: cap.kernel_modules, cgroup }
+                });
+                oom_record(&classes, &o, v.as_ref(), suppressed)
+            }
             Job::Record(r) => r,
         };
         match sender.send(&record) {
@@ -343,6 +393,9 @@ pub async fn run(opts: Options) -> Result<Summary, DaemonError> {
         no_proc_maps: opts.no_proc_maps,
         waiting: HashMap::new(),
         held: HeldExes::default(),
+        waiting_oom: HashMap::new(),
+        oom_stacks: opts.filters.oom,
+        kmsg: opts.filters.oom.then(crate::kmsg::Kmsg::open),
     };
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;

@@ -2,10 +2,10 @@
 //! eventprobe only sees [`Event`]).
 
 use event_types::{
-    comm_str, BuildIdFrame, EventHeader, ExecEvent, ExitEvent, FatalSignalEvent, ModuleVma, ModulesEvent, OomEvent,
-    UserRegs, BUILD_ID_STATUS_IP, BUILD_ID_STATUS_VALID, DUMPABLE_UNKNOWN, DUMPABLE_USER, KIND_EXEC, KIND_EXIT,
-    KIND_FATAL_SIGNAL, KIND_MODULES, KIND_OOM, MAX_FP_FRAMES, MAX_MODULES, NAME_LEN, PAGE_SIZE, PATH_DEPTH,
-    STACK_PAGES,
+    comm_str, BuildIdFrame, EventHeader, ExecEvent, ExitEvent, FatalSignalEvent, FatalSignalOuterEvent, ModuleVma,
+    ModulesEvent, OomEvent, OomStackEvent, UserRegs, BUILD_ID_STATUS_IP, BUILD_ID_STATUS_VALID, DUMPABLE_UNKNOWN,
+    DUMPABLE_USER, KIND_EXEC, KIND_EXIT, KIND_FATAL_SIGNAL, KIND_MODULES, KIND_OOM, KIND_OOM_STACK, MAX_FP_FRAMES,
+    MAX_MODULES, NAME_LEN, OUTER_PAGES, PAGE_SIZE, PATH_DEPTH, STACK_PAGES,
 };
 use thiserror::Error;
 
@@ -65,6 +65,9 @@ pub struct FatalSignal {
     /// by the kernel as the thread exited (see `crate::modules`); filled
     /// from the [`ModulesInfo`] that follows.
     pub modules: Option<ModulesInfo>,
+    /// The stack a handler on the alternate signal stack interrupted (Go
+    /// re-raises a fatal signal from its handler): base and bytes.
+    pub outer_stack: Option<(u64, Vec<u8>)>,
 }
 
 /// The executable mappings of a thread that died of a fatal signal, named
@@ -215,6 +218,23 @@ pub struct OomKill {
     pub shmem_rss_kb: u64,
     pub pgtables_kb: u64,
     pub oom_score_adj: i32,
+    /// The kernel's one-line summary of the kill (constraint, OOM memcg),
+    /// from its log (see `crate::kmsg`); filled by the reader.
+    pub kernel_line: Option<crate::kmsg::OomLine>,
+}
+
+/// An OOM victim's user stack where the kill found it, taken at its exit.
+#[derive(Debug, Clone)]
+pub struct OomStack {
+    pub task: Task,
+    pub regs: Option<UserRegs>,
+    pub dumpable: Dumpable,
+    /// The victim's cgroup v2 id (inode of its directory).
+    pub cgroup_id: u64,
+    pub stack_base: u64,
+    pub stack: Vec<u8>,
+    /// The executable mappings under ip and the stack's words.
+    pub modules: ModulesInfo,
 }
 
 /// One event from the kernel side.
@@ -223,6 +243,7 @@ pub enum Event {
     Fatal(Box<FatalSignal>),
     Exit(AbnormalExit),
     Oom(OomKill),
+    OomStack(Box<OomStack>),
     Modules(ModulesInfo),
     /// A process exec'd the file (device (major, minor), inode).
     Exec {
@@ -238,6 +259,7 @@ impl Event {
             Event::Fatal(_) => "fatal signal",
             Event::Exit(_) => "abnormal exit",
             Event::Oom(_) => "oom kill",
+            Event::OomStack(_) => "oom victim stack",
             Event::Modules(_) => "modules",
             Event::Exec { .. } => "exec",
         }
@@ -263,6 +285,7 @@ pub fn parse(bytes: &[u8]) -> Result<Event, EventError> {
     match header.kind {
         KIND_FATAL_SIGNAL => parse_fatal(bytes).map(|f| Event::Fatal(Box::new(f))),
         KIND_MODULES => parse_modules(bytes).map(Event::Modules),
+        KIND_OOM_STACK => parse_oom_stack(bytes).map(|o| Event::OomStack(Box::new(o))),
         KIND_EXEC => {
             let e: ExecEvent = read(bytes, "an exec event")?;
             Ok(Event::Exec { task: Task::from(&e.header), dev: (e.dev >> 20, e.dev & 0xf_ffff), ino: e.ino })
@@ -281,6 +304,7 @@ pub fn parse(bytes: &[u8]) -> Result<Event, EventError> {
                 shmem_rss_kb: e.shmem_rss_kb,
                 pgtables_kb: e.pgtables_kb,
                 oom_score_adj: e.oom_score_adj,
+                kernel_line: None,
             }))
         }
         k => Err(EventError::Kind(k)),
@@ -342,16 +366,22 @@ fn parse_fatal(bytes: &[u8]) -> Result<FatalSignal, EventError> {
     let dumpable = Dumpable::from_raw(dumpable);
     let nframes = if fp_bytes > 0 { (fp_bytes as usize / 8).min(MAX_FP_FRAMES) } else { 0 };
     let stack_off = std::mem::offset_of!(FatalSignalEvent, stack);
-    // Contiguous readable pages
-    // (none when the process is not dumpable, whatever the bits say).
-    // The run starts at the first readable page: sp of a stack overflow
-    // lies in the unmapped page below the stack.
-    let first = (0..STACK_PAGES).find(|i| ok & (1 << i) != 0).unwrap_or(STACK_PAGES);
-    let pages =
-        if dumpable.allows_memory() { (first..STACK_PAGES).take_while(|i| ok & (1 << i) != 0).count() } else { 0 };
-    let from = stack_off + first * PAGE_SIZE;
-    let stack = bytes[from..from + pages * PAGE_SIZE].to_vec();
-    let stack_base = if pages > 0 { stack_base + (first * PAGE_SIZE) as u64 } else { stack_base };
+    let (stack_base, stack) = page_run(bytes, stack_off, STACK_PAGES, stack_base, ok, dumpable.allows_memory());
+    // A record with the interrupted stack of a handler on the alternate
+    // stack is longer.
+    let outer = if bytes.len() >= std::mem::size_of::<FatalSignalOuterEvent>() {
+        let b = bytes.as_ptr().cast::<FatalSignalOuterEvent>();
+        // SAFETY: length checked; unaligned reads of plain integers.
+        let (base, ok) = unsafe {
+            use std::ptr::{addr_of, read_unaligned as r};
+            (r(addr_of!((*b).outer_base)), r(addr_of!((*b).outer_pages_ok)))
+        };
+        let off = std::mem::offset_of!(FatalSignalOuterEvent, outer);
+        let (base, run) = page_run(bytes, off, OUTER_PAGES, base, ok, dumpable.allows_memory());
+        (!run.is_empty()).then_some((base, run))
+    } else {
+        None
+    };
     Ok(FatalSignal {
         task: Task::from(&header),
         signal,
@@ -368,6 +398,63 @@ fn parse_fatal(bytes: &[u8]) -> Result<FatalSignal, EventError> {
         dumpable,
         modules_follow: modules_follow == 1,
         modules: None,
+        outer_stack: outer,
+    })
+}
+
+/// The contiguous readable pages of a copy of `pages` pages at byte `off`
+/// of the record (none unless `allowed`: a process that is not dumpable),
+/// with the address of the first. The run starts at the first readable
+/// page: sp of a stack overflow lies in the unmapped page below the stack.
+fn page_run(bytes: &[u8], off: usize, pages: usize, base: u64, ok: u32, allowed: bool) -> (u64, Vec<u8>) {
+    let first = (0..pages).find(|i| ok & (1 << i) != 0).unwrap_or(pages);
+    let n = if allowed { (first..pages).take_while(|i| ok & (1 << i) != 0).count() } else { 0 };
+    let from = off + first * PAGE_SIZE;
+    let run = bytes.get(from..from + n * PAGE_SIZE).map(<[u8]>::to_vec).unwrap_or_default();
+    let base = if run.is_empty() { base } else { base + (first * PAGE_SIZE) as u64 };
+    (base, run)
+}
+
+fn parse_oom_stack(bytes: &[u8]) -> Result<OomStack, EventError> {
+    let need = std::mem::size_of::<OomStackEvent>();
+    if bytes.len() < need {
+        return Err(EventError::Short { what: "an oom victim's stack", len: bytes.len(), need });
+    }
+    let base = bytes.as_ptr().cast::<OomStackEvent>();
+    // SAFETY: length checked; unaligned reads of plain integer fields.
+    let (header, regs, regs_ok, dumpable, cgroup_id, stack_base, ok, n, lookups, busy, modules) = unsafe {
+        use std::ptr::{addr_of, read_unaligned as r};
+        (
+            r(addr_of!((*base).header)),
+            r(addr_of!((*base).regs)),
+            r(addr_of!((*base).regs_ok)),
+            r(addr_of!((*base).dumpable)),
+            r(addr_of!((*base).cgroup_id)),
+            r(addr_of!((*base).stack_base)),
+            r(addr_of!((*base).stack_pages_ok)),
+            r(addr_of!((*base).n_modules)),
+            r(addr_of!((*base).vma_lookups)),
+            r(addr_of!((*base).vma_busy)),
+            r(addr_of!((*base).modules)),
+        )
+    };
+    let dumpable = Dumpable::from_raw(dumpable);
+    let off = std::mem::offset_of!(OomStackEvent, stack);
+    let (stack_base, stack) = page_run(bytes, off, STACK_PAGES, stack_base, ok, dumpable.allows_memory());
+    let task = Task::from(&header);
+    Ok(OomStack {
+        task: task.clone(),
+        regs: (regs_ok == 1).then_some(regs),
+        dumpable,
+        cgroup_id,
+        stack_base,
+        stack,
+        modules: ModulesInfo {
+            task,
+            modules: modules.iter().take((n as usize).min(MAX_MODULES)).filter_map(KernelModule::from_raw).collect(),
+            lookups,
+            busy,
+        },
     })
 }
 

@@ -418,7 +418,8 @@ fn kernel_losses_are_counted_under_a_burst() {
     let (seen, lost) = (summary_value(&log, "fatal"), summary_value(&log, "lost_kernel_fatal"));
     assert!(lost > 0, "a one-event ring under {N} simultaneous crashes must lose some: {log}");
     assert_eq!(seen + lost, N, "every crash is either reported or counted as lost: {log}");
-    assert!(log.contains("kernel ring buffer full") || summary_value(&log, "lost_kernel") == lost, "{log}");
+    // lost_kernel also counts the module names of a crash lost in the ring.
+    assert!(log.contains("kernel ring buffer full") || summary_value(&log, "lost_kernel") >= lost, "{log}");
 }
 
 const HOG_C: &str = r#"

@@ -309,66 +309,13 @@ fn binary_deleted_before_it_crashes_without_proc() {
     assert_symbolized(&text, &[SY, &["main"]].concat());
 }
 
-/// A Go program whose nil dereference is in a function of its own (not
-/// inlined, no frame of its own: the faulting pc is its first
-/// instruction), under another, under `main.main`.
-const GO_NIL: &str = r#"package main
-
-import "os"
-
-type node struct{ val int }
-
-//go:noinline
-func goCrash(n *node) int {
-	return n.val + 1
-}
-
-//go:noinline
-func goMiddle(n *node) int {
-	return goCrash(n) * 2
-}
-
-func main() {
-	var n *node
-	if len(os.Args) > 5 {
-		n = &node{}
-	}
-	os.Exit(goMiddle(n))
-}
-"#;
-
-/// Builds [`GO_NIL`] with the Go toolchain (`cargo xtask setup` installs
-/// golang-go), statically (no cgo), as Go builds by default.
-pub fn build_go(dir: &Path, out: &str) -> PathBuf {
-    let src = dir.join("gosrc");
-    std::fs::create_dir_all(&src).expect("create the Go source dir");
-    std::fs::write(src.join("main.go"), GO_NIL).expect("write main.go");
-    std::fs::write(src.join("go.mod"), "module gonil\n\ngo 1.19\n").expect("write go.mod");
-    let exe = dir.join(out);
-    let st = Command::new("go")
-        .args(["build", "-o"])
-        .arg(&exe)
-        .arg(".")
-        .current_dir(&src)
-        .env("GOCACHE", dir.join("gocache"))
-        .env("GOPATH", dir.join("gopath"))
-        .env("HOME", dir)
-        .env("CGO_ENABLED", "0")
-        .env("GOTOOLCHAIN", "local")
-        .env("GOFLAGS", "-mod=mod")
-        .status()
-        .expect("run go (cargo xtask setup installs golang-go)");
-    assert!(st.success(), "go build failed");
-    exe
-}
-
 #[test]
 fn go_nil_dereference_without_proc() {
     if !require_root("go_nil_dereference_without_proc") {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let exe = build_go(dir.path(), "ev-go-nil");
+    let exe = e2e::kernel::build_go(dir.path(), "ev-go-nil");
     let setup = Setup::start(&["ev-go-nil"]);
     // GOTRACEBACK=crash: Go prints its traceback, then re-raises SIGABRT
     // with the default action from its handler, on the signal stack; the

@@ -59,8 +59,21 @@ pub fn capture(f: &FatalSignal, no_proc: bool) -> Capture {
         Err(e) => (Mappings::new(Vec::new()), Some(format!("/proc/{pid}/maps: {e} (the process exited first)"))),
     };
     let opener = proc_dir.ok().map(ProcOpener::new);
+    let mut missing = missing;
     if let Some(o) = &opener {
-        o.preopen(&maps);
+        let opened = o.preopen(&maps);
+        // The maps were read, but the process exited before its files
+        // were opened (nothing holds a dying process without a core
+        // handler): the kernel's names (they follow) are used instead.
+        let mut files: Vec<&str> = maps.iter().filter(|m| m.is_file()).filter_map(|m| m.path.as_deref()).collect();
+        files.sort_unstable();
+        files.dedup();
+        if missing.is_none() && opened < files.len() {
+            missing = Some(format!(
+                "the process exited while its files were opened through /proc/{pid}/map_files ({opened} of {})",
+                files.len()
+            ));
+        }
     }
     Capture {
         maps,

@@ -86,6 +86,11 @@ pub struct Counters {
     pub maps_missing: AtomicU64,
     pub sent: AtomicU64,
     pub send_failed: AtomicU64,
+    /// Fatal-signal records whose unwound backtrace reached `main` (or
+    /// Go's `main.main`): symbolized down to main.
+    pub unwound_to_main: AtomicU64,
+    /// OOM records with the victim's stack.
+    pub oom_stacks: AtomicU64,
 }
 
 /// Final figures.
@@ -101,6 +106,8 @@ pub struct Summary {
     pub maps_missing: u64,
     pub sent: u64,
     pub send_failed: u64,
+    pub unwound_to_main: u64,
+    pub oom_stacks: u64,
     pub elapsed: Duration,
     /// (program, runs, run time ns) when BPF statistics were on.
     pub bpf_stats: Vec<(&'static str, u64, u64)>,
@@ -110,7 +117,7 @@ impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "eventprobe: summary fatal={} exit={} oom={} lost_kernel={} lost_kernel_fatal={} rate_limited={} queue_dropped={} bad_records={} maps_missing={} sent={} send_failed={} elapsed_ms={}",
+            "eventprobe: summary fatal={} exit={} oom={} lost_kernel={} lost_kernel_fatal={} rate_limited={} queue_dropped={} bad_records={} maps_missing={} sent={} send_failed={} unwound_to_main={} oom_stacks={} elapsed_ms={}",
             self.fatal,
             self.exit,
             self.oom,
@@ -122,6 +129,8 @@ impl std::fmt::Display for Summary {
             self.maps_missing,
             self.sent,
             self.send_failed,
+            self.unwound_to_main,
+            self.oom_stacks,
             self.elapsed.as_millis()
         )?;
         for (name, runs, ns) in &self.bpf_stats {
@@ -339,9 +348,19 @@ fn worker(
         let record = match job {
             Job::Fatal(f, cap, suppressed) => {
                 let stacks = unwind(&unwinder, &f, &cap);
+                let to_main = stacks
+                    .unwound
+                    .as_ref()
+                    .is_some_and(|bt| bt.frames.iter().any(|fr| matches!(fr.function(), Some("main" | "main.main"))));
+                if to_main {
+                    counters.unwound_to_main.fetch_add(1, Ordering::Relaxed);
+                }
                 fatal_record(&classes, &f, &cap, &stacks, boot_id.as_ref(), suppressed, registers)
             }
             Job::Oom(o, victim, suppressed) => {
+                if victim.is_some() {
+                    counters.oom_stacks.fetch_add(1, Ordering::Relaxed);
+                }
                 let v = victim.map(|(s, cap, cgroup)| {
                     let bt = unwind_oom(&unwinder, &s, &cap);
                     OomVictim { stack: s, backtrace: bt, kernel_modules: cap.kernel_modules, cgroup }
@@ -453,6 +472,8 @@ pub async fn run(opts: Options) -> Result<Summary, DaemonError> {
         maps_missing: get(&counters.maps_missing),
         sent: get(&counters.sent),
         send_failed: get(&counters.send_failed),
+        unwound_to_main: get(&counters.unwound_to_main),
+        oom_stacks: get(&counters.oom_stacks),
         elapsed,
         bpf_stats: if opts.bpf_stats {
             probes.prog_stats().into_iter().map(|(n, s)| (n, s.runs, s.run_time_ns)).collect()

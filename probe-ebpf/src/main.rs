@@ -18,7 +18,7 @@
 use core::ffi::c_void;
 use core::ptr::addr_of_mut;
 
-use aya_ebpf::bindings::{BPF_F_USER_BUILD_ID, BPF_F_USER_STACK, BPF_RB_FORCE_WAKEUP};
+use aya_ebpf::bindings::{BPF_F_USER_BUILD_ID, BPF_F_USER_STACK, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
 use aya_ebpf::helpers::generated::{
     bpf_find_vma, bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_current_task_btf, bpf_get_stack,
     bpf_ktime_get_boot_ns, bpf_loop, bpf_probe_read_kernel, bpf_probe_read_user, bpf_task_pt_regs,
@@ -735,7 +735,7 @@ fn try_process_exec() -> Result<(), i64> {
         (read_kernel_u64(inode + o.inode_ino as u64), dev)
     };
     let ev = ExecEvent { header: header(KIND_EXEC, comm), ino, dev, _pad: 0 };
-    if EVENTS.output::<ExecEvent>(&ev, 0).is_err() {
+    if EVENTS.output::<ExecEvent>(&ev, BPF_RB_NO_WAKEUP as u64).is_err() {
         count_lost(KIND_EXEC);
     }
     Ok(())

@@ -295,6 +295,7 @@ fn spawn_overhead(bin: &Path, dir: &Path, workload: &Path, noop: &Path) -> Resul
     let (mut off, mut on) = (Duration::ZERO, Duration::ZERO);
     let mut ratios = Vec::new();
     let (mut exit_runs, mut exit_ns) = (0u64, 0u64);
+    let (mut exec_runs, mut exec_ns) = (0u64, 0u64);
     let (mut cpu_off, mut cpu_on) = (Duration::ZERO, Duration::ZERO);
     for round in 0..ROUNDS {
         // Off first in even rounds, on first in odd ones: order effects cancel.
@@ -313,6 +314,8 @@ fn spawn_overhead(bin: &Path, dir: &Path, workload: &Path, noop: &Path) -> Resul
         cpu_on += cb;
         exit_runs += value(&log, "prog=exit_group", "runs").unwrap_or(0);
         exit_ns += value(&log, "prog=exit_group", "run_time_ns").unwrap_or(0);
+        exec_runs += value(&log, "prog=process_exec", "runs").unwrap_or(0);
+        exec_ns += value(&log, "prog=process_exec", "run_time_ns").unwrap_or(0);
         ratios.push(b.as_secs_f64() / a.as_secs_f64());
         off += a;
         on += b;
@@ -330,9 +333,10 @@ fn spawn_overhead(bin: &Path, dir: &Path, workload: &Path, noop: &Path) -> Resul
         if ratio <= TARGET_RATIO { "OK" } else { "OVER TARGET" }
     );
     println!(
-        "events: per-round ratios {}; median {median:.4}; kernel-side exit_group program {:.0} ns/run over {exit_runs} runs",
+        "events: per-round ratios {}; median {median:.4}; kernel-side exit_group program {:.0} ns/run over {exit_runs} runs, process_exec {:.0} ns/run over {exec_runs} runs",
         ratios.iter().map(|r| format!("{r:.3}")).collect::<Vec<_>>().join(" "),
-        if exit_runs > 0 { exit_ns as f64 / exit_runs as f64 } else { f64::NAN }
+        if exit_runs > 0 { exit_ns as f64 / exit_runs as f64 } else { f64::NAN },
+        if exec_runs > 0 { exec_ns as f64 / exec_runs as f64 } else { f64::NAN }
     );
     println!(
         "events: CPU time (user+sys) of the spawning processes: without {:.3} s, with {:.3} s; ratio {:.4} (less sensitive to other load than wall time)",

@@ -148,6 +148,10 @@ enum Job {
     Record(Record),
 }
 
+/// How often the ring is read without a wakeup (exec events do not wake
+/// the reader).
+const EXEC_DRAIN: Duration = Duration::from_millis(100);
+
 /// How long an OOM kill waits for its victim's exit (and stack).
 const OOM_STACK_WAIT: Duration = Duration::from_secs(5);
 
@@ -419,6 +423,10 @@ pub async fn run(opts: Options) -> Result<Summary, DaemonError> {
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // Exec events are written without waking the reader (a wakeup per
+    // exec is an inter-processor interrupt, the most of their cost on a
+    // VM): they are read at the next wakeup, or at the latest here.
+    let mut exec_drain = tokio::time::interval(EXEC_DRAIN);
     let started = Instant::now();
     let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
     let mut last_lost = Lost::default();
@@ -432,6 +440,9 @@ pub async fn run(opts: Options) -> Result<Summary, DaemonError> {
                 let mut guard = guard.map_err(DaemonError::Poll)?;
                 reader.drain(guard.get_inner_mut());
                 guard.clear_ready();
+            }
+            _ = exec_drain.tick() => {
+                reader.drain(afd.get_mut());
             }
             _ = tick.tick() => {
                 reader.flush_waiting(Duration::from_secs(2));

@@ -2,8 +2,10 @@
 //! stripped ones), used where CFI is missing. Go's linker writes no
 //! `.eh_frame` and compresses `.debug_frame`; the pc-value table `pcsp`
 //! of each function gives the stack-pointer delta at every pc, which is
-//! all a frame-pointer-free unwind of Go code needs (the return address
-//! is at `sp + delta` on amd64 and arm64 alike, at a call site).
+//! all a frame-pointer-free unwind of Go code on amd64 needs (the return
+//! address is at `sp + delta`). The unwinder uses it on x86_64 only: on
+//! arm64 Go keeps the return address in the link register of a leaf and
+//! at `0(sp)` of a frame, which this table alone does not tell apart.
 //!
 //! Formats read: Go 1.18 and 1.19 (magic `0xfffffff0`) and Go 1.20 and
 //! later (`0xfffffff1`); older tables are ignored. Layout (all

@@ -305,6 +305,9 @@ impl<M: Memory + ?Sized> Session<'_, '_, M> {
     /// One step with Go's function table: the return address is at
     /// `sp + delta(pc)`.
     fn go_step(&mut self, lookup: u64, exact: bool, regs: &Registers) -> Option<GoStep> {
+        if regs.arch != Arch::X86_64 {
+            return None;
+        }
         let l = self.module_at(lookup)?;
         let pcln = l.module.go_pcln()?;
         let svma = lookup.wrapping_sub(l.bias);

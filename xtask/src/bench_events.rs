@@ -213,6 +213,16 @@ impl Probe {
     }
 }
 
+/// User + system CPU time of a live process (/proc/PID/stat, clock ticks).
+fn proc_cpu(pid: u32) -> Duration {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = s.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // Fields 14 and 15 (utime, stime) are the 12th and 13th after the comm.
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
 /// User + system CPU time of all reaped children so far.
 fn children_cpu() -> Duration {
     // SAFETY: rusage is plain data; all zeros is a valid value.
@@ -296,6 +306,7 @@ fn spawn_overhead(bin: &Path, dir: &Path, workload: &Path, noop: &Path) -> Resul
     let mut ratios = Vec::new();
     let (mut exit_runs, mut exit_ns) = (0u64, 0u64);
     let (mut exec_runs, mut exec_ns) = (0u64, 0u64);
+    let mut probe_cpu = Duration::ZERO;
     let (mut cpu_off, mut cpu_on) = (Duration::ZERO, Duration::ZERO);
     for round in 0..ROUNDS {
         // Off first in even rounds, on first in odd ones: order effects cancel.
@@ -304,7 +315,9 @@ fn spawn_overhead(bin: &Path, dir: &Path, workload: &Path, noop: &Path) -> Resul
             without = Some(spawn_run(&workload, &noop, part)?);
         }
         let p = Probe::start(bin, dir, &["--bpf-stats"])?;
+        let probe_cpu0 = proc_cpu(p.child.id());
         let (b, cb) = spawn_run(&workload, &noop, part)?;
+        probe_cpu += proc_cpu(p.child.id()).saturating_sub(probe_cpu0);
         let log = p.stop()?;
         let (a, ca) = match without {
             Some(w) => w,
@@ -339,10 +352,12 @@ fn spawn_overhead(bin: &Path, dir: &Path, workload: &Path, noop: &Path) -> Resul
         if exec_runs > 0 { exec_ns as f64 / exec_runs as f64 } else { f64::NAN }
     );
     println!(
-        "events: CPU time (user+sys) of the spawning processes: without {:.3} s, with {:.3} s; ratio {:.4} (less sensitive to other load than wall time)",
+        "events: CPU time (user+sys) of the spawning processes: without {:.3} s, with {:.3} s; ratio {:.4} (less sensitive to other load than wall time); eventprobe's own CPU while they ran {:.3} s ({:.1} us per process)",
         cpu_off.as_secs_f64(),
         cpu_on.as_secs_f64(),
-        cpu_on.as_secs_f64() / cpu_off.as_secs_f64().max(1e-9)
+        cpu_on.as_secs_f64() / cpu_off.as_secs_f64().max(1e-9),
+        probe_cpu.as_secs_f64(),
+        probe_cpu.as_secs_f64() * 1e6 / SPAWNS as f64
     );
 
     Ok(())

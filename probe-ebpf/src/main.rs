@@ -29,11 +29,11 @@ use aya_ebpf::maps::{Array, HashMap, PerCpuArray, RingBuf};
 use aya_ebpf::programs::TracePointContext;
 use aya_ebpf::EbpfContext;
 use event_types::{
-    BuildIdFrame, Config, EventHeader, DUMPABLE_UNKNOWN, DUMPABLE_USER, ExitEvent, FatalSignalEvent, OomEvent, UserRegs, COMM_LEN, FLAG_COMM_ALLOW_LIST,
-    FLAG_EXITS, FLAG_ONLY_DEFAULT_ACTION, FLAG_OOM, FLAG_SIGNALS, KIND_EXIT, KIND_FATAL_SIGNAL, KIND_OOM, LOST_SLOTS,
-    MAX_BUILD_ID_FRAMES, MAX_FP_FRAMES, MAX_MODULES, MAX_VMA_LOOKUPS, PAGE_SIZE, PATH_DEPTH, STACK_COPY_BYTES,
-    ModuleScan, ModulesEvent, PendingExit, KIND_MODULES, ExecEvent, KIND_EXEC, FatalSignalOuterEvent,
-    OomStackEvent, KIND_OOM_STACK, MAX_SIGFRAME_WORDS, OUTER_PAGES,
+    BuildIdFrame, Config, EventHeader, ExecEvent, ExitEvent, FatalSignalEvent, FatalSignalOuterEvent, ModuleScan,
+    ModulesEvent, OomEvent, OomStackEvent, PendingExit, UserRegs, COMM_LEN, DUMPABLE_UNKNOWN, DUMPABLE_USER,
+    FLAG_COMM_ALLOW_LIST, FLAG_EXITS, FLAG_ONLY_DEFAULT_ACTION, FLAG_OOM, FLAG_SIGNALS, KIND_EXEC, KIND_EXIT,
+    KIND_FATAL_SIGNAL, KIND_MODULES, KIND_OOM, KIND_OOM_STACK, LOST_SLOTS, MAX_BUILD_ID_FRAMES, MAX_FP_FRAMES,
+    MAX_MODULES, MAX_SIGFRAME_WORDS, MAX_VMA_LOOKUPS, OUTER_PAGES, PAGE_SIZE, PATH_DEPTH, STACK_COPY_BYTES,
 };
 
 /// Default ring size (user space may change it at load time).
@@ -121,7 +121,6 @@ unsafe fn read_kernel_u64(addr: u64) -> u64 {
     }
 }
 
-
 /// `VM_EXEC` of `vm_area_struct.vm_flags`.
 const VM_EXEC: u64 = 0x4;
 /// -EBUSY: `bpf_find_vma` could not take the mmap lock.
@@ -185,13 +184,7 @@ fn consider(scan: &mut ModuleScan, w: u64, busy: &mut u32) {
     // SAFETY: BTF task of the current thread, a callback of the expected
     // signature, a context on this stack.
     let r = unsafe {
-        bpf_find_vma(
-            bpf_get_current_task_btf() as *mut _,
-            w,
-            vma_cb as *mut c_void,
-            addr_of_mut!(found).cast(),
-            0,
-        )
+        bpf_find_vma(bpf_get_current_task_btf() as *mut _, w, vma_cb as *mut c_void, addr_of_mut!(found).cast(), 0)
     };
     if r == EBUSY {
         *busy += 1;
@@ -326,7 +319,8 @@ unsafe fn copy_stack(dst: *mut u8, base: u64, may_copy: bool) -> u32 {
             if !may_copy {
                 // Not dumpable: nothing of its memory leaves the kernel.
                 // A read of address 0 fails and zeroes the page.
-                let _ = unsafe { bpf_probe_read_user(dst.add($i * PAGE_SIZE).cast(), PAGE_SIZE as u32, core::ptr::null()) };
+                let _ =
+                    unsafe { bpf_probe_read_user(dst.add($i * PAGE_SIZE).cast(), PAGE_SIZE as u32, core::ptr::null()) };
             } else if unsafe {
                 bpf_probe_read_user(
                     dst.add($i * PAGE_SIZE).cast(),
@@ -623,9 +617,8 @@ unsafe fn scan_modules(scan: &mut ModuleScan, ip: u64, sp: u64, scan_stack: bool
     consider(scan, ip, &mut busy);
     if scan_stack {
         // SAFETY: a callback of the expected signature, a context on this stack.
-        let _ = unsafe {
-            bpf_loop((STACK_COPY_BYTES / 8) as u32, scan_word as *mut c_void, addr_of_mut!(busy).cast(), 0)
-        };
+        let _ =
+            unsafe { bpf_loop((STACK_COPY_BYTES / 8) as u32, scan_word as *mut c_void, addr_of_mut!(busy).cast(), 0) };
     }
     busy
 }

@@ -171,8 +171,15 @@ pub fn unwind_snapshot(
         None => &unwind::HostOpener,
     };
     let mut memory: Regions<&[u8]> = Regions::new();
-    for (base, bytes) in regions {
-        if !bytes.is_empty() {
+    let end = |b: u64, v: &[u8]| b.saturating_add(v.len() as u64);
+    for (i, (base, bytes)) in regions.iter().enumerate() {
+        // A copy inside another (the interrupted stack's pages inside the
+        // signal stack's copy) would hide the rest of the larger one from
+        // the lookup by base; the larger one holds the same bytes.
+        let inside = regions.iter().enumerate().any(|(j, (b, v))| {
+            j != i && *b <= *base && end(*base, bytes) <= end(*b, v) && (v.len() > bytes.len() || j < i)
+        });
+        if !bytes.is_empty() && !inside {
             memory.insert(*base, bytes);
         }
     }

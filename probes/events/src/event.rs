@@ -564,4 +564,76 @@ mod tests {
         let Event::Fatal(f) = parse(&buf).unwrap() else { panic!("not fatal") };
         assert_eq!((f.dumpable, f.stack.len()), (Dumpable::No(0), 0));
     }
+
+    #[test]
+    fn parses_the_outer_stack_of_a_handler_on_the_signal_stack() {
+        let mut buf = vec![0u8; std::mem::size_of::<FatalSignalOuterEvent>()];
+        let base = buf.as_mut_ptr().cast::<FatalSignalOuterEvent>();
+        // SAFETY: buf has the struct's size; unaligned writes.
+        unsafe {
+            use std::ptr::{addr_of_mut, write_unaligned as w};
+            w(
+                addr_of_mut!((*base).ev.header),
+                EventHeader { kind: KIND_FATAL_SIGNAL, pid: 1, tid: 1, uid: 0, boot_ns: 0, comm: comm_key("go") },
+            );
+            w(addr_of_mut!((*base).ev.dumpable), DUMPABLE_USER);
+            w(addr_of_mut!((*base).ev.stack_pages_ok), 0b1);
+            w(addr_of_mut!((*base).ev.stack_base), 0x1000);
+            w(addr_of_mut!((*base).outer_base), 0xc000_0000);
+            w(addr_of_mut!((*base).outer_pages_ok), 0b0110);
+        }
+        let Event::Fatal(f) = parse(&buf).unwrap() else { panic!("not fatal") };
+        assert_eq!((f.stack_base, f.stack.len()), (0x1000, PAGE_SIZE));
+        let (b, bytes) = f.outer_stack.expect("the interrupted stack");
+        assert_eq!((b, bytes.len()), (0xc000_0000 + PAGE_SIZE as u64, 2 * PAGE_SIZE));
+        // A plain fatal-signal record (shorter) has none.
+        let Event::Fatal(f) = parse(&buf[..std::mem::size_of::<FatalSignalEvent>()]).unwrap() else { panic!() };
+        assert!(f.outer_stack.is_none());
+        // Not dumpable: nothing of either copy.
+        // SAFETY: as above.
+        unsafe { std::ptr::write_unaligned(std::ptr::addr_of_mut!((*base).ev.dumpable), 0) };
+        let Event::Fatal(f) = parse(&buf).unwrap() else { panic!() };
+        assert!(f.outer_stack.is_none() && f.stack.is_empty());
+    }
+
+    #[test]
+    fn parses_an_oom_victims_stack() {
+        let mut buf = vec![0u8; std::mem::size_of::<OomStackEvent>()];
+        let base = buf.as_mut_ptr().cast::<OomStackEvent>();
+        let mut m = ModuleVma {
+            start: 0x1000,
+            end: 0x2000,
+            offset: 0,
+            ino: 5,
+            dev: (8 << 20) | 1,
+            depth: 2,
+            rooted: 1,
+            ..Default::default()
+        };
+        m.names[0][..3].copy_from_slice(b"hog");
+        m.names[1][0] = b'/';
+        let mut mods = [ModuleVma::default(); MAX_MODULES];
+        mods[0] = m;
+        // SAFETY: buf has the struct's size; unaligned writes.
+        unsafe {
+            use std::ptr::{addr_of_mut, write_unaligned as w};
+            w(
+                addr_of_mut!((*base).header),
+                EventHeader { kind: KIND_OOM_STACK, pid: 9, tid: 9, uid: 0, boot_ns: 0, comm: comm_key("hog") },
+            );
+            w(addr_of_mut!((*base).regs_ok), 1);
+            w(addr_of_mut!((*base).dumpable), DUMPABLE_USER);
+            w(addr_of_mut!((*base).cgroup_id), 77);
+            w(addr_of_mut!((*base).stack_base), 0x7000);
+            w(addr_of_mut!((*base).stack_pages_ok), 0b11);
+            w(addr_of_mut!((*base).n_modules), 1);
+            w(addr_of_mut!((*base).modules), mods);
+        }
+        let Event::OomStack(o) = parse(&buf).unwrap() else { panic!("not an oom stack") };
+        assert_eq!((o.task.tid, o.cgroup_id, o.stack_base, o.stack.len()), (9, 77, 0x7000, 2 * PAGE_SIZE));
+        assert!(o.regs.is_some());
+        assert_eq!(o.modules.modules.len(), 1);
+        assert_eq!(o.modules.modules[0].fs_path.as_deref(), Some("/hog"));
+        assert!(matches!(parse(&buf[..100]), Err(EventError::Short { .. })));
+    }
 }

@@ -61,17 +61,26 @@ pub fn capture(f: &FatalSignal, no_proc: bool) -> Capture {
     let opener = proc_dir.ok().map(ProcOpener::new);
     let mut missing = missing;
     if let Some(o) = &opener {
-        let opened = o.preopen(&maps);
-        // The maps were read, but the process exited before its files
-        // were opened (nothing holds a dying process without a core
+        // The code's files first (through map_files: the very files).
+        let code = Mappings::new(maps.iter().filter(|m| m.is_file() && m.exec == Some(true)).cloned().collect());
+        let opened = o.preopen(&code);
+        o.preopen(&maps);
+        // The maps were read, but the process exited before its code's
+        // files were opened (nothing holds a dying process without a core
         // handler): the kernel's names (they follow) are used instead.
-        let mut files: Vec<&str> = maps.iter().filter(|m| m.is_file()).filter_map(|m| m.path.as_deref()).collect();
-        files.sort_unstable();
-        files.dedup();
-        if missing.is_none() && opened < files.len() {
+        let mut paths: Vec<&str> = code.iter().filter_map(|m| m.path.as_deref()).collect();
+        paths.sort_unstable();
+        paths.dedup();
+        // A process releasing its memory while its maps are read shows
+        // only part of them: the mapping under ip must be there.
+        let ip = f.regs.map_or(0, |r| r.ip);
+        if missing.is_none() && ip != 0 && !maps.is_empty() && maps.find(ip).is_none() {
+            missing = Some(format!("/proc/{pid}/maps lacked the code under ip (the process was releasing its memory)"));
+        }
+        if missing.is_none() && opened < paths.len() {
             missing = Some(format!(
-                "the process exited while its files were opened through /proc/{pid}/map_files ({opened} of {})",
-                files.len()
+                "the process exited while its code's files were opened through /proc/{pid}/map_files ({opened} of {})",
+                paths.len()
             ));
         }
     }

@@ -788,4 +788,7 @@ fn crash_go_nil_dereference() {
     let i = f.iter().position(|x| x == "runtime.sigpanic").unwrap_or_else(|| panic!("no runtime.sigpanic in {f:?}"));
     assert_eq!(f.get(i + 1..i + 4), Some(&["main.goCrash", "main.goMiddle", "main.main"].map(String::from)[..]), "{t}");
     assert_eq!(t["frames"][i + 1]["source"], "gopclntab", "{t}");
+    // runtime.goexit (TOPFRAME) ends the goroutine's stack.
+    assert_eq!(f.last().map(String::as_str), Some("runtime.goexit"), "{t}");
+    assert_eq!(t["end"], "outermost", "{t}");
 }

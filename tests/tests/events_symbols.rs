@@ -340,4 +340,7 @@ fn go_nil_dereference_without_proc() {
     assert_eq!(at("main.goMiddle"), Some(sigpanic + 2), "{text}");
     assert_eq!(at("main.main"), Some(sigpanic + 3), "{text}");
     assert!(lines[sigpanic + 1].contains("ev-go-nil+0x"), "{text}");
+    // runtime.goexit (TOPFRAME) ends the goroutine's stack.
+    assert!(bt.lines().next().is_some_and(|l| l.contains("end: Outermost")), "{text}");
+    assert!(lines.last().is_some_and(|l| l.contains(" runtime.goexit ")), "{text}");
 }

@@ -315,11 +315,14 @@ impl<M: Memory + ?Sized> Session<'_, '_, M> {
         let delta = pcln.sp_delta(&f, svma)?;
         let sp = regs.sp()?;
         let slot = sp.checked_add(delta)?;
-        let ra = self.memory.read_u64(slot)?;
-        if f.flag & crate::gopclntab::FLAG_TOPFRAME != 0 && !self.is_sigreturn(ra) {
-            // runtime.goexit, runtime.mstart: nothing called them.
+        let ra = self.memory.read_u64(slot);
+        if f.flag & crate::gopclntab::FLAG_TOPFRAME != 0 && !ra.is_some_and(|ra| self.is_sigreturn(ra)) {
+            // runtime.goexit, runtime.mstart: nothing called them (the
+            // slot may lie past the stack); runtime.sigtramp returns to
+            // the kernel's signal frame and goes on.
             return Some(GoStep::Outermost);
         }
+        let ra = ra?;
         let mut r = Registers::new(regs.arch);
         r.set(regs.arch.sp(), slot.checked_add(8)?);
         // A frame with locals saved the caller's frame pointer below the

@@ -3,7 +3,9 @@
 //! ```text
 //!  signal:signal_deliver ─┐  filters from CONFIG, COMM_ALLOW, COMM_DENY
 //!  syscalls:sys_enter_exit_group ─┼─▶ RingBuf EVENTS ──▶ eventprobe (user space)
-//!  oom:mark_victim ───────┘  ring full: LOST[kind] += 1 (eventprobe reports it)
+//!  oom:mark_victim ───────┤  ring full: LOST[kind] += 1 (eventprobe reports it)
+//!  sched:sched_process_exit ┘ threads marked in PENDING_EXIT (a fatal
+//!                           signal: the modules; an OOM victim: its stack)
 //! ```
 //!
 //! The event layouts live in `probes/event-types` (shared with user space).
@@ -16,10 +18,10 @@
 use core::ffi::c_void;
 use core::ptr::addr_of_mut;
 
-use aya_ebpf::bindings::{BPF_F_USER_BUILD_ID, BPF_F_USER_STACK, BPF_RB_FORCE_WAKEUP};
+use aya_ebpf::bindings::{BPF_F_USER_BUILD_ID, BPF_F_USER_STACK, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
 use aya_ebpf::helpers::generated::{
-    bpf_find_vma, bpf_get_current_task, bpf_get_current_task_btf, bpf_get_stack, bpf_ktime_get_boot_ns, bpf_loop,
-    bpf_probe_read_kernel, bpf_probe_read_user, bpf_task_pt_regs,
+    bpf_find_vma, bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_current_task_btf, bpf_get_stack,
+    bpf_ktime_get_boot_ns, bpf_loop, bpf_probe_read_kernel, bpf_probe_read_user, bpf_task_pt_regs,
 };
 use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid};
 use aya_ebpf::macros::{map, tracepoint};
@@ -27,10 +29,11 @@ use aya_ebpf::maps::{Array, HashMap, PerCpuArray, RingBuf};
 use aya_ebpf::programs::TracePointContext;
 use aya_ebpf::EbpfContext;
 use event_types::{
-    BuildIdFrame, Config, EventHeader, DUMPABLE_UNKNOWN, DUMPABLE_USER, ExitEvent, FatalSignalEvent, OomEvent, UserRegs, COMM_LEN, FLAG_COMM_ALLOW_LIST,
-    FLAG_EXITS, FLAG_ONLY_DEFAULT_ACTION, FLAG_OOM, FLAG_SIGNALS, KIND_EXIT, KIND_FATAL_SIGNAL, KIND_OOM, LOST_SLOTS,
-    MAX_BUILD_ID_FRAMES, MAX_FP_FRAMES, MAX_MODULES, MAX_VMA_LOOKUPS, PAGE_SIZE, PATH_DEPTH, STACK_COPY_BYTES,
-    ModuleScan, ModulesEvent, PendingExit, KIND_MODULES, ExecEvent, KIND_EXEC,
+    BuildIdFrame, Config, EventHeader, ExecEvent, ExitEvent, FatalSignalEvent, FatalSignalOuterEvent, ModuleScan,
+    ModulesEvent, OomEvent, OomStackEvent, PendingExit, UserRegs, COMM_LEN, DUMPABLE_UNKNOWN, DUMPABLE_USER,
+    FLAG_COMM_ALLOW_LIST, FLAG_EXITS, FLAG_ONLY_DEFAULT_ACTION, FLAG_OOM, FLAG_SIGNALS, KIND_EXEC, KIND_EXIT,
+    KIND_FATAL_SIGNAL, KIND_MODULES, KIND_OOM, KIND_OOM_STACK, LOST_SLOTS, MAX_BUILD_ID_FRAMES, MAX_FP_FRAMES,
+    MAX_MODULES, MAX_SIGFRAME_WORDS, MAX_VMA_LOOKUPS, OUTER_PAGES, PAGE_SIZE, PATH_DEPTH, STACK_COPY_BYTES,
 };
 
 /// Default ring size (user space may change it at load time).
@@ -118,7 +121,6 @@ unsafe fn read_kernel_u64(addr: u64) -> u64 {
     }
 }
 
-
 /// `VM_EXEC` of `vm_area_struct.vm_flags`.
 const VM_EXEC: u64 = 0x4;
 /// -EBUSY: `bpf_find_vma` could not take the mmap lock.
@@ -182,13 +184,7 @@ fn consider(scan: &mut ModuleScan, w: u64, busy: &mut u32) {
     // SAFETY: BTF task of the current thread, a callback of the expected
     // signature, a context on this stack.
     let r = unsafe {
-        bpf_find_vma(
-            bpf_get_current_task_btf() as *mut _,
-            w,
-            vma_cb as *mut c_void,
-            addr_of_mut!(found).cast(),
-            0,
-        )
+        bpf_find_vma(bpf_get_current_task_btf() as *mut _, w, vma_cb as *mut c_void, addr_of_mut!(found).cast(), 0)
     };
     if r == EBUSY {
         *busy += 1;
@@ -264,6 +260,154 @@ pub fn signal_deliver(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// The dumpable state of the current task's mm (`MMF_DUMPABLE_MASK`
+/// bits of `mm->flags`), or [`DUMPABLE_UNKNOWN`].
+#[inline(always)]
+unsafe fn dumpable_of(cfg: &Config, task: u64) -> u32 {
+    if cfg.off_task_mm == 0 || cfg.off_mm_flags == 0 {
+        return DUMPABLE_UNKNOWN;
+    }
+    let mm = unsafe { read_kernel_u64(task + cfg.off_task_mm as u64) };
+    if mm == 0 {
+        return DUMPABLE_UNKNOWN;
+    }
+    let mut flags: u64 = 0;
+    if unsafe { bpf_probe_read_kernel(addr_of_mut!(flags).cast(), 8, (mm + cfg.off_mm_flags as u64) as *const c_void) }
+        == 0
+    {
+        (flags & MMF_DUMPABLE_MASK) as u32
+    } else {
+        DUMPABLE_UNKNOWN
+    }
+}
+
+/// Reads the user registers into `dst` (all of them when `may_copy`,
+/// else only ip and sp); 0 on success.
+#[inline(always)]
+unsafe fn read_regs(dst: *mut UserRegs, may_copy: bool) -> i64 {
+    unsafe {
+        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const c_void;
+        if may_copy {
+            bpf_probe_read_kernel(dst.cast(), core::mem::size_of::<UserRegs>() as u32, regs)
+        } else {
+            // Only ip and sp, read one by one; every other register is 0.
+            *dst = UserRegs::default();
+            let a = bpf_probe_read_kernel(
+                addr_of_mut!((*dst).ip).cast(),
+                8,
+                (regs as *const u8).add(REGS_IP_OFFSET) as *const c_void,
+            );
+            let b = bpf_probe_read_kernel(
+                addr_of_mut!((*dst).sp).cast(),
+                8,
+                (regs as *const u8).add(REGS_SP_OFFSET) as *const c_void,
+            );
+            a | b
+        }
+    }
+}
+
+/// Copies `STACK_PAGES` whole pages of user memory from `base` to `dst`
+/// (pages of a process that is not dumpable are zeroed, not read);
+/// returns the bits of the pages copied.
+#[inline(always)]
+unsafe fn copy_stack(dst: *mut u8, base: u64, may_copy: bool) -> u32 {
+    let mut ok = 0u32;
+    // Whole pages at fixed offsets, so the verifier keeps each bound.
+    macro_rules! page {
+        ($i:literal) => {
+            if !may_copy {
+                // Not dumpable: nothing of its memory leaves the kernel.
+                // A read of address 0 fails and zeroes the page.
+                let _ =
+                    unsafe { bpf_probe_read_user(dst.add($i * PAGE_SIZE).cast(), PAGE_SIZE as u32, core::ptr::null()) };
+            } else if unsafe {
+                bpf_probe_read_user(
+                    dst.add($i * PAGE_SIZE).cast(),
+                    PAGE_SIZE as u32,
+                    (base + ($i * PAGE_SIZE) as u64) as *const c_void,
+                )
+            } == 0
+            {
+                ok |= 1 << $i;
+            }
+        };
+    }
+    page!(0);
+    page!(1);
+    page!(2);
+    page!(3);
+    page!(4);
+    ok
+}
+
+/// The search for the kernel's signal frame on the alternate stack.
+#[repr(C)]
+struct SigframeSearch {
+    from: u64,
+    top: u64,
+    ss_sp: u64,
+    ss_size: u64,
+    found_sp: u64,
+}
+
+/// `bpf_loop` callback: is word `i` above `from` the `uc_stack` of a
+/// `ucontext` (equal to the alternate stack) whose `uc_mcontext.sp` lies
+/// outside it?
+#[inline(never)]
+extern "C" fn sigframe_word(i: u32, ctx: *mut c_void) -> i64 {
+    let s = ctx as *mut SigframeSearch;
+    // SAFETY: `ctx` is the caller's `SigframeSearch`; user reads are
+    // checked by the helper.
+    unsafe {
+        let a = (*s).from + (i as u64) * 8;
+        if a + 240 > (*s).top {
+            return 1;
+        }
+        let mut w = [0u64; 3];
+        if bpf_probe_read_user(w.as_mut_ptr().cast(), 24, a as *const c_void) != 0 {
+            return 1;
+        }
+        if w[0] != (*s).ss_sp || w[2] != (*s).ss_size {
+            return 0;
+        }
+        // uc_mcontext follows uc_stack: sp is its 16th word, the fpstate
+        // pointer its 27th (above the frame, inside the stack, or 0).
+        let mut sp: u64 = 0;
+        let mut fpstate: u64 = 0;
+        let _ = bpf_probe_read_user(addr_of_mut!(sp).cast(), 8, (a + 24 + 15 * 8) as *const c_void);
+        let _ = bpf_probe_read_user(addr_of_mut!(fpstate).cast(), 8, (a + 24 + 26 * 8) as *const c_void);
+        if sp == 0 || (fpstate != 0 && (fpstate <= a || fpstate >= (*s).top)) {
+            return 0;
+        }
+        if sp < (*s).ss_sp || sp >= (*s).ss_sp + (*s).ss_size {
+            (*s).found_sp = sp;
+        }
+        1
+    }
+}
+
+/// When `sp` is on the task's alternate signal stack: the sp the running
+/// handler interrupted, if that lies outside it (else 0).
+#[inline(always)]
+unsafe fn interrupted_sp(cfg: &Config, task: u64, sp: u64) -> u64 {
+    if cfg.off_sas_ss_sp == 0 || cfg.off_sas_ss_size == 0 {
+        return 0;
+    }
+    let ss_sp = unsafe { read_kernel_u64(task + cfg.off_sas_ss_sp as u64) };
+    let ss_size = unsafe { read_kernel_u64(task + cfg.off_sas_ss_size as u64) };
+    if ss_size == 0 || ss_size > (64 << 20) || sp < ss_sp || sp >= ss_sp + ss_size {
+        return 0;
+    }
+    let top = ss_sp + ss_size;
+    let mut search = SigframeSearch { from: sp & !7, top, ss_sp, ss_size, found_sp: 0 };
+    let words = ((top - (sp & !7)) / 8) as u32;
+    let n = if words > MAX_SIGFRAME_WORDS { MAX_SIGFRAME_WORDS } else { words };
+    // SAFETY: a callback of the expected signature, a context on this stack.
+    let _ = unsafe { bpf_loop(n, sigframe_word as *mut c_void, addr_of_mut!(search).cast(), 0) };
+    search.found_sp
+}
+
 fn try_signal_deliver(ctx: &TracePointContext) -> Result<(), i64> {
     let cfg = config().ok_or(1i64)?;
     if cfg.flags & FLAG_SIGNALS == 0 {
@@ -285,23 +429,105 @@ fn try_signal_deliver(ctx: &TracePointContext) -> Result<(), i64> {
     if !comm_passes(cfg, &comm) {
         return Ok(());
     }
-    let Some(mut entry) = EVENTS.reserve::<FatalSignalEvent>(0) else {
-        count_lost(KIND_FATAL_SIGNAL);
-        return Ok(());
+    // SAFETY: helper without arguments; kernel reads through the helper.
+    let task = unsafe { bpf_get_current_task() };
+    // The dumpable state (mm->flags & MMF_DUMPABLE_MASK): a process
+    // the kernel would not dump for its user gets no stack copy and no
+    // registers beyond ip/sp.
+    let dumpable = unsafe { dumpable_of(cfg, task) };
+    let may_copy = dumpable == DUMPABLE_USER;
+    // A handler on the alternate stack re-raising the signal (Go): the
+    // stack it interrupted is copied too.
+    let outer_sp = if may_copy {
+        let mut sp: u64 = 0;
+        // SAFETY: the current task's saved user registers.
+        unsafe {
+            let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const u8;
+            let _ = bpf_probe_read_kernel(addr_of_mut!(sp).cast(), 8, regs.add(REGS_SP_OFFSET) as *const c_void);
+            if sp != 0 {
+                interrupted_sp(cfg, task, sp)
+            } else {
+                0
+            }
+        }
+    } else {
+        0
     };
-    let ev: *mut FatalSignalEvent = entry.as_mut_ptr();
+    let a = Args { sig, code, errno, sa_handler, comm, task, dumpable, may_copy };
+    if outer_sp != 0 {
+        let Some(mut entry) = EVENTS.reserve::<FatalSignalOuterEvent>(0) else {
+            count_lost(KIND_FATAL_SIGNAL);
+            return Ok(());
+        };
+        let ev: *mut FatalSignalOuterEvent = entry.as_mut_ptr();
+        // SAFETY: a reserved record of the right size; every field written.
+        unsafe {
+            fill_fatal(ctx, cfg, addr_of_mut!((*ev).ev), &a);
+            let base = outer_sp & !(PAGE_SIZE as u64 - 1);
+            (*ev).outer_sp = outer_sp;
+            (*ev).outer_base = base;
+            (*ev)._pad = 0;
+            let dst = addr_of_mut!((*ev).outer) as *mut u8;
+            let mut ok = 0u32;
+            macro_rules! page {
+                ($i:literal) => {
+                    if bpf_probe_read_user(
+                        dst.add($i * PAGE_SIZE).cast(),
+                        PAGE_SIZE as u32,
+                        (base + ($i * PAGE_SIZE) as u64) as *const c_void,
+                    ) == 0
+                    {
+                        ok |= 1 << $i;
+                    }
+                };
+            }
+            page!(0);
+            page!(1);
+            page!(2);
+            page!(3);
+            const _: () = assert!(OUTER_PAGES == 4);
+            (*ev).outer_pages_ok = ok;
+        }
+        entry.submit(BPF_RB_FORCE_WAKEUP as u64);
+    } else {
+        let Some(mut entry) = EVENTS.reserve::<FatalSignalEvent>(0) else {
+            count_lost(KIND_FATAL_SIGNAL);
+            return Ok(());
+        };
+        let ev: *mut FatalSignalEvent = entry.as_mut_ptr();
+        // SAFETY: a reserved record of the right size; every field written.
+        unsafe { fill_fatal(ctx, cfg, ev, &a) };
+        entry.submit(BPF_RB_FORCE_WAKEUP as u64);
+    }
+    Ok(())
+}
+
+/// What the fatal-signal program found before reserving its record.
+struct Args {
+    sig: i32,
+    code: i32,
+    errno: i32,
+    sa_handler: u64,
+    comm: [u8; COMM_LEN],
+    task: u64,
+    dumpable: u32,
+    may_copy: bool,
+}
+
+/// Fills a reserved fatal-signal record.
+#[inline(always)]
+unsafe fn fill_fatal(ctx: &TracePointContext, cfg: &Config, ev: *mut FatalSignalEvent, a: &Args) {
     // SAFETY: `ev` points at a reserved ring-buffer record of the right
     // size; every field is written before submit (the stack pages by the
     // read helper, which zeroes its destination on failure).
     unsafe {
-        (*ev).header = header(KIND_FATAL_SIGNAL, comm);
-        (*ev).signal = sig;
-        (*ev).si_code = code;
-        (*ev).errno = errno;
-        (*ev).sa_handler = sa_handler;
+        (*ev).header = header(KIND_FATAL_SIGNAL, a.comm);
+        (*ev).signal = a.sig;
+        (*ev).si_code = a.code;
+        (*ev).errno = a.errno;
+        (*ev).sa_handler = a.sa_handler;
         (*ev).fault_addr_ok = 0;
-
-        let task = bpf_get_current_task();
+        let task = a.task;
         (*ev).start_boottime_ns = 0;
         if cfg.off_group_leader != 0 && cfg.off_start_boottime != 0 {
             let leader = read_kernel_u64(task + cfg.off_group_leader as u64);
@@ -310,7 +536,7 @@ fn try_signal_deliver(ctx: &TracePointContext) -> Result<(), i64> {
             }
         }
         (*ev).fault_addr = 0;
-        if cfg.off_thread_cr2 != 0 && (sig == SIGSEGV || sig == SIGBUS) && code > 0 {
+        if cfg.off_thread_cr2 != 0 && (a.sig == SIGSEGV || a.sig == SIGBUS) && a.code > 0 {
             let mut v: u64 = 0;
             if bpf_probe_read_kernel(addr_of_mut!(v).cast(), 8, (task + cfg.off_thread_cr2 as u64) as *const c_void)
                 == 0
@@ -319,44 +545,9 @@ fn try_signal_deliver(ctx: &TracePointContext) -> Result<(), i64> {
                 (*ev).fault_addr_ok = 1;
             }
         }
-
-        // The dumpable state (mm->flags & MMF_DUMPABLE_MASK): a process
-        // the kernel would not dump for its user gets no stack copy and no
-        // registers beyond ip/sp.
-        let mut dumpable = DUMPABLE_UNKNOWN;
-        if cfg.off_task_mm != 0 && cfg.off_mm_flags != 0 {
-            let mm = read_kernel_u64(task + cfg.off_task_mm as u64);
-            if mm != 0 {
-                let mut flags: u64 = 0;
-                if bpf_probe_read_kernel(addr_of_mut!(flags).cast(), 8, (mm + cfg.off_mm_flags as u64) as *const c_void)
-                    == 0
-                {
-                    dumpable = (flags & MMF_DUMPABLE_MASK) as u32;
-                }
-            }
-        }
-        (*ev).dumpable = dumpable;
-        let may_copy = dumpable == DUMPABLE_USER;
-
-        let btf_task = bpf_get_current_task_btf();
-        let regs = bpf_task_pt_regs(btf_task) as *const c_void;
-        let r = if may_copy {
-            bpf_probe_read_kernel(addr_of_mut!((*ev).regs).cast(), core::mem::size_of::<UserRegs>() as u32, regs)
-        } else {
-            // Only ip and sp, read one by one; every other register is 0.
-            (*ev).regs = UserRegs::default();
-            let a = bpf_probe_read_kernel(
-                addr_of_mut!((*ev).regs.ip).cast(),
-                8,
-                (regs as *const u8).add(REGS_IP_OFFSET) as *const c_void,
-            );
-            let b = bpf_probe_read_kernel(
-                addr_of_mut!((*ev).regs.sp).cast(),
-                8,
-                (regs as *const u8).add(REGS_SP_OFFSET) as *const c_void,
-            );
-            a | b
-        };
+        (*ev).dumpable = a.dumpable;
+        let may_copy = a.may_copy;
+        let r = read_regs(addr_of_mut!((*ev).regs), may_copy);
         (*ev).regs_ok = (r == 0) as u32;
 
         (*ev).fp_bytes = bpf_get_stack(
@@ -376,57 +567,60 @@ fn try_signal_deliver(ctx: &TracePointContext) -> Result<(), i64> {
         let sp = if r == 0 { (*ev).regs.sp } else { 0 };
         let base = sp & !(PAGE_SIZE as u64 - 1);
         (*ev).stack_base = base;
-        let dst = addr_of_mut!((*ev).stack) as *mut u8;
-        let mut ok = 0u32;
-        // Whole pages at fixed offsets, so the verifier keeps each bound.
-        macro_rules! page {
-            ($i:literal) => {
-                if !may_copy {
-                    // Not dumpable: nothing of its memory leaves the kernel.
-                    // A read of address 0 fails and zeroes the page.
-                    let _ = bpf_probe_read_user(dst.add($i * PAGE_SIZE).cast(), PAGE_SIZE as u32, core::ptr::null());
-                } else if bpf_probe_read_user(
-                    dst.add($i * PAGE_SIZE).cast(),
-                    PAGE_SIZE as u32,
-                    (base + ($i * PAGE_SIZE) as u64) as *const c_void,
-                ) == 0
-                {
-                    ok |= 1 << $i;
-                }
-            };
-        }
-        page!(0);
-        page!(1);
-        page!(2);
-        page!(3);
-        page!(4);
-        (*ev).stack_pages_ok = ok;
+        (*ev).stack_pages_ok = copy_stack(addr_of_mut!((*ev).stack) as *mut u8, base, may_copy);
 
         // The thread dies: its exit names the executable mappings under ip
         // and the stack's words (see `process_exit`).
         (*ev).modules_follow = 0;
-        if cfg.vma.ok == 1 && r == 0 && sa_handler == 0 {
-            let p = PendingExit { ip: (*ev).regs.ip, sp: (*ev).regs.sp, scan_stack: may_copy as u32, _pad: 0 };
+        if cfg.vma.ok == 1 && r == 0 && a.sa_handler == 0 {
+            let p = PendingExit { ip: (*ev).regs.ip, sp: (*ev).regs.sp, scan_stack: may_copy as u32, oom: 0 };
             if PENDING_EXIT.insert(&(bpf_get_current_pid_tgid() as u32), &p, 0).is_ok() {
                 (*ev).modules_follow = 1;
             }
         }
     }
-    entry.submit(BPF_RB_FORCE_WAKEUP as u64);
-    Ok(())
 }
 
-
 /// A thread that took a fatal signal exits (its mm still held): names the
-/// executable mappings under its ip and its stack's words.
+/// executable mappings under its ip and its stack's words. An OOM victim
+/// exiting: its registers, stack and mappings.
 #[tracepoint]
 pub fn process_exit(_ctx: TracePointContext) -> u32 {
     let tid = bpf_get_current_pid_tgid() as u32;
     // SAFETY: lookup with a key on the stack; the value is copied.
     let Some(p) = (unsafe { PENDING_EXIT.get(&tid) }).copied() else { return 0 };
     let _ = PENDING_EXIT.remove(&tid);
-    let _ = try_process_exit(&p);
+    if p.oom == 1 {
+        let _ = try_oom_exit();
+    } else {
+        let _ = try_process_exit(&p);
+    }
     0
+}
+
+/// Names the executable mappings under `ip` and (with `scan_stack`) the
+/// words of the stack from `sp`, into the per-CPU `MODULE_SCAN`; returns
+/// the lookups refused because the mmap lock was busy.
+#[inline(always)]
+unsafe fn scan_modules(scan: &mut ModuleScan, ip: u64, sp: u64, scan_stack: bool) -> u32 {
+    scan.words = sp;
+    let mut probe: u64 = 0;
+    if unsafe { bpf_probe_read_user(addr_of_mut!(probe).cast(), 8, sp as *const c_void) } != 0 {
+        // sp of a stack overflow is below the stack: start at the next page.
+        scan.words = (sp & !(PAGE_SIZE as u64 - 1)) + PAGE_SIZE as u64;
+    }
+    scan.n = 0;
+    scan.lookups = 0;
+    scan.neg_next = 0;
+    scan.neg = [[0; 2]; 8];
+    let mut busy: u32 = 0;
+    consider(scan, ip, &mut busy);
+    if scan_stack {
+        // SAFETY: a callback of the expected signature, a context on this stack.
+        let _ =
+            unsafe { bpf_loop((STACK_COPY_BYTES / 8) as u32, scan_word as *mut c_void, addr_of_mut!(busy).cast(), 0) };
+    }
+    busy
 }
 
 fn try_process_exit(p: &PendingExit) -> Result<(), i64> {
@@ -442,21 +636,7 @@ fn try_process_exit(p: &PendingExit) -> Result<(), i64> {
     unsafe {
         (*ev).header = header(KIND_MODULES, comm);
         let scan = &mut *scan;
-        scan.words = p.sp;
-        let mut probe: u64 = 0;
-        if bpf_probe_read_user(addr_of_mut!(probe).cast(), 8, p.sp as *const c_void) != 0 {
-            // sp of a stack overflow is below the stack: start at the next page.
-            scan.words = (p.sp & !(PAGE_SIZE as u64 - 1)) + PAGE_SIZE as u64;
-        }
-        scan.n = 0;
-        scan.lookups = 0;
-        scan.neg_next = 0;
-        scan.neg = [[0; 2]; 8];
-        let mut busy: u32 = 0;
-        consider(scan, p.ip, &mut busy);
-        if p.scan_stack == 1 {
-            let _ = bpf_loop((STACK_COPY_BYTES / 8) as u32, scan_word as *mut c_void, addr_of_mut!(busy).cast(), 0);
-        }
+        let busy = scan_modules(scan, p.ip, p.sp, p.scan_stack == 1);
         (*ev).n_modules = scan.n;
         (*ev).vma_lookups = scan.lookups;
         (*ev).vma_busy = busy;
@@ -471,6 +651,49 @@ fn try_process_exit(p: &PendingExit) -> Result<(), i64> {
     Ok(())
 }
 
+/// An OOM victim exits (killed): its user registers where the kill found
+/// it, its stack copy and the mappings under them, and its cgroup.
+fn try_oom_exit() -> Result<(), i64> {
+    let cfg = config().ok_or(1i64)?;
+    let comm = bpf_get_current_comm().map_err(|e| e as i64)?;
+    let Some(scan) = MODULE_SCAN.get_ptr_mut(0) else { return Ok(()) };
+    let Some(mut entry) = EVENTS.reserve::<OomStackEvent>(0) else {
+        count_lost(KIND_OOM_STACK);
+        return Ok(());
+    };
+    let ev: *mut OomStackEvent = entry.as_mut_ptr();
+    // SAFETY: a reserved record of the right size, every field written
+    // before submit; per-CPU scratch.
+    unsafe {
+        (*ev).header = header(KIND_OOM_STACK, comm);
+        (*ev).cgroup_id = bpf_get_current_cgroup_id();
+        let dumpable = dumpable_of(cfg, bpf_get_current_task());
+        (*ev).dumpable = dumpable;
+        let may_copy = dumpable == DUMPABLE_USER;
+        let r = read_regs(addr_of_mut!((*ev).regs), may_copy);
+        (*ev).regs_ok = (r == 0) as u32;
+        let (ip, sp) = if r == 0 { ((*ev).regs.ip, (*ev).regs.sp) } else { (0, 0) };
+        let base = sp & !(PAGE_SIZE as u64 - 1);
+        (*ev).stack_base = base;
+        (*ev).stack_pages_ok = copy_stack(addr_of_mut!((*ev).stack) as *mut u8, base, may_copy);
+        let scan = &mut *scan;
+        let busy = if r == 0 && cfg.vma.ok == 1 { scan_modules(scan, ip, sp, may_copy) } else { 0 };
+        if r != 0 || cfg.vma.ok != 1 {
+            scan.n = 0;
+            scan.lookups = 0;
+        }
+        (*ev).n_modules = scan.n;
+        (*ev).vma_lookups = scan.lookups;
+        (*ev).vma_busy = busy;
+        let _ = bpf_probe_read_kernel(
+            addr_of_mut!((*ev).modules).cast(),
+            core::mem::size_of::<[event_types::ModuleVma; MAX_MODULES]>() as u32,
+            addr_of_mut!(scan.mods) as *const c_void,
+        );
+    }
+    entry.submit(BPF_RB_FORCE_WAKEUP as u64);
+    Ok(())
+}
 
 /// A process ran `execve`: its executable's identity, so eventprobe can
 /// hold the file open while the process lives.
@@ -505,7 +728,7 @@ fn try_process_exec() -> Result<(), i64> {
         (read_kernel_u64(inode + o.inode_ino as u64), dev)
     };
     let ev = ExecEvent { header: header(KIND_EXEC, comm), ino, dev, _pad: 0 };
-    if EVENTS.output::<ExecEvent>(&ev, 0).is_err() {
+    if EVENTS.output::<ExecEvent>(&ev, BPF_RB_NO_WAKEUP as u64).is_err() {
         count_lost(KIND_EXEC);
     }
     Ok(())
@@ -579,6 +802,9 @@ fn try_mark_victim(ctx: &TracePointContext) -> Result<(), i64> {
         if EVENTS.output::<OomEvent>(&ev, 0).is_err() {
             count_lost(KIND_OOM);
         }
+        // The victim's own exit sends its stack (see `process_exit`).
+        let p = PendingExit { ip: 0, sp: 0, scan_stack: 0, oom: 1 };
+        let _ = PENDING_EXIT.insert(&(pid as u32), &p, 0);
     }
     Ok(())
 }

@@ -130,3 +130,30 @@ pub fn start_eventprobe(socket: &Path, args: &[&str]) -> KillOnDrop {
     assert!(line.contains("ready"), "eventprobe did not get ready: {line:?}");
     probe
 }
+
+/// Builds `tests/crash_programs/gonil.go` into `dir/out` with the Go
+/// toolchain (`cargo xtask setup` installs golang-go), statically (no
+/// cgo), as Go builds by default; caches stay under `dir`.
+pub fn build_go(dir: &Path, out: &str) -> PathBuf {
+    let src = dir.join("gosrc");
+    std::fs::create_dir_all(&src).expect("create the Go source dir");
+    let prog = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/crash_programs/gonil.go");
+    std::fs::copy(&prog, src.join("main.go")).expect("copy gonil.go");
+    std::fs::write(src.join("go.mod"), "module gonil\n\ngo 1.19\n").expect("write go.mod");
+    let exe = dir.join(out);
+    let st = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&exe)
+        .arg(".")
+        .current_dir(&src)
+        .env("GOCACHE", dir.join("gocache"))
+        .env("GOPATH", dir.join("gopath"))
+        .env("HOME", dir)
+        .env("CGO_ENABLED", "0")
+        .env("GOTOOLCHAIN", "local")
+        .env("GOFLAGS", "-mod=mod")
+        .status()
+        .expect("run go (cargo xtask setup installs golang-go)");
+    assert!(st.success(), "go build failed");
+    exe
+}

@@ -768,3 +768,27 @@ fn core_only_reads_a_core_saved_by_gdb() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("give the core as a file"), "{stdout}");
 }
+
+#[test]
+fn crash_go_nil_dereference() {
+    let Some((_l, g, w)) = setup("") else { return };
+    let exe = e2e::kernel::build_go(w.dir.path(), "gonil");
+    g.set(CORE_PATTERN, &pipe_pattern(&w.config));
+    let mut c = Command::new(&exe);
+    c.env("GOTRACEBACK", "crash").stdout(Stdio::null()).stderr(Stdio::null());
+    let mut child = dumps_core(&mut c, None).spawn().expect("spawn the Go program");
+    let st = wait_timeout(&mut child, Duration::from_secs(40)).expect("the Go program did not finish");
+    assert!(st.core_dumped(), "not dumped ({st})");
+    let (_, v) = one_record(&w);
+    assert_eq!(v["signal"], 6);
+    let t = crashed_thread(&v);
+    let f = functions(t);
+    // Through Go's signal frame to the goroutine's stack: the faulting
+    // function right after runtime.sigpanic, then its callers.
+    let i = f.iter().position(|x| x == "runtime.sigpanic").unwrap_or_else(|| panic!("no runtime.sigpanic in {f:?}"));
+    assert_eq!(f.get(i + 1..i + 4), Some(&["main.goCrash", "main.goMiddle", "main.main"].map(String::from)[..]), "{t}");
+    assert_eq!(t["frames"][i + 1]["source"], "gopclntab", "{t}");
+    // runtime.goexit (TOPFRAME) ends the goroutine's stack.
+    assert_eq!(f.last().map(String::as_str), Some("runtime.goexit"), "{t}");
+    assert_eq!(t["end"], "outermost", "{t}");
+}

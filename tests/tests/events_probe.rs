@@ -418,10 +418,25 @@ fn kernel_losses_are_counted_under_a_burst() {
     let (seen, lost) = (summary_value(&log, "fatal"), summary_value(&log, "lost_kernel_fatal"));
     assert!(lost > 0, "a one-event ring under {N} simultaneous crashes must lose some: {log}");
     assert_eq!(seen + lost, N, "every crash is either reported or counted as lost: {log}");
-    assert!(log.contains("kernel ring buffer full") || summary_value(&log, "lost_kernel") == lost, "{log}");
+    // lost_kernel also counts the module names of a crash lost in the ring.
+    assert!(log.contains("kernel ring buffer full") || summary_value(&log, "lost_kernel") >= lost, "{log}");
 }
 
-const HOG_C: &str = "#include <stdlib.h>\n#include <string.h>\nint main(void) { for (;;) { char *p = malloc(1 << 20); if (!p) return 4; memset(p, 1, 1 << 20); } }\n";
+const HOG_C: &str = r#"
+#include <stdlib.h>
+__attribute__((noinline)) void hog_touch(volatile char *p, size_t n) {
+    for (size_t i = 0; i < n; i += 4096) p[i] = 1;
+    __asm__ volatile("");
+}
+__attribute__((noinline)) void hog_grow(void) {
+    for (;;) {
+        char *p = malloc(1 << 20);
+        if (!p) exit(4);
+        hog_touch(p, 1 << 20);
+    }
+}
+int main(void) { hog_grow(); return 0; }
+"#;
 
 /// A memory cgroup of our own with a small limit; removed when dropped.
 struct MemCgroup {
@@ -475,7 +490,14 @@ fn oom_kill_in_a_memory_cgroup() {
     let src = dir.path().join("hog.c");
     std::fs::write(&src, HOG_C).expect("write hog.c");
     let hog = dir.path().join("ev-hog");
-    assert!(Command::new("gcc").args(["-O1", "-o"]).arg(&hog).arg(&src).status().expect("gcc").success());
+    // No frame pointers: the victim's frames come from CFI over its stack.
+    assert!(Command::new("gcc")
+        .args(["-O2", "-g", "-fomit-frame-pointer", "-fasynchronous-unwind-tables", "-o"])
+        .arg(&hog)
+        .arg(&src)
+        .status()
+        .expect("gcc")
+        .success());
     let rx = Receiver::start(Behaviour::default());
     let mut probe = Probe::start(&rx.path, &["--comm", "ev-hog"]);
     let cg = MemCgroup::create(&format!("ev-oom-{}", std::process::id()), 32 << 20);
@@ -498,6 +520,25 @@ fn oom_kill_in_a_memory_cgroup() {
         .and_then(|v| v.trim_end_matches(" kB").parse().ok())
         .expect("anon rss");
     assert!(anon > 16 * 1024, "the victim held most of its 32 MiB limit: {text}");
+    // Its cgroup, its RSS and the constraint (from the kernel's summary).
+    let cg_name = cg.dir.file_name().and_then(|n| n.to_str()).expect("cgroup name").to_string();
+    // The cgroup (v2) by the id the kernel gave, and the memory cgroup
+    // (v1 or v2) the kernel's summary names: the one the test made.
+    assert!(text.lines().any(|l| l.starts_with("Cgroup: ") && l.contains("(id ")), "{text}");
+    let memcg = text.lines().find_map(|l| l.strip_prefix("Memory cgroup: "));
+    assert!(memcg.is_some_and(|m| m.ends_with(&format!("/{cg_name}"))), "{text}");
+    assert!(text.contains("\nRSS: "), "{text}");
+    assert!(text.contains("OOM constraint: CONSTRAINT_MEMCG\n"), "{text}");
+    // The victim's user stack at the kill, symbolized: hog_grow under main
+    // (hog_touch, or malloc in libc, above them).
+    let bt = section(&text, "Backtrace at the kill (unwound", None);
+    assert!(text.contains("Mappings: named by the kernel at the victim's exit"), "{text}");
+    let grow = bt.lines().position(|l| l.split_whitespace().any(|w| w == "hog_grow"));
+    let main = bt.lines().position(|l| l.split_whitespace().any(|w| w == "main"));
+    assert!(
+        matches!((grow, main), (Some(g), Some(m)) if g < m),
+        "no hog_grow then main in the victim's stack:\n{text}"
+    );
     drop(cg);
     let log = probe.stop();
     assert_eq!(summary_value(&log, "oom"), 1, "{log}");

@@ -135,8 +135,19 @@ impl Setup {
     /// As [`crash`](Self::crash), calling `before` with the running child
     /// (its stdin piped) first.
     fn crash_after(&self, exe: &Path, args: &[&str], before: impl FnOnce(&mut std::process::Child)) -> String {
+        self.crash_with(exe, args, &[], before)
+    }
+
+    /// As [`crash_after`](Self::crash_after), with `env` set.
+    fn crash_with(
+        &self,
+        exe: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        before: impl FnOnce(&mut std::process::Child),
+    ) -> String {
         let mut cmd = Command::new(exe);
-        cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null());
+        cmd.args(args).envs(env.iter().copied()).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null());
         // SAFETY: only setrlimit between fork and exec.
         unsafe {
             cmd.pre_exec(|| {
@@ -296,4 +307,40 @@ fn binary_deleted_before_it_crashes_without_proc() {
         let _ = _child.stdin.as_mut().map(|s| std::io::Write::write_all(s, b"x"));
     });
     assert_symbolized(&text, &[SY, &["main"]].concat());
+}
+
+#[test]
+fn go_nil_dereference_without_proc() {
+    if !require_root("go_nil_dereference_without_proc") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exe = e2e::kernel::build_go(dir.path(), "ev-go-nil");
+    let setup = Setup::start(&["ev-go-nil"]);
+    // GOTRACEBACK=crash: Go prints its traceback, then re-raises SIGABRT
+    // with the default action from its handler, on the signal stack; the
+    // goroutine's frames are on the stack that handler interrupted.
+    let text = setup.crash_with(&exe, &[], &[("GOTRACEBACK", "crash")], |_| {});
+    assert!(text.contains("Signal: 6 (SIGABRT)"), "{text}");
+    assert!(text.contains("Mappings: named by the kernel at the signal"), "{text}");
+    let bt = unwound(text.as_str());
+    let lines: Vec<&str> = bt.lines().skip(1).collect();
+    // A frame names its own function last (after inlined ones).
+    let at = |f: &str| {
+        lines.iter().position(|l| {
+            let before_module = l.split(" [/").next().unwrap_or(l);
+            before_module.rsplit(" <- ").next().unwrap_or(before_module).split_whitespace().any(|w| w == f)
+        })
+    };
+    let Some(sigpanic) = at("runtime.sigpanic") else { panic!("no runtime.sigpanic frame:\n{text}") };
+    // The faulting function comes right after sigpanic (its pc is the
+    // faulting instruction, not a return address), then its caller and
+    // main.main.
+    assert_eq!(at("main.goCrash"), Some(sigpanic + 1), "the faulting function must follow sigpanic:\n{text}");
+    assert_eq!(at("main.goMiddle"), Some(sigpanic + 2), "{text}");
+    assert_eq!(at("main.main"), Some(sigpanic + 3), "{text}");
+    assert!(lines[sigpanic + 1].contains("ev-go-nil+0x"), "{text}");
+    // runtime.goexit (TOPFRAME) ends the goroutine's stack.
+    assert!(bt.lines().next().is_some_and(|l| l.contains("end: Outermost")), "{text}");
+    assert!(lines.last().is_some_and(|l| l.contains(" runtime.goexit ")), "{text}");
 }

@@ -8,8 +8,9 @@ use crate::util::{run, succeeds};
 /// Debian packages the tests use (C and C++ compilers for the crash test
 /// programs, binutils for strip/objcopy; libc6-dbg: glibc's separate debug
 /// info, which the crash tests symbolize libc frames from; gdb: the crash
-/// tests read cores saved by gdb's `generate-core-file`).
-const APT_PACKAGES: &[&str] = &["gcc", "g++", "binutils", "make", "libc6-dbg", "gdb"];
+/// tests read cores saved by gdb's `generate-core-file`; golang-go: the Go
+/// crash programs of the unwinder's and eventprobe's tests).
+const APT_PACKAGES: &[&str] = &["gcc", "g++", "binutils", "make", "libc6-dbg", "gdb", "golang-go"];
 
 /// Debian packages the workspace needs to build: journalprobe links
 /// libsystemd (sd-journal), found with pkg-config.

@@ -50,10 +50,22 @@ pub const KIND_OOM: u32 = 3;
 pub const KIND_MODULES: u32 = 4;
 /// `EventHeader::kind` of an [`ExecEvent`].
 pub const KIND_EXEC: u32 = 5;
+/// `EventHeader::kind` of an [`OomStackEvent`].
+pub const KIND_OOM_STACK: u32 = 6;
 
 /// Index in the `LOST` per-CPU array of each kind's reservation failures
 /// (ring buffer full), so index = kind.
-pub const LOST_SLOTS: u32 = 6;
+pub const LOST_SLOTS: u32 = 7;
+
+/// Whole pages copied of the stack a signal handler running on its
+/// alternate stack interrupted (Go: the goroutine's stack under
+/// `runtime.sigtramp`), see [`FatalSignalOuterEvent`].
+pub const OUTER_PAGES: usize = 4;
+/// Bytes of that copy.
+pub const OUTER_COPY_BYTES: usize = OUTER_PAGES * PAGE_SIZE;
+/// Most words searched for the kernel's signal frame above sp on the
+/// alternate signal stack.
+pub const MAX_SIGFRAME_WORDS: u32 = 8192;
 
 /// Name of the ring buffer map.
 pub const MAP_EVENTS: &str = "EVENTS";
@@ -118,6 +130,10 @@ pub struct Config {
     pub vma: VmaOffsets,
     /// Byte offset of `mm_struct.exe_file`, or 0 (no exec events).
     pub off_mm_exe_file: u32,
+    /// Byte offsets of `task_struct.sas_ss_sp` and `.sas_ss_size` (the
+    /// alternate signal stack), or 0 (no copy of the interrupted stack).
+    pub off_sas_ss_sp: u32,
+    pub off_sas_ss_size: u32,
     pub _pad: u32,
 }
 
@@ -343,7 +359,8 @@ pub struct ExecEvent {
     pub _pad: u32,
 }
 
-/// What the fatal-signal program leaves for the thread's exit.
+/// What the fatal-signal program (or `oom:mark_victim`) leaves for the
+/// thread's exit.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PendingExit {
@@ -351,7 +368,53 @@ pub struct PendingExit {
     pub sp: u64,
     /// 1 when the stack may be read (the process is dumpable).
     pub scan_stack: u32,
+    /// 1: an OOM victim; its exit sends an [`OomStackEvent`] (ip and sp
+    /// are then read at the exit).
+    pub oom: u32,
+}
+
+/// A fatal signal delivered while the thread ran a handler on its
+/// alternate signal stack (Go re-raises a fatal signal from its handler,
+/// on the signal stack): the event, and a copy of the stack the handler
+/// interrupted, found through the kernel's signal frame (`uc_stack` equal
+/// to the thread's alternate stack, `uc_mcontext.sp` outside it).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FatalSignalOuterEvent {
+    pub ev: FatalSignalEvent,
+    /// The interrupted sp (from the signal frame).
+    pub outer_sp: u64,
+    /// User address of `outer[0]` (`outer_sp & !4095`).
+    pub outer_base: u64,
+    /// Bit `i` set: page `i` of `outer` was copied.
+    pub outer_pages_ok: u32,
     pub _pad: u32,
+    pub outer: [u8; OUTER_COPY_BYTES],
+}
+
+/// An OOM victim exiting (`sched:sched_process_exit` of the task
+/// `oom:mark_victim` named): its user registers and stack where the kill
+/// found it, and the executable mappings under them, so its frames are
+/// symbolized like a fatal signal's.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct OomStackEvent {
+    pub header: EventHeader,
+    pub regs: UserRegs,
+    /// 1 when `regs` holds the user registers.
+    pub regs_ok: u32,
+    /// As [`FatalSignalEvent::dumpable`].
+    pub dumpable: u32,
+    /// `bpf_get_current_cgroup_id()`: the victim's cgroup v2 id (the
+    /// inode number of its directory).
+    pub cgroup_id: u64,
+    pub stack_base: u64,
+    pub stack_pages_ok: u32,
+    pub n_modules: u32,
+    pub vma_lookups: u32,
+    pub vma_busy: u32,
+    pub modules: [ModuleVma; MAX_MODULES],
+    pub stack: [u8; STACK_COPY_BYTES],
 }
 
 /// A process calling `exit_group` with a non-zero code
@@ -402,7 +465,9 @@ const _: () = {
     assert!(core::mem::size_of::<EventHeader>() == 40);
     assert!(core::mem::size_of::<UserRegs>() == 21 * 8);
     assert!(core::mem::size_of::<FatalSignalEvent>() % 8 == 0);
-    assert!(core::mem::size_of::<Config>() == 40 + 52 + 4);
+    assert!(core::mem::size_of::<Config>() == 40 + 52 + 12);
+    assert!(core::mem::size_of::<FatalSignalOuterEvent>() % 8 == 0);
+    assert!(core::mem::size_of::<OomStackEvent>() % 8 == 0);
     assert!(core::mem::size_of::<ModuleVma>() == 424);
     assert!(core::mem::size_of::<BuildIdFrame>() == 32);
     assert!(core::mem::align_of::<FatalSignalEvent>() == 8);

@@ -5,9 +5,10 @@
 
 use std::sync::Arc;
 
-use unwind::{Backtrace, End, Frame, FrameSource, Mappings, ProcOpener, Registers, StackSnapshot, Unwinder};
+use event_types::UserRegs;
+use unwind::{Backtrace, End, Frame, FrameSource, Mappings, ProcOpener, Regions, Registers, Unwinder};
 
-use crate::event::FatalSignal;
+use crate::event::{FatalSignal, OomStack};
 
 /// The process as read from /proc right after its event arrived (or, when
 /// it is gone, as the kernel named its executable mappings at the signal).
@@ -58,8 +59,30 @@ pub fn capture(f: &FatalSignal, no_proc: bool) -> Capture {
         Err(e) => (Mappings::new(Vec::new()), Some(format!("/proc/{pid}/maps: {e} (the process exited first)"))),
     };
     let opener = proc_dir.ok().map(ProcOpener::new);
+    let mut missing = missing;
     if let Some(o) = &opener {
+        // The code's files first (through map_files: the very files).
+        let code = Mappings::new(maps.iter().filter(|m| m.is_file() && m.exec == Some(true)).cloned().collect());
+        let opened = o.preopen(&code);
         o.preopen(&maps);
+        // The maps were read, but the process exited before its code's
+        // files were opened (nothing holds a dying process without a core
+        // handler): the kernel's names (they follow) are used instead.
+        let mut paths: Vec<&str> = code.iter().filter_map(|m| m.path.as_deref()).collect();
+        paths.sort_unstable();
+        paths.dedup();
+        // A process releasing its memory while its maps are read shows
+        // only part of them: the mapping under ip must be there.
+        let ip = f.regs.map_or(0, |r| r.ip);
+        if missing.is_none() && ip != 0 && !maps.is_empty() && maps.find(ip).is_none() {
+            missing = Some(format!("/proc/{pid}/maps lacked the code under ip (the process was releasing its memory)"));
+        }
+        if missing.is_none() && opened < paths.len() {
+            missing = Some(format!(
+                "the process exited while its code's files were opened through /proc/{pid}/map_files ({opened} of {})",
+                paths.len()
+            ));
+        }
     }
     Capture {
         maps,
@@ -72,6 +95,22 @@ pub fn capture(f: &FatalSignal, no_proc: bool) -> Capture {
 }
 
 impl Capture {
+    /// An OOM victim is exiting: nothing is read from /proc; the mappings
+    /// the kernel named at its exit are used (`held` as in
+    /// [`Capture::use_kernel_modules`]).
+    pub fn of_oom_victim(s: &OomStack, held: &dyn Fn((u64, u64)) -> Option<std::fs::File>) -> Capture {
+        let mut cap = Capture {
+            maps: Mappings::new(Vec::new()),
+            opener: None,
+            kernel_modules: None,
+            start_ticks: None,
+            exe: None,
+            missing: Some("not read: the OOM victim was exiting".into()),
+        };
+        cap.use_kernel_modules(&s.modules, held);
+        cap
+    }
+
     /// When /proc/PID was gone (or not read): takes the mappings the
     /// kernel named at the thread's exit instead, opening their files
     /// (`held` gives files already open by (device, inode)).
@@ -98,8 +137,8 @@ pub struct Stacks {
     pub frame_pointer: Backtrace,
 }
 
-fn user_regs(f: &FatalSignal) -> Option<Registers> {
-    let r = f.regs?;
+fn user_regs(r: Option<UserRegs>) -> Option<Registers> {
+    let r = r?;
     let words: [u64; 27] = {
         let mut w = [0u64; 27];
         let src = [
@@ -114,29 +153,69 @@ fn user_regs(f: &FatalSignal) -> Option<Registers> {
 
 /// Unwinds and symbolizes (CPU work: run it off the reader).
 pub fn unwind(unwinder: &Arc<Unwinder>, f: &FatalSignal, cap: &Capture) -> Stacks {
+    let mut regions: Vec<(u64, &[u8])> = vec![(f.stack_base, &f.stack)];
+    if let Some((base, bytes)) = &f.outer_stack {
+        regions.push((*base, bytes));
+    }
+    unwind_snapshot(unwinder, f.regs, &regions, &f.fp_frames, cap)
+}
+
+/// Unwinds and symbolizes an OOM victim's stack.
+pub fn unwind_oom(unwinder: &Arc<Unwinder>, s: &OomStack, cap: &Capture) -> Backtrace {
+    let st = unwind_snapshot(unwinder, s.regs, &[(s.stack_base, &s.stack)], &[], cap);
+    st.unwound.unwrap_or(Backtrace { frames: Vec::new(), end: End::Error("no user registers".into()) })
+}
+
+/// Unwinds from `regs` over the copied memory `regions` (base, bytes)
+/// and symbolizes the kernel's frame-pointer walk `fp_frames`.
+pub fn unwind_snapshot(
+    unwinder: &Arc<Unwinder>,
+    regs: Option<UserRegs>,
+    regions: &[(u64, &[u8])],
+    fp_frames: &[u64],
+    cap: &Capture,
+) -> Stacks {
     let opener: &dyn unwind::FileOpener = match &cap.opener {
         Some(o) => o.as_ref(),
         None => &unwind::HostOpener,
     };
-    let memory = StackSnapshot::new(f.stack_base, &f.stack);
+    let mut memory: Regions<&[u8]> = Regions::new();
+    let end = |b: u64, v: &[u8]| b.saturating_add(v.len() as u64);
+    for (i, (base, bytes)) in regions.iter().enumerate() {
+        // A copy inside another (the interrupted stack's pages inside the
+        // signal stack's copy) would hide the rest of the larger one from
+        // the lookup by base; the larger one holds the same bytes.
+        let inside = regions.iter().enumerate().any(|(j, (b, v))| {
+            j != i && *b <= *base && end(*base, bytes) <= end(*b, v) && (v.len() > bytes.len() || j < i)
+        });
+        if !bytes.is_empty() && !inside {
+            memory.insert(*base, bytes);
+        }
+    }
     let mut session = unwinder.session(&memory, &cap.maps, opener);
-    let unwound = user_regs(f).map(|regs| {
+    let unwound = user_regs(regs).map(|regs| {
         let mut bt = session.unwind(&regs);
         session.symbolize(&mut bt);
         bt
     });
     let mut fp = Backtrace {
-        frames: f
-            .fp_frames
+        frames: fp_frames
             .iter()
             .enumerate()
             .map(|(i, &pc)| {
-                let loaded = session.module_at(if i == 0 { pc } else { pc.wrapping_sub(1) });
+                // Exact: frame 0, and a Go faulting pc (a frame under
+                // runtime.sigpanic).
+                let exact = i == 0
+                    || i.checked_sub(1).and_then(|j| fp_frames.get(j)).is_some_and(|&callee| {
+                        let lookup = if j_is_zero(i) { callee } else { callee.wrapping_sub(1) };
+                        session.is_go_sigpanic(lookup)
+                    });
+                let loaded = session.module_at(if exact { pc } else { pc.wrapping_sub(1) });
                 Frame {
                     pc,
                     sp: 0,
                     source: if i == 0 { FrameSource::Context } else { FrameSource::FramePointer },
-                    exact: i == 0,
+                    exact,
                     module: loaded.as_ref().map(|l| l.path.clone()),
                     build_id: loaded.as_ref().and_then(|l| l.module.build_id_hex()),
                     module_offset: loaded.as_ref().map(|l| pc.wrapping_sub(l.bias)),
@@ -148,6 +227,11 @@ pub fn unwind(unwinder: &Arc<Unwinder>, f: &FatalSignal, cap: &Capture) -> Stack
     };
     session.symbolize(&mut fp);
     Stacks { unwound, frame_pointer: fp }
+}
+
+/// Whether the frame before frame `i` is frame 0 (whose pc is exact).
+fn j_is_zero(i: usize) -> bool {
+    i == 1
 }
 
 /// One frame as a text line: `#3 0x... function (file:line) [module+0xoff] cfi`.

@@ -24,13 +24,13 @@ use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{signal, SignalKind};
 use unwind::Unwinder;
 
-use crate::capture::{capture, unwind, Capture};
-use crate::event::{parse, Event, FatalSignal};
+use crate::capture::{capture, unwind, unwind_oom, Capture};
+use crate::event::{parse, Event, FatalSignal, OomKill, OomStack};
 use crate::exec::HeldExes;
 use crate::filters::Filters;
 use crate::loader::{object_bytes, LoadError, Lost, Probes};
 use crate::ratelimit::{Limit, RateLimiter, Verdict};
-use crate::report::{exit_record, fatal_record, oom_record, Classes};
+use crate::report::{exit_record, fatal_record, oom_record, Classes, OomVictim};
 
 /// How the probe runs.
 #[derive(Debug, Clone)]
@@ -86,6 +86,11 @@ pub struct Counters {
     pub maps_missing: AtomicU64,
     pub sent: AtomicU64,
     pub send_failed: AtomicU64,
+    /// Fatal-signal records whose unwound backtrace reached `main` (or
+    /// Go's `main.main`): symbolized down to main.
+    pub unwound_to_main: AtomicU64,
+    /// OOM records with the victim's stack.
+    pub oom_stacks: AtomicU64,
 }
 
 /// Final figures.
@@ -101,6 +106,8 @@ pub struct Summary {
     pub maps_missing: u64,
     pub sent: u64,
     pub send_failed: u64,
+    pub unwound_to_main: u64,
+    pub oom_stacks: u64,
     pub elapsed: Duration,
     /// (program, runs, run time ns) when BPF statistics were on.
     pub bpf_stats: Vec<(&'static str, u64, u64)>,
@@ -110,7 +117,7 @@ impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "eventprobe: summary fatal={} exit={} oom={} lost_kernel={} lost_kernel_fatal={} rate_limited={} queue_dropped={} bad_records={} maps_missing={} sent={} send_failed={} elapsed_ms={}",
+            "eventprobe: summary fatal={} exit={} oom={} lost_kernel={} lost_kernel_fatal={} rate_limited={} queue_dropped={} bad_records={} maps_missing={} sent={} send_failed={} unwound_to_main={} oom_stacks={} elapsed_ms={}",
             self.fatal,
             self.exit,
             self.oom,
@@ -122,6 +129,8 @@ impl std::fmt::Display for Summary {
             self.maps_missing,
             self.sent,
             self.send_failed,
+            self.unwound_to_main,
+            self.oom_stacks,
             self.elapsed.as_millis()
         )?;
         for (name, runs, ns) in &self.bpf_stats {
@@ -133,8 +142,18 @@ impl std::fmt::Display for Summary {
 
 enum Job {
     Fatal(Box<FatalSignal>, Box<Capture>, u64),
+    /// An OOM kill, with the victim's stack (and its capture, its cgroup's
+    /// path) when its exit sent it.
+    Oom(Box<OomKill>, Option<(Box<OomStack>, Box<Capture>, Option<String>)>, u64),
     Record(Record),
 }
+
+/// How often the ring is read without a wakeup (exec events do not wake
+/// the reader).
+const EXEC_DRAIN: Duration = Duration::from_millis(100);
+
+/// How long an OOM kill waits for its victim's exit (and stack).
+const OOM_STACK_WAIT: Duration = Duration::from_secs(5);
 
 struct Reader {
     classes: Classes,
@@ -147,6 +166,12 @@ struct Reader {
     waiting: HashMap<u32, (Box<FatalSignal>, Box<Capture>, u64, Instant)>,
     /// Executables held open while their processes live.
     held: HeldExes,
+    /// OOM kills waiting for their victim's stack, by the victim's tid.
+    waiting_oom: HashMap<u32, (Box<OomKill>, u64, Instant)>,
+    /// Whether a victim's exit sends its stack (the exit program runs).
+    oom_stacks: bool,
+    /// The kernel log, for the constraint of OOM kills.
+    kmsg: Option<crate::kmsg::Kmsg>,
 }
 
 impl Reader {
@@ -159,10 +184,24 @@ impl Reader {
                 return;
             }
         };
+        let ev = match ev {
+            Event::OomStack(s) => {
+                if let Some((o, suppressed, _)) = self.waiting_oom.remove(&s.task.tid) {
+                    let held = &self.held;
+                    let cap = Capture::of_oom_victim(&s, &|k| held.get(k));
+                    // Now, while the victim's cgroup still exists.
+                    let cgroup = crate::cgroup::path_of(s.cgroup_id);
+                    self.queue(Job::Oom(o, Some((s, Box::new(cap), cgroup)), suppressed));
+                }
+                return;
+            }
+            ev => ev,
+        };
         let (kind, comm) = match &ev {
             Event::Fatal(f) => (KIND_FATAL_SIGNAL, f.task.comm.as_str()),
             Event::Exit(e) => (KIND_EXIT, e.task.comm.as_str()),
             Event::Oom(o) => (KIND_OOM, o.victim.comm.as_str()),
+            Event::OomStack(_) => return,
             Event::Exec { task, dev, ino } => {
                 self.held.exec(task.pid, *dev, *ino);
                 return;
@@ -207,8 +246,16 @@ impl Reader {
                 Job::Fatal(f, Box::new(cap), suppressed)
             }
             Event::Exit(e) => Job::Record(exit_record(&self.classes, &e, suppressed)),
-            Event::Oom(o) => Job::Record(oom_record(&self.classes, &o, suppressed)),
-            Event::Modules(_) | Event::Exec { .. } => return,
+            Event::Oom(mut o) => {
+                o.kernel_line = self.kmsg.as_mut().and_then(|k| k.line_for(o.victim.pid));
+                if self.oom_stacks {
+                    // The victim's exit sends its stack (it follows).
+                    self.waiting_oom.insert(o.victim.pid, (Box::new(o), suppressed, Instant::now()));
+                    return;
+                }
+                Job::Oom(Box::new(o), None, suppressed)
+            }
+            Event::Modules(_) | Event::Exec { .. } | Event::OomStack(_) => return,
         };
         self.queue(job);
     }
@@ -222,6 +269,15 @@ impl Reader {
         for tid in stale {
             if let Some((f, cap, suppressed, _)) = self.waiting.remove(&tid) {
                 self.queue(Job::Fatal(f, cap, suppressed));
+            }
+        }
+        // OOM victims that did not exit in time (or whose stack was lost).
+        let oom_wait = if older_than.is_zero() { Duration::ZERO } else { OOM_STACK_WAIT };
+        let stale: Vec<u32> =
+            self.waiting_oom.iter().filter(|(_, w)| now.duration_since(w.2) >= oom_wait).map(|(t, _)| *t).collect();
+        for tid in stale {
+            if let Some((o, suppressed, _)) = self.waiting_oom.remove(&tid) {
+                self.queue(Job::Oom(o, None, suppressed));
             }
         }
     }
@@ -296,7 +352,24 @@ fn worker(
         let record = match job {
             Job::Fatal(f, cap, suppressed) => {
                 let stacks = unwind(&unwinder, &f, &cap);
+                let to_main = stacks
+                    .unwound
+                    .as_ref()
+                    .is_some_and(|bt| bt.frames.iter().any(|fr| matches!(fr.function(), Some("main" | "main.main"))));
+                if to_main {
+                    counters.unwound_to_main.fetch_add(1, Ordering::Relaxed);
+                }
                 fatal_record(&classes, &f, &cap, &stacks, boot_id.as_ref(), suppressed, registers)
+            }
+            Job::Oom(o, victim, suppressed) => {
+                if victim.is_some() {
+                    counters.oom_stacks.fetch_add(1, Ordering::Relaxed);
+                }
+                let v = victim.map(|(s, cap, cgroup)| {
+                    let bt = unwind_oom(&unwinder, &s, &cap);
+                    OomVictim { stack: s, backtrace: bt, kernel_modules: cap.kernel_modules, cgroup }
+                });
+                oom_record(&classes, &o, v.as_ref(), suppressed)
             }
             Job::Record(r) => r,
         };
@@ -343,10 +416,17 @@ pub async fn run(opts: Options) -> Result<Summary, DaemonError> {
         no_proc_maps: opts.no_proc_maps,
         waiting: HashMap::new(),
         held: HeldExes::default(),
+        waiting_oom: HashMap::new(),
+        oom_stacks: opts.filters.oom,
+        kmsg: opts.filters.oom.then(crate::kmsg::Kmsg::open),
     };
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // Exec events are written without waking the reader (a wakeup per
+    // exec is an inter-processor interrupt, the most of their cost on a
+    // VM): they are read at the next wakeup, or at the latest here.
+    let mut exec_drain = tokio::time::interval(EXEC_DRAIN);
     let started = Instant::now();
     let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
     let mut last_lost = Lost::default();
@@ -360,6 +440,9 @@ pub async fn run(opts: Options) -> Result<Summary, DaemonError> {
                 let mut guard = guard.map_err(DaemonError::Poll)?;
                 reader.drain(guard.get_inner_mut());
                 guard.clear_ready();
+            }
+            _ = exec_drain.tick() => {
+                reader.drain(afd.get_mut());
             }
             _ = tick.tick() => {
                 reader.flush_waiting(Duration::from_secs(2));
@@ -400,6 +483,8 @@ pub async fn run(opts: Options) -> Result<Summary, DaemonError> {
         maps_missing: get(&counters.maps_missing),
         sent: get(&counters.sent),
         send_failed: get(&counters.send_failed),
+        unwound_to_main: get(&counters.unwound_to_main),
+        oom_stacks: get(&counters.oom_stacks),
         elapsed,
         bpf_stats: if opts.bpf_stats {
             probes.prog_stats().into_iter().map(|(n, s)| (n, s.runs, s.run_time_ns)).collect()

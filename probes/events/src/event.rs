@@ -2,10 +2,10 @@
 //! eventprobe only sees [`Event`]).
 
 use event_types::{
-    comm_str, BuildIdFrame, EventHeader, ExecEvent, ExitEvent, FatalSignalEvent, ModuleVma, ModulesEvent, OomEvent,
-    UserRegs, BUILD_ID_STATUS_IP, BUILD_ID_STATUS_VALID, DUMPABLE_UNKNOWN, DUMPABLE_USER, KIND_EXEC, KIND_EXIT,
-    KIND_FATAL_SIGNAL, KIND_MODULES, KIND_OOM, MAX_FP_FRAMES, MAX_MODULES, NAME_LEN, PAGE_SIZE, PATH_DEPTH,
-    STACK_PAGES,
+    comm_str, BuildIdFrame, EventHeader, ExecEvent, ExitEvent, FatalSignalEvent, FatalSignalOuterEvent, ModuleVma,
+    ModulesEvent, OomEvent, OomStackEvent, UserRegs, BUILD_ID_STATUS_IP, BUILD_ID_STATUS_VALID, DUMPABLE_UNKNOWN,
+    DUMPABLE_USER, KIND_EXEC, KIND_EXIT, KIND_FATAL_SIGNAL, KIND_MODULES, KIND_OOM, KIND_OOM_STACK, MAX_FP_FRAMES,
+    MAX_MODULES, NAME_LEN, OUTER_PAGES, PAGE_SIZE, PATH_DEPTH, STACK_PAGES,
 };
 use thiserror::Error;
 
@@ -65,6 +65,9 @@ pub struct FatalSignal {
     /// by the kernel as the thread exited (see `crate::modules`); filled
     /// from the [`ModulesInfo`] that follows.
     pub modules: Option<ModulesInfo>,
+    /// The stack a handler on the alternate signal stack interrupted (Go
+    /// re-raises a fatal signal from its handler): base and bytes.
+    pub outer_stack: Option<(u64, Vec<u8>)>,
 }
 
 /// The executable mappings of a thread that died of a fatal signal, named
@@ -215,6 +218,23 @@ pub struct OomKill {
     pub shmem_rss_kb: u64,
     pub pgtables_kb: u64,
     pub oom_score_adj: i32,
+    /// The kernel's one-line summary of the kill (constraint, OOM memcg),
+    /// from its log (see `crate::kmsg`); filled by the reader.
+    pub kernel_line: Option<crate::kmsg::OomLine>,
+}
+
+/// An OOM victim's user stack where the kill found it, taken at its exit.
+#[derive(Debug, Clone)]
+pub struct OomStack {
+    pub task: Task,
+    pub regs: Option<UserRegs>,
+    pub dumpable: Dumpable,
+    /// The victim's cgroup v2 id (inode of its directory).
+    pub cgroup_id: u64,
+    pub stack_base: u64,
+    pub stack: Vec<u8>,
+    /// The executable mappings under ip and the stack's words.
+    pub modules: ModulesInfo,
 }
 
 /// One event from the kernel side.
@@ -223,6 +243,7 @@ pub enum Event {
     Fatal(Box<FatalSignal>),
     Exit(AbnormalExit),
     Oom(OomKill),
+    OomStack(Box<OomStack>),
     Modules(ModulesInfo),
     /// A process exec'd the file (device (major, minor), inode).
     Exec {
@@ -238,6 +259,7 @@ impl Event {
             Event::Fatal(_) => "fatal signal",
             Event::Exit(_) => "abnormal exit",
             Event::Oom(_) => "oom kill",
+            Event::OomStack(_) => "oom victim stack",
             Event::Modules(_) => "modules",
             Event::Exec { .. } => "exec",
         }
@@ -263,6 +285,7 @@ pub fn parse(bytes: &[u8]) -> Result<Event, EventError> {
     match header.kind {
         KIND_FATAL_SIGNAL => parse_fatal(bytes).map(|f| Event::Fatal(Box::new(f))),
         KIND_MODULES => parse_modules(bytes).map(Event::Modules),
+        KIND_OOM_STACK => parse_oom_stack(bytes).map(|o| Event::OomStack(Box::new(o))),
         KIND_EXEC => {
             let e: ExecEvent = read(bytes, "an exec event")?;
             Ok(Event::Exec { task: Task::from(&e.header), dev: (e.dev >> 20, e.dev & 0xf_ffff), ino: e.ino })
@@ -281,6 +304,7 @@ pub fn parse(bytes: &[u8]) -> Result<Event, EventError> {
                 shmem_rss_kb: e.shmem_rss_kb,
                 pgtables_kb: e.pgtables_kb,
                 oom_score_adj: e.oom_score_adj,
+                kernel_line: None,
             }))
         }
         k => Err(EventError::Kind(k)),
@@ -342,16 +366,22 @@ fn parse_fatal(bytes: &[u8]) -> Result<FatalSignal, EventError> {
     let dumpable = Dumpable::from_raw(dumpable);
     let nframes = if fp_bytes > 0 { (fp_bytes as usize / 8).min(MAX_FP_FRAMES) } else { 0 };
     let stack_off = std::mem::offset_of!(FatalSignalEvent, stack);
-    // Contiguous readable pages
-    // (none when the process is not dumpable, whatever the bits say).
-    // The run starts at the first readable page: sp of a stack overflow
-    // lies in the unmapped page below the stack.
-    let first = (0..STACK_PAGES).find(|i| ok & (1 << i) != 0).unwrap_or(STACK_PAGES);
-    let pages =
-        if dumpable.allows_memory() { (first..STACK_PAGES).take_while(|i| ok & (1 << i) != 0).count() } else { 0 };
-    let from = stack_off + first * PAGE_SIZE;
-    let stack = bytes[from..from + pages * PAGE_SIZE].to_vec();
-    let stack_base = if pages > 0 { stack_base + (first * PAGE_SIZE) as u64 } else { stack_base };
+    let (stack_base, stack) = page_run(bytes, stack_off, STACK_PAGES, stack_base, ok, dumpable.allows_memory());
+    // A record with the interrupted stack of a handler on the alternate
+    // stack is longer.
+    let outer = if bytes.len() >= std::mem::size_of::<FatalSignalOuterEvent>() {
+        let b = bytes.as_ptr().cast::<FatalSignalOuterEvent>();
+        // SAFETY: length checked; unaligned reads of plain integers.
+        let (base, ok) = unsafe {
+            use std::ptr::{addr_of, read_unaligned as r};
+            (r(addr_of!((*b).outer_base)), r(addr_of!((*b).outer_pages_ok)))
+        };
+        let off = std::mem::offset_of!(FatalSignalOuterEvent, outer);
+        let (base, run) = page_run(bytes, off, OUTER_PAGES, base, ok, dumpable.allows_memory());
+        (!run.is_empty()).then_some((base, run))
+    } else {
+        None
+    };
     Ok(FatalSignal {
         task: Task::from(&header),
         signal,
@@ -368,6 +398,63 @@ fn parse_fatal(bytes: &[u8]) -> Result<FatalSignal, EventError> {
         dumpable,
         modules_follow: modules_follow == 1,
         modules: None,
+        outer_stack: outer,
+    })
+}
+
+/// The contiguous readable pages of a copy of `pages` pages at byte `off`
+/// of the record (none unless `allowed`: a process that is not dumpable),
+/// with the address of the first. The run starts at the first readable
+/// page: sp of a stack overflow lies in the unmapped page below the stack.
+fn page_run(bytes: &[u8], off: usize, pages: usize, base: u64, ok: u32, allowed: bool) -> (u64, Vec<u8>) {
+    let first = (0..pages).find(|i| ok & (1 << i) != 0).unwrap_or(pages);
+    let n = if allowed { (first..pages).take_while(|i| ok & (1 << i) != 0).count() } else { 0 };
+    let from = off + first * PAGE_SIZE;
+    let run = bytes.get(from..from + n * PAGE_SIZE).map(<[u8]>::to_vec).unwrap_or_default();
+    let base = if run.is_empty() { base } else { base + (first * PAGE_SIZE) as u64 };
+    (base, run)
+}
+
+fn parse_oom_stack(bytes: &[u8]) -> Result<OomStack, EventError> {
+    let need = std::mem::size_of::<OomStackEvent>();
+    if bytes.len() < need {
+        return Err(EventError::Short { what: "an oom victim's stack", len: bytes.len(), need });
+    }
+    let base = bytes.as_ptr().cast::<OomStackEvent>();
+    // SAFETY: length checked; unaligned reads of plain integer fields.
+    let (header, regs, regs_ok, dumpable, cgroup_id, stack_base, ok, n, lookups, busy, modules) = unsafe {
+        use std::ptr::{addr_of, read_unaligned as r};
+        (
+            r(addr_of!((*base).header)),
+            r(addr_of!((*base).regs)),
+            r(addr_of!((*base).regs_ok)),
+            r(addr_of!((*base).dumpable)),
+            r(addr_of!((*base).cgroup_id)),
+            r(addr_of!((*base).stack_base)),
+            r(addr_of!((*base).stack_pages_ok)),
+            r(addr_of!((*base).n_modules)),
+            r(addr_of!((*base).vma_lookups)),
+            r(addr_of!((*base).vma_busy)),
+            r(addr_of!((*base).modules)),
+        )
+    };
+    let dumpable = Dumpable::from_raw(dumpable);
+    let off = std::mem::offset_of!(OomStackEvent, stack);
+    let (stack_base, stack) = page_run(bytes, off, STACK_PAGES, stack_base, ok, dumpable.allows_memory());
+    let task = Task::from(&header);
+    Ok(OomStack {
+        task: task.clone(),
+        regs: (regs_ok == 1).then_some(regs),
+        dumpable,
+        cgroup_id,
+        stack_base,
+        stack,
+        modules: ModulesInfo {
+            task,
+            modules: modules.iter().take((n as usize).min(MAX_MODULES)).filter_map(KernelModule::from_raw).collect(),
+            lookups,
+            busy,
+        },
     })
 }
 
@@ -476,5 +563,77 @@ mod tests {
         unsafe { std::ptr::write_unaligned(std::ptr::addr_of_mut!((*base).dumpable), 0) };
         let Event::Fatal(f) = parse(&buf).unwrap() else { panic!("not fatal") };
         assert_eq!((f.dumpable, f.stack.len()), (Dumpable::No(0), 0));
+    }
+
+    #[test]
+    fn parses_the_outer_stack_of_a_handler_on_the_signal_stack() {
+        let mut buf = vec![0u8; std::mem::size_of::<FatalSignalOuterEvent>()];
+        let base = buf.as_mut_ptr().cast::<FatalSignalOuterEvent>();
+        // SAFETY: buf has the struct's size; unaligned writes.
+        unsafe {
+            use std::ptr::{addr_of_mut, write_unaligned as w};
+            w(
+                addr_of_mut!((*base).ev.header),
+                EventHeader { kind: KIND_FATAL_SIGNAL, pid: 1, tid: 1, uid: 0, boot_ns: 0, comm: comm_key("go") },
+            );
+            w(addr_of_mut!((*base).ev.dumpable), DUMPABLE_USER);
+            w(addr_of_mut!((*base).ev.stack_pages_ok), 0b1);
+            w(addr_of_mut!((*base).ev.stack_base), 0x1000);
+            w(addr_of_mut!((*base).outer_base), 0xc000_0000);
+            w(addr_of_mut!((*base).outer_pages_ok), 0b0110);
+        }
+        let Event::Fatal(f) = parse(&buf).unwrap() else { panic!("not fatal") };
+        assert_eq!((f.stack_base, f.stack.len()), (0x1000, PAGE_SIZE));
+        let (b, bytes) = f.outer_stack.expect("the interrupted stack");
+        assert_eq!((b, bytes.len()), (0xc000_0000 + PAGE_SIZE as u64, 2 * PAGE_SIZE));
+        // A plain fatal-signal record (shorter) has none.
+        let Event::Fatal(f) = parse(&buf[..std::mem::size_of::<FatalSignalEvent>()]).unwrap() else { panic!() };
+        assert!(f.outer_stack.is_none());
+        // Not dumpable: nothing of either copy.
+        // SAFETY: as above.
+        unsafe { std::ptr::write_unaligned(std::ptr::addr_of_mut!((*base).ev.dumpable), 0) };
+        let Event::Fatal(f) = parse(&buf).unwrap() else { panic!() };
+        assert!(f.outer_stack.is_none() && f.stack.is_empty());
+    }
+
+    #[test]
+    fn parses_an_oom_victims_stack() {
+        let mut buf = vec![0u8; std::mem::size_of::<OomStackEvent>()];
+        let base = buf.as_mut_ptr().cast::<OomStackEvent>();
+        let mut m = ModuleVma {
+            start: 0x1000,
+            end: 0x2000,
+            offset: 0,
+            ino: 5,
+            dev: (8 << 20) | 1,
+            depth: 2,
+            rooted: 1,
+            ..Default::default()
+        };
+        m.names[0][..3].copy_from_slice(b"hog");
+        m.names[1][0] = b'/';
+        let mut mods = [ModuleVma::default(); MAX_MODULES];
+        mods[0] = m;
+        // SAFETY: buf has the struct's size; unaligned writes.
+        unsafe {
+            use std::ptr::{addr_of_mut, write_unaligned as w};
+            w(
+                addr_of_mut!((*base).header),
+                EventHeader { kind: KIND_OOM_STACK, pid: 9, tid: 9, uid: 0, boot_ns: 0, comm: comm_key("hog") },
+            );
+            w(addr_of_mut!((*base).regs_ok), 1);
+            w(addr_of_mut!((*base).dumpable), DUMPABLE_USER);
+            w(addr_of_mut!((*base).cgroup_id), 77);
+            w(addr_of_mut!((*base).stack_base), 0x7000);
+            w(addr_of_mut!((*base).stack_pages_ok), 0b11);
+            w(addr_of_mut!((*base).n_modules), 1);
+            w(addr_of_mut!((*base).modules), mods);
+        }
+        let Event::OomStack(o) = parse(&buf).unwrap() else { panic!("not an oom stack") };
+        assert_eq!((o.task.tid, o.cgroup_id, o.stack_base, o.stack.len()), (9, 77, 0x7000, 2 * PAGE_SIZE));
+        assert!(o.regs.is_some());
+        assert_eq!(o.modules.modules.len(), 1);
+        assert_eq!(o.modules.modules[0].fs_path.as_deref(), Some("/hog"));
+        assert!(matches!(parse(&buf[..100]), Err(EventError::Short { .. })));
     }
 }

@@ -10,7 +10,7 @@
 //! least recently exec'd goes first), and an executable whose processes
 //! have all exited for two sweeps in a row is closed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::time::Instant;
@@ -22,7 +22,9 @@ pub const MAX_HELD: usize = 1024;
 
 struct Held {
     file: File,
-    pids: Vec<u32>,
+    /// A set: thousands of short processes of one executable may exec
+    /// between two sweeps.
+    pids: HashSet<u32>,
     last: Instant,
     dead_sweeps: u8,
 }
@@ -45,9 +47,7 @@ impl HeldExes {
         let key = inode_key(dev, ino);
         let now = Instant::now();
         if let Some(h) = self.by_file.get_mut(&key) {
-            if !h.pids.contains(&pid) {
-                h.pids.push(pid);
-            }
+            h.pids.insert(pid);
             h.last = now;
             h.dead_sweeps = 0;
             return;
@@ -64,7 +64,7 @@ impl HeldExes {
                 self.by_file.remove(&oldest);
             }
         }
-        self.by_file.insert(key, Held { file, pids: vec![pid], last: now, dead_sweeps: 0 });
+        self.by_file.insert(key, Held { file, pids: HashSet::from([pid]), last: now, dead_sweeps: 0 });
     }
 
     /// The held file of `(dev, ino)` (the key of `modules::inode_key`).
@@ -112,7 +112,7 @@ mod tests {
         h.sweep();
         assert_eq!(h.len(), 1, "its process lives");
         // A pid that does not exist: the entry goes after two sweeps.
-        h.by_file.values_mut().for_each(|x| x.pids = vec![u32::MAX]);
+        h.by_file.values_mut().for_each(|x| x.pids = HashSet::from([u32::MAX]));
         h.sweep();
         assert_eq!(h.len(), 1);
         h.sweep();

@@ -131,6 +131,8 @@ impl Filters {
             off_mm_flags: offsets.mm_flags,
             vma: offsets.vma,
             off_mm_exe_file: offsets.mm_exe_file,
+            off_sas_ss_sp: offsets.sas_ss_sp,
+            off_sas_ss_size: offsets.sas_ss_size,
             _pad: 0,
         }
     }

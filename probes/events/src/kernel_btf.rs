@@ -208,6 +208,10 @@ pub struct TaskOffsets {
     pub vma: VmaOffsets,
     /// `mm_struct.exe_file`.
     pub mm_exe_file: u32,
+    /// `task_struct.sas_ss_sp` and `.sas_ss_size` (the alternate signal
+    /// stack).
+    pub sas_ss_sp: u32,
+    pub sas_ss_size: u32,
 }
 
 impl TaskOffsets {
@@ -226,6 +230,8 @@ impl TaskOffsets {
             task_mm: get("mm"),
             vma: vma_offsets(btf),
             mm_exe_file: btf.member_offset("mm_struct", "exe_file").unwrap_or(0),
+            sas_ss_sp: get("sas_ss_sp"),
+            sas_ss_size: get("sas_ss_size"),
             mm_flags: match btf.member_offset("mm_struct", "flags") {
                 Ok(v) => v,
                 Err(e) => {
@@ -288,6 +294,7 @@ mod tests {
         let o = TaskOffsets::from_btf(&btf);
         assert!(o.group_leader > 0 && o.start_boottime > 0, "{o:?}");
         assert!(o.task_mm > 0 && o.mm_flags > 0, "{o:?}");
+        assert!(o.sas_ss_sp > 0 && o.sas_ss_size == o.sas_ss_sp + 8, "{o:?}");
         assert_eq!(o.vma.ok, 1, "{o:?}");
         assert_ne!(o.vma.vma_start, o.vma.vma_end);
         assert_ne!(o.group_leader, o.start_boottime);

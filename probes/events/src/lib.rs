@@ -70,12 +70,14 @@
 //! `cargo xtask build-ebpf` and rebuild; `--object PATH` loads another one.
 
 pub mod capture;
+pub mod cgroup;
 pub mod config;
 pub mod daemon;
 pub mod event;
 pub mod exec;
 pub mod filters;
 pub mod kernel_btf;
+pub mod kmsg;
 pub mod loader;
 pub mod modules;
 pub mod ratelimit;

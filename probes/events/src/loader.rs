@@ -8,8 +8,9 @@ use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::TracePoint;
 use aya::{Ebpf, EbpfLoader, Pod};
 use event_types::{
-    Config, COMM_LEN, KIND_EXIT, KIND_FATAL_SIGNAL, KIND_MODULES, KIND_OOM, MAP_COMM_ALLOW, MAP_COMM_DENY, MAP_CONFIG,
-    MAP_EVENTS, MAP_LOST, PROG_EXIT, PROG_OOM, PROG_PROCESS_EXEC, PROG_PROCESS_EXIT, PROG_SIGNAL,
+    Config, COMM_LEN, KIND_EXIT, KIND_FATAL_SIGNAL, KIND_MODULES, KIND_OOM, KIND_OOM_STACK, MAP_COMM_ALLOW,
+    MAP_COMM_DENY, MAP_CONFIG, MAP_EVENTS, MAP_LOST, PROG_EXIT, PROG_OOM, PROG_PROCESS_EXEC, PROG_PROCESS_EXIT,
+    PROG_SIGNAL,
 };
 use thiserror::Error;
 
@@ -65,11 +66,13 @@ pub struct Lost {
     pub oom: u64,
     /// Module names of a fatal signal (the record then has none).
     pub modules: u64,
+    /// An OOM victim's stack (its record then has none).
+    pub oom_stack: u64,
 }
 
 impl Lost {
     pub fn total(&self) -> u64 {
-        self.fatal + self.exit + self.oom + self.modules
+        self.fatal + self.exit + self.oom + self.modules + self.oom_stack
     }
 }
 
@@ -156,7 +159,7 @@ impl Probes {
             (PROG_SIGNAL, "signal", "signal_deliver", !filters.signals.is_empty()),
             (PROG_EXIT, "syscalls", "sys_enter_exit_group", filters.exits),
             (PROG_OOM, "oom", "mark_victim", filters.oom),
-            (PROG_PROCESS_EXIT, "sched", "sched_process_exit", !filters.signals.is_empty()),
+            (PROG_PROCESS_EXIT, "sched", "sched_process_exit", !filters.signals.is_empty() || filters.oom),
             (PROG_PROCESS_EXEC, "sched", "sched_process_exec", !filters.signals.is_empty()),
         ] {
             if !wanted {
@@ -190,6 +193,7 @@ impl Probes {
             exit: get(KIND_EXIT)?,
             oom: get(KIND_OOM)?,
             modules: get(KIND_MODULES)?,
+            oom_stack: get(KIND_OOM_STACK)?,
         })
     }
 

@@ -15,9 +15,10 @@ use std::fmt::Write as _;
 
 use telemetry::crash_id::crash_event_id;
 use telemetry::{BootId, Classification, ClassificationError, EventId, Payload, Record, Severity, DEFAULT_DOMAIN};
+use unwind::Backtrace;
 
 use crate::capture::{frame_line, Capture, Stacks};
-use crate::event::{AbnormalExit, Dumpable, FatalSignal, KernelFrame, OomKill};
+use crate::event::{AbnormalExit, Dumpable, FatalSignal, KernelFrame, OomKill, OomStack};
 use crate::filters::signal_name;
 
 /// Most frames written per stack (keeps the payload far below 64 KiB).
@@ -203,18 +204,91 @@ pub fn exit_record(classes: &Classes, e: &AbnormalExit, suppressed: u64) -> Reco
     Record::builder(classes.exit.clone(), Severity::Medium, Payload::text(p)).build()
 }
 
+/// What the victim's exit gave an OOM-kill record.
+pub struct OomVictim {
+    pub stack: Box<OomStack>,
+    pub backtrace: Backtrace,
+    /// (executable mappings named by the kernel, files opened).
+    pub kernel_modules: Option<(usize, usize)>,
+    /// The cgroup's path under the cgroup2 root, when it still existed.
+    pub cgroup: Option<String>,
+}
+
+/// What an OOM-kill record says when the kernel's summary line is missing.
+pub const CONSTRAINT_UNKNOWN: &str = "unknown (no tracepoint carries it and the kernel's oom-kill summary line naming this pid was not in its log: rate-limited, or /dev/kmsg unreadable)";
+
 /// The OOM-kill record.
-pub fn oom_record(classes: &Classes, o: &OomKill, suppressed: u64) -> Record {
+pub fn oom_record(classes: &Classes, o: &OomKill, victim: Option<&OomVictim>, suppressed: u64) -> Record {
     let mut p = String::new();
     let _ = writeln!(p, "PID: {}", o.victim.pid);
     let _ = writeln!(p, "Comm: {}", o.victim.comm);
     let _ = writeln!(p, "UID: {}", o.victim.uid);
+    let _ = writeln!(p, "RSS: {} kB", o.anon_rss_kb.saturating_add(o.file_rss_kb).saturating_add(o.shmem_rss_kb));
     let _ = writeln!(p, "Total VM: {} kB", o.total_vm_kb);
     let _ = writeln!(p, "Anon RSS: {} kB", o.anon_rss_kb);
     let _ = writeln!(p, "File RSS: {} kB", o.file_rss_kb);
     let _ = writeln!(p, "Shmem RSS: {} kB", o.shmem_rss_kb);
     let _ = writeln!(p, "Page tables: {} kB", o.pgtables_kb);
     let _ = writeln!(p, "oom_score_adj: {}", o.oom_score_adj);
+    match &o.kernel_line {
+        Some(l) => {
+            let _ = writeln!(p, "OOM constraint: {}", l.constraint);
+            if let Some(m) = &l.oom_memcg {
+                let _ = writeln!(p, "OOM memcg: {m}");
+            }
+            if let Some(m) = &l.task_memcg {
+                let _ = writeln!(p, "Memory cgroup: {m}");
+            }
+        }
+        None => {
+            let _ = writeln!(p, "OOM constraint: {CONSTRAINT_UNKNOWN}");
+        }
+    }
+    match victim {
+        Some(v) => {
+            let s = &v.stack;
+            match &v.cgroup {
+                Some(c) => {
+                    let _ = writeln!(p, "Cgroup: {c} (id {})", s.cgroup_id);
+                }
+                None => {
+                    let _ = writeln!(p, "Cgroup: id {} (its directory was gone)", s.cgroup_id);
+                }
+            }
+            match s.dumpable {
+                Dumpable::User => {
+                    let _ = writeln!(p, "Stack copy: {} bytes from {:#x}", s.stack.len(), s.stack_base);
+                }
+                Dumpable::No(_) => {
+                    let _ = writeln!(p, "{WITHHELD_NOT_DUMPABLE}");
+                }
+                Dumpable::Unknown => {
+                    let _ = writeln!(p, "{WITHHELD_UNKNOWN}");
+                }
+            }
+            if let Some((n, opened)) = v.kernel_modules {
+                let _ = writeln!(
+                    p,
+                    "Mappings: named by the kernel at the victim's exit ({n} executable mappings, {opened} files opened; {} lookups, {} with the mmap lock busy)",
+                    s.modules.lookups, s.modules.busy
+                );
+            }
+            if let Some(r) = &s.regs {
+                let _ = writeln!(p, "Registers: ip={:#x} sp={:#x}", r.ip, r.sp);
+            }
+            let _ = writeln!(
+                p,
+                "Backtrace at the kill (unwound: cfi, then frame pointers, then scan; end: {:?}):",
+                v.backtrace.end
+            );
+            for (i, fr) in v.backtrace.frames.iter().take(MAX_FRAMES_SHOWN).enumerate() {
+                let _ = writeln!(p, "{}", frame_line(i, fr));
+            }
+        }
+        None => {
+            let _ = writeln!(p, "Backtrace at the kill: unavailable (the victim's exit sent no stack)");
+        }
+    }
     if suppressed > 0 {
         let _ = writeln!(p, "Suppressed before this one (rate limit): {suppressed}");
     }
@@ -247,9 +321,14 @@ mod tests {
                 shmem_rss_kb: 4,
                 pgtables_kb: 5,
                 oom_score_adj: 0,
+                kernel_line: None,
             },
+            None,
             7,
         );
+        let t = o.payload.to_text_lossy();
+        assert!(t.contains("RSS: 9 kB\n") && t.contains("OOM constraint: unknown"), "{t}");
+        assert!(t.contains("Backtrace at the kill: unavailable"), "{t}");
         assert_eq!((o.classification.as_str(), o.severity), ("org.clearlinux/oom/kill", Severity::High));
         assert!(o.payload.to_text_lossy().contains("Suppressed before this one (rate limit): 7"));
     }

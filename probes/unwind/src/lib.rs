@@ -10,6 +10,8 @@
 //!                                 ▼
 //!              unwind::Session::unwind   CFI (.eh_frame via .eh_frame_hdr
 //!                                        binary search, .debug_frame), then
+//!                                        Go's .gopclntab, signal frames of
+//!                                        trampolines without CFI, then
 //!                                        frame pointers, then a stack scan
 //!                                 ▼
 //!              unwind::Session::symbolize  addr2line (inlined frames,
@@ -52,6 +54,12 @@
 //!   address: what `addr2line -e MODULE` takes), so a server can symbolize
 //!   later. `exact == false` means `pc` is a return address (symbolization
 //!   looks up `pc - 1`).
+//! * Go: the frame a Go signal handler made look like a caller of
+//!   `runtime.sigpanic` (`sigctxt.preparePanic` pushes the faulting pc as
+//!   a return address) is exact; Go code is unwound with `.gopclntab`
+//!   where it has no usable CFI (Go compresses `.debug_frame` and writes
+//!   no `.eh_frame`), and through Go's `runtime.sigreturn` trampoline by
+//!   the kernel's signal frame.
 //!
 //! The event id all probes give a crash (boot id, pid, start time) is
 //! `telemetry::crash_id::crash_event_id`: it needs no unwinding.
@@ -60,6 +68,7 @@
 //! ends a backtrace with [`End::Error`] saying why.
 
 pub mod cfi;
+pub mod gopclntab;
 pub mod maps;
 pub mod memory;
 pub mod module;
@@ -88,6 +97,12 @@ pub enum FrameSource {
     FramePointer,
     /// A stack scan: a word that looks like a return address (less sure).
     Scan,
+    /// Go's function table (`.gopclntab`: the sp delta at the pc), for Go
+    /// code without usable CFI.
+    GoPclntab,
+    /// The registers the kernel saved in a signal frame (`rt_sigreturn`
+    /// trampoline without CFI, e.g. Go's `runtime.sigreturn`).
+    SignalFrame,
 }
 
 impl FrameSource {
@@ -97,6 +112,8 @@ impl FrameSource {
             FrameSource::Cfi => "cfi",
             FrameSource::FramePointer => "frame_pointer",
             FrameSource::Scan => "scan",
+            FrameSource::GoPclntab => "gopclntab",
+            FrameSource::SignalFrame => "signal_frame",
         }
     }
 }

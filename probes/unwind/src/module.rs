@@ -53,6 +53,14 @@ impl std::ops::Deref for SharedBytes {
     }
 }
 
+impl SharedBytes {
+    /// Bytes owned by the view itself.
+    pub fn from_vec(v: Vec<u8>) -> SharedBytes {
+        let len = v.len();
+        SharedBytes { owner: Arc::new(Backing::Vec(v)), range: 0..len }
+    }
+}
+
 // SAFETY: the bytes live in an `Arc` that is never mutated, so the
 // dereferenced address is stable across moves and clones.
 unsafe impl stable_deref_trait::StableDeref for SharedBytes {}
@@ -96,6 +104,9 @@ pub struct Module {
     pub(crate) eh_frame: Option<Sect>,
     pub(crate) eh_frame_hdr: Option<Sect>,
     pub(crate) debug_frame: Option<Sect>,
+    /// Go's function table (`.gopclntab`), when present.
+    gopclntab: Option<Sect>,
+    go: OnceLock<Option<crate::gopclntab::GoPcln>>,
     pub(crate) text_addr: u64,
     pub(crate) got_addr: u64,
     debuglink: Option<(String, u32)>,
@@ -220,6 +231,7 @@ impl Module {
             })
             .and_then(|s| sect_of(&data, &s));
         let text_addr = obj.section_by_name(".text").map_or(0, |s| s.address());
+        let gopclntab = find(".gopclntab").or_else(|| find(".data.rel.ro.gopclntab"));
         let got_addr = obj.section_by_name(".got").map_or(0, |s| s.address());
         let build_id = obj.build_id().ok().flatten().map(Into::into);
         let debuglink = obj
@@ -238,6 +250,8 @@ impl Module {
             eh_frame,
             eh_frame_hdr,
             debug_frame,
+            gopclntab,
+            go: OnceLock::new(),
             text_addr,
             got_addr,
             debuglink,
@@ -278,6 +292,26 @@ impl Module {
             .find(|l| l.offset & !PAGE <= map_offset && map_offset < l.offset.saturating_add(l.filesz.max(1)))?;
         let vaddr_at = (l.vaddr & !PAGE).wrapping_add(map_offset.wrapping_sub(l.offset & !PAGE));
         Some(map_start.wrapping_sub(vaddr_at))
+    }
+
+    /// Go's function table, parsed on first use (None for other modules).
+    pub fn go_pcln(&self) -> Option<&crate::gopclntab::GoPcln> {
+        self.go
+            .get_or_init(|| {
+                let s = self.gopclntab.as_ref()?;
+                let bytes = SharedBytes { owner: self.data.clone(), range: s.range.clone() };
+                crate::gopclntab::GoPcln::parse_shared(bytes, self.text_addr)
+            })
+            .as_ref()
+    }
+
+    /// The name of the function at `svma` (raw: mangled as in the symbol
+    /// table), from the symbol tables or Go's function table.
+    pub fn function_name(&self, svma: u64) -> Option<String> {
+        if let Some((n, _)) = self.symbol_for(svma) {
+            return Some(n.to_string());
+        }
+        self.go_pcln()?.func_for(svma).map(|f| f.name).filter(|n| !n.is_empty())
     }
 
     /// Whether the ELF address `svma` lies in an executable segment.
@@ -490,7 +524,8 @@ impl Module {
             last.inlined = false;
         }
         let table = |m: &Module| m.symbol_for(svma).map(|(n, _)| crate::demangle(n));
-        let from_table = || table(self).or_else(|| self.debug_file(opener).and_then(table));
+        let go = || self.go_pcln()?.func_for(svma).map(|f| f.name).filter(|n| !n.is_empty());
+        let from_table = || table(self).or_else(|| self.debug_file(opener).and_then(table)).or_else(go);
         match out.last_mut() {
             Some(outer) if outer.function.is_none() => outer.function = from_table(),
             Some(_) => {}

@@ -165,6 +165,7 @@ impl<M: Memory + ?Sized> Session<'_, '_, M> {
                 }
             }
             // 1. CFI.
+            let mut cfi_missing = false;
             match (&next, self.module_at(lookup)) {
                 (Some(_), _) => {}
                 (None, l) => match l {
@@ -179,7 +180,10 @@ impl<M: Memory + ?Sized> Session<'_, '_, M> {
                         ) {
                             Ok(Step::Outermost) => break End::Outermost,
                             Ok(Step::Caller { regs: r, signal }) => next = Some((r, signal, FrameSource::Cfi)),
-                            Err(e) => why = format!("CFI at {pc:#x}: {e}"),
+                            Err(e) => {
+                                cfi_missing = e == cfi::CfiError::NoInfo;
+                                why = format!("CFI at {pc:#x}: {e}");
+                            }
                         }
                     }
                     Some(_) => why = format!("{pc:#x} is in a module of another architecture"),
@@ -190,6 +194,22 @@ impl<M: Memory + ?Sized> Session<'_, '_, M> {
                 if !self.plausible(&regs, r, false) {
                     why = format!("CFI at {pc:#x} gave an implausible caller");
                     next = None;
+                }
+            }
+            // 1b. Without CFI: a signal trampoline (the kernel's frame),
+            //     then Go's function table.
+            if next.is_none() && (cfi_missing || self.module_at(lookup).is_none()) {
+                if let Some(r) = self.sigreturn_step(pc, &regs) {
+                    next = Some((r, true, FrameSource::SignalFrame));
+                }
+            }
+            if next.is_none() && cfi_missing {
+                match self.go_step(lookup, exact, &regs) {
+                    Some(GoStep::Outermost) => break End::Outermost,
+                    Some(GoStep::Caller(r)) if self.plausible(&regs, &r, false) => {
+                        next = Some((r, false, FrameSource::GoPclntab));
+                    }
+                    _ => {}
                 }
             }
             // 2. Frame pointers.
@@ -223,12 +243,99 @@ impl<M: Memory + ?Sized> Session<'_, '_, M> {
             if frames.iter().rev().take(4).any(|f| f.pc == npc && Some(f.sp) == r.sp()) {
                 break End::Error(format!("unwinding loops at {npc:#x}"));
             }
-            exact = signal;
+            // Go's signal handling makes the faulting pc look like the
+            // return address of a call to runtime.sigpanic: it is exact.
+            exact = signal || self.is_go_sigpanic(lookup) || self.is_sigreturn(npc);
             source = src;
             regs = r;
             pc = npc;
         };
         Backtrace { frames, end }
+    }
+
+    /// Whether `addr` is in Go's `runtime.sigpanic` (or its ABI0 entry):
+    /// the caller of such a frame is the faulting pc itself, which Go's
+    /// signal handler pushed as if it were a return address.
+    pub fn is_go_sigpanic(&mut self, addr: u64) -> bool {
+        let Some(l) = self.module_at(addr) else { return false };
+        if l.module.go_pcln().is_none() {
+            return false;
+        }
+        l.module.function_name(addr.wrapping_sub(l.bias)).is_some_and(|n| {
+            let n = n.strip_suffix(".abi0").unwrap_or(&n);
+            n == "runtime.sigpanic" || n == "runtime.sigpanic0"
+        })
+    }
+
+    /// Whether `pc` is the first instruction of an x86_64 `rt_sigreturn`
+    /// trampoline (`mov $15, %rax; syscall`: glibc's `__restore_rt`, Go's
+    /// `runtime.sigreturn`).
+    fn is_sigreturn(&mut self, pc: u64) -> bool {
+        const RT_SIGRETURN: [u8; 9] = [0x48, 0xc7, 0xc0, 0x0f, 0, 0, 0, 0x0f, 0x05];
+        let Some(l) = self.module_at(pc) else { return false };
+        if l.module.arch != Some(Arch::X86_64) {
+            return false;
+        }
+        let svma = pc.wrapping_sub(l.bias);
+        l.module.is_exec(svma) && l.module.bytes_at(svma, RT_SIGRETURN.len()) == Some(&RT_SIGRETURN[..])
+    }
+
+    /// At an x86_64 `rt_sigreturn` trampoline, sp points at the `ucontext`
+    /// the kernel saved (`struct rt_sigframe` past its return address):
+    /// the interrupted registers are in its `uc_mcontext`.
+    fn sigreturn_step(&mut self, pc: u64, regs: &Registers) -> Option<Registers> {
+        if regs.arch != Arch::X86_64 || !self.is_sigreturn(pc) {
+            return None;
+        }
+        // uc_flags, uc_link, uc_stack (24 bytes), then the sigcontext:
+        // r8..r15, rdi, rsi, rbp, rbx, rdx, rax, rcx, rsp, rip.
+        let mc = regs.sp()?.checked_add(40)?;
+        let word = |i: u64| self.memory.read_u64(mc.checked_add(i * 8)?);
+        // DWARF numbers of x86_64: rax 0, rdx 1, rcx 2, rbx 3, rsi 4, rdi 5,
+        // rbp 6, rsp 7, r8..r15 8..15.
+        const ORDER: [u16; 16] = [8, 9, 10, 11, 12, 13, 14, 15, 5, 4, 6, 3, 1, 0, 2, 7];
+        let mut r = Registers::new(regs.arch);
+        for (i, dw) in ORDER.iter().enumerate() {
+            r.set(*dw, word(i as u64)?);
+        }
+        r.set_pc(word(16)?);
+        Some(r)
+    }
+
+    /// One step with Go's function table: the return address is at
+    /// `sp + delta(pc)`.
+    fn go_step(&mut self, lookup: u64, exact: bool, regs: &Registers) -> Option<GoStep> {
+        if regs.arch != Arch::X86_64 {
+            return None;
+        }
+        let l = self.module_at(lookup)?;
+        let pcln = l.module.go_pcln()?;
+        let svma = lookup.wrapping_sub(l.bias);
+        let f = pcln.func_for(svma)?;
+        let delta = pcln.sp_delta(&f, svma)?;
+        let sp = regs.sp()?;
+        let slot = sp.checked_add(delta)?;
+        let ra = self.memory.read_u64(slot);
+        if f.flag & crate::gopclntab::FLAG_TOPFRAME != 0 && !ra.is_some_and(|ra| self.is_sigreturn(ra)) {
+            // runtime.goexit, runtime.mstart: nothing called them (the
+            // slot may lie past the stack); runtime.sigtramp returns to
+            // the kernel's signal frame and goes on.
+            return Some(GoStep::Outermost);
+        }
+        let ra = ra?;
+        let mut r = Registers::new(regs.arch);
+        r.set(regs.arch.sp(), slot.checked_add(8)?);
+        // A frame with locals saved the caller's frame pointer below the
+        // return address (known at a call site, not inside a prologue).
+        let fp = match (delta >= 8 && !exact, regs.arch) {
+            (true, Arch::X86_64) => self.memory.read_u64(slot - 8),
+            _ => regs.fp(),
+        };
+        if let Some(fp) = fp {
+            r.set(regs.arch.fp(), fp);
+        }
+        r.set_pc(ra);
+        Some(GoStep::Caller(r))
     }
 
     /// A caller must have a larger stack pointer (the stack grows down),
@@ -310,6 +417,12 @@ impl<M: Memory + ?Sized> Session<'_, '_, M> {
             }
         }
     }
+}
+
+#[allow(clippy::large_enum_variant)] // one per step, never stored
+enum GoStep {
+    Caller(Registers),
+    Outermost,
 }
 
 /// Whether the instruction just before `svma` is a call.

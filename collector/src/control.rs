@@ -22,7 +22,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
 
 use crate::state::State;
-use crate::stats::Status;
+use crate::stats::{DestStatus, Status};
 
 /// Builds the status snapshot.
 pub fn status(shared: &State) -> Status {
@@ -56,7 +56,41 @@ pub fn status(shared: &State) -> Status {
         privacy_level: cfg.privacy_level.as_str().into(),
         scrubbing: policy.scrub,
         do_not_track: cfg.do_not_track,
+        destinations: destinations(shared, &cfg),
     }
+}
+
+/// Each configured destination's counters and state.
+fn destinations(shared: &State, cfg: &crate::config::Config) -> Vec<DestStatus> {
+    use crate::spool::Dest;
+    let st = &shared.stats;
+    let mut out = Vec::new();
+    if let Some(u) = &cfg.server {
+        out.push(DestStatus {
+            name: Dest::Server.as_str().into(),
+            url: u.to_string(),
+            delivered: st.delivered.load(Ordering::Relaxed),
+            rejected: st.rejected_by_server.load(Ordering::Relaxed),
+            partial_rejected: 0,
+            failures: st.delivery_failures.load(Ordering::Relaxed),
+            held: shared.held_at(Dest::Server),
+            last_error: st.error(),
+        });
+    }
+    if let Some(o) = &cfg.otlp {
+        let ot = &st.otlp;
+        out.push(DestStatus {
+            name: Dest::Otlp.as_str().into(),
+            url: o.url.to_string(),
+            delivered: ot.delivered.load(Ordering::Relaxed),
+            rejected: ot.rejected.load(Ordering::Relaxed),
+            partial_rejected: ot.partial_rejected.load(Ordering::Relaxed),
+            failures: ot.failures.load(Ordering::Relaxed),
+            held: shared.held_at(Dest::Otlp),
+            last_error: ot.error(),
+        });
+    }
+    out
 }
 
 /// How a reload asked for on the control socket is answered: `Ok` once the
@@ -81,8 +115,7 @@ pub async fn serve(listener: UnixListener, shared: Arc<State>, reload_tx: tokio:
             let answer = match line.trim() {
                 "status" => serde_json::to_string(&status(&shared)).unwrap_or_default(),
                 "flush" => {
-                    shared.flush.store(true, Ordering::SeqCst);
-                    shared.wake_delivery.notify_one();
+                    shared.request_flush();
                     r#"{"ok":true}"#.to_string()
                 }
                 "reload" => {

@@ -142,6 +142,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     let expire_before = telemetry::record::now_unix().saturating_sub(cfg.record_expiry.as_secs());
     let (spool, recovered) = Spool::open(&cfg.spool_dir, expire_before)?;
     spool.set_cap(cfg.spool_max_bytes);
+    spool.set_destinations(crate::spool::Dest::mask(&cfg));
     if recovered.records > 0 || recovered.torn > 0 {
         tracing::info!(
             "spool: {} record(s) in {} block(s) recovered, {} torn write(s) removed",
@@ -200,7 +201,10 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
             .map_err(|source| DaemonError::Bind { path: cfg.control_socket(), source })?;
         let (reload_tx, mut reload_rx) = mpsc::channel::<control::ReloadDone>(4);
         let ingest = tokio::spawn(ingest::serve(listener, shared.clone(), sub_tx, stop_rx.clone()));
-        let deliver = tokio::spawn(delivery::run(shared.clone(), stop_rx.clone()));
+        let deliver: Vec<_> = crate::spool::Dest::ALL
+            .iter()
+            .map(|d| tokio::spawn(delivery::run(shared.clone(), *d, stop_rx.clone())))
+            .collect();
         tokio::spawn(control::serve(control_l, shared.clone(), reload_tx));
         // Hourly machine id check.
         let s2 = shared.clone();
@@ -240,7 +244,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         tracing::info!("stopping: no new connections; finishing what was received");
         let _ = stop_tx.send(true);
         let _ = ingest.await;
-        let _ = tokio::time::timeout(Duration::from_secs(5), deliver).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), futures_util::future::join_all(deliver)).await;
         Ok::<(), DaemonError>(())
     });
     // Connections still open keep their sender; give them a moment, then go.
@@ -314,7 +318,12 @@ async fn reload(cfg_tx: &watch::Sender<Arc<Config>>, shared: &State) -> Result<(
                 Err(e) => tracing::error!("machine id after reload: {e}; keeping the previous one"),
             }
             let new = Arc::new(new);
-            shared.consent_changed(|| drop(cfg_tx.send(new))).await;
+            shared
+                .consent_changed(|| {
+                    shared.spool.set_destinations(crate::spool::Dest::mask(&new));
+                    drop(cfg_tx.send(new))
+                })
+                .await;
             tracing::info!("configuration reloaded");
             Ok(())
         }

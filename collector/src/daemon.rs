@@ -175,6 +175,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
 
     let (cfg_tx, cfg_rx) = watch::channel(Arc::new(cfg.clone()));
     let shared = Arc::new(State::new(cfg_rx, spool, journal.clone(), mid, session));
+    shared.wake_delivery.set_destinations(crate::spool::Dest::mask(&cfg));
     store::settle::expired(&shared, &recovered.expired);
     journal_unjournaled(&shared, &cfg, recovered.newest);
 
@@ -321,6 +322,7 @@ async fn reload(cfg_tx: &watch::Sender<Arc<Config>>, shared: &State) -> Result<(
             shared
                 .consent_changed(|| {
                     shared.spool.set_destinations(crate::spool::Dest::mask(&new));
+                    shared.wake_delivery.set_destinations(crate::spool::Dest::mask(&new));
                     drop(cfg_tx.send(new))
                 })
                 .await;

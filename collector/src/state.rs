@@ -233,20 +233,38 @@ impl State {
     }
 }
 
-/// Wakes every destination's delivery loop (each waits on its own
-/// [`Notify`], so one wake-up is not taken by the other).
-#[derive(Debug, Default)]
+/// Wakes the delivery loops of the configured destinations (each waits on
+/// its own [`Notify`], so one wake-up is not taken by the other). A loop
+/// whose destination is not configured is woken by configuration changes
+/// only (its `cfg` watch), not per record.
+#[derive(Debug)]
 pub struct Wake {
     each: [Notify; DESTS],
+    /// The destinations to wake (`Spool::destinations`).
+    mask: std::sync::atomic::AtomicU8,
+}
+
+impl Default for Wake {
+    fn default() -> Wake {
+        Wake { each: Default::default(), mask: std::sync::atomic::AtomicU8::new(u8::MAX) }
+    }
 }
 
 impl Wake {
-    /// Wakes every destination's loop (a permit is kept for a loop that is
-    /// not waiting yet).
+    /// Wakes the configured destinations' loops (a permit is kept for a
+    /// loop that is not waiting yet).
     pub fn notify_one(&self) {
-        for n in &self.each {
-            n.notify_one();
+        let mask = self.mask.load(Ordering::Relaxed);
+        for d in Dest::ALL {
+            if mask & d.bit() != 0 {
+                self.each[d.index()].notify_one();
+            }
         }
+    }
+
+    /// Sets which destinations' loops records wake.
+    pub fn set_destinations(&self, mask: u8) {
+        self.mask.store(mask, Ordering::Relaxed);
     }
 
     /// Waits for a wake-up of `dest`'s loop.

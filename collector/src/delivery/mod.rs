@@ -513,6 +513,8 @@ const BUSY_RETRY: Duration = Duration::from_millis(100);
 /// Runs the delivery stage of destination `dest` until `stop` fires.
 pub async fn run(shared: Arc<State>, dest: Dest, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut d = Deliverer::new(shared.clone(), dest);
+    // What this loop last said in `State::held` (set only when it changes).
+    let mut last_held = Some(String::new());
     let mut cfg_rx = shared.cfg.clone();
     let mut expiry_tick =
         tokio::time::interval(Duration::from_secs(1).max(d.cfg.spool_process_time.min(Duration::from_secs(10))));
@@ -550,7 +552,10 @@ pub async fn run(shared: Arc<State>, dest: Dest, mut stop: tokio::sync::watch::R
             d.start_posts();
         }
         let held = d.held(deliver);
-        shared.set_held(dest, held);
+        if held != last_held {
+            shared.set_held(dest, held.clone());
+            last_held = held;
+        }
         // Not allowed to send: look at the opt-in state again in a second.
         let consent_wait = (!deliver).then(|| Instant::now() + Duration::from_secs(1));
         let sleep_until = d.next_wake(consent_wait);

@@ -175,3 +175,33 @@ fn http_request_and_partial_success() {
     assert_eq!(partial_success(b"", OtlpEncoding::Protobuf), None);
     assert_eq!(partial_success(&ExportLogsServiceResponse::default().encode_to_vec(), OtlpEncoding::Protobuf), None);
 }
+
+/// The data dictionary's OTLP table (`telemetry::fields::OTLP_FIELDS`,
+/// docs/DATA.md) names exactly the attributes the mapping makes.
+#[test]
+fn the_data_dictionary_lists_every_attribute() {
+    use std::collections::BTreeSet;
+    let names: BTreeSet<String> = telemetry::fields::OTLP_FIELDS
+        .iter()
+        .flat_map(|f| {
+            let n = f.name.trim_start_matches("resource: ");
+            let parts: Vec<&str> = n.split(" / ").collect();
+            let stem = parts[0].rfind('.').map(|i| &parts[0][..i]).unwrap_or("");
+            parts
+                .iter()
+                .map(|p| if p.starts_with('.') { format!("{stem}{p}") } else { p.to_string() })
+                .collect::<Vec<_>>()
+        })
+        .filter(|n| n.contains('.'))
+        .collect();
+    let v2 = r#"{"payload_format":2,"process":"/usr/bin/segv","pid":5,"signal":11,"threads":[{"tid":5,"crashed":true,"frames":[{"index":0,"module":"/usr/bin/segv","build_id":"ab"}]}]}"#;
+    let r = record("org.clearlinux/crash/clr", Severity::High, v2);
+    let id = MachineId::parse("0123456789abcdef0123456789abcdef").unwrap();
+    let mut made = BTreeSet::new();
+    let lr = log_record(&Source { record: &r, record_id: RecordId::from_bytes([1; 16]), accepted: 1 });
+    made.extend(lr.attributes.iter().map(|k| k.key.clone()));
+    for privacy in [PrivacyLevel::Standard, PrivacyLevel::Anonymous] {
+        made.extend(resource(&r, &Identity { id: &id, privacy }).attributes.iter().map(|k| k.key.clone()));
+    }
+    assert_eq!(made, names, "telemetry::fields::OTLP_FIELDS and the mapping disagree");
+}

@@ -143,6 +143,8 @@ pub struct Spool {
     in_place: std::sync::atomic::AtomicBool,
     /// Signalled whenever records leave the spool (room for waiting commits).
     room: Condvar,
+    /// `Index::active`, readable without the lock.
+    active: std::sync::atomic::AtomicU8,
 }
 
 /// With a `spool_max_size` below this, files are not preallocated nor
@@ -287,6 +289,7 @@ impl Spool {
         let shrunk = ix.active & !mask != 0;
         let added = mask & !ix.active;
         ix.active = mask;
+        self.active.store(mask, std::sync::atomic::Ordering::Relaxed);
         if added != 0 {
             // A destination added (again) starts from the oldest record.
             for seg in ix.segments.iter_mut() {
@@ -316,9 +319,10 @@ impl Spool {
         self.room.notify_all();
     }
 
-    /// The destinations records wait for.
+    /// The destinations records wait for (read without the index lock,
+    /// which the commits' acknowledgements take).
     pub fn destinations(&self) -> u8 {
-        self.lock().active
+        self.active.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Records waiting in the spool (handed out but not done included).

@@ -141,6 +141,7 @@ impl Spool {
             index: Mutex::new(index),
             house: Mutex::new(tx),
             in_place: std::sync::atomic::AtomicBool::new(true),
+            active: std::sync::atomic::AtomicU8::new(1),
             room: Condvar::new(),
         });
         let weak = Arc::downgrade(&spool);

@@ -63,7 +63,7 @@ pub const FIELDS: &[Field] = &[
     Field { name: "boot", scope: Scope::Local, source: "/proc/sys/kernel/random/boot_id", example: "4f1e2d3c4b5a69788796a5b4c3d2e1f0", why: "filter the journal by boot (`telemctl journal -b`)", anonymous: SAME },
     Field { name: "uid", scope: Scope::Local, source: "SO_PEERCRED of the probe's connection", example: "0", why: "who sent the record, for local auditing", anonymous: SAME },
     Field { name: "pid", scope: Scope::Local, source: "SO_PEERCRED of the probe's connection", example: "1234", why: "which process sent the record, for local auditing", anonymous: SAME },
-    Field { name: "fate", scope: Scope::Local, source: "the collector", example: "delivered / spooled / local-only: not opted in", why: "what happened to the record, and why", anonymous: SAME },
+    Field { name: "fate", scope: Scope::Local, source: "the collector", example: "delivered / delivered (otlp) / spooled / local-only: not opted in", why: "what happened to the record, and why (one line per destination: the OTLP endpoint's fates say `(otlp)`)", anonymous: SAME },
     Field { name: "fate_time", scope: Scope::Local, source: "the collector's clock, unix seconds (`telemctl journal --json` only)", example: "1763797201", why: "when the last fate was decided", anonymous: SAME },
 ];
 

@@ -335,3 +335,84 @@ fn preview_shows_the_otlp_json_form() {
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("# OTLP export request") && text.contains("\"resourceLogs\""), "{text}");
 }
+
+/// kill -9 of the collector while it delivers to both destinations, then
+/// a restart: every acknowledged record reaches both (at least once).
+#[test]
+fn collector_killed_with_two_destinations_loses_nothing() {
+    const N: usize = 3_000;
+    let Some(rotel) = Rotel::start() else { return };
+    let sink = Sink::start();
+    sink.set_lean(true);
+    let mut c = Collector::new(
+        Some(&sink.url()),
+        &format!("otlp_endpoint={}\nrate_limit_enabled=false\nspool_max_size=-1", rotel.endpoint()),
+    );
+    c.start();
+    let records: Vec<Record> =
+        (0..N).map(|i| record("org.test/otlp/crash", Severity::Medium, format!("kill {i}\n"))).collect();
+    let ids = send_all(&mut c.client(), &records);
+    c.kill9();
+    c.start();
+    let want: BTreeSet<String> = ids.iter().cloned().collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut at_otlp: BTreeSet<String> = BTreeSet::new();
+    while Instant::now() < deadline {
+        at_otlp = rotel.record_ids().into_iter().collect();
+        if want.is_subset(&at_otlp) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(want.is_subset(&at_otlp), "{} records never reached OTLP", want.difference(&at_otlp).count());
+    // The sink keeps bodies (lean): each v2 body is a payload `kill {i}`.
+    assert!(
+        sink.wait_for(Duration::from_secs(60), |p| {
+            p.iter().filter(|p| p.ok()).map(|p| p.body.clone()).collect::<BTreeSet<_>>().len() >= N
+        }),
+        "every record reaches the server:\n{}",
+        c.log_summary(10)
+    );
+    let s = c.wait_status(Duration::from_secs(20), |s| s["spooled"] == 0);
+    assert_eq!(s["spooled"], 0, "{s}");
+    assert!(c.stop());
+}
+
+/// Destinations follow `telemctl reload`: a server added later gets the
+/// records sent after it (and those still spooled); removed again, records
+/// no longer wait for it.
+#[test]
+fn destinations_follow_reload() {
+    let Some(rotel) = Rotel::start() else { return };
+    let sink = Sink::start();
+    let mut c = otlp_collector(&rotel.endpoint(), "");
+    c.start();
+    let mut client = c.client();
+    let first = send_all(&mut client, &[record("org.test/otlp/reload", Severity::Low, "first\n")]);
+    rotel.wait_records(Duration::from_secs(20), |g| !g.is_empty());
+    assert_eq!(sink.count(), 0);
+    c.set(&format!("server={}", sink.url()));
+    assert!(c.telemctl(&["reload"]).status.success());
+    let second = send_all(&mut client, &[record("org.test/otlp/reload", Severity::Low, "second\n")]);
+    assert!(sink.wait_for(Duration::from_secs(20), |p| p.iter().any(|p| p.body == b"second\n")), "{}", c.log());
+    let got = rotel.wait_records(Duration::from_secs(20), |g| by_id(g).contains_key(&second[0]));
+    assert!(by_id(&got).contains_key(&first[0]) && by_id(&got).contains_key(&second[0]));
+    let names: Vec<String> = c.status()["destinations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["name"].as_str().map(String::from))
+        .collect();
+    assert_eq!(names, ["server", "otlp"]);
+    // The server goes away again, while it refuses: its records stop
+    // waiting for it once OTLP has them.
+    sink.set_mode(Mode::Status(503, String::new()));
+    let third = send_all(&mut client, &[record("org.test/otlp/reload", Severity::Low, "third\n")]);
+    rotel.wait_records(Duration::from_secs(20), |g| by_id(g).contains_key(&third[0]));
+    assert_eq!(c.status()["spooled"], 1, "waits for the server");
+    c.set("server=");
+    assert!(c.telemctl(&["reload"]).status.success());
+    let s = c.wait_status(Duration::from_secs(10), |s| s["spooled"] == 0);
+    assert_eq!(s["spooled"], 0, "{s}");
+    assert!(c.stop(), "{}", c.log());
+}

@@ -35,7 +35,8 @@ enum Cmd {
     OptOut,
     /// Show which mode is in force (upload or local only, and why), the
     /// privacy level, the daemon's counters since it started (records
-    /// refused, in total and per reason) and the last delivery error.
+    /// refused, in total and per reason), the last delivery error, and each
+    /// destination (server, otlp): delivered, refused, failures, state.
     Status {
         /// Print the status as JSON.
         #[arg(long)]

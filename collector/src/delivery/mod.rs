@@ -538,8 +538,9 @@ pub async fn run(shared: Arc<State>, dest: Dest, mut stop: tokio::sync::watch::R
             d.forget_jobs();
         }
         // `telemctl status`'s retry time: the server's, or the OTLP
-        // endpoint's when it is the only destination.
-        if dest == Dest::Server || shared.spool.destinations() == dest.bit() {
+        // endpoint's when there is no server.
+        let server_active = shared.spool.destinations() & Dest::Server.bit() != 0;
+        if (dest == Dest::Server) == server_active {
             shared.retry_at_ms.store(
                 d.pause.map(|t| t.saturating_duration_since(shared.since_instant).as_millis() as u64).unwrap_or(0),
                 Ordering::Relaxed,

@@ -394,3 +394,29 @@ fn two_destinations_each_take_every_record() {
     assert!(s.first_release(&a));
     assert!(!s.first_release(&b));
 }
+
+/// A destination far ahead of the other does not keep the blocks it is
+/// done with in memory (beyond the cache): the one behind reads them again.
+#[test]
+fn a_destination_ahead_keeps_no_backlog_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = Spool::open(dir.path(), 0).unwrap();
+    s.set_destinations(Dest::Server.bit() | Dest::Otlp.bit());
+    for b in 0..200u32 {
+        let items: Vec<Item> = (0..10).map(|i| item(((b * 10 + i) % 250) as u8, 100)).collect();
+        commit(&s, items);
+    }
+    let server: Vec<Ticket> = std::iter::from_fn(|| take(&s, Dest::Server)).collect();
+    assert_eq!(server.len(), 2000);
+    for t in &server {
+        s.done(t);
+    }
+    let cached = s.lock().cached;
+    assert!(cached <= CACHE_BYTES + 8192, "{cached} bytes of blocks kept in memory");
+    let otlp: Vec<Ticket> = std::iter::from_fn(|| take(&s, Dest::Otlp)).collect();
+    assert_eq!(otlp.len(), 2000, "the destination behind gets every record");
+    for t in &otlp {
+        s.done(t);
+    }
+    assert_eq!((s.records(), s.lock().cached), (0, 0));
+}

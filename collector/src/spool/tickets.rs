@@ -31,6 +31,7 @@ impl Spool {
             let (seq, file, offset) = {
                 let mut ix = self.lock();
                 let active = ix.active;
+                let over_cache = ix.cached > CACHE_BYTES;
                 let Some(seg) = ix.segments.iter_mut().find(|s| s.handed[d] < s.total) else { return Next::Empty };
                 // Records already final (for every destination, or at this
                 // one) are not handed out again.
@@ -45,7 +46,10 @@ impl Spool {
                     let Some(item) = recs.get(idx as usize).cloned() else { return Next::Empty };
                     seg.handed[d] += 1;
                     let seq = seg.seq;
-                    if seg.all_handed(active) {
+                    // A destination ahead of another does not keep the blocks
+                    // it is done with in memory beyond the cache's size: the
+                    // one behind reads them again.
+                    if seg.all_handed(active) || (seg.handed[d] >= seg.total && over_cache) {
                         // All handed out: each ticket holds its own record, so
                         // one that waits long (a retry) keeps only itself in
                         // memory, not its whole block.

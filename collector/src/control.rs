@@ -26,9 +26,19 @@ use crate::stats::{DestStatus, Status};
 
 /// Builds the status snapshot.
 pub fn status(shared: &State) -> Status {
-    let [received, accepted, rejected, delivered, rate_limited, dropped, expired, rejected_by_server, local_only, delivery_failures] =
+    let [received, accepted, rejected, mut delivered, rate_limited, dropped, expired, mut rejected_by_server, local_only, mut delivery_failures] =
         shared.stats.snapshot();
     let cfg = shared.config();
+    let mut last_delivery_error = shared.stats.error();
+    // With OTLP alone, the delivery counters are the OTLP destination's
+    // (each destination's own are in `destinations`).
+    if cfg.server.is_none() && cfg.otlp.is_some() {
+        let o = &shared.stats.otlp;
+        delivered = o.delivered.load(Ordering::Relaxed);
+        rejected_by_server = o.rejected.load(Ordering::Relaxed);
+        delivery_failures = o.failures.load(Ordering::Relaxed);
+        last_delivery_error = o.error();
+    }
     let policy = shared.policy(&cfg);
     let retry_ms = shared.retry_at_ms.load(Ordering::Relaxed);
     let now_ms = shared.since_instant.elapsed().as_millis() as u64;
@@ -48,7 +58,7 @@ pub fn status(shared: &State) -> Status {
         rejected_by_server,
         local_only,
         delivery_failures,
-        last_delivery_error: shared.stats.error(),
+        last_delivery_error,
         server: cfg.server.as_ref().map(|u| u.to_string()),
         consent: policy.decision.describe(),
         retry_in_secs: (retry_ms > now_ms).then(|| (retry_ms - now_ms) as f64 / 1000.0),

@@ -94,8 +94,6 @@ pub struct DestStats {
     pub partial_rejected: AtomicU64,
     /// Requests that failed and will be sent again.
     pub failures: AtomicU64,
-    /// Export requests it answered with success.
-    pub requests: AtomicU64,
     pub last_error: Mutex<Option<String>>,
 }
 
@@ -190,7 +188,10 @@ pub struct Status {
     /// DO_NOT_TRACK was set in the collector's environment.
     #[serde(default)]
     pub do_not_track: bool,
-    /// Each configured destination: `server` and/or `otlp`.
+    /// Each configured destination: `server` and/or `otlp`. (`delivered`,
+    /// `rejected_by_server`, `delivery_failures` and `last_delivery_error`
+    /// above are the server's, or the OTLP destination's when it is the
+    /// only one.)
     #[serde(default)]
     pub destinations: Vec<DestStatus>,
 }

@@ -177,7 +177,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     let shared = Arc::new(State::new(cfg_rx, spool, journal.clone(), mid, session));
     shared.wake_delivery.set_destinations(crate::spool::Dest::mask(&cfg));
     store::settle::expired(&shared, &recovered.expired);
-    journal_unjournaled(&shared, &cfg, recovered.newest);
+    journal_unjournaled(&shared, &cfg, recovered.newest, recovered.records > 0);
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -267,10 +267,15 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
 /// Journals spooled records whose first entry a crash cut off: the spool
 /// had them durably (they were acknowledged), the journal writer had not
 /// written their lines yet when the process died.
-fn journal_unjournaled(shared: &State, cfg: &Config, newest: Vec<crate::spool::Item>) {
+///
+/// Also applies the fates the journal's end has for recovered records
+/// ([`crate::spool::Spool::apply_finals`]): a record a destination took
+/// before the restart is not sent to it again (the spool keeps blocks
+/// whole; fates cut off by the crash still mean at least once).
+fn journal_unjournaled(shared: &State, cfg: &Config, newest: Vec<crate::spool::Item>, spooled: bool) {
     use crate::journal::Fate;
     use crate::spool::Item;
-    if newest.is_empty() {
+    if newest.is_empty() && !spooled {
         return;
     }
     let tail = match crate::journal::tail(&cfg.journal_dir) {
@@ -280,6 +285,12 @@ fn journal_unjournaled(shared: &State, cfg: &Config, newest: Vec<crate::spool::I
             return;
         }
     };
+    let left = shared.spool.apply_finals(&tail.finals);
+    if left > 0 {
+        tracing::info!(
+            "spool: {left} recovered record(s) were final at every destination already (journal); not sent again"
+        );
+    }
     // Only records at least as new as the journal's end can be missing
     // from it (older ones may have been pruned or rotated away). The spool
     // does not keep the boot a record was accepted in; after a crash (not

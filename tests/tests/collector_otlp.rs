@@ -417,3 +417,41 @@ fn destinations_follow_reload() {
     assert_eq!(s["spooled"], 0, "{s}");
     assert!(c.stop(), "{}", c.log());
 }
+
+/// The per-destination state survives a restart: records OTLP took (its
+/// fates journaled) are not sent to it again after a kill -9, while the
+/// server, which refused them until then, still gets every one.
+#[test]
+fn a_restart_resends_only_to_the_destination_that_lacks_them() {
+    const N: usize = 500;
+    let Some(rotel) = Rotel::start() else { return };
+    let sink = Sink::start();
+    sink.set_mode(Mode::Status(503, String::new()));
+    let mut c =
+        Collector::new(Some(&sink.url()), &format!("otlp_endpoint={}\nrate_limit_enabled=false", rotel.endpoint()));
+    c.start();
+    let records: Vec<Record> =
+        (0..N).map(|i| record("org.test/otlp/restart", Severity::Medium, format!("restart {i}\n"))).collect();
+    let ids = send_all(&mut c.client(), &records);
+    let j =
+        c.wait_journal(Duration::from_secs(30), |j| j.len() == N && j.iter().all(|e| e["fate"] == "delivered (otlp)"));
+    assert!(j.iter().all(|e| e["fate"] == "delivered (otlp)"), "OTLP took every record first");
+    assert_eq!(c.status()["spooled"], N as u64);
+    c.kill9();
+    sink.set_mode(Mode::ok());
+    c.start();
+    assert!(
+        sink.wait_for(Duration::from_secs(30), |p| {
+            p.iter().filter(|p| p.ok()).map(|p| p.body.clone()).collect::<BTreeSet<_>>().len() >= N
+        }),
+        "the server gets every record after the restart:\n{}",
+        c.log_summary(10)
+    );
+    let s = c.wait_status(Duration::from_secs(20), |s| s["spooled"] == 0);
+    assert_eq!(s["spooled"], 0, "{s}");
+    std::thread::sleep(Duration::from_millis(500));
+    let at_otlp = rotel.record_ids();
+    assert_eq!(at_otlp.len(), N, "none sent to OTLP again");
+    assert_eq!(at_otlp.into_iter().collect::<BTreeSet<_>>(), ids.into_iter().collect::<BTreeSet<_>>());
+    assert!(c.stop());
+}

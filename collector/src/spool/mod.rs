@@ -319,6 +319,41 @@ impl Spool {
         self.room.notify_all();
     }
 
+    /// Applies fates journaled before a restart: `finals` holds, per record
+    /// id, the destinations ([`Dest::bit`]) at which it was final. A
+    /// recovered record final at some destinations is not handed to them
+    /// again; one final at every active destination leaves the spool.
+    /// Returns how many records left.
+    pub fn apply_finals(&self, finals: &std::collections::HashMap<RecordId, u8>) -> u64 {
+        if finals.is_empty() {
+            return 0;
+        }
+        let mut ix = self.lock();
+        let mask = ix.active;
+        let mut left = 0;
+        let mut pos = 0;
+        while pos < ix.segments.len() {
+            for idx in 0..ix.segments[pos].total {
+                let Some(bits) = ix.segments[pos].ids.get(idx as usize).and_then(|id| finals.get(id)).copied() else {
+                    continue;
+                };
+                let st = &mut ix.segments[pos].state[idx as usize];
+                *st |= bits & !(FINAL | RELEASED);
+                if *st & mask == mask && self.finalize(&mut ix, pos, idx) {
+                    left += 1;
+                }
+            }
+            if ix.segments[pos].outstanding == 0 {
+                self.remove_segment(&mut ix, pos);
+            } else {
+                pos += 1;
+            }
+        }
+        drop(ix);
+        self.room.notify_all();
+        left
+    }
+
     /// The destinations records wait for (read without the index lock,
     /// which the commits' acknowledgements take).
     pub fn destinations(&self) -> u8 {

@@ -420,3 +420,31 @@ fn a_destination_ahead_keeps_no_backlog_in_memory() {
     }
     assert_eq!((s.records(), s.lock().cached), (0, 0));
 }
+
+/// Fates journaled before a restart: a record final at one destination is
+/// not handed to it again; final at all, it leaves the spool.
+#[test]
+fn journaled_fates_apply_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let both = Dest::Server.bit() | Dest::Otlp.bit();
+    {
+        let (s, _) = Spool::open(dir.path(), 0).unwrap();
+        commit(&s, vec![item(1, 100), item(2, 100), item(3, 100)]);
+    }
+    let (s, rec) = Spool::open(dir.path(), 0).unwrap();
+    assert_eq!(rec.records, 3);
+    s.set_destinations(both);
+    let finals: std::collections::HashMap<RecordId, u8> = [
+        (RecordId::from_bytes([1; 16]), both),
+        (RecordId::from_bytes([2; 16]), Dest::Otlp.bit()),
+        (RecordId::from_bytes([9; 16]), both),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(s.apply_finals(&finals), 1);
+    assert_eq!(s.records(), 2);
+    let server: Vec<u8> =
+        std::iter::from_fn(|| take(&s, Dest::Server)).map(|t| t.item.record_id.as_bytes()[0]).collect();
+    let otlp: Vec<u8> = std::iter::from_fn(|| take(&s, Dest::Otlp)).map(|t| t.item.record_id.as_bytes()[0]).collect();
+    assert_eq!((server, otlp), (vec![2, 3], vec![3]));
+}

@@ -455,3 +455,62 @@ fn a_restart_resends_only_to_the_destination_that_lacks_them() {
     assert_eq!(at_otlp.into_iter().collect::<BTreeSet<_>>(), ids.into_iter().collect::<BTreeSet<_>>());
     assert!(c.stop());
 }
+
+/// A real crash: a program's core saved by gdb, read by the real
+/// crashprobe (`--core-only`), sent to the real collector, exported to
+/// rotel: the exception and process attributes come from crashprobe's own
+/// payload, in both payload formats.
+#[test]
+fn a_real_crashprobe_record_arrives_with_exception_attributes() {
+    use std::process::{Command, Stdio};
+    let Some(rotel) = Rotel::start() else { return };
+    let mut c = otlp_collector(&rotel.endpoint(), "");
+    let dir = c.dir.clone();
+    let exe = dir.join("segvotlp");
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/crash_programs/segv.c");
+    let o = Command::new("gcc").args(["-O2", "-g", "-o"]).arg(&exe).arg(&src).output().expect("gcc");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let core = dir.join("gdb.core");
+    let out = Command::new("gdb")
+        .args(["-nx", "-q", "-batch", "-ex", "run", "-ex"])
+        .arg(format!("generate-core-file {}", core.display()))
+        .arg("--args")
+        .arg(&exe)
+        .output()
+        .expect("run gdb (cargo xtask test installs it)");
+    assert!(core.exists(), "gdb saved no core: {}", String::from_utf8_lossy(&out.stderr));
+    // The program is not a system binary: unwound anyway (as crash_e2e does).
+    c.set(&format!(
+        "crash_third_party=unwind\ncrash_system_prefixes={}/\nstate_dir={}/state",
+        dir.display(),
+        dir.display()
+    ));
+    c.start();
+    for version in ["1", "2"] {
+        c.set(&format!("crash_payload_version={version}"));
+        let out = Command::new(e2e::bin("crashprobe"))
+            .args(["--core-only", "-f"])
+            .arg(&c.conf)
+            .stdin(Stdio::from(std::fs::File::open(&core).expect("open core")))
+            .output()
+            .expect("run crashprobe --core-only");
+        assert!(out.status.success(), "crashprobe: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let got = rotel.wait_records(Duration::from_secs(20), |g| g.len() >= 2);
+    assert_eq!(got.len(), 2, "{}", c.log());
+    for (r, version) in got.iter().zip(["1", "2"]) {
+        let a = &r.attributes;
+        assert_eq!(r.resource["service.name"], "crashprobe");
+        assert_eq!(a["telemetry.payload_format_version"], version);
+        assert_eq!(a["exception.type"], "SIGSEGV", "{a:?}");
+        assert!(a["exception.message"].starts_with("SIGSEGV (signal 11) in "), "{a:?}");
+        assert!(a["exception.stacktrace"].contains("level3"), "{a:?}");
+        assert!(a["process.pid"].parse::<u32>().is_ok_and(|p| p > 0), "{a:?}");
+        assert_eq!(a["process.executable.name"], "segvotlp", "{a:?}");
+        assert_eq!(a["process.executable.path"], exe.display().to_string());
+        if version == "2" {
+            let b = &a["process.executable.build_id.gnu"];
+            assert!(b.len() >= 16 && b.chars().all(|c| c.is_ascii_hexdigit()), "{a:?}");
+        }
+    }
+}

@@ -514,3 +514,40 @@ fn a_real_crashprobe_record_arrives_with_exception_attributes() {
         }
     }
 }
+
+/// Consent and rate windows apply to OTLP as to the original backend: not
+/// opted in, nothing is exported (`local-only`); over a record window
+/// with `rate_limit_strategy = drop`, the extra records are dropped, not
+/// exported.
+#[test]
+fn consent_and_rate_windows_apply() {
+    let Some(rotel) = Rotel::start() else { return };
+    let mut c =
+        otlp_collector(&rotel.endpoint(), "record_burst_limit=3\nrecord_window_length=59\nrate_limit_strategy=drop");
+    std::fs::remove_file(c.dir.join("etc/opt-in")).unwrap();
+    c.start();
+    let mut client = c.client();
+    send_all(&mut client, &[record("org.test/otlp/consent", Severity::Low, "not opted in\n")]);
+    assert!(c.telemctl(&["opt-in"]).status.success());
+    let recs: Vec<Record> =
+        (0..5).map(|i| record("org.test/otlp/consent", Severity::Low, format!("opted in {i}\n"))).collect();
+    let ids = send_all(&mut client, &recs);
+    rotel.wait_records(Duration::from_secs(20), |g| g.len() >= 3);
+    std::thread::sleep(Duration::from_millis(1000));
+    let got = by_id(&rotel.records()).into_keys().collect::<BTreeSet<_>>();
+    assert_eq!(got, ids[..3].iter().cloned().collect::<BTreeSet<_>>(), "the window's 3 records only");
+    let j = c.journal(&[]);
+    let fates: Vec<&str> = j.iter().filter_map(|e| e["fate"].as_str()).collect();
+    assert_eq!(
+        fates,
+        [
+            "local-only: not opted in",
+            "delivered (otlp)",
+            "delivered (otlp)",
+            "delivered (otlp)",
+            "rate-limited: dropped",
+            "rate-limited: dropped"
+        ],
+        "{j:?}"
+    );
+}

@@ -354,13 +354,15 @@ impl Deliverer {
             if !job.counted {
                 // A held record takes its room in the windows once, at
                 // the first destination that sends it.
-                if !self.shared.spool.first_release(&job.ticket) {
+                if self.shared.spool.released(&job.ticket) {
                     job.counted = true;
                 } else {
                     match crate::decide::release_held(&self.shared, now, &job.ticket.item) {
-                        Ok(()) => job.counted = true,
+                        Ok(()) => {
+                            self.shared.spool.mark_released(&job.ticket);
+                            job.counted = true;
+                        }
                         Err(wait) => {
-                            self.shared.spool.unrelease(&job.ticket);
                             self.rate_wait = Some(now + wait);
                             self.ready.push_front(job);
                             return None;

@@ -164,25 +164,23 @@ impl Spool {
         true
     }
 
-    /// Whether this is the first time the record of `t` is released over
-    /// the rate windows (a held record takes its room once, whichever
-    /// destination sends it first); marks it released.
-    pub fn first_release(&self, t: &Ticket) -> bool {
-        let mut ix = self.lock();
-        let Some(seg) = ix.segments.iter_mut().find(|s| s.seq == t.seq) else { return true };
-        let Some(st) = seg.state.get_mut(t.idx as usize) else { return true };
-        let first = *st & RELEASED == 0;
-        *st |= RELEASED;
-        first
+    /// Whether the held record of `t` already took its room in the rate
+    /// windows (at another destination): it takes it once, whichever
+    /// destination sends it first ([`mark_released`](Self::mark_released)).
+    pub fn released(&self, t: &Ticket) -> bool {
+        let ix = self.lock();
+        let seg = ix.segments.iter().find(|s| s.seq == t.seq);
+        seg.and_then(|s| s.state.get(t.idx as usize)).is_some_and(|st| st & RELEASED != 0)
     }
 
-    /// Undoes [`first_release`](Self::first_release) when the windows had
-    /// no room after all.
-    pub fn unrelease(&self, t: &Ticket) {
+    /// The held record of `t` took its room in the rate windows. (Two
+    /// destinations releasing it at the same moment both count it: the
+    /// windows err on the side of fewer records, never more.)
+    pub fn mark_released(&self, t: &Ticket) {
         let mut ix = self.lock();
-        if let Some(st) = ix.segments.iter_mut().find(|s| s.seq == t.seq).and_then(|s| s.state.get_mut(t.idx as usize))
-        {
-            *st &= !RELEASED;
+        let seg = ix.segments.iter_mut().find(|s| s.seq == t.seq);
+        if let Some(st) = seg.and_then(|s| s.state.get_mut(t.idx as usize)) {
+            *st |= RELEASED;
         }
     }
 

@@ -20,10 +20,19 @@
 //!    every 1,000 answered 500 by the sink: good records/s as a ratio of the
 //!    clean round of the same run (target >= 0.90)
 //!
+//! 8. OTLP (issue #18): 8 concurrent senders -> collector -> rotel's OTLP/HTTP
+//!    receiver with its blackhole exporter (protobuf, gzip, the defaults):
+//!    records/s exported end to end (target >= 100,000/s or rotel's own
+//!    ceiling) and the collector's CPU per exported record, all stages
+//!    (ingest, spool, journal, export); then the export stage alone: the
+//!    same records spooled while rotel is down, drained once it is up
+//!    (records/s, collector CPU per exported record against 5 us, rotel's
+//!    CPU per record), beside the v2 end-to-end figure of the same run
+//!
 //! `--quick` runs one round at half the load (5-7 at full size);
 //! `BENCH_CONFIG="key=value;key=value"` adds settings to the collector's
 //! configuration (to measure one setting's cost);
-//! `BENCH_ONLY=e2e|one|latency|legacy|hprobe|poison` runs one phase (to
+//! `BENCH_ONLY=e2e|one|latency|legacy|hprobe|poison|otlp` runs one phase (to
 //! profile it; `poison` runs the clean end-to-end round too, for its ratio). `BENCH_CONCURRENCY` and `BENCH_PIPELINE`
 //! set the collector's `delivery_concurrency` and `delivery_pipeline`
 //! (default: the collector's defaults); `BENCH_TRACE=1` prints
@@ -141,6 +150,28 @@ struct Daemon {
 }
 
 impl Daemon {
+    /// The control socket's answer to `cmd` (`status`, `flush`) as JSON.
+    fn control(&self, cmd: &str) -> serde_json::Value {
+        use std::io::BufRead;
+        let Ok(mut s) = UnixStream::connect(self._dir.path().join("state/control.sock")) else {
+            return serde_json::Value::Null;
+        };
+        let _ = s.write_all(format!("{cmd}\n").as_bytes());
+        let mut line = String::new();
+        let _ = BufReader::new(s).read_line(&mut line);
+        serde_json::from_str(&line).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Records the OTLP destination took so far.
+    fn otlp_delivered(&self) -> u64 {
+        let s = self.control("status");
+        s["destinations"]
+            .as_array()
+            .and_then(|d| d.iter().find(|d| d["name"] == "otlp"))
+            .and_then(|d| d["delivered"].as_u64())
+            .unwrap_or(0)
+    }
+
     fn start(server: &str, extra: &str) -> Daemon {
         let dir = tempfile::Builder::new().prefix("bench-collector").tempdir_in(bench_tmp()).expect("tempdir");
         let d = dir.path();
@@ -258,6 +289,151 @@ fn threads_by_name(pid: u32) -> std::collections::BTreeMap<String, (u64, u64)> {
         e.1 += switches;
     }
     by
+}
+
+/// rotel-agent (an OpenTelemetry collector) with the blackhole exporter.
+struct Rotel {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Rotel {
+    /// `BENCH_ROTEL`, else the one `cargo xtask setup` installed under the
+    /// target directory.
+    fn exe() -> PathBuf {
+        std::env::var_os("BENCH_ROTEL")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| bin_dir().parent().map(|t| t.join("rotel-venv/bin/rotel-agent")).unwrap_or_default())
+    }
+
+    fn start(port: u16) -> Rotel {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let grpc = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+        let child = Command::new(Self::exe())
+            .arg("start")
+            .args(["--otlp-http-endpoint", &format!("127.0.0.1:{port}")])
+            .args(["--otlp-grpc-endpoint", &format!("127.0.0.1:{grpc}")])
+            .args(["--exporter", "blackhole"])
+            .arg("--pid-file")
+            .arg(dir.path().join("rotel.pid"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {} (cargo xtask setup installs it): {e}", Self::exe().display()));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "rotel did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Rotel { child, _dir: dir }
+    }
+
+    fn cpu_secs(&self) -> f64 {
+        proc_cpu_secs(self.child.id())
+    }
+}
+
+impl Drop for Rotel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What the OTLP rounds measured.
+struct Otlp {
+    /// End to end: records/s exported, collector CPU us per record (all
+    /// stages), rotel CPU us per record.
+    e2e_rate: f64,
+    e2e_cpu_us: f64,
+    /// The export stage alone (draining the spool into rotel).
+    drain_rate: f64,
+    drain_cpu_us: f64,
+    rotel_cpu_us: f64,
+}
+
+/// Sends `senders` x `per_sender` records to the daemon (8 threads).
+fn send_load(d: &Daemon, senders: usize, per_sender: u64) {
+    let handles: Vec<_> = (0..senders)
+        .map(|s| {
+            let path = d.socket.clone();
+            std::thread::spawn(move || {
+                let mut c = Client::connect_path(&path, Duration::from_secs(30)).expect("connect");
+                let recs: Vec<Record> = (0..256).map(|i| record(s as u64 * 1_000_000 + i)).collect();
+                let mut sent = 0;
+                while sent < per_sender {
+                    let n = (per_sender - sent).min(256) as usize;
+                    let acks = c.send_many(&recs[..n]).expect("send");
+                    assert!(acks.iter().all(|a| a.is_ok()), "all accepted");
+                    sent += n as u64;
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("sender");
+    }
+}
+
+/// Waits until the OTLP destination took `n` records (or `wait`); when.
+fn wait_exported(d: &Daemon, n: u64, wait: Duration) -> (u64, Instant) {
+    let deadline = Instant::now() + wait;
+    loop {
+        let got = d.otlp_delivered();
+        if got >= n || Instant::now() >= deadline {
+            return (got, Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The OTLP rounds: end to end into a running rotel, then the export stage
+/// alone (spooled while rotel is down, drained once it is up).
+fn otlp_rounds(senders: usize, per_sender: u64) -> Otlp {
+    let total = senders as u64 * per_sender;
+    let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+    let otlp = format!("otlp_endpoint=http://127.0.0.1:{port}\n");
+    // End to end.
+    let rotel = Rotel::start(port);
+    let d = Daemon::start("", &otlp);
+    let (c0, r0) = (d.cpu_secs(), rotel.cpu_secs());
+    let t = Instant::now();
+    send_load(&d, senders, per_sender);
+    let acked = t.elapsed().as_secs_f64();
+    let (got, at) = wait_exported(&d, total, Duration::from_secs(120));
+    let el = at.duration_since(t).as_secs_f64();
+    let e2e_cpu_us = (d.cpu_secs() - c0) * 1e6 / got.max(1) as f64;
+    let e2e_rotel = (rotel.cpu_secs() - r0) * 1e6 / got.max(1) as f64;
+    println!(
+        "  (otlp end to end: {got} of {total} exported after {el:.2} s (all acknowledged after {acked:.2} s); \
+         collector CPU {e2e_cpu_us:.1} us per record, rotel {e2e_rotel:.1} us)"
+    );
+    drop(d);
+    drop(rotel);
+    // The export stage alone.
+    let d = Daemon::start("", &otlp);
+    send_load(&d, senders, per_sender);
+    std::thread::sleep(Duration::from_millis(300));
+    let rotel = Rotel::start(port);
+    let (c0, r0) = (d.cpu_secs(), rotel.cpu_secs());
+    let t = Instant::now();
+    d.control("flush");
+    let (got2, at) = wait_exported(&d, total, Duration::from_secs(120));
+    let el2 = at.duration_since(t).as_secs_f64();
+    let drain_cpu_us = (d.cpu_secs() - c0) * 1e6 / got2.max(1) as f64;
+    let rotel_cpu_us = (rotel.cpu_secs() - r0) * 1e6 / got2.max(1) as f64;
+    println!(
+        "  (otlp export stage alone: {got2} of {total} spooled records exported in {el2:.2} s; \
+         collector CPU {drain_cpu_us:.1} us per record, rotel {rotel_cpu_us:.1} us per record)"
+    );
+    Otlp {
+        e2e_rate: got.min(total) as f64 / el.max(1e-9),
+        e2e_cpu_us,
+        drain_rate: got2.min(total) as f64 / el2.max(1e-9),
+        drain_cpu_us,
+        rotel_cpu_us,
+    }
 }
 
 fn end_to_end(senders: usize, per_sender: u64) -> (f64, u64) {
@@ -619,6 +795,7 @@ fn main() {
     let (mut legacy, mut legacy_rss, mut legacy_all) = (Vec::new(), 0u64, true);
     let (mut hprobe_ms, mut hprobe_cpu) = (Vec::new(), Vec::new());
     let mut poison_ratio = Vec::new();
+    let mut otlp: Vec<Otlp> = Vec::new();
     // BENCH_ONLY=e2e|one|latency|legacy|hprobe|poison: run one phase (to
     // profile it; poison runs the clean end-to-end round too).
     let only = std::env::var("BENCH_ONLY").ok();
@@ -684,6 +861,9 @@ fn main() {
             hprobe_ms.push(ms);
             hprobe_cpu.push(cpu);
         }
+        if run("otlp") {
+            otlp.push(otlp_rounds(8, 12_500 * scale));
+        }
         println!(
             "  (collector peak RSS: end to end {:.1} MB, one connection {:.1} MB, latency {:.1} MB)",
             m1 as f64 / 1024.0,
@@ -716,8 +896,10 @@ fn main() {
             }
         }
         print_new_rounds(&legacy, legacy_rss, legacy_all, &hprobe_ms, &hprobe_cpu, &poison_ratio);
+        print_otlp(&otlp, &e2e);
         return;
     }
+    print_otlp(&otlp, &e2e);
     let (e_best, e_med) = best_median(e2e, false);
     println!(
         "end to end, 8 senders -> collector -> HTTP sink: {e_best:>9.0} records/s (median {e_med:.0})  \
@@ -801,6 +983,36 @@ fn print_new_rounds(
             verdict(best >= 0.90)
         );
     }
+}
+
+/// The OTLP summary lines, beside the v2 end-to-end figure of the run.
+fn print_otlp(otlp: &[Otlp], v2: &[f64]) {
+    if otlp.is_empty() {
+        return;
+    }
+    let (rate, rate_med) = best_median(otlp.iter().map(|o| o.e2e_rate).collect(), false);
+    let (cpu, cpu_med) = best_median(otlp.iter().map(|o| o.e2e_cpu_us).collect(), true);
+    let (drain, drain_med) = best_median(otlp.iter().map(|o| o.drain_rate).collect(), false);
+    let (dcpu, dcpu_med) = best_median(otlp.iter().map(|o| o.drain_cpu_us).collect(), true);
+    let (rcpu, _) = best_median(otlp.iter().map(|o| o.rotel_cpu_us).collect(), true);
+    let beside = if v2.is_empty() {
+        "v2 not run (BENCH_ONLY)".to_string()
+    } else {
+        let (b, _) = best_median(v2.to_vec(), false);
+        format!("{:.2}x the v2 end-to-end {b:.0}/s of this run", rate / b)
+    };
+    println!(
+        "otlp end to end, 8 senders -> collector -> rotel (blackhole): {rate:>9.0} records/s (median {rate_med:.0})  \
+         (target >= 100000: {}; {:.2}x target; {beside}); collector CPU {cpu:.1} us per record, all stages (median {cpu_med:.1})",
+        verdict(rate >= 100_000.0),
+        rate / 100_000.0
+    );
+    println!(
+        "otlp export stage alone (spool -> rotel): {drain:>9.0} records/s (median {drain_med:.0}); collector CPU \
+         {dcpu:.2} us per exported record (median {dcpu_med:.2})  (target <= 5 us: {}; {:.2}x target); rotel CPU {rcpu:.2} us per record",
+        verdict(dcpu <= 5.0),
+        dcpu / 5.0
+    );
 }
 
 /// (steal, total) jiffies of all CPUs, from the first line of /proc/stat.

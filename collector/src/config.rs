@@ -32,6 +32,34 @@ pub enum Protocol {
     V3,
 }
 
+/// How OTLP export requests are encoded (`otlp_encoding`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpEncoding {
+    /// Binary protobuf, `application/x-protobuf` (the default).
+    Protobuf,
+    /// The OTLP JSON form, `application/json`.
+    Json,
+}
+
+/// The OTLP destination (`otlp_*` keys); see docs/WIRE.md and docs/FLEET.md.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Otlp {
+    /// `otlp_endpoint` with `/v1/logs` appended to its path (the OTLP/HTTP
+    /// rule for a base URL).
+    pub url: url::Url,
+    /// `otlp_headers` (`k=v,k=v`): extra headers on every export request.
+    pub headers: Vec<(String, String)>,
+    /// `otlp_compression`: `gzip` (default) or `none`.
+    pub gzip: bool,
+    /// `otlp_encoding`: `protobuf` (default) or `json`.
+    pub encoding: OtlpEncoding,
+    /// `otlp_batch_records` (512): most log records in one export request.
+    pub batch_records: usize,
+    /// `otlp_batch_bytes` (1 MiB): most payload bytes in one export request
+    /// (a single larger record still goes, alone).
+    pub batch_bytes: usize,
+}
+
 /// How much identifies the machine (`privacy_level`); see docs/PRIVACY.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PrivacyLevel {
@@ -77,8 +105,12 @@ pub struct Window {
 pub struct Config {
     /// The file it came from (`None` = built-in defaults).
     pub file: Option<PathBuf>,
-    /// `server`: the backend URL; empty = none (records stay local).
+    /// `server`: the backend URL; empty = none (records stay local, unless
+    /// `otlp_endpoint` is set).
     pub server: Option<url::Url>,
+    /// `otlp_endpoint` and the other `otlp_*` keys: the OpenTelemetry
+    /// destination, beside `server` or alone; `None` when not set.
+    pub otlp: Option<Otlp>,
     pub socket_path: PathBuf,
     pub spool_dir: PathBuf,
     /// `cainfo`: a PEM bundle of the CAs to trust instead of the system's.
@@ -222,6 +254,86 @@ impl Reader<'_> {
     fn secs(&self, key: &str, default: i64, min: i64) -> Result<Duration, BadConfig> {
         Ok(Duration::from_secs(self.int(key, default, min, 86_400 * 365)? as u64))
     }
+    /// An http(s) URL; plain http only to loopback unless `insecure`.
+    fn url(&self, key: &str, insecure: bool) -> Result<Option<url::Url>, BadConfig> {
+        let Some(v) = self.raw(key).filter(|v| !v.is_empty()) else { return Ok(None) };
+        let url = url::Url::parse(v).map_err(|e| self.bad(key, v, e.to_string()))?;
+        match url.scheme() {
+            "https" => {}
+            "http" if insecure || is_loopback_host(&url) => {}
+            "http" => {
+                return Err(self.bad(
+                    key,
+                    v,
+                    "plain http:// is allowed only to loopback; use https:// or set allow_insecure_http=true",
+                ))
+            }
+            other => return Err(self.bad(key, v, format!("scheme {other:?} is not http or https"))),
+        }
+        Ok(Some(url))
+    }
+    /// The `otlp_*` keys; `None` without `otlp_endpoint`.
+    fn otlp(&self, insecure: bool) -> Result<Option<Otlp>, BadConfig> {
+        let Some(mut url) = self.url("otlp_endpoint", insecure)? else { return Ok(None) };
+        // The OTLP/HTTP rule for a base URL: the signal's path is appended.
+        let base = url.path().trim_end_matches('/').to_string();
+        url.set_path(&format!("{base}/v1/logs"));
+        let headers = match self.raw("otlp_headers").filter(|v| !v.is_empty()) {
+            None => Vec::new(),
+            Some(v) => parse_otlp_headers(v).map_err(|why| self.bad("otlp_headers", v, why))?,
+        };
+        let gzip = match self.raw("otlp_compression").unwrap_or("gzip") {
+            "gzip" => true,
+            "none" => false,
+            v => return Err(self.bad("otlp_compression", v, "expected gzip or none")),
+        };
+        let encoding = match self.raw("otlp_encoding").unwrap_or("protobuf") {
+            "protobuf" => OtlpEncoding::Protobuf,
+            "json" => OtlpEncoding::Json,
+            v => return Err(self.bad("otlp_encoding", v, "expected protobuf or json")),
+        };
+        Ok(Some(Otlp {
+            url,
+            headers,
+            gzip,
+            encoding,
+            batch_records: self.int("otlp_batch_records", 512, 1, 1 << 20)? as usize,
+            batch_bytes: self.int("otlp_batch_bytes", 1 << 20, 1024, 64 << 20)? as usize,
+        }))
+    }
+}
+
+/// `otlp_headers`: `name=value` pairs separated by commas (the
+/// `OTEL_EXPORTER_OTLP_HEADERS` form; values may be percent-encoded). Names
+/// must be HTTP tokens and values free of control characters, so they can
+/// go on a header line as they are.
+pub fn parse_otlp_headers(v: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for pair in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((k, val)) = pair.split_once('=') else {
+            return Err(format!("{pair:?} is not name=value"));
+        };
+        let k = k.trim();
+        let val: String = url::form_urlencoded::parse(format!("v={}", val.trim().replace('+', "%2B")).as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default();
+        let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+        if k.is_empty() || !k.chars().all(token) {
+            return Err(format!("{k:?} is not a header name"));
+        }
+        if val.chars().any(|c| c.is_control()) {
+            return Err(format!("the value of {k} has control characters"));
+        }
+        let lower = k.to_ascii_lowercase();
+        if ["host", "content-length", "content-type", "content-encoding", "connection", "transfer-encoding"]
+            .contains(&lower.as_str())
+        {
+            return Err(format!("{k} is set by the collector"));
+        }
+        out.push((k.to_string(), val));
+    }
+    Ok(out)
 }
 
 /// Whether a `DO_NOT_TRACK` value asks for no tracking: any value but
@@ -255,24 +367,8 @@ impl Config {
         let r = Reader { s, file };
 
         let allow_insecure_http = r.bool("allow_insecure_http", false)?;
-        let server =
-            match r.raw("server").filter(|v| !v.is_empty()) {
-                None => None,
-                Some(v) => {
-                    let url = url::Url::parse(v).map_err(|e| r.bad("server", v, e.to_string()))?;
-                    match url.scheme() {
-                        "https" => {}
-                        "http" if allow_insecure_http || is_loopback_host(&url) => {}
-                        "http" => return Err(r.bad(
-                            "server",
-                            v,
-                            "plain http:// is allowed only to loopback; use https:// or set allow_insecure_http=true",
-                        )),
-                        other => return Err(r.bad("server", v, format!("scheme {other:?} is not http or https"))),
-                    }
-                    Some(url)
-                }
-            };
+        let server = r.url("server", allow_insecure_http)?;
+        let otlp = r.otlp(allow_insecure_http)?;
         let cainfo = r.raw("cainfo").filter(|v| !v.is_empty()).map(PathBuf::from);
         let tid_raw = r.string("tidheader", DEFAULT_TID_HEADER);
         let tidheader = TidHeader::parse(&tid_raw).map_err(|e| r.bad("tidheader", &tid_raw, e.to_string()))?;
@@ -301,6 +397,7 @@ impl Config {
         Ok(Config {
             file: s.path.clone(),
             server,
+            otlp,
             socket_path: r.path("socket_path", telemetry::config::DEFAULT_SOCKET)?,
             spool_dir: r.path("spool_dir", "/var/spool/telemetry")?,
             cainfo,
@@ -447,6 +544,43 @@ mod tests {
         assert_eq!(c.server_protocol, Protocol::V3);
         assert_eq!(c.record_max_bytes, 100);
         assert_eq!(c.rate_limit_strategy, Strategy::Drop);
+    }
+
+    #[test]
+    fn otlp_keys() {
+        assert!(Config::default().otlp.is_none());
+        let c = parse("[settings]\notlp_endpoint=http://127.0.0.1:4318\n").unwrap();
+        let o = c.otlp.unwrap();
+        assert_eq!(o.url.as_str(), "http://127.0.0.1:4318/v1/logs");
+        assert!(o.gzip);
+        assert_eq!(o.encoding, OtlpEncoding::Protobuf);
+        assert_eq!((o.batch_records, o.batch_bytes), (512, 1 << 20));
+        assert!(o.headers.is_empty());
+        assert!(c.server.is_none());
+        let o = parse(
+            "[settings]\notlp_endpoint=https://gw.example/otel/\notlp_headers=Authorization=Bearer%20abc, x-tenant = t1\notlp_compression=none\notlp_encoding=json\notlp_batch_records=10\notlp_batch_bytes=4096\n",
+        )
+        .unwrap()
+        .otlp
+        .unwrap();
+        assert_eq!(o.url.as_str(), "https://gw.example/otel/v1/logs");
+        assert_eq!(o.headers, vec![("Authorization".into(), "Bearer abc".into()), ("x-tenant".into(), "t1".into())]);
+        assert!(!o.gzip);
+        assert_eq!(o.encoding, OtlpEncoding::Json);
+        assert_eq!((o.batch_records, o.batch_bytes), (10, 4096));
+        for (text, key) in [
+            ("otlp_endpoint=http://example.com:4318", "otlp_endpoint"),
+            ("otlp_endpoint=grpc://127.0.0.1:4317", "otlp_endpoint"),
+            ("otlp_endpoint=http://127.0.0.1:4318\notlp_compression=zstd", "otlp_compression"),
+            ("otlp_endpoint=http://127.0.0.1:4318\notlp_encoding=xml", "otlp_encoding"),
+            ("otlp_endpoint=http://127.0.0.1:4318\notlp_headers=novalue", "otlp_headers"),
+            ("otlp_endpoint=http://127.0.0.1:4318\notlp_headers=Host=x", "otlp_headers"),
+            ("otlp_endpoint=http://127.0.0.1:4318\notlp_batch_records=0", "otlp_batch_records"),
+        ] {
+            let e = parse(&format!("[settings]\n{text}\n")).unwrap_err().to_string();
+            assert!(e.contains(key), "{e}");
+        }
+        assert!(parse("[settings]\notlp_endpoint=http://example.com:4318\nallow_insecure_http=true\n").is_ok());
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //!
 //! 1. `DO_NOT_TRACK` is not set in the collector's environment;
 //! 2. `airgap` is not true;
-//! 3. a `server` is configured;
+//! 3. a destination is configured: `server`, `otlp_endpoint` or both;
 //! 4. `record_server_delivery_enabled` is true;
 //! 5. the machine is opted in (`etc_dir/opt-in`, `telemctl opt-in`);
 //! 6. `debug` is off (debug logs each request instead of sending it).
@@ -53,7 +53,7 @@ pub fn decide(cfg: &Config) -> Decision {
     if cfg.airgap {
         return Decision::LocalOnly(WHY_AIRGAP);
     }
-    if cfg.server.is_none() {
+    if cfg.server.is_none() && cfg.otlp.is_none() {
         return Decision::LocalOnly(WHY_NO_SERVER);
     }
     if !cfg.record_server_delivery_enabled {
@@ -78,13 +78,18 @@ pub fn explain(d: &Decision, cfg: &Config) -> String {
     let server = cfg.server.as_ref().map(|u| u.to_string()).unwrap_or_default();
     match d {
         Decision::Deliver => {
-            format!("UPLOAD: records are sent to {server} (opted in with {})", cfg.opt_in_file().display())
+            let to = match (&cfg.server, &cfg.otlp) {
+                (Some(_), Some(o)) => format!("{server} and over OTLP to {}", o.url),
+                (None, Some(o)) => format!("OTLP {}", o.url),
+                _ => server,
+            };
+            format!("UPLOAD: records are sent to {to} (opted in with {})", cfg.opt_in_file().display())
         }
         Decision::LocalOnly(why) => {
             let because = match *why {
                 WHY_DO_NOT_TRACK => "DO_NOT_TRACK is set in the collector's environment".to_string(),
                 WHY_AIRGAP => "airgap = true in the configuration".to_string(),
-                WHY_NO_SERVER => "no server is configured".to_string(),
+                WHY_NO_SERVER => "no server (nor otlp_endpoint) is configured".to_string(),
                 WHY_DISABLED => "record_server_delivery_enabled = false".to_string(),
                 WHY_NOT_OPTED_IN => {
                     format!("this machine is not opted in (`telemctl opt-in` creates {})", cfg.opt_in_file().display())

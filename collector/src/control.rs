@@ -22,13 +22,23 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
 
 use crate::state::State;
-use crate::stats::Status;
+use crate::stats::{DestStatus, Status};
 
 /// Builds the status snapshot.
 pub fn status(shared: &State) -> Status {
-    let [received, accepted, rejected, delivered, rate_limited, dropped, expired, rejected_by_server, local_only, delivery_failures] =
+    let [received, accepted, rejected, mut delivered, rate_limited, dropped, expired, mut rejected_by_server, local_only, mut delivery_failures] =
         shared.stats.snapshot();
     let cfg = shared.config();
+    let mut last_delivery_error = shared.stats.error();
+    // With OTLP alone, the delivery counters are the OTLP destination's
+    // (each destination's own are in `destinations`).
+    if cfg.server.is_none() && cfg.otlp.is_some() {
+        let o = &shared.stats.otlp;
+        delivered = o.delivered.load(Ordering::Relaxed);
+        rejected_by_server = o.rejected.load(Ordering::Relaxed);
+        delivery_failures = o.failures.load(Ordering::Relaxed);
+        last_delivery_error = o.error();
+    }
     let policy = shared.policy(&cfg);
     let retry_ms = shared.retry_at_ms.load(Ordering::Relaxed);
     let now_ms = shared.since_instant.elapsed().as_millis() as u64;
@@ -48,7 +58,7 @@ pub fn status(shared: &State) -> Status {
         rejected_by_server,
         local_only,
         delivery_failures,
-        last_delivery_error: shared.stats.error(),
+        last_delivery_error,
         server: cfg.server.as_ref().map(|u| u.to_string()),
         consent: policy.decision.describe(),
         retry_in_secs: (retry_ms > now_ms).then(|| (retry_ms - now_ms) as f64 / 1000.0),
@@ -56,7 +66,41 @@ pub fn status(shared: &State) -> Status {
         privacy_level: cfg.privacy_level.as_str().into(),
         scrubbing: policy.scrub,
         do_not_track: cfg.do_not_track,
+        destinations: destinations(shared, &cfg),
     }
+}
+
+/// Each configured destination's counters and state.
+fn destinations(shared: &State, cfg: &crate::config::Config) -> Vec<DestStatus> {
+    use crate::spool::Dest;
+    let st = &shared.stats;
+    let mut out = Vec::new();
+    if let Some(u) = &cfg.server {
+        out.push(DestStatus {
+            name: Dest::Server.as_str().into(),
+            url: u.to_string(),
+            delivered: st.delivered.load(Ordering::Relaxed),
+            rejected: st.rejected_by_server.load(Ordering::Relaxed),
+            partial_rejected: 0,
+            failures: st.delivery_failures.load(Ordering::Relaxed),
+            held: shared.held_at(Dest::Server),
+            last_error: st.error(),
+        });
+    }
+    if let Some(o) = &cfg.otlp {
+        let ot = &st.otlp;
+        out.push(DestStatus {
+            name: Dest::Otlp.as_str().into(),
+            url: o.url.to_string(),
+            delivered: ot.delivered.load(Ordering::Relaxed),
+            rejected: ot.rejected.load(Ordering::Relaxed),
+            partial_rejected: ot.partial_rejected.load(Ordering::Relaxed),
+            failures: ot.failures.load(Ordering::Relaxed),
+            held: shared.held_at(Dest::Otlp),
+            last_error: ot.error(),
+        });
+    }
+    out
 }
 
 /// How a reload asked for on the control socket is answered: `Ok` once the
@@ -81,8 +125,7 @@ pub async fn serve(listener: UnixListener, shared: Arc<State>, reload_tx: tokio:
             let answer = match line.trim() {
                 "status" => serde_json::to_string(&status(&shared)).unwrap_or_default(),
                 "flush" => {
-                    shared.flush.store(true, Ordering::SeqCst);
-                    shared.wake_delivery.notify_one();
+                    shared.request_flush();
                     r#"{"ok":true}"#.to_string()
                 }
                 "reload" => {

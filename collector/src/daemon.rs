@@ -142,6 +142,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     let expire_before = telemetry::record::now_unix().saturating_sub(cfg.record_expiry.as_secs());
     let (spool, recovered) = Spool::open(&cfg.spool_dir, expire_before)?;
     spool.set_cap(cfg.spool_max_bytes);
+    spool.set_destinations(crate::spool::Dest::mask(&cfg));
     if recovered.records > 0 || recovered.torn > 0 {
         tracing::info!(
             "spool: {} record(s) in {} block(s) recovered, {} torn write(s) removed",
@@ -174,8 +175,9 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
 
     let (cfg_tx, cfg_rx) = watch::channel(Arc::new(cfg.clone()));
     let shared = Arc::new(State::new(cfg_rx, spool, journal.clone(), mid, session));
+    shared.wake_delivery.set_destinations(crate::spool::Dest::mask(&cfg));
     store::settle::expired(&shared, &recovered.expired);
-    journal_unjournaled(&shared, &cfg, recovered.newest);
+    journal_unjournaled(&shared, &cfg, recovered.newest, recovered.records > 0);
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -200,7 +202,10 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
             .map_err(|source| DaemonError::Bind { path: cfg.control_socket(), source })?;
         let (reload_tx, mut reload_rx) = mpsc::channel::<control::ReloadDone>(4);
         let ingest = tokio::spawn(ingest::serve(listener, shared.clone(), sub_tx, stop_rx.clone()));
-        let deliver = tokio::spawn(delivery::run(shared.clone(), stop_rx.clone()));
+        let deliver: Vec<_> = crate::spool::Dest::ALL
+            .iter()
+            .map(|d| tokio::spawn(delivery::run(shared.clone(), *d, stop_rx.clone())))
+            .collect();
         tokio::spawn(control::serve(control_l, shared.clone(), reload_tx));
         // Hourly machine id check.
         let s2 = shared.clone();
@@ -240,7 +245,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         tracing::info!("stopping: no new connections; finishing what was received");
         let _ = stop_tx.send(true);
         let _ = ingest.await;
-        let _ = tokio::time::timeout(Duration::from_secs(5), deliver).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), futures_util::future::join_all(deliver)).await;
         Ok::<(), DaemonError>(())
     });
     // Connections still open keep their sender; give them a moment, then go.
@@ -262,10 +267,15 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
 /// Journals spooled records whose first entry a crash cut off: the spool
 /// had them durably (they were acknowledged), the journal writer had not
 /// written their lines yet when the process died.
-fn journal_unjournaled(shared: &State, cfg: &Config, newest: Vec<crate::spool::Item>) {
+///
+/// Also applies the fates the journal's end has for recovered records
+/// ([`crate::spool::Spool::apply_finals`]): a record a destination took
+/// before the restart is not sent to it again (the spool keeps blocks
+/// whole; fates cut off by the crash still mean at least once).
+fn journal_unjournaled(shared: &State, cfg: &Config, newest: Vec<crate::spool::Item>, spooled: bool) {
     use crate::journal::Fate;
     use crate::spool::Item;
-    if newest.is_empty() {
+    if newest.is_empty() && !spooled {
         return;
     }
     let tail = match crate::journal::tail(&cfg.journal_dir) {
@@ -275,6 +285,12 @@ fn journal_unjournaled(shared: &State, cfg: &Config, newest: Vec<crate::spool::I
             return;
         }
     };
+    let left = shared.spool.apply_finals(&tail.finals);
+    if left > 0 {
+        tracing::info!(
+            "spool: {left} recovered record(s) were final at every destination already (journal); not sent again"
+        );
+    }
     // Only records at least as new as the journal's end can be missing
     // from it (older ones may have been pruned or rotated away). The spool
     // does not keep the boot a record was accepted in; after a crash (not
@@ -314,7 +330,13 @@ async fn reload(cfg_tx: &watch::Sender<Arc<Config>>, shared: &State) -> Result<(
                 Err(e) => tracing::error!("machine id after reload: {e}; keeping the previous one"),
             }
             let new = Arc::new(new);
-            shared.consent_changed(|| drop(cfg_tx.send(new))).await;
+            shared
+                .consent_changed(|| {
+                    shared.spool.set_destinations(crate::spool::Dest::mask(&new));
+                    shared.wake_delivery.set_destinations(crate::spool::Dest::mask(&new));
+                    drop(cfg_tx.send(new))
+                })
+                .await;
             tracing::info!("configuration reloaded");
             Ok(())
         }

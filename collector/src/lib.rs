@@ -42,6 +42,7 @@ pub mod delivery;
 pub mod identity;
 pub mod ingest;
 pub mod journal;
+pub mod otlp;
 pub mod preview;
 pub mod ratelimit;
 pub mod request;

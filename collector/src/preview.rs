@@ -11,6 +11,10 @@
 //! machine id is the one the collector stamps now (standard, static); at
 //! the anonymous level the collector's session id lives only in its
 //! memory, so the preview shows [`MachineId::unset`] and says so.
+//!
+//! With `otlp_endpoint` set, each record's OTLP export request is shown
+//! too, in the OTLP JSON form (whatever `otlp_encoding` sends: the same
+//! message), built by [`otlp::export_request`] as delivery builds it.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -22,6 +26,7 @@ use telemetry::{Classification, EventId, MachineId, Payload, Record, Severity};
 use crate::config::Config;
 use crate::identity;
 use crate::journal::{self, Entry};
+use crate::otlp::{self, OtlpPrepared};
 use crate::request::{self, Prepared, RequestDesc};
 
 /// One record's preview.
@@ -34,6 +39,9 @@ pub struct Preview {
     pub fate: String,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub request: Option<RequestJson>,
+    /// The record's OTLP export request (JSON form), with `otlp_endpoint`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp: Option<OtlpPreview>,
     /// Why no request can be shown.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -57,6 +65,34 @@ impl From<&RequestDesc> for RequestJson {
             body: String::from_utf8_lossy(&d.body).into_owned(),
         }
     }
+}
+
+/// A record's OTLP export request: where it goes, its headers (as sent:
+/// `Content-Type` and `Content-Encoding` say the encoding and compression)
+/// and the request in the OTLP JSON form.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OtlpPreview {
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub json: serde_json::Value,
+}
+
+/// The OTLP export request of the record `e` describes (its record id and
+/// accept time from the journal).
+pub fn otlp_preview(prep: &OtlpPrepared, mid: &MachineId, e: &Entry) -> Result<OtlpPreview, String> {
+    let record = record_of(e).map_err(|e| e.to_string())?;
+    let record_id = telemetry::RecordId::from_str(&e.id).map_err(|e| e.to_string())?;
+    let src = otlp::Source { record: &record, record_id, accepted: e.time };
+    let who = otlp::Identity { id: mid, privacy: prep.privacy };
+    let req = otlp::export_request(std::slice::from_ref(&src), &who);
+    let body = otlp::encode_body(&req, &prep.otlp).map_err(|e| e.to_string())?;
+    let mut headers = otlp::headers(prep, body.len());
+    headers.retain(|(k, _)| k != "Host");
+    Ok(OtlpPreview {
+        url: prep.otlp.url.to_string(),
+        headers,
+        json: serde_json::to_value(&req).map_err(|e| e.to_string())?,
+    })
 }
 
 /// The machine id to stamp previews with, and a note when it is not the
@@ -128,12 +164,30 @@ pub fn record_of(e: &Entry) -> Result<Record, EntryError> {
         .build())
 }
 
-/// The preview of one journal entry's record.
-pub fn preview(prep: &Prepared, mid: &MachineId, e: &Entry) -> (Preview, Option<RequestDesc>) {
-    let desc = record_of(e).map_err(|e| e.to_string()).and_then(|r| request::describe(prep, mid, &r));
-    let (request, error, desc) = match desc {
-        Ok(d) => (Some(RequestJson::from(&d)), None, Some(d)),
-        Err(why) => (None, Some(why), None),
+/// The preview of one journal entry's record: the request to `server`
+/// (when one is configured) and the OTLP export request (with `otlp`).
+pub fn preview(
+    prep: &Prepared,
+    otlp: Option<&OtlpPrepared>,
+    mid: &MachineId,
+    e: &Entry,
+) -> (Preview, Option<RequestDesc>) {
+    let (request, mut error, desc) = match prep
+        .url
+        .is_some()
+        .then(|| record_of(e).map_err(|e| e.to_string()).and_then(|r| request::describe(prep, mid, &r)))
+    {
+        Some(Ok(d)) => (Some(RequestJson::from(&d)), None, Some(d)),
+        Some(Err(why)) => (None, Some(why), None),
+        None => (None, None, None),
+    };
+    let otlp = match otlp.map(|o| otlp_preview(o, mid, e)) {
+        Some(Ok(p)) => Some(p),
+        Some(Err(why)) => {
+            error.get_or_insert(why);
+            None
+        }
+        None => None,
     };
     (
         Preview {
@@ -141,6 +195,7 @@ pub fn preview(prep: &Prepared, mid: &MachineId, e: &Entry) -> (Preview, Option<
             classification: e.class.clone().unwrap_or_default(),
             fate: e.fate.clone(),
             request,
+            otlp,
             error,
         },
         desc,
@@ -158,6 +213,18 @@ pub fn render(p: &Preview, desc: Option<&RequestDesc>) -> String {
         (Some(d), _) => s.push_str(&d.render()),
         (None, Some(e)) => s.push_str(&format!("(no request: {e})\n")),
         (None, None) => {}
+    }
+    if let Some(o) = &p.otlp {
+        if desc.is_some() {
+            s.push('\n');
+        }
+        s.push_str(&format!("# OTLP export request (shown in its JSON form)\nPOST {}\n", o.url));
+        for (k, v) in &o.headers {
+            s.push_str(&format!("{k}: {v}\n"));
+        }
+        s.push('\n');
+        s.push_str(&serde_json::to_string_pretty(&o.json).unwrap_or_default());
+        s.push('\n');
     }
     s
 }
@@ -217,13 +284,39 @@ mod tests {
             )
             .unwrap();
             let prep = Prepared::new(&cfg);
-            let (p, d) = preview(&prep, &mid, &entry(&r, Some("hello\n")));
+            let (p, d) = preview(&prep, None, &mid, &entry(&r, Some("hello\n")));
             assert_eq!(d.unwrap(), request::describe(&prep, &mid, &r).unwrap(), "{proto}");
             let text = render(&p, request::describe(&prep, &mid, &r).ok().as_ref());
             assert!(text.contains("POST http://127.0.0.1:9/") && text.contains("stays on this machine"), "{text}");
             // Without the payload: said, not guessed.
-            let (p, d) = preview(&prep, &mid, &entry(&r, None));
+            let (p, d) = preview(&prep, None, &mid, &entry(&r, None));
             assert!(d.is_none() && p.error.unwrap().contains("record_retention_enabled"));
         }
+    }
+
+    #[test]
+    fn otlp_preview_is_the_json_form_delivery_sends() {
+        let r =
+            Record::builder(Classification::parse("org.t/preview/x").unwrap(), Severity::High, Payload::text("hi\n"))
+                .creation_timestamp(1_700_000_000)
+                .build();
+        let cfg = Config::from_settings(
+            &telemetry::config::Settings::parse("[settings]\notlp_endpoint=http://127.0.0.1:4318\n", None).unwrap(),
+        )
+        .unwrap();
+        let prep = Prepared::new(&cfg);
+        let oprep = OtlpPrepared::new(&cfg).unwrap();
+        let mid = MachineId::random();
+        let (p, d) = preview(&prep, Some(&oprep), &mid, &entry(&r, Some("hi\n")));
+        assert!(d.is_none() && p.error.is_none(), "{p:?}");
+        let o = p.otlp.clone().unwrap();
+        assert_eq!(o.url, "http://127.0.0.1:4318/v1/logs");
+        let lr = &o.json["resourceLogs"][0]["scopeLogs"][0]["logRecords"][0];
+        assert_eq!(lr["body"]["stringValue"], "hi\n");
+        assert_eq!(lr["severityText"], "ERROR");
+        let text = render(&p, None);
+        assert!(text.contains("# OTLP export request") && text.contains("Content-Encoding: gzip"), "{text}");
+        let json = serde_json::to_value(&p).unwrap();
+        assert_eq!(json["otlp"]["json"]["resourceLogs"][0]["resource"]["attributes"][0]["key"], "service.name");
     }
 }

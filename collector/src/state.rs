@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::consent::{self, Decision};
 use crate::journal::Journal;
 use crate::ratelimit::RateLimiter;
-use crate::spool::Spool;
+use crate::spool::{Dest, Spool, DESTS};
 use crate::stats::Stats;
 
 /// What every stage shares.
@@ -30,10 +30,12 @@ pub struct State {
     pub machine_id: Mutex<MachineId>,
     /// This boot's id (32 hex), from /proc/sys/kernel/random/boot_id.
     pub boot_id: Arc<str>,
-    /// Wakes the delivery stage (new records, flush, reload).
-    pub wake_delivery: Notify,
-    /// Set by `telemctl flush`: retry now, forgetting the backoff.
-    pub flush: AtomicBool,
+    /// Wakes the delivery stage, every destination's loop (new records,
+    /// flush, reload).
+    pub wake_delivery: Wake,
+    /// Set by `telemctl flush`, per destination: retry now, forgetting
+    /// the backoff.
+    pub flush: [AtomicBool; DESTS],
     /// Unix seconds the daemon started.
     pub since: u64,
     /// Delivery's backoff deadline (ms since `since_instant`), 0 = none.
@@ -43,6 +45,8 @@ pub struct State {
     /// window in force): then a full spool drains, and commits wait for
     /// room instead of dropping.
     pub held: Mutex<Option<String>>,
+    /// Each destination's own `held` ([`State::set_held`]).
+    held_by: Mutex<[Option<String>; DESTS]>,
     /// When records dropped for a full spool were last logged.
     pub(crate) spool_full_log: Mutex<Option<Instant>>,
     pub since_instant: Instant,
@@ -98,11 +102,12 @@ impl State {
             limiter: Mutex::new(limiter),
             machine_id: Mutex::new(machine_id),
             boot_id: telemetry::BootId::read().unwrap_or(telemetry::BootId::UNKNOWN).to_string().into(),
-            wake_delivery: Notify::new(),
-            flush: AtomicBool::new(false),
+            wake_delivery: Wake::default(),
+            flush: Default::default(),
             since: telemetry::record::now_unix(),
             retry_at_ms: AtomicU64::new(0),
             held: Mutex::new(Some("delivery has not started".into())),
+            held_by: Mutex::new([Some("delivery has not started".into()), None]),
             spool_full_log: Mutex::new(None),
             since_instant: Instant::now(),
             session_id,
@@ -185,6 +190,30 @@ impl State {
         RecordId::from_bytes(id)
     }
 
+    /// Sets why destination `dest` cannot take records now (`None`: it
+    /// does, or it is not configured); [`State::held`] becomes the first
+    /// destination's reason, so a full spool drains only while every
+    /// destination takes records.
+    pub fn set_held(&self, dest: Dest, why: Option<String>) {
+        let mut by = self.held_by.lock().unwrap_or_else(|p| p.into_inner());
+        by[dest.index()] = why;
+        let all = by.iter().flatten().next().cloned();
+        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = all;
+    }
+
+    /// Why destination `dest` cannot take records now.
+    pub fn held_at(&self, dest: Dest) -> Option<String> {
+        self.held_by.lock().unwrap_or_else(|p| p.into_inner())[dest.index()].clone()
+    }
+
+    /// `telemctl flush`: every destination retries now.
+    pub fn request_flush(&self) {
+        for f in &self.flush {
+            f.store(true, Ordering::SeqCst);
+        }
+        self.wake_delivery.notify_one();
+    }
+
     /// Why delivery cannot take records now, for the reason of a drop.
     pub fn held_reason(&self) -> String {
         self.held.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_else(|| "delivery is held back".into())
@@ -201,5 +230,45 @@ impl State {
 
     pub fn machine_id(&self) -> MachineId {
         self.machine_id.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Wakes the delivery loops of the configured destinations (each waits on
+/// its own [`Notify`], so one wake-up is not taken by the other). A loop
+/// whose destination is not configured is woken by configuration changes
+/// only (its `cfg` watch), not per record.
+#[derive(Debug)]
+pub struct Wake {
+    each: [Notify; DESTS],
+    /// The destinations to wake (`Spool::destinations`).
+    mask: std::sync::atomic::AtomicU8,
+}
+
+impl Default for Wake {
+    fn default() -> Wake {
+        Wake { each: Default::default(), mask: std::sync::atomic::AtomicU8::new(u8::MAX) }
+    }
+}
+
+impl Wake {
+    /// Wakes the configured destinations' loops (a permit is kept for a
+    /// loop that is not waiting yet).
+    pub fn notify_one(&self) {
+        let mask = self.mask.load(Ordering::Relaxed);
+        for d in Dest::ALL {
+            if mask & d.bit() != 0 {
+                self.each[d.index()].notify_one();
+            }
+        }
+    }
+
+    /// Sets which destinations' loops records wake.
+    pub fn set_destinations(&self, mask: u8) {
+        self.mask.store(mask, Ordering::Relaxed);
+    }
+
+    /// Waits for a wake-up of `dest`'s loop.
+    pub fn notified(&self, dest: Dest) -> tokio::sync::futures::Notified<'_> {
+        self.each[dest.index()].notified()
     }
 }

@@ -78,6 +78,50 @@ pub struct Stats {
     pub expired: AtomicU64,
     pub delivery_failures: AtomicU64,
     pub last_delivery_error: Mutex<Option<String>>,
+    /// The OTLP destination's counters (the fields above are the original
+    /// backend's, as before OTLP existed).
+    pub otlp: DestStats,
+}
+
+/// Counters of one destination other than the original backend.
+#[derive(Debug, Default)]
+pub struct DestStats {
+    /// Records it took.
+    pub delivered: AtomicU64,
+    /// Records it refused for good (4xx, and 5xx other than 502-504).
+    pub rejected: AtomicU64,
+    /// Log records its answers said were rejected (OTLP partial success).
+    pub partial_rejected: AtomicU64,
+    /// Requests that failed and will be sent again.
+    pub failures: AtomicU64,
+    pub last_error: Mutex<Option<String>>,
+}
+
+impl DestStats {
+    pub fn set_error(&self, e: Option<String>) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = e;
+    }
+    pub fn error(&self) -> Option<String> {
+        self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// One destination as `telemctl status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DestStatus {
+    /// `server` or `otlp`.
+    pub name: String,
+    /// Where it posts.
+    pub url: String,
+    pub delivered: u64,
+    pub rejected: u64,
+    /// OTLP partial success: log records the receiver said it rejected.
+    #[serde(default)]
+    pub partial_rejected: u64,
+    pub failures: u64,
+    /// Why it cannot take records now (`None`: flowing).
+    pub held: Option<String>,
+    pub last_error: Option<String>,
 }
 
 pub fn bump(c: &AtomicU64, n: u64) {
@@ -144,6 +188,12 @@ pub struct Status {
     /// DO_NOT_TRACK was set in the collector's environment.
     #[serde(default)]
     pub do_not_track: bool,
+    /// Each configured destination: `server` and/or `otlp`. (`delivered`,
+    /// `rejected_by_server`, `delivery_failures` and `last_delivery_error`
+    /// above are the server's, or the OTLP destination's when it is the
+    /// only one.)
+    #[serde(default)]
+    pub destinations: Vec<DestStatus>,
 }
 
 impl Stats {

@@ -63,7 +63,7 @@ pub const FIELDS: &[Field] = &[
     Field { name: "boot", scope: Scope::Local, source: "/proc/sys/kernel/random/boot_id", example: "4f1e2d3c4b5a69788796a5b4c3d2e1f0", why: "filter the journal by boot (`telemctl journal -b`)", anonymous: SAME },
     Field { name: "uid", scope: Scope::Local, source: "SO_PEERCRED of the probe's connection", example: "0", why: "who sent the record, for local auditing", anonymous: SAME },
     Field { name: "pid", scope: Scope::Local, source: "SO_PEERCRED of the probe's connection", example: "1234", why: "which process sent the record, for local auditing", anonymous: SAME },
-    Field { name: "fate", scope: Scope::Local, source: "the collector", example: "delivered / spooled / local-only: not opted in", why: "what happened to the record, and why", anonymous: SAME },
+    Field { name: "fate", scope: Scope::Local, source: "the collector", example: "delivered / delivered (otlp) / spooled / local-only: not opted in", why: "what happened to the record, and why (one line per destination: the OTLP endpoint's fates say `(otlp)`)", anonymous: SAME },
     Field { name: "fate_time", scope: Scope::Local, source: "the collector's clock, unix seconds (`telemctl journal --json` only)", example: "1763797201", why: "when the last fate was decided", anonymous: SAME },
 ];
 
@@ -88,6 +88,50 @@ pub const PROBE_PAYLOADS: &[ProbePayload] = &[
     ProbePayload { probe: "pstoreprobe", classifications: "as klogscanner (`.../kernel/panic` when the dump holds a panic)", payload: "as klogscanner for the dump's first report, `Panic :` the panic line, `Boot : previous`, the pstore backend and file names, and the end (16 KiB at most) of the previous boot's console and pmsg logs when pstore kept them" },
     ProbePayload { probe: "journalprobe", classifications: "`org.clearlinux/journal/error` (2)", payload: "the journal entry's `MESSAGE` (failed units; entries of priority 0-3 only with `opt-in-no-privacy-filters`)" },
     ProbePayload { probe: "telem-record-gen", classifications: "any (`-c`)", payload: "what it is given" },
+];
+
+/// Where a field goes in the OpenTelemetry log record the collector sends
+/// to `otlp_endpoint` (docs/WIRE.md has the wire rules).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OtlpField {
+    /// The OTLP field or attribute (`resource:` for resource attributes).
+    pub name: &'static str,
+    /// What it holds, from which record field.
+    pub from: &'static str,
+    /// At `privacy_level = anonymous`.
+    pub anonymous: &'static str,
+}
+
+/// The OTLP form of a record, field by field (the collector's
+/// `otlp::log_record` and `otlp::resource` build exactly these; a test
+/// checks they agree).
+pub const OTLP_FIELDS: &[OtlpField] = &[
+    OtlpField { name: "timeUnixNano", from: "`creation_timestamp` in nanoseconds", anonymous: SAME },
+    OtlpField { name: "observedTimeUnixNano", from: "the collector's accept time (`time`) in nanoseconds", anonymous: SAME },
+    OtlpField { name: "severityNumber / severityText", from: "`severity` 1-4 as INFO (9), WARN (13), ERROR (17), FATAL (21)", anonymous: SAME },
+    OtlpField { name: "body", from: "`payload` (a string; bytes payloads as bytes), scrubbed as for the backend", anonymous: SAME },
+    OtlpField { name: "eventName", from: "`classification`", anonymous: SAME },
+    OtlpField { name: "telemetry.classification", from: "`classification`", anonymous: SAME },
+    OtlpField { name: "telemetry.event_id", from: "`event_id`", anonymous: SAME },
+    OtlpField { name: "telemetry.record_id", from: "`id` (the collector's record id: the same record sent again has the same one, so receivers can drop duplicates)", anonymous: SAME },
+    OtlpField { name: "telemetry.record_format_version", from: "`record_format_version`", anonymous: SAME },
+    OtlpField { name: "telemetry.payload_format_version", from: "`payload_format_version`", anonymous: SAME },
+    OtlpField { name: "telemetry.kernel_version", from: "`kernel_version`", anonymous: SAME },
+    OtlpField { name: "telemetry.host_type", from: "`host_type`", anonymous: DMI_PLACEHOLDER },
+    OtlpField { name: "telemetry.board_name", from: "`board_name`", anonymous: DMI_PLACEHOLDER },
+    OtlpField { name: "telemetry.cpu_model", from: "`cpu_model`", anonymous: DMI_PLACEHOLDER },
+    OtlpField { name: "telemetry.bios_version", from: "`bios_version`", anonymous: DMI_PLACEHOLDER },
+    OtlpField { name: "exception.type", from: "crash and fatal-signal records: the signal's name (`SIGSEGV`) from the payload's `Signal:` line (format 2: `signal`)", anonymous: SAME },
+    OtlpField { name: "exception.message", from: "crash and fatal-signal records: signal name and number, the executable, the crash signature when there is one", anonymous: SAME },
+    OtlpField { name: "exception.stacktrace", from: "crash and fatal-signal records: the payload's backtrace text (format 2: its frames as text)", anonymous: SAME },
+    OtlpField { name: "process.pid", from: "crash and fatal-signal records: the payload's `PID:` (format 2: `pid`)", anonymous: SAME },
+    OtlpField { name: "process.executable.name / .path", from: "crash and fatal-signal records: the payload's `Process:` path (scrubbed as the payload is) and its last part", anonymous: SAME },
+    OtlpField { name: "process.executable.build_id.gnu", from: "crash records of payload format 2: the build id of the executable's frames", anonymous: SAME },
+    OtlpField { name: "resource: service.name", from: "the probe that sends the classification (`crashprobe`, `eventprobe`, `klogscanner`, `journalprobe`, `hprobe`; others `telemetrics/<second segment>`)", anonymous: SAME },
+    OtlpField { name: "resource: host.arch", from: "`arch` as the semantic conventions spell it (`amd64`, `arm64`, ...)", anonymous: SAME },
+    OtlpField { name: "resource: os.type / os.name / os.version", from: "`linux`, `system_name`, `build`", anonymous: SAME },
+    OtlpField { name: "resource: host.id", from: "`machine_id` (rotated every 3 days at standard, the static id at static)", anonymous: "absent" },
+    OtlpField { name: "resource: session.id", from: "anonymous only: the per-start session id (`machine_id` at that level)", anonymous: "the session id" },
 ];
 
 /// Looks a field up by name.
@@ -128,6 +172,15 @@ payloads are scrubbed by the collector unless `opt-in-no-privacy-filters` exists
     );
     for p in PROBE_PAYLOADS {
         s.push_str(&format!("| {} | {} | {} |\n", p.probe, p.classifications, p.payload));
+    }
+    s.push_str(
+        "\n## The OpenTelemetry form (`otlp_endpoint`)\n\nWith `otlp_endpoint` set, each record also goes (or only goes) \
+to an OpenTelemetry collector as one log record, under the same consent, privacy level and scrubbing. \
+The same fields, named as OpenTelemetry names them (docs/WIRE.md has the wire format):\n\n\
+| OTLP field or attribute | from | anonymous level |\n|---|---|---|\n",
+    );
+    for f in OTLP_FIELDS {
+        s.push_str(&format!("| `{}` | {} | {} |\n", f.name, f.from, f.anonymous));
     }
     s
 }

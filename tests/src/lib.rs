@@ -12,6 +12,7 @@
 //! | [`kernel`] | core_pattern and friends, restored; crashing programs; eventprobe |
 //! | [`burst`] | bursts of legacy records from many processes |
 //! | [`kmsg`] | lines written to `/dev/kmsg`, unique tags, a probe process to stop and restart |
+//! | [`rotel`] | rotel, a real OpenTelemetry collector, as the OTLP receiver; its debug log parsed |
 
 pub mod burst;
 pub mod collector;
@@ -20,6 +21,7 @@ pub mod http;
 pub mod kernel;
 pub mod kmsg;
 pub mod receiver;
+pub mod rotel;
 pub mod sink;
 
 use std::path::{Path, PathBuf};

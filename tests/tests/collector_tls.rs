@@ -1,7 +1,8 @@
 //! Delivery over HTTPS (rustls on both ends) with `cainfo` naming the CA
 //! that signed the server's certificate; without it the server is not
 //! trusted and nothing is delivered. And through an HTTP proxy named by
-//! `HTTPS_PROXY` (a real CONNECT tunnel on loopback).
+//! `HTTPS_PROXY` (a real CONNECT tunnel on loopback); the OTLP destination
+//! over the same transport.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
@@ -224,4 +225,40 @@ fn delivers_through_the_https_proxy_of_the_environment() {
     let s = c.wait_status(Duration::from_secs(15), |s| s["delivered"] == 1);
     assert_eq!(s["delivered"], 1, "{s}\n{}", c.log());
     assert_eq!(tunnels.lock().unwrap().len(), tunnels_before);
+}
+
+/// The OTLP destination goes over the same transport: HTTPS trusting
+/// `cainfo`, through the environment's proxy, with `otlp_headers`.
+#[test]
+fn otlp_over_https_through_the_proxy() {
+    let certs = tempfile::tempdir().unwrap();
+    make_certs(certs.path());
+    let (url, posts) = tls_sink(certs.path());
+    let (proxy_port, tunnels) = connect_proxy();
+    let mut c = Collector::new(
+        None,
+        &format!(
+            "otlp_endpoint={url}\notlp_headers=Authorization=Bearer%20t0ken\ncainfo={}",
+            certs.path().join("ca.pem").display()
+        ),
+    );
+    std::fs::create_dir_all(c.dir.join("etc")).unwrap();
+    std::fs::write(c.dir.join("etc/opt-in"), b"").unwrap();
+    c.env.push(("HTTPS_PROXY".into(), format!("http://127.0.0.1:{proxy_port}")));
+    c.start();
+    c.client().send(&RECORDS.text("otlp over TLS\n")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while posts.lock().unwrap().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let got = posts.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "exported over TLS:\n{}", c.log());
+    let h = |name: &str| got[0].iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone());
+    assert_eq!(h("content-type").as_deref(), Some("application/x-protobuf"));
+    assert_eq!(h("content-encoding").as_deref(), Some("gzip"));
+    assert_eq!(h("authorization").as_deref(), Some("Bearer t0ken"));
+    let t = tunnels.lock().unwrap().clone();
+    assert!(t.iter().any(|head| head.starts_with("CONNECT 127.0.0.1:")), "through the proxy: {t:?}");
+    let j = c.wait_journal(Duration::from_secs(10), |j| j.iter().any(|e| e["fate"] == "delivered (otlp)"));
+    assert_eq!(j[0]["fate"], "delivered (otlp)");
 }

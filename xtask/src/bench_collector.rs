@@ -18,9 +18,13 @@
 //!   (target <= 150 us);
 //! - poison round (issue #13): the end-to-end round with one record in every
 //!   1,000 answered 500: good records/s as a ratio of the clean round
-//!   (target >= 0.90).
+//!   (target >= 0.90);
+//! - OTLP (issue #18): 8 senders -> collector -> rotel (blackhole exporter):
+//!   records/s exported (target >= 100,000/s or rotel's ceiling) and
+//!   collector CPU per exported record (export stage target <= 5 us), beside
+//!   the v2 figure of the same run.
 //!
-//! `BENCH_ONLY=e2e|one|latency|legacy|hprobe|poison` runs one phase.
+//! `BENCH_ONLY=e2e|one|latency|legacy|hprobe|poison|otlp` runs one phase.
 //!
 //! Full runs take the best and the median of three rounds (the machine's
 //! vCPUs and disk are shared); `--quick` runs one smaller round.
@@ -33,6 +37,8 @@ pub fn main(args: &[String]) -> Result<(), String> {
             return Err(format!("unknown argument {a:?}; usage: cargo xtask bench collector [--quick]"));
         }
     }
+    // The OTLP round exports to rotel (an OpenTelemetry collector).
+    crate::install::ensure_rotel()?;
     util::cargo(&["build", "--release", "-p", "telem-collector", "--bins", "--examples"])?;
     // The load generator (tests/src/bin) and hprobe, run by the example.
     util::cargo(&[

@@ -28,6 +28,52 @@ pub fn setup() -> Result<(), String> {
     ensure_apt(&["systemd-journal-remote"])?;
     ensure_cargo_fuzz()?;
     ensure_lint_tools()?;
+    // OTLP tests and `bench collector`: rotel, an OpenTelemetry collector.
+    ensure_rotel()?;
+    Ok(())
+}
+
+/// The target directory (`CARGO_TARGET_DIR`, else `target/` of the
+/// workspace), where the tests look for rotel.
+pub fn target_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| crate::util::root().join("target"))
+}
+
+/// Where rotel's virtualenv lives, and the `rotel-agent` the tests run
+/// (a link to the binary the `rotel` wheel carries in its package).
+pub fn rotel_agent() -> std::path::PathBuf {
+    target_dir().join("rotel-venv/bin/rotel-agent")
+}
+
+/// Installs rotel (PyPI `rotel`, whose wheel carries the `rotel-agent`
+/// binary: an OTLP receiver with a blackhole exporter and a debug log of
+/// every log record) into a virtualenv under the target directory, when it
+/// is not there; links `rotel-venv/bin/rotel-agent` to it.
+pub fn ensure_rotel() -> Result<(), String> {
+    let agent = rotel_agent();
+    if agent.exists() {
+        return Ok(());
+    }
+    let venv = target_dir().join("rotel-venv");
+    let python = venv.join("bin/python3");
+    if !python.exists() {
+        ensure_apt(&["python3-venv"])?;
+        println!("creating the virtualenv {}", venv.display());
+        run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+    }
+    println!("installing rotel (PyPI) into {}", venv.display());
+    run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", "rotel"]))?;
+    let out = Command::new(&python)
+        .args(["-c", "import os, rotel; print(os.path.join(os.path.dirname(rotel.__file__), 'rotel-agent'))"])
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
+    let found = std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    if !found.exists() {
+        return Err(format!("the rotel package has no rotel-agent binary (looked at {})", found.display()));
+    }
+    std::os::unix::fs::symlink(&found, &agent).map_err(|e| format!("cannot link {}: {e}", agent.display()))?;
     Ok(())
 }
 

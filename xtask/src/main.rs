@@ -27,9 +27,11 @@ commands:
   run [--server URL]   run the collector on a local default with the probes (see README)
   build-ebpf           install the eBPF toolchain if missing and build probe-ebpf/
   bench [WHAT]         run benchmarks (framing, collector, crash, events, kernel; all by default;
-                       crash takes --storm-secs N and --storm-only)
+                       crash takes --storm-secs N and --storm-only; collector includes the OTLP
+                       round into rotel, BENCH_ONLY=otlp runs it alone)
   fuzz [--secs N]      run each fuzz target for N seconds (default 60)
-  setup                only install what is missing
+  setup                only install what is missing (rotel for the OTLP tests in a virtualenv
+                       under the target directory)
 
 environment:
   TELEM_FUZZ_SECS      seconds per fuzz target in `test` (default 60; 0 skips fuzzing)";

@@ -35,7 +35,8 @@ enum Cmd {
     OptOut,
     /// Show which mode is in force (upload or local only, and why), the
     /// privacy level, the daemon's counters since it started (records
-    /// refused, in total and per reason) and the last delivery error.
+    /// refused, in total and per reason), the last delivery error, and each
+    /// destination (server, otlp): delivered, refused, failures, state.
     Status {
         /// Print the status as JSON.
         #[arg(long)]
@@ -62,7 +63,8 @@ enum Cmd {
     /// `crashprobe --install`, `--uninstall` or `--status`).
     Crash(CrashArgs),
     /// Show, for records in the journal, exactly the HTTP request the
-    /// collector would send (method, URL, headers, body), without sending.
+    /// collector would send (method, URL, headers, body), without sending;
+    /// with otlp_endpoint set, also the OTLP export request (JSON form).
     /// Bodies need the payload in the journal (kept unless
     /// record_retention_enabled=false).
     Preview(PreviewArgs),
@@ -299,11 +301,14 @@ fn print_fields() {
 }
 
 fn preview_cmd(cfg: &Config, p: &PreviewArgs) -> ExitCode {
-    use telem_collector::{preview, request::Prepared};
-    if cfg.server.is_none() {
-        return fail("no server is configured, so nothing would ever be sent (set `server` to preview requests)");
+    use telem_collector::{otlp::OtlpPrepared, preview, request::Prepared};
+    if cfg.server.is_none() && cfg.otlp.is_none() {
+        return fail(
+            "no server (nor otlp_endpoint) is configured, so nothing would ever be sent (set `server` or `otlp_endpoint` to preview requests)",
+        );
     }
     let prep = Prepared::new(cfg);
+    let oprep = OtlpPrepared::new(cfg);
     let (mid, note) = preview::machine_id(cfg);
     if let Some(n) = &note {
         eprintln!("note: {n}");
@@ -312,7 +317,7 @@ fn preview_cmd(cfg: &Config, p: &PreviewArgs) -> ExitCode {
         if p.record_id.as_ref().is_some_and(|r| *r != e.id) {
             return;
         }
-        let (pv, desc) = preview::preview(&prep, &mid, e);
+        let (pv, desc) = preview::preview(&prep, oprep.as_ref(), &mid, e);
         if p.json {
             println!("{}", serde_json::to_string(&pv).unwrap_or_default());
         } else {
@@ -357,6 +362,20 @@ fn print_status(s: &telem_collector::stats::Status) {
     println!("  last delivery error: {}", s.last_delivery_error.as_deref().unwrap_or("(none)"));
     if let Some(r) = s.retry_in_secs {
         println!("  next retry in:       {r:.1} s");
+    }
+    if !s.destinations.is_empty() {
+        println!("  destinations:");
+    }
+    for d in &s.destinations {
+        println!("    {} {}", d.name, d.url);
+        println!("      delivered:         {}", d.delivered);
+        println!("      rejected:          {}", d.rejected);
+        if d.partial_rejected > 0 {
+            println!("      partial success:   {} log records rejected by the receiver", d.partial_rejected);
+        }
+        println!("      failures:          {}", d.failures);
+        println!("      state:             {}", d.held.as_deref().unwrap_or("taking records"));
+        println!("      last error:        {}", d.last_error.as_deref().unwrap_or("(none)"));
     }
 }
 

@@ -29,6 +29,18 @@
 //! instead of dropping: `spool_max_size` bounds only what waits because
 //! the server cannot take it.
 //!
+//! Each destination ([`Dest`]: the original backend, the OTLP endpoint)
+//! has its own loop ([`run`]) with its own cursor in the spool, its own
+//! pauses and per-record retry state; a record leaves the spool once every
+//! configured destination has a final fate for it, each journaled (fates
+//! at the OTLP endpoint marked `(otlp)`). The OTLP loop sends batches of
+//! up to `otlp_batch_records` records / `otlp_batch_bytes` bytes, one
+//! export request per connection, and follows the OTLP/HTTP rules: 429,
+//! 502, 503 and 504 (and no answer) pause the destination (`Retry-After`
+//! honoured) and the batch is sent again; any other non-2xx answer refuses
+//! the batch for good; a partial success is journaled with each record of
+//! the batch (how many log records were rejected and why).
+//!
 //! Records over a rate window wait here until the window allows them.
 //! Every request is built by [`request_parts`], which `telemctl preview`
 //! and the `debug` setting show through [`describe`], byte for byte what
@@ -45,8 +57,10 @@ use tokio::task::JoinSet;
 
 use crate::config::Config;
 use crate::consent::Decision;
-use crate::spool::{Next, Ticket};
+use crate::otlp::OtlpPrepared;
+use crate::spool::{Dest, Next, Ticket};
 use crate::state::State;
+use crate::stats::bump;
 use crate::store::settle::{self, Settle};
 use crate::transport::{SendError, Transport};
 
@@ -96,11 +110,39 @@ async fn post_batch(
         .collect()
 }
 
-/// The delivery stage's state between wake-ups.
+/// Posts one OTLP export request of a batch of records; the outcome of
+/// each record, in order.
+async fn post_otlp(
+    client: &Transport,
+    prep: &OtlpPrepared,
+    request: Result<Bytes, String>,
+    n: usize,
+    gate: &ConsentGate,
+) -> Vec<Outcome> {
+    let one = match (&prep.uri, request) {
+        (_, Err(why)) => Outcome::Unsendable(why),
+        (None, _) => Outcome::ServerBusy { error: "the OTLP endpoint is not a valid URI".into(), after: None },
+        (Some(uri), Ok(req)) => {
+            let answer = client
+                .exchange_gated(uri, std::slice::from_ref(&req), gate)
+                .await
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| Err(SendError::Failed("no answer".into())));
+            otlp_outcome(answer, prep.otlp.encoding, n)
+        }
+    };
+    vec![one; n]
+}
+
+/// The delivery stage's state between wake-ups (one per destination).
 struct Deliverer {
+    dest: Dest,
     shared: Arc<State>,
     cfg: Arc<Config>,
     prep: Arc<Prepared>,
+    /// The OTLP destination's request parts (`None` when not configured).
+    oprep: Option<Arc<OtlpPrepared>>,
     client: Option<Transport>,
     /// Records to post again as soon as the server takes records (put
     /// back by a server-wide condition, no fault of theirs), oldest first.
@@ -128,10 +170,12 @@ struct Deliverer {
 }
 
 impl Deliverer {
-    fn new(shared: Arc<State>) -> Deliverer {
+    fn new(shared: Arc<State>, dest: Dest) -> Deliverer {
         let cfg = shared.config();
         let mut d = Deliverer {
+            dest,
             prep: Arc::new(Prepared::new(&cfg)),
+            oprep: OtlpPrepared::new(&cfg).map(Arc::new),
             client: None,
             cfg,
             shared,
@@ -155,8 +199,8 @@ impl Deliverer {
         self.client = match Transport::new(&self.cfg) {
             Ok(c) => Some(c),
             Err(e) => {
-                tracing::error!("delivery is paused: {e}");
-                self.shared.stats.set_error(Some(e.to_string()));
+                tracing::error!("delivery ({}) is paused: {e}", self.dest.as_str());
+                self.set_error(Some(e.to_string()));
                 None
             }
         };
@@ -169,12 +213,16 @@ impl Deliverer {
             || new.delivery_timeout != c.delivery_timeout
             || new.delivery_concurrency != c.delivery_concurrency
             || new.delivery_pipeline != c.delivery_pipeline;
-        let server_changed = new.server != c.server || new.server_protocol != c.server_protocol;
+        let server_changed = match self.dest {
+            Dest::Server => new.server != c.server || new.server_protocol != c.server_protocol,
+            Dest::Otlp => new.otlp.as_ref().map(|o| &o.url) != c.otlp.as_ref().map(|o| &o.url),
+        };
         self.cfg = new;
         if transport_changed {
             self.new_client();
         }
         self.prep = Arc::new(Prepared::new(&self.cfg));
+        self.oprep = OtlpPrepared::new(&self.cfg).map(Arc::new);
         self.pause = None;
         self.outage = 0;
         if server_changed {
@@ -195,11 +243,64 @@ impl Deliverer {
         self.ready.extend(jobs);
     }
 
+    /// Whether this destination is configured (records wait for it).
+    fn active(&self) -> bool {
+        self.shared.spool.destinations() & self.dest.bit() != 0
+    }
+
+    /// Drops every job (the destination is no longer configured: the
+    /// spool no longer waits for it).
+    fn forget_jobs(&mut self) {
+        self.ready.clear();
+        self.waiting.clear();
+        self.pause = None;
+        self.outage = 0;
+        self.rate_wait = None;
+    }
+
+    /// The last error of this destination.
+    fn error(&self) -> Option<String> {
+        match self.dest {
+            Dest::Server => self.shared.stats.error(),
+            Dest::Otlp => self.shared.stats.otlp.error(),
+        }
+    }
+
+    fn set_error(&self, e: Option<String>) {
+        match self.dest {
+            Dest::Server => self.shared.stats.set_error(e),
+            Dest::Otlp => self.shared.stats.otlp.set_error(e),
+        }
+    }
+
+    fn count_delivered(&self) {
+        match self.dest {
+            Dest::Server => bump(&self.shared.stats.delivered, 1),
+            Dest::Otlp => bump(&self.shared.stats.otlp.delivered, 1),
+        }
+    }
+
+    fn count_failure(&self) {
+        match self.dest {
+            Dest::Server => bump(&self.shared.stats.delivery_failures, 1),
+            Dest::Otlp => bump(&self.shared.stats.otlp.failures, 1),
+        }
+    }
+
+    fn count_rejected(&self) {
+        match self.dest {
+            Dest::Server => bump(&self.shared.stats.rejected_by_server, 1),
+            Dest::Otlp => bump(&self.shared.stats.otlp.rejected, 1),
+        }
+    }
+
     /// Whether the server takes records now (a full spool then drains),
     /// else why not.
     fn held(&self, deliver: bool) -> Option<String> {
-        let last = || self.shared.stats.error().unwrap_or_else(|| "no answer yet".into());
-        if !deliver {
+        let last = || self.error().unwrap_or_else(|| "no answer yet".into());
+        if !self.active() {
+            None
+        } else if !deliver {
             Some("records may not be sent (consent)".into())
         } else if self.client.is_none() {
             Some(format!("delivery cannot start: {}", last()))
@@ -232,7 +333,7 @@ impl Deliverer {
                 if self.busy_wait.is_some() {
                     return None;
                 }
-                match self.shared.spool.next_ticket() {
+                match self.shared.spool.next_ticket(self.dest) {
                     Next::Ready(t) => Job::new(t),
                     Next::Empty => {
                         settle::lost(&self.shared);
@@ -251,12 +352,21 @@ impl Deliverer {
                 continue;
             }
             if !job.counted {
-                match crate::decide::release_held(&self.shared, now, &job.ticket.item) {
-                    Ok(()) => job.counted = true,
-                    Err(wait) => {
-                        self.rate_wait = Some(now + wait);
-                        self.ready.push_front(job);
-                        return None;
+                // A held record takes its room in the windows once, at
+                // the first destination that sends it.
+                if self.shared.spool.released(&job.ticket) {
+                    job.counted = true;
+                } else {
+                    match crate::decide::release_held(&self.shared, now, &job.ticket.item) {
+                        Ok(()) => {
+                            self.shared.spool.mark_released(&job.ticket);
+                            job.counted = true;
+                        }
+                        Err(wait) => {
+                            self.rate_wait = Some(now + wait);
+                            self.ready.push_front(job);
+                            return None;
+                        }
                     }
                 }
             }
@@ -272,6 +382,9 @@ impl Deliverer {
     /// after the other.
     fn start_posts(&mut self) {
         let Some(client) = self.client.clone() else { return };
+        if self.dest == Dest::Otlp {
+            return self.start_exports(&client);
+        }
         let (connections, depth) =
             if self.outage > 0 { (1, 1) } else { (self.cfg.delivery_concurrency, client.pipeline()) };
         let mid = self.shared.machine_id();
@@ -296,6 +409,61 @@ impl Deliverer {
                 self.post(&client, &mid, jobs);
             }
         }
+    }
+
+    /// The OTLP destination's [`start_posts`](Self::start_posts): one export
+    /// request per free connection (one at a time while probing a paused
+    /// endpoint), each a batch of up to `otlp_batch_records` records and
+    /// `otlp_batch_bytes` bytes of payload.
+    fn start_exports(&mut self, client: &Transport) {
+        let Some(oprep) = self.oprep.clone() else { return };
+        let connections = if self.outage > 0 { 1 } else { self.cfg.delivery_concurrency };
+        let (max_n, max_bytes) = (oprep.otlp.batch_records, oprep.otlp.batch_bytes);
+        let mid = self.shared.machine_id();
+        while self.inflight.len() < connections && self.pause.is_none() && self.rate_wait.is_none() {
+            let mut jobs: Vec<Job> = Vec::new();
+            let mut bytes = 0usize;
+            while jobs.len() < max_n {
+                let Some(j) = self.next_job() else { break };
+                let size = j.ticket.item.record.payload.len() + 256;
+                if !jobs.is_empty() && bytes + size > max_bytes {
+                    self.ready.push_front(j);
+                    break;
+                }
+                bytes += size;
+                jobs.push(j);
+            }
+            if jobs.is_empty() {
+                return;
+            }
+            self.export(client, &oprep, &mid, jobs);
+        }
+    }
+
+    fn export(&mut self, client: &Transport, oprep: &Arc<OtlpPrepared>, mid: &MachineId, mut jobs: Vec<Job>) {
+        for j in &mut jobs {
+            j.mark = self.successes;
+        }
+        let who = crate::otlp::Identity { id: mid, privacy: oprep.privacy };
+        let sources: Vec<crate::otlp::Source<'_>> = jobs
+            .iter()
+            .map(|j| crate::otlp::Source {
+                record: &j.ticket.item.record,
+                record_id: j.ticket.item.record_id,
+                accepted: j.ticket.item.accepted,
+            })
+            .collect();
+        let req = crate::otlp::export_request(&sources, &who);
+        let request = crate::otlp::encode_body(&req, &oprep.otlp)
+            .map(|body| crate::otlp::encode_http(oprep, &body))
+            .map_err(|e| e.to_string());
+        let client = client.clone();
+        let oprep = oprep.clone();
+        let gate = ConsentGate { shared: self.shared.clone(), cfg: self.cfg.clone() };
+        self.inflight.spawn(async move {
+            let outcomes = post_otlp(&client, &oprep, request, jobs.len(), &gate).await;
+            jobs.into_iter().zip(outcomes).collect()
+        });
     }
 
     fn post(&mut self, client: &Transport, mid: &MachineId, mut jobs: Vec<Job>) {
@@ -344,15 +512,17 @@ impl Deliverer {
 /// How soon a spool read that ran out of a resource is tried again.
 const BUSY_RETRY: Duration = Duration::from_millis(100);
 
-/// Runs the delivery stage until `stop` fires.
-pub async fn run(shared: Arc<State>, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let mut d = Deliverer::new(shared.clone());
+/// Runs the delivery stage of destination `dest` until `stop` fires.
+pub async fn run(shared: Arc<State>, dest: Dest, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut d = Deliverer::new(shared.clone(), dest);
+    // What this loop last said in `State::held` (set only when it changes).
+    let mut last_held = Some(String::new());
     let mut cfg_rx = shared.cfg.clone();
     let mut expiry_tick =
         tokio::time::interval(Duration::from_secs(1).max(d.cfg.spool_process_time.min(Duration::from_secs(10))));
     loop {
         // Flush: retry now.
-        if shared.flush.swap(false, Ordering::SeqCst) {
+        if shared.flush[dest.index()].swap(false, Ordering::SeqCst) {
             d.retry_all_now();
         }
         let now = Instant::now();
@@ -365,25 +535,37 @@ pub async fn run(shared: Arc<State>, mut stop: tokio::sync::watch::Receiver<bool
         if d.busy_wait.is_some_and(|t| t <= now) {
             d.busy_wait = None;
         }
-        shared.retry_at_ms.store(
-            d.pause.map(|t| t.saturating_duration_since(shared.since_instant).as_millis() as u64).unwrap_or(0),
-            Ordering::Relaxed,
-        );
+        let active = d.active();
+        if !active && (!d.ready.is_empty() || !d.waiting.is_empty()) {
+            d.forget_jobs();
+        }
+        // `telemctl status`'s retry time: the server's, or the OTLP
+        // endpoint's when there is no server.
+        let server_active = shared.spool.destinations() & Dest::Server.bit() != 0;
+        if (dest == Dest::Server) == server_active {
+            shared.retry_at_ms.store(
+                d.pause.map(|t| t.saturating_duration_since(shared.since_instant).as_millis() as u64).unwrap_or(0),
+                Ordering::Relaxed,
+            );
+        }
         // A configuration not taken in here yet is taken in first (its
         // change wakes this loop): posts made with the old one are withheld.
         let deliver = Arc::ptr_eq(&d.cfg, &shared.config()) && shared.consent(&d.cfg) == Decision::Deliver;
-        if deliver {
+        if deliver && active {
             d.start_posts();
         }
         let held = d.held(deliver);
-        *shared.held.lock().unwrap_or_else(|p| p.into_inner()) = held;
+        if held != last_held {
+            shared.set_held(dest, held.clone());
+            last_held = held;
+        }
         // Not allowed to send: look at the opt-in state again in a second.
         let consent_wait = (!deliver).then(|| Instant::now() + Duration::from_secs(1));
         let sleep_until = d.next_wake(consent_wait);
         tokio::select! {
             biased;
             _ = stop.changed() => {
-                *shared.held.lock().unwrap_or_else(|p| p.into_inner()) = Some("the collector is stopping".into());
+                shared.set_held(dest, Some("the collector is stopping".into()));
                 d.stop().await;
                 return;
             }
@@ -399,7 +581,7 @@ pub async fn run(shared: Arc<State>, mut stop: tokio::sync::watch::Receiver<bool
                 }
                 settle.commit(&shared);
             }
-            _ = shared.wake_delivery.notified() => {}
+            _ = shared.wake_delivery.notified(dest) => {}
             _ = cfg_rx.changed() => {
                 let new = cfg_rx.borrow_and_update().clone();
                 d.reconfigure(new);
@@ -422,7 +604,14 @@ async fn sleep_opt(until: Option<Instant>) {
     }
 }
 
+/// A record too old when its turn came at this destination: final there
+/// as `dropped: expired` (counted once, by the first destination).
 fn expire_one(shared: &State, t: &Ticket) {
-    shared.spool.done(t.seq);
-    settle::expired(shared, std::slice::from_ref(&*t.item));
+    let mut s = Settle::default();
+    if t.dest == Dest::Server || shared.spool.destinations() & Dest::Server.bit() == 0 {
+        bump(&shared.stats.expired, 1);
+        bump(&shared.stats.dropped, 1);
+    }
+    s.finish(shared, t, crate::journal::Fate::Dropped("expired".into()));
+    s.commit(shared);
 }

@@ -23,6 +23,14 @@ pub const OUTAGE_AFTER: u32 = 4;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Delivered,
+    /// OTLP: the request was taken, but the receiver says it rejected
+    /// `rejected` of its `of` log records (partial success), for `why`. The
+    /// rejected ones are not to be sent again; which they are is not said.
+    DeliveredPartly {
+        rejected: i64,
+        of: usize,
+        why: String,
+    },
     /// The server cannot take records now (no connection, TLS, timeout,
     /// 429, 503): it pauses, no record is blamed; `after` from Retry-After.
     ServerBusy {
@@ -55,6 +63,38 @@ pub fn classify(status: u16, body: String, retry_after: Option<Duration>) -> Out
         429 | 503 => Outcome::ServerBusy { error: format!("server answered {status}"), after: retry_after },
         408 | 500..=599 => Outcome::Failed { status, body },
         _ => Outcome::Refused { status, body },
+    }
+}
+
+/// Classifies an OTLP/HTTP answer's status (the OTLP spec's rules): 429,
+/// 502, 503 and 504 are retried after `Retry-After` or a backoff, every
+/// other non-2xx is final.
+pub fn classify_otlp(status: u16, body: String, retry_after: Option<Duration>) -> Outcome {
+    match status {
+        200..=299 => Outcome::Delivered,
+        429 | 502 | 503 | 504 => {
+            Outcome::ServerBusy { error: format!("OTLP endpoint answered {status}"), after: retry_after }
+        }
+        _ => Outcome::Refused { status, body },
+    }
+}
+
+/// The outcome of an OTLP export request of `n` records.
+pub(super) fn otlp_outcome(
+    answer: Result<Answer, SendError>,
+    encoding: crate::config::OtlpEncoding,
+    n: usize,
+) -> Outcome {
+    match answer {
+        Ok(a) if (200..300).contains(&a.status) => match crate::otlp::partial_success(&a.body, encoding) {
+            Some((rejected, why)) => Outcome::DeliveredPartly { rejected, of: n, why: answer_text(why.as_bytes()) },
+            None => Outcome::Delivered,
+        },
+        // An error status's body is a google.rpc.Status (protobuf or
+        // JSON): kept as text, cut as other answers are.
+        Ok(a) => classify_otlp(a.status, answer_text(&a.body), a.retry_after),
+        Err(SendError::Withheld) => Outcome::Withheld,
+        Err(e) => Outcome::ServerBusy { error: e.to_string(), after: None },
     }
 }
 
@@ -187,13 +227,8 @@ impl Deliverer {
             job.ticket.item.record_id_hex(),
             job.suspect
         );
-        bump(&self.shared.stats.rejected_by_server, 1);
-        settle.finish(
-            &self.shared,
-            job.ticket.seq,
-            job.ticket.item.record_id,
-            Fate::RejectedByServer { status, body, attempts: Some(job.suspect) },
-        );
+        self.count_rejected();
+        settle.finish(&self.shared, &job.ticket, Fate::RejectedByServer { status, body, attempts: Some(job.suspect) });
         true
     }
 
@@ -207,30 +242,38 @@ impl Deliverer {
     /// Takes the outcomes of one batch; final fates go to `settle`.
     pub(super) fn finished(&mut self, batch: Vec<(Job, Outcome)>, settle: &mut Settle) {
         let shared = self.shared.clone();
+        let mut partly: Option<(i64, usize, String)> = None;
         for (mut job, out) in batch {
             match out {
-                Outcome::Delivered => {
+                Outcome::Delivered | Outcome::DeliveredPartly { .. } => {
                     self.successes += 1;
                     self.failing = 0;
                     if self.outage > 0 {
-                        tracing::info!("the server takes records again");
-                        shared.stats.set_error(None);
+                        tracing::info!("the {} destination takes records again", self.dest.as_str());
+                        self.set_error(None);
                     }
                     self.outage = 0;
                     self.pause = None;
                     // Counted before it leaves the spool, so a status never
                     // shows it neither spooled nor delivered.
-                    bump(&shared.stats.delivered, 1);
-                    settle.finish(&shared, job.ticket.seq, job.ticket.item.record_id, Fate::Delivered);
+                    self.count_delivered();
+                    let fate = match out {
+                        Outcome::DeliveredPartly { rejected, of, why } => {
+                            partly.get_or_insert((rejected, of, why.clone()));
+                            Fate::DeliveredPartly { rejected, of, why }
+                        }
+                        _ => Fate::Delivered,
+                    };
+                    settle.finish(&shared, &job.ticket, fate);
                 }
                 Outcome::ServerBusy { error, after } => {
-                    bump(&shared.stats.delivery_failures, 1);
+                    self.count_failure();
                     self.pause_server(&error, after);
-                    shared.stats.set_error(Some(error));
+                    self.set_error(Some(error));
                     self.put_back(job);
                 }
                 Outcome::Failed { status, body } => {
-                    bump(&shared.stats.delivery_failures, 1);
+                    self.count_failure();
                     self.failing = self.failing.saturating_add(1);
                     job.failures = job.failures.saturating_add(1);
                     // Blamed only when the server takes other records
@@ -245,7 +288,7 @@ impl Deliverer {
                     job.mark = self.successes;
                     job.outage_mark = self.outages;
                     let id = job.ticket.item.record_id_hex();
-                    shared.stats.set_error(Some(format!("server answered {status} to record {id}")));
+                    self.set_error(Some(format!("server answered {status} to record {id}")));
                     job.last = Some((status, body));
                     if self.give_up(&mut job, settle) {
                         continue;
@@ -269,21 +312,25 @@ impl Deliverer {
                 Outcome::Refused { status, body } => {
                     self.successes += 1;
                     self.failing = 0;
-                    bump(&shared.stats.rejected_by_server, 1);
-                    tracing::warn!("server refused record {}: {status} {body}", job.ticket.item.record_id_hex());
-                    settle.finish(
-                        &shared,
-                        job.ticket.seq,
-                        job.ticket.item.record_id,
-                        Fate::RejectedByServer { status, body, attempts: None },
+                    self.count_rejected();
+                    tracing::warn!(
+                        "{} refused record {}: {status} {body}",
+                        self.dest.as_str(),
+                        job.ticket.item.record_id_hex()
                     );
+                    settle.finish(&shared, &job.ticket, Fate::RejectedByServer { status, body, attempts: None });
                 }
                 Outcome::Unsendable(why) => {
                     bump(&shared.stats.dropped, 1);
-                    settle.finish(&shared, job.ticket.seq, job.ticket.item.record_id, Fate::Dropped(why));
+                    settle.finish(&shared, &job.ticket, Fate::Dropped(why));
                 }
                 Outcome::Withheld => self.put_back(job),
             }
+        }
+        if let Some((rejected, of, why)) = partly {
+            // Once per answer, not per record.
+            bump(&shared.stats.otlp.partial_rejected, rejected.max(0) as u64);
+            tracing::warn!("the OTLP endpoint rejected {rejected} of {of} log records: {why}");
         }
     }
 }

@@ -97,3 +97,49 @@ fn v3_target() {
     let u: Url = "https://h.example/v3/collector".parse().unwrap();
     assert_eq!(target(&u, Protocol::V3).as_str(), "https://h.example/v3/collector");
 }
+
+#[test]
+fn otlp_status_classes() {
+    use crate::config::OtlpEncoding;
+    assert_eq!(classify_otlp(200, String::new(), None), Outcome::Delivered);
+    for s in [429, 502, 503, 504] {
+        let after = Some(Duration::from_secs(2));
+        assert!(
+            matches!(classify_otlp(s, String::new(), after), Outcome::ServerBusy { after: a, .. } if a == after),
+            "{s}"
+        );
+    }
+    // Every other status is final (the OTLP spec), 500 and 408 included.
+    for s in [400, 401, 404, 408, 413, 500, 501] {
+        assert!(matches!(classify_otlp(s, String::new(), None), Outcome::Refused { status, .. } if status == s), "{s}");
+    }
+    let ok = |body: &[u8]| {
+        Ok(crate::transport::Answer { status: 200, retry_after: None, body: bytes::Bytes::copy_from_slice(body) })
+    };
+    assert_eq!(otlp_outcome(ok(b""), OtlpEncoding::Protobuf, 3), Outcome::Delivered);
+    assert_eq!(
+        otlp_outcome(
+            ok(br#"{"partialSuccess":{"rejectedLogRecords":"1","errorMessage":"too\nold"}}"#),
+            OtlpEncoding::Json,
+            3
+        ),
+        Outcome::DeliveredPartly { rejected: 1, of: 3, why: "too old".into() }
+    );
+    assert!(matches!(
+        otlp_outcome(Err(SendError::Connect("refused".into())), OtlpEncoding::Json, 1),
+        Outcome::ServerBusy { .. }
+    ));
+    use crate::journal::Fate;
+    use crate::spool::Dest;
+    let at = |f: Fate| crate::store::settle::at(Dest::Otlp, f).to_string();
+    assert_eq!(at(Fate::Delivered), "delivered (otlp)");
+    assert_eq!(
+        at(Fate::RejectedByServer { status: 400, body: "bad".into(), attempts: None }),
+        "rejected-by-server (otlp): 400 bad"
+    );
+    assert_eq!(
+        at(Fate::DeliveredPartly { rejected: 2, of: 5, why: "old".into() }),
+        "delivered (otlp): partial success, 2 of 5 log records in its request rejected: old"
+    );
+    assert_eq!(crate::store::settle::at(Dest::Server, Fate::Delivered).to_string(), "delivered");
+}

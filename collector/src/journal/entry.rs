@@ -19,6 +19,9 @@ pub enum Fate {
     RateLimitedDropped,
     /// Posted and answered 2xx.
     Delivered,
+    /// OTLP: taken, but the answer (a partial success) says `rejected` of
+    /// the request's `of` log records were rejected, for `why`.
+    DeliveredPartly { rejected: i64, of: usize, why: String },
     /// The server refused it (4xx other than 408/429).
     /// `attempts`: the 5xx answers it got while the server took other
     /// records (a record the server keeps failing), or `None` for a 4xx.
@@ -27,6 +30,12 @@ pub enum Fate {
     LocalOnly(String),
     /// Dropped (spool full, expired, cannot store).
     Dropped(String),
+    /// A fate at one destination other than the original backend:
+    /// written with the destination after its first word
+    /// (`delivered (otlp)`, `rejected-by-server (otlp): 400 ...`). Fates
+    /// without a destination are the original backend's (or, for drops
+    /// and expiry of the whole record, every destination's).
+    At(crate::spool::Dest, Box<Fate>),
 }
 
 impl std::fmt::Display for Fate {
@@ -36,12 +45,22 @@ impl std::fmt::Display for Fate {
             Fate::RateLimitedSpooled => f.write_str("rate-limited: spooled"),
             Fate::RateLimitedDropped => f.write_str("rate-limited: dropped"),
             Fate::Delivered => f.write_str("delivered"),
+            Fate::DeliveredPartly { rejected, of, why } => {
+                write!(f, "delivered: partial success, {rejected} of {of} log records in its request rejected: {why}")
+            }
             Fate::RejectedByServer { status, body, attempts: None } => write!(f, "rejected-by-server: {status} {body}"),
             Fate::RejectedByServer { status, body, attempts: Some(n) } => {
                 write!(f, "rejected-by-server: {status} after {n} attempts: {body}")
             }
             Fate::LocalOnly(why) => write!(f, "local-only: {why}"),
             Fate::Dropped(why) => write!(f, "dropped: {why}"),
+            Fate::At(dest, inner) => {
+                let text = inner.to_string();
+                match text.split_once(':') {
+                    Some((head, rest)) => write!(f, "{head} ({}):{rest}", dest.as_str()),
+                    None => write!(f, "{text} ({})", dest.as_str()),
+                }
+            }
         }
     }
 }

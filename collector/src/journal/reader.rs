@@ -13,11 +13,32 @@ use telemetry::EventId;
 use super::*;
 
 /// The end of the journal: the record ids of its last first entries
-/// (within the last [`TAIL_BYTES`] of `journal`) and the newest entry time.
+/// (within the last [`TAIL_BYTES`] of `journal`), the newest entry time,
+/// and the destinations at which records got a final fate there (bits of
+/// [`crate::spool::Dest::bit`]; `u8::MAX`: final everywhere).
 #[derive(Debug, Default)]
 pub struct Tail {
     pub ids: std::collections::HashSet<RecordId>,
     pub newest: Option<u64>,
+    pub finals: HashMap<RecordId, u8>,
+}
+
+/// The destinations a journaled fate is final at (`Dest::bit`s; `u8::MAX`
+/// for a drop of the whole record), or 0 when it is not final
+/// (`spooled`, `rate-limited: ...`, `local-only: ...`).
+pub fn final_at(fate: &str) -> u8 {
+    use crate::spool::Dest;
+    let head = fate.split(':').next().unwrap_or(fate);
+    let (word, dest) = match head.strip_suffix(" (otlp)") {
+        Some(w) => (w, Some(Dest::Otlp)),
+        None => (head, None),
+    };
+    match (word, dest) {
+        ("delivered" | "rejected-by-server", None) => Dest::Server.bit(),
+        ("delivered" | "rejected-by-server" | "dropped", Some(d)) => d.bit(),
+        ("dropped", None) => u8::MAX,
+        _ => 0,
+    }
 }
 
 /// How much of the journal's end [`tail`] reads.
@@ -45,10 +66,14 @@ pub fn tail(dir: &Path) -> Result<Tail, JournalError> {
         let line = line.map_err(|source| JournalError::Open { path: path.clone(), source })?;
         let Ok(e) = serde_json::from_slice::<Entry>(&line) else { continue };
         out.newest = out.newest.max(Some(e.time));
+        let Ok(id) = e.id.parse::<EventId>() else { continue };
+        let id = RecordId::from_bytes(*id.as_bytes());
         if e.class.is_some() {
-            if let Ok(id) = e.id.parse::<EventId>() {
-                out.ids.insert(RecordId::from_bytes(*id.as_bytes()));
-            }
+            out.ids.insert(id);
+        }
+        let bits = final_at(&e.fate);
+        if bits != 0 {
+            *out.finals.entry(id).or_insert(0) |= bits;
         }
     }
     Ok(out)

@@ -206,3 +206,25 @@ fn time_format() {
     assert_eq!(format_time(1_700_000_000), "2023-11-14 22:13:20");
     assert_eq!(format_time(951_782_400), "2000-02-29 00:00:00");
 }
+
+#[test]
+fn final_fates_per_destination() {
+    use crate::spool::Dest;
+    let s = Dest::Server.bit();
+    let o = Dest::Otlp.bit();
+    for (fate, bits) in [
+        ("delivered", s),
+        ("rejected-by-server: 400 bad", s),
+        ("rejected-by-server: 500 after 10 attempts: x", s),
+        ("delivered (otlp)", o),
+        ("delivered (otlp): partial success, 1 of 2 log records in its request rejected: old", o),
+        ("rejected-by-server (otlp): 400 bad", o),
+        ("dropped (otlp): expired", o),
+        ("dropped: expired", u8::MAX),
+        ("spooled", 0),
+        ("rate-limited: spooled", 0),
+        ("local-only: not opted in", 0),
+    ] {
+        assert_eq!(final_at(fate), bits, "{fate}");
+    }
+}

@@ -148,6 +148,7 @@ impl Spool {
                 ix.cached += bytes;
             }
             let n = items.len() as u32;
+            let n_items = items.len();
             let seg = Segment {
                 seq,
                 file,
@@ -155,7 +156,8 @@ impl Spool {
                 bytes,
                 accepted,
                 total: n,
-                handed: 0,
+                handed: [0; DESTS],
+                state: vec![0u8; n_items].into_boxed_slice(),
                 outstanding: n,
                 counted: bytes,
                 ids: items.iter().map(|i| i.record_id).collect(),

@@ -19,7 +19,16 @@ pub(super) struct Segment {
     pub(super) bytes: u64,
     pub(super) accepted: u64,
     pub(super) total: u32,
-    pub(super) handed: u32,
+    /// Records handed out, per destination ([`Dest`]): each destination
+    /// takes the block's records in order at its own pace.
+    pub(super) handed: [u32; DESTS],
+    /// Per record: [`DONE`] bits of the destinations whose fate is final,
+    /// [`FINAL`] once it is final for every active destination (it then
+    /// left `outstanding`), [`RELEASED`] once it took its room in the rate
+    /// windows (a held record is counted once, whichever destination sends
+    /// it first).
+    pub(super) state: Box<[u8]>,
+    /// Records not final.
     pub(super) outstanding: u32,
     /// Bytes of this block still counted in `Index::bytes`: each record
     /// that becomes final takes its share off, so a record that waits
@@ -35,7 +44,7 @@ impl Segment {
     /// Takes `n` records' share of the block's bytes off its count; the
     /// last record takes what is left. Returns the bytes taken.
     pub(super) fn release_share(&mut self, n: u32) -> u64 {
-        let share = if self.outstanding == 0 && self.handed == self.total {
+        let share = if self.outstanding == 0 {
             self.counted
         } else {
             (self.bytes / self.total.max(1) as u64).saturating_mul(n as u64).min(self.counted)
@@ -81,6 +90,15 @@ pub(super) struct Index {
     /// An idle spool file whose blocks are all final and that holds at
     /// most this many bytes is started over in place (see `release_block`).
     pub(super) rewind_max: u64,
+    /// The destinations records wait for (bit [`Dest::bit`] each).
+    pub(super) active: u8,
+}
+
+impl Segment {
+    /// Every active destination has handed out all of the block's records.
+    pub(super) fn all_handed(&self, active: u8) -> bool {
+        Dest::ALL.iter().filter(|d| active & d.bit() != 0).all(|d| self.handed[d.index()] >= self.total)
+    }
 }
 
 impl Index {

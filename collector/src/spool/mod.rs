@@ -143,6 +143,8 @@ pub struct Spool {
     in_place: std::sync::atomic::AtomicBool,
     /// Signalled whenever records leave the spool (room for waiting commits).
     room: Condvar,
+    /// `Index::active`, readable without the lock.
+    active: std::sync::atomic::AtomicU8,
 }
 
 /// With a `spool_max_size` below this, files are not preallocated nor
@@ -151,11 +153,69 @@ pub struct Spool {
 /// part of a small cap).
 pub const IN_PLACE_MIN_CAP: u64 = 64 * MAX_FILE;
 
-/// A record handed out for delivery; give it back with
-/// [`Spool::done`] once its fate is final.
+/// Where records go: the original backend (`server`) and the OTLP
+/// destination (`otlp_endpoint`). The spool keeps a record until every
+/// active destination has given it a final fate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Dest {
+    /// `server` (v2/v3 posting).
+    Server,
+    /// `otlp_endpoint` (OpenTelemetry logs over OTLP/HTTP).
+    Otlp,
+}
+
+/// How many destinations there are.
+pub const DESTS: usize = 2;
+/// Per-record state bits (see `Segment::state`).
+pub(crate) const FINAL: u8 = 1 << 6;
+pub(crate) const RELEASED: u8 = 1 << 7;
+
+impl Dest {
+    pub const ALL: [Dest; DESTS] = [Dest::Server, Dest::Otlp];
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Its bit in a destination mask (and in a record's done bits).
+    pub fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+
+    /// Its name in the journal (`delivered (otlp)`) and `telemctl status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dest::Server => "server",
+            Dest::Otlp => "otlp",
+        }
+    }
+
+    /// The destinations `cfg` configures, as a mask; the server's bit when
+    /// none is (records then stay local, see `consent`).
+    pub fn mask(cfg: &crate::config::Config) -> u8 {
+        let mut m = 0;
+        if cfg.server.is_some() {
+            m |= Dest::Server.bit();
+        }
+        if cfg.otlp.is_some() {
+            m |= Dest::Otlp.bit();
+        }
+        if m == 0 {
+            Dest::Server.bit()
+        } else {
+            m
+        }
+    }
+}
+
+/// A record handed out to one destination; give it back with
+/// [`Spool::done`] once its fate there is final.
 #[derive(Debug, Clone)]
 pub struct Ticket {
     pub seq: u64,
+    /// Its place in the block.
+    pub idx: u32,
+    pub dest: Dest,
     pub item: Arc<Item>,
 }
 
@@ -216,6 +276,88 @@ impl Spool {
     /// Bytes of the blocks waiting in the spool.
     pub fn bytes(&self) -> u64 {
         self.lock().bytes
+    }
+
+    /// Sets the destinations records wait for (a mask of [`Dest::bit`]).
+    /// A destination added takes every record still spooled from the
+    /// start; when one is removed, records final for the rest leave.
+    pub fn set_destinations(&self, mask: u8) {
+        let mut ix = self.lock();
+        if ix.active == mask {
+            return;
+        }
+        let shrunk = ix.active & !mask != 0;
+        let added = mask & !ix.active;
+        ix.active = mask;
+        self.active.store(mask, std::sync::atomic::Ordering::Relaxed);
+        if added != 0 {
+            // A destination added (again) starts from the oldest record.
+            for seg in ix.segments.iter_mut() {
+                for d in Dest::ALL.iter().filter(|d| added & d.bit() != 0) {
+                    seg.handed[d.index()] = 0;
+                }
+            }
+        }
+        if shrunk {
+            let mut pos = 0;
+            while pos < ix.segments.len() {
+                let total = ix.segments[pos].total;
+                for idx in 0..total {
+                    let st = ix.segments[pos].state[idx as usize];
+                    if st & FINAL == 0 && st & mask == mask {
+                        self.finalize(&mut ix, pos, idx);
+                    }
+                }
+                if ix.segments.get(pos).is_some_and(|s| s.outstanding == 0) {
+                    self.remove_segment(&mut ix, pos);
+                } else {
+                    pos += 1;
+                }
+            }
+        }
+        drop(ix);
+        self.room.notify_all();
+    }
+
+    /// Applies fates journaled before a restart: `finals` holds, per record
+    /// id, the destinations ([`Dest::bit`]) at which it was final. A
+    /// recovered record final at some destinations is not handed to them
+    /// again; one final at every active destination leaves the spool.
+    /// Returns how many records left.
+    pub fn apply_finals(&self, finals: &std::collections::HashMap<RecordId, u8>) -> u64 {
+        if finals.is_empty() {
+            return 0;
+        }
+        let mut ix = self.lock();
+        let mask = ix.active;
+        let mut left = 0;
+        let mut pos = 0;
+        while pos < ix.segments.len() {
+            for idx in 0..ix.segments[pos].total {
+                let Some(bits) = ix.segments[pos].ids.get(idx as usize).and_then(|id| finals.get(id)).copied() else {
+                    continue;
+                };
+                let st = &mut ix.segments[pos].state[idx as usize];
+                *st |= bits & !(FINAL | RELEASED);
+                if *st & mask == mask && self.finalize(&mut ix, pos, idx) {
+                    left += 1;
+                }
+            }
+            if ix.segments[pos].outstanding == 0 {
+                self.remove_segment(&mut ix, pos);
+            } else {
+                pos += 1;
+            }
+        }
+        drop(ix);
+        self.room.notify_all();
+        left
+    }
+
+    /// The destinations records wait for (read without the index lock,
+    /// which the commits' acknowledgements take).
+    pub fn destinations(&self) -> u8 {
+        self.active.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Records waiting in the spool (handed out but not done included).

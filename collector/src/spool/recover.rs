@@ -94,6 +94,7 @@ impl Spool {
             lost: Vec::new(),
             freed_at: Instant::now(),
             rewind_max: MAX_FILE,
+            active: 1,
         };
         let mut tail = 0usize;
         for (_, _, s) in blocks.iter().rev() {
@@ -117,6 +118,7 @@ impl Spool {
             if cache {
                 index.cached += s.bytes;
             }
+            let n_items = s.items.len();
             index.segments.push_back(Segment {
                 seq: s.seq,
                 file,
@@ -124,7 +126,8 @@ impl Spool {
                 bytes: s.bytes,
                 accepted: s.accepted,
                 total: s.items.len() as u32,
-                handed: 0,
+                handed: [0; DESTS],
+                state: vec![0u8; n_items].into_boxed_slice(),
                 outstanding: s.items.len() as u32,
                 counted: s.bytes,
                 ids: s.items.iter().map(|i| i.record_id).collect(),
@@ -138,6 +141,7 @@ impl Spool {
             index: Mutex::new(index),
             house: Mutex::new(tx),
             in_place: std::sync::atomic::AtomicBool::new(true),
+            active: std::sync::atomic::AtomicU8::new(1),
             room: Condvar::new(),
         });
         let weak = Arc::downgrade(&spool);

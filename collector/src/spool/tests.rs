@@ -63,7 +63,7 @@ fn fifo_done_and_recovery() {
         assert_eq!(s.records(), 3);
         let t = s.next().unwrap();
         assert_eq!(t.item.record_id, RecordId::from_bytes([1; 16]));
-        s.done(t.seq);
+        s.done(&t);
         // Record 2 handed out but not done: it must come back after a restart.
         let t2 = s.next().unwrap();
         assert_eq!(t2.item.record_id, RecordId::from_bytes([2; 16]));
@@ -120,7 +120,7 @@ fn a_record_that_waits_holds_only_its_share_and_commits_wait_for_room() {
     let tickets: Vec<Ticket> = std::iter::from_fn(|| s.next()).collect();
     assert_eq!(tickets.len(), 10);
     for t in &tickets[1..] {
-        s.done(t.seq);
+        s.done(t);
     }
     assert!(s.bytes() <= full / 10 + 10, "{} of {full}", s.bytes());
     assert_eq!(s.records(), 1);
@@ -135,10 +135,10 @@ fn a_record_that_waits_holds_only_its_share_and_commits_wait_for_room() {
     assert_eq!(fits, vec![false]);
     assert!(waited >= Duration::from_millis(250) && waited < Duration::from_secs(10), "{waited:?}");
     let s2 = s.clone();
-    let seq = tickets[0].seq;
+    let first = tickets[0].clone();
     let t = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(200));
-        s2.done(seq);
+        s2.done(&first);
     });
     let (fits, reserved, waited) = s.reserve_wait(&[100], cap, Duration::from_secs(5), long, &|| true);
     assert_eq!(fits, vec![true]);
@@ -159,7 +159,7 @@ fn an_idle_file_whose_blocks_are_all_final_is_started_over_in_place() {
         for i in 0..20 {
             commit(&s, vec![item(i, 10)]);
             let t = s.next().unwrap();
-            s.done(t.seq);
+            s.done(&t);
         }
         s.settle(std::time::Duration::from_secs(5));
         assert_eq!(with_blocks(dir.path()), Vec::<PathBuf>::new(), "no dead block is valid ({cap:?})");
@@ -192,7 +192,7 @@ fn done_frees_files_and_expiry() {
     assert_eq!(expired[0].record_id, RecordId::from_bytes([1; 16]));
     let t = s.next().unwrap();
     assert_eq!(t.item.record_id, RecordId::from_bytes([2; 16]));
-    s.done(t.seq);
+    s.done(&t);
     assert_eq!((s.bytes(), s.records()), (0, 0));
     // The housekeeper makes the finished file free: no valid block is left.
     s.settle(std::time::Duration::from_secs(5));
@@ -241,7 +241,7 @@ fn blocks_of_a_files_earlier_use_are_not_taken_for_new_ones() {
         let first_use = inode(&file);
         for _ in 1..=3 {
             let t = s.next().unwrap();
-            s.done(t.seq);
+            s.done(&t);
         }
         s.settle(std::time::Duration::from_secs(5));
         assert!(with_blocks(dir.path()).is_empty());
@@ -269,7 +269,7 @@ fn recycled_files_carry_new_segments_across_a_restart() {
         commit(&s, vec![item(i, 1000)]);
         let t = s.next().unwrap();
         assert_eq!(t.item.record_id, RecordId::from_bytes([i; 16]));
-        s.done(t.seq);
+        s.done(&t);
     }
     s.settle(std::time::Duration::from_secs(5));
     commit(&s, vec![item(250, 1000)]);
@@ -329,4 +329,123 @@ fn first_format_blocks_are_read() {
     assert_eq!((t.seq, t.item.record_id), (7, RecordId::from_bytes([5; 16])));
     // New blocks number on from it.
     assert!(commit(&s, vec![item(6, 100)]) > 7);
+}
+
+fn take(s: &Spool, dest: Dest) -> Option<Ticket> {
+    match s.next_ticket(dest) {
+        Next::Ready(t) => Some(t),
+        _ => None,
+    }
+}
+
+/// With two destinations each takes every record at its own pace, and a
+/// record leaves the spool only once both gave it a final fate; a
+/// restart before that hands it to both again (at least once).
+#[test]
+fn two_destinations_each_take_every_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let both = Dest::Server.bit() | Dest::Otlp.bit();
+    {
+        let (s, _) = Spool::open(dir.path(), 0).unwrap();
+        s.set_destinations(both);
+        commit(&s, vec![item(1, 100), item(2, 100), item(3, 100)]);
+        // The server takes all three; OTLP only the first so far.
+        let server: Vec<Ticket> = std::iter::from_fn(|| take(&s, Dest::Server)).collect();
+        assert_eq!(server.len(), 3);
+        let o1 = take(&s, Dest::Otlp).unwrap();
+        assert_eq!(o1.item.record_id, RecordId::from_bytes([1; 16]));
+        for t in &server {
+            s.done(t);
+        }
+        assert_eq!(s.records(), 3, "no record is final at OTLP yet");
+        s.done(&o1);
+        assert_eq!(s.records(), 2, "record 1 is final at both");
+        // Done twice at one destination changes nothing.
+        s.done(&o1);
+        assert_eq!(s.records(), 2);
+        let o2 = take(&s, Dest::Otlp).unwrap();
+        assert_eq!(o2.item.record_id, RecordId::from_bytes([2; 16]));
+        s.done(&o2);
+        assert_eq!(s.records(), 1);
+    }
+    // Record 3 was final at the server only: after a restart its block
+    // is there again, for both (blocks are kept whole and fates are not in
+    // the spool: at least once, as with one destination).
+    let (s, rec) = Spool::open(dir.path(), 0).unwrap();
+    assert_eq!(rec.records, 3);
+    s.set_destinations(both);
+    let a: Vec<Ticket> = std::iter::from_fn(|| take(&s, Dest::Server)).collect();
+    let b: Vec<Ticket> = std::iter::from_fn(|| take(&s, Dest::Otlp)).collect();
+    assert_eq!((a.len(), b.len()), (3, 3));
+    assert_eq!(b[2].item.record_id, RecordId::from_bytes([3; 16]));
+    for t in &a {
+        s.done(t);
+    }
+    assert_eq!(s.records(), 3);
+    // OTLP removed from the configuration: the record is final at every
+    // destination left, so it leaves.
+    s.set_destinations(Dest::Server.bit());
+    assert_eq!((s.records(), s.bytes()), (0, 0));
+    // A held record is released over the rate windows once.
+    commit(&s, vec![item(4, 100)]);
+    s.set_destinations(both);
+    let a = take(&s, Dest::Server).unwrap();
+    let b = take(&s, Dest::Otlp).unwrap();
+    assert!(!s.released(&a) && !s.released(&b));
+    s.mark_released(&a);
+    assert!(s.released(&b), "released once for both destinations");
+}
+
+/// A destination far ahead of the other does not keep the blocks it is
+/// done with in memory (beyond the cache): the one behind reads them again.
+#[test]
+fn a_destination_ahead_keeps_no_backlog_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = Spool::open(dir.path(), 0).unwrap();
+    s.set_destinations(Dest::Server.bit() | Dest::Otlp.bit());
+    for b in 0..200u32 {
+        let items: Vec<Item> = (0..10).map(|i| item(((b * 10 + i) % 250) as u8, 100)).collect();
+        commit(&s, items);
+    }
+    let server: Vec<Ticket> = std::iter::from_fn(|| take(&s, Dest::Server)).collect();
+    assert_eq!(server.len(), 2000);
+    for t in &server {
+        s.done(t);
+    }
+    let cached = s.lock().cached;
+    assert!(cached <= CACHE_BYTES + 8192, "{cached} bytes of blocks kept in memory");
+    let otlp: Vec<Ticket> = std::iter::from_fn(|| take(&s, Dest::Otlp)).collect();
+    assert_eq!(otlp.len(), 2000, "the destination behind gets every record");
+    for t in &otlp {
+        s.done(t);
+    }
+    assert_eq!((s.records(), s.lock().cached), (0, 0));
+}
+
+/// Fates journaled before a restart: a record final at one destination is
+/// not handed to it again; final at all, it leaves the spool.
+#[test]
+fn journaled_fates_apply_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let both = Dest::Server.bit() | Dest::Otlp.bit();
+    {
+        let (s, _) = Spool::open(dir.path(), 0).unwrap();
+        commit(&s, vec![item(1, 100), item(2, 100), item(3, 100)]);
+    }
+    let (s, rec) = Spool::open(dir.path(), 0).unwrap();
+    assert_eq!(rec.records, 3);
+    s.set_destinations(both);
+    let finals: std::collections::HashMap<RecordId, u8> = [
+        (RecordId::from_bytes([1; 16]), both),
+        (RecordId::from_bytes([2; 16]), Dest::Otlp.bit()),
+        (RecordId::from_bytes([9; 16]), both),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(s.apply_finals(&finals), 1);
+    assert_eq!(s.records(), 2);
+    let server: Vec<u8> =
+        std::iter::from_fn(|| take(&s, Dest::Server)).map(|t| t.item.record_id.as_bytes()[0]).collect();
+    let otlp: Vec<u8> = std::iter::from_fn(|| take(&s, Dest::Otlp)).map(|t| t.item.record_id.as_bytes()[0]).collect();
+    assert_eq!((server, otlp), (vec![2, 3], vec![3]));
 }

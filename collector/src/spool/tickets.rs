@@ -3,36 +3,53 @@
 use std::fs::File;
 use std::sync::Arc;
 use std::time::Instant;
-use telemetry::RecordId;
 
 use super::*;
 
 impl Spool {
-    /// The next record to deliver, FIFO; `None` when there is none now.
+    /// The next record for the original backend, FIFO; `None` when there
+    /// is none now.
     pub fn next(&self) -> Option<Ticket> {
-        match self.next_ticket() {
+        match self.next_ticket(Dest::Server) {
             Next::Ready(t) => Some(t),
             Next::Empty | Next::Busy(_) => None,
         }
     }
 
-    /// The next record to deliver, FIFO. A block no longer in memory is
+    /// The next record to deliver to `dest`, FIFO (each destination takes
+    /// the records in order at its own pace; records already final are
+    /// skipped). A block no longer in memory is
     /// opened under the lock (the descriptor survives the housekeeper's
     /// rename) but read and decoded outside it, so commits (and their acks)
     /// never wait for that. A block that cannot be opened or read for want
     /// of a resource stays as it is ([`Next::Busy`]); one that cannot be
     /// read back at all is lost, and its records are counted and kept for
     /// [`take_lost`](Self::take_lost).
-    pub fn next_ticket(&self) -> Next {
+    pub fn next_ticket(&self, dest: Dest) -> Next {
+        let d = dest.index();
         loop {
             let (seq, file, offset) = {
                 let mut ix = self.lock();
-                let Some(seg) = ix.segments.iter_mut().find(|s| s.handed < s.total) else { return Next::Empty };
+                let active = ix.active;
+                let over_cache = ix.cached > CACHE_BYTES;
+                let Some(seg) = ix.segments.iter_mut().find(|s| s.handed[d] < s.total) else { return Next::Empty };
+                // Records already final (for every destination, or at this
+                // one) are not handed out again.
+                while seg.handed[d] < seg.total && seg.state[seg.handed[d] as usize] & (FINAL | dest.bit()) != 0 {
+                    seg.handed[d] += 1;
+                }
+                if seg.handed[d] >= seg.total {
+                    continue;
+                }
                 if let Some(recs) = &seg.records {
-                    let Some(item) = recs.get(seg.handed as usize).cloned() else { return Next::Empty };
-                    seg.handed += 1;
+                    let idx = seg.handed[d];
+                    let Some(item) = recs.get(idx as usize).cloned() else { return Next::Empty };
+                    seg.handed[d] += 1;
                     let seq = seg.seq;
-                    if seg.handed == seg.total {
+                    // A destination ahead of another does not keep the blocks
+                    // it is done with in memory beyond the cache's size: the
+                    // one behind reads them again.
+                    if seg.all_handed(active) || (seg.handed[d] >= seg.total && over_cache) {
                         // All handed out: each ticket holds its own record, so
                         // one that waits long (a retry) keeps only itself in
                         // memory, not its whole block.
@@ -40,7 +57,7 @@ impl Spool {
                         let bytes = seg.bytes;
                         ix.cached = ix.cached.saturating_sub(bytes);
                     }
-                    return Next::Ready(Ticket { seq, item });
+                    return Next::Ready(Ticket { seq, idx, dest, item });
                 }
                 let (seq, fid, offset) = (seg.seq, seg.file, seg.offset);
                 match ix.files.get(&fid).map(|f| File::open(&f.path)) {
@@ -60,7 +77,7 @@ impl Spool {
             drop(file);
             let mut ix = self.lock();
             let Some(seg) = ix.segments.iter_mut().find(|s| s.seq == seq) else { continue };
-            if seg.records.is_some() || seg.handed >= seg.total {
+            if seg.records.is_some() || seg.handed[d] >= seg.total {
                 continue;
             }
             match read {
@@ -87,14 +104,24 @@ impl Spool {
     pub(super) fn lose(&self, ix: &mut Index, seq: u64, why: &str) {
         let Some(pos) = ix.segments.iter().position(|s| s.seq == seq) else { return };
         let seg = &mut ix.segments[pos];
-        let lost = seg.total - seg.handed;
-        let ids: Vec<RecordId> = seg.ids.get(seg.handed as usize..).map(|s| s.to_vec()).unwrap_or_default();
+        // Every record not final yet is lost, for every destination (those
+        // handed out and in flight are final already when they come back).
+        let mut ids = Vec::new();
+        for (i, st) in seg.state.iter_mut().enumerate() {
+            if *st & FINAL == 0 {
+                *st |= FINAL;
+                if let Some(id) = seg.ids.get(i) {
+                    ids.push(*id);
+                }
+            }
+        }
+        let lost = ids.len() as u32;
         tracing::error!(
             "spool block {seq} (file {}) cannot be read back: {why}; its {lost} record(s) are lost",
             ix.files.get(&seg.file).map(|f| f.path.display().to_string()).unwrap_or_default(),
         );
         let seg = &mut ix.segments[pos];
-        seg.handed = seg.total;
+        seg.handed = [seg.total; DESTS];
         seg.outstanding = seg.outstanding.saturating_sub(lost);
         let share = seg.release_share(lost);
         ix.bytes = ix.bytes.saturating_sub(share);
@@ -102,14 +129,59 @@ impl Spool {
         ix.lost.push(Lost { ids, why: format!("the spool block holding it cannot be read back: {why}") });
         ix.freed_at = Instant::now();
         if ix.segments[pos].outstanding == 0 {
-            if let Some(gone) = ix.segments.remove(pos) {
-                ix.bytes = ix.bytes.saturating_sub(gone.counted);
-                if let Some(p) = ix.release_block(gone.file) {
-                    self.send_house(House::Recycle(p));
-                }
-            }
+            self.remove_segment(ix, pos);
         }
         self.room.notify_all();
+    }
+
+    /// Removes the block at `pos` (all its records final); its file goes
+    /// back to the free pool when it was the file's last live block.
+    pub(super) fn remove_segment(&self, ix: &mut Index, pos: usize) {
+        let Some(seg) = ix.segments.remove(pos) else { return };
+        ix.bytes = ix.bytes.saturating_sub(seg.counted);
+        if seg.records.is_some() {
+            ix.cached = ix.cached.saturating_sub(seg.bytes);
+        }
+        if let Some(p) = ix.release_block(seg.file) {
+            self.send_house(House::Recycle(p));
+        }
+    }
+
+    /// Record `idx` of the block at `pos` is final for every destination:
+    /// it leaves the counts. False when it already was.
+    pub(super) fn finalize(&self, ix: &mut Index, pos: usize, idx: u32) -> bool {
+        let seg = &mut ix.segments[pos];
+        let Some(st) = seg.state.get_mut(idx as usize) else { return false };
+        if *st & FINAL != 0 {
+            return false;
+        }
+        *st |= FINAL;
+        seg.outstanding = seg.outstanding.saturating_sub(1);
+        let share = seg.release_share(1);
+        ix.records = ix.records.saturating_sub(1);
+        ix.bytes = ix.bytes.saturating_sub(share);
+        ix.freed_at = Instant::now();
+        true
+    }
+
+    /// Whether the held record of `t` already took its room in the rate
+    /// windows (at another destination): it takes it once, whichever
+    /// destination sends it first ([`mark_released`](Self::mark_released)).
+    pub fn released(&self, t: &Ticket) -> bool {
+        let ix = self.lock();
+        let seg = ix.segments.iter().find(|s| s.seq == t.seq);
+        seg.and_then(|s| s.state.get(t.idx as usize)).is_some_and(|st| st & RELEASED != 0)
+    }
+
+    /// The held record of `t` took its room in the rate windows. (Two
+    /// destinations releasing it at the same moment both count it: the
+    /// windows err on the side of fewer records, never more.)
+    pub fn mark_released(&self, t: &Ticket) {
+        let mut ix = self.lock();
+        let seg = ix.segments.iter_mut().find(|s| s.seq == t.seq);
+        if let Some(st) = seg.and_then(|s| s.state.get_mut(t.idx as usize)) {
+            *st |= RELEASED;
+        }
     }
 
     /// Records lost since the last call (blocks that could not be read
@@ -118,35 +190,25 @@ impl Spool {
         std::mem::take(&mut self.lock().lost)
     }
 
-    /// Marks a handed-out record final (delivered, refused, expired); a
-    /// block whose records are all final is dropped, and a file whose
-    /// blocks all are goes back to the free pool.
-    pub fn done(&self, seq: u64) {
+    /// The fate of a handed-out record is final at its destination; once
+    /// it is final at every active destination it leaves the spool. A block
+    /// whose records are all final is dropped, and a file whose blocks all
+    /// are goes back to the free pool.
+    pub fn done(&self, t: &Ticket) {
         let mut ix = self.lock();
-        let Some(pos) = ix.segments.iter().position(|s| s.seq == seq) else { return };
-        ix.records = ix.records.saturating_sub(1);
+        let active = ix.active;
+        let Some(pos) = ix.segments.iter().position(|s| s.seq == t.seq) else { return };
         let seg = &mut ix.segments[pos];
-        seg.outstanding = seg.outstanding.saturating_sub(1);
-        let share = seg.release_share(1);
-        let finished = seg.outstanding == 0 && seg.handed == seg.total;
-        ix.bytes = ix.bytes.saturating_sub(share);
-        ix.freed_at = Instant::now();
-        if !finished {
-            drop(ix);
-            self.room.notify_all();
+        let Some(st) = seg.state.get_mut(t.idx as usize) else { return };
+        *st |= t.dest.bit();
+        if *st & active != active || !self.finalize(&mut ix, pos, t.idx) {
             return;
         }
-        let Some(seg) = ix.segments.remove(pos) else { return };
-        ix.bytes = ix.bytes.saturating_sub(seg.counted);
-        if seg.records.is_some() {
-            ix.cached = ix.cached.saturating_sub(seg.bytes);
+        if ix.segments[pos].outstanding == 0 {
+            self.remove_segment(&mut ix, pos);
         }
-        let recycle = ix.release_block(seg.file);
         drop(ix);
         self.room.notify_all();
-        if let Some(p) = recycle {
-            self.send_house(House::Recycle(p));
-        }
     }
 
     /// Removes blocks accepted before `before` (unix seconds) that have
@@ -156,7 +218,7 @@ impl Spool {
         let mut recycle = Vec::new();
         let mut ix = self.lock();
         while let Some(seg) = ix.segments.front() {
-            if seg.accepted >= before || seg.handed > 0 {
+            if seg.accepted >= before || seg.handed.iter().any(|h| *h > 0) {
                 break;
             }
             let Some(seg) = ix.segments.pop_front() else { break };
@@ -166,7 +228,9 @@ impl Spool {
             match seg.records {
                 Some(r) => {
                     ix.cached = ix.cached.saturating_sub(seg.bytes);
-                    out.extend(r.iter().map(|i| (**i).clone()));
+                    out.extend(
+                        r.iter().zip(seg.state.iter()).filter(|(_, st)| **st & FINAL == 0).map(|(i, _)| (**i).clone()),
+                    );
                 }
                 None => {
                     let read = ix
@@ -175,7 +239,13 @@ impl Spool {
                         .and_then(|f| File::open(&f.path).ok())
                         .map(|f| read_block_at(&f, seg.offset));
                     if let Some(Ok(s)) = read {
-                        out.extend(s.items);
+                        out.extend(
+                            s.items
+                                .into_iter()
+                                .zip(seg.state.iter())
+                                .filter(|(_, st)| **st & FINAL == 0)
+                                .map(|(i, _)| i),
+                        );
                     }
                 }
             }

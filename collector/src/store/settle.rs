@@ -7,10 +7,8 @@
 
 use std::sync::Arc;
 
-use telemetry::RecordId;
-
 use crate::journal::{Fate, Line};
-use crate::spool::Item;
+use crate::spool::{Dest, Item, Ticket};
 use crate::state::State;
 use crate::stats::bump;
 
@@ -21,11 +19,13 @@ pub struct Settle {
 }
 
 impl Settle {
-    /// The spooled record `seq` (id `id`) has its final fate: it leaves the
-    /// spool, and the fate is queued for the journal.
-    pub fn finish(&mut self, state: &State, seq: u64, id: RecordId, fate: Fate) {
-        state.spool.done(seq);
-        self.lines.push(Line::fate(id, fate));
+    /// The spooled record of ticket `t` has its final fate at the ticket's
+    /// destination: the fate is queued for the journal (marked with the
+    /// destination unless it is the original backend), and the record
+    /// leaves the spool once it is final at every destination.
+    pub fn finish(&mut self, state: &State, t: &Ticket, fate: Fate) {
+        state.spool.done(t);
+        self.lines.push(Line::fate(t.item.record_id, at(t.dest, fate)));
     }
 
     /// Queues the gathered lines for the journal's writer.
@@ -33,6 +33,14 @@ impl Settle {
         if !self.lines.is_empty() {
             state.journal.append(self.lines, None);
         }
+    }
+}
+
+/// `fate` as journaled for destination `dest`.
+pub fn at(dest: Dest, fate: Fate) -> Fate {
+    match dest {
+        Dest::Server => fate,
+        other => Fate::At(other, Box::new(fate)),
     }
 }
 

@@ -265,13 +265,7 @@ fn proc_cpu_secs(pid: u32) -> f64 {
     // The scheduler's run time of every thread, in ns (schedstat), not the
     // tick-sampled utime/stime of /proc/PID/stat, which misses much of the
     // time of threads that run in short bursts between wake-ups.
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0.0 };
-    let ns: u64 = tasks
-        .filter_map(|t| t.ok())
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()))
-        .sum();
-    ns as f64 / 1e9
+    threads_by_name(pid).values().map(|(ns, _)| ns).sum::<u64>() as f64 / 1e9
 }
 
 /// Per thread name: (run time in ns, context switches), summed over the

@@ -133,8 +133,9 @@ fn collector(bin: &Path, dir: &Path, extra: &str) -> Result<(KillChild, PathBuf)
     Ok((child, conf))
 }
 
-/// One crash of `exe`: the time from its ready byte to being reaped.
-fn crash_once(exe: &Path) -> Result<Duration, String> {
+/// Starts `exe` with no core size limit and waits for its ready byte (its
+/// last write before it crashes): the child and that moment.
+fn start_crasher(exe: &Path) -> Result<(Child, Instant), String> {
     let mut cmd = Command::new(exe);
     cmd.stdout(Stdio::piped()).stderr(Stdio::null());
     // SAFETY: only setrlimit between fork and exec.
@@ -151,7 +152,12 @@ fn crash_once(exe: &Path) -> Result<Duration, String> {
     let mut out = child.stdout.take().ok_or("no stdout")?;
     let mut b = [0u8; 1];
     out.read_exact(&mut b).map_err(|e| format!("no ready byte: {e}"))?;
-    let t0 = Instant::now();
+    Ok((child, Instant::now()))
+}
+
+/// One crash of `exe`: the time from its ready byte to being reaped.
+fn crash_once(exe: &Path) -> Result<Duration, String> {
+    let (mut child, t0) = start_crasher(exe)?;
     child.wait().map_err(|e| e.to_string())?;
     Ok(t0.elapsed())
 }
@@ -347,23 +353,7 @@ pub fn main(probe: &Path, collector_bin: &Path, args: &[String]) -> Result<(), S
     let journal = dir.join("live16/journal/journal");
     let mut lat = Vec::new();
     for i in 0..100usize {
-        let mut cmd = Command::new(&threads);
-        cmd.stdout(Stdio::piped()).stderr(Stdio::null());
-        // SAFETY: only setrlimit between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                let r = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
-                if libc::setrlimit(libc::RLIMIT_CORE, &r) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().map_err(|e| e.to_string())?;
-        let mut out = child.stdout.take().ok_or("no stdout")?;
-        let mut b = [0u8; 1];
-        out.read_exact(&mut b).map_err(|e| format!("no ready byte: {e}"))?;
-        let t0 = Instant::now();
+        let (mut child, t0) = start_crasher(&threads)?;
         let deadline = t0 + Duration::from_secs(30);
         while journal_count(&journal, "t16!crash16 |") <= i {
             if Instant::now() > deadline {

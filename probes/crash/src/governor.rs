@@ -264,26 +264,12 @@ impl Governor {
     /// Counts a crash of a known crash site (`key`, unwound before the
     /// core): `None` when the site is not known yet (the core will tell).
     pub fn admit_site(&self, key: &str, now: u64) -> Result<Option<(String, Decision, Vec<Repeated>)>, GovernorError> {
-        self.admit_site_then(key, now, |_| {})
-    }
-
-    /// As [`Governor::admit_site`], calling `decided` with the decision
-    /// before the table is written back: the caller lets the dying process
-    /// go (closes the core's pipe, or refuses the core) while this handler
-    /// still writes, since a file system write can wait for the file
-    /// system's journal for milliseconds.
-    pub fn admit_site_then(
-        &self,
-        key: &str,
-        now: u64,
-        decided: impl FnOnce(Decision),
-    ) -> Result<Option<(String, Decision, Vec<Repeated>)>, GovernorError> {
-        self.update(|entries| {
+        let found = self.update(|entries| {
             let sig = self.site(key)?;
             let (d, r) = self.admit_in(entries, &sig, now);
-            decided(d);
             Some((sig, d, r))
-        })
+        })?;
+        Ok(found)
     }
 
     fn io(&self, what: &'static str) -> impl FnOnce(std::io::Error) -> GovernorError + '_ {
@@ -304,7 +290,7 @@ impl Governor {
         let mut entries = parse(&text);
         let out = f(&mut entries);
         let new = render(&entries);
-        if new == render(&parse(&text)) && new.len() == raw.len() {
+        if new.as_bytes() == raw.as_slice() {
             // Nothing changed: no write (each costs the file system's
             // journal an inode update).
             return Ok(out);

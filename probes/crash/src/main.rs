@@ -120,18 +120,6 @@ enum RunError {
 }
 
 /// The log filter: RUST_LOG, else TELEM_LOG (the earlier name), else `warn`.
-/// Closes our ends of the core's pipe (`fds`: stdin and its copy) by
-/// putting /dev/null in their place, so the kernel's dump ends and the
-/// crashed process can exit while this handler finishes its bookkeeping.
-fn release_pipe(fds: &[std::os::fd::RawFd]) {
-    let Ok(null) = std::fs::File::open("/dev/null") else { return };
-    for &fd in fds {
-        // SAFETY: dup2 of an fd we hold over one of ours: the old one is
-        // closed atomically; nothing reads it after a repeat is decided.
-        unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd) };
-    }
-}
-
 fn log_filter() -> tracing_subscriber::EnvFilter {
     use tracing_subscriber::EnvFilter;
     EnvFilter::try_from_default_env()
@@ -231,7 +219,6 @@ fn run(args: Args) -> Result<(), RunError> {
     // hold bytes back in a buffer.
     let stdin =
         std::io::stdin().as_fd().try_clone_to_owned().map_err(|source| RunError::Io { what: "use stdin", source })?;
-    let stream_fd = std::os::fd::AsRawFd::as_raw_fd(&stdin);
     let mut stream = Stream::from_fd(std::fs::File::from(stdin), Some(deadline));
     // Opened while still root (handle drops privileges); not for a saved
     // core or a printed payload.
@@ -245,15 +232,7 @@ fn run(args: Args) -> Result<(), RunError> {
     if let (Some(g), Some(pid)) = (&governor, args.pid) {
         early = crashprobe::request::early_key(pid, args.pidfd, args.time, args.dumpable, &unwinder);
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        // A repeat lets the dying process go before the governor's table is
-        // written: both of our ends of the core's pipe (stdin and the
-        // stream's copy) are closed, which ends the kernel's dump.
-        let release = |d: Decision| {
-            if d == Decision::Repeated {
-                release_pipe(&[0, stream_fd]);
-            }
-        };
-        match early.as_deref().map(|k| g.admit_site_then(k, now, release)) {
+        match early.as_deref().map(|k| g.admit_site(k, now)) {
             Some(Ok(Some((sig, Decision::Repeated, reports)))) => {
                 tracing::info!(pid, signature = %sig, "repeated crash counted; core not read");
                 crashprobe::deliver_repeated(&cfg, args.socket.as_deref(), &reports)?;

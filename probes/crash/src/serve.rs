@@ -232,21 +232,14 @@ fn one(
             // (its early key, from the live process) has.
             early = governor.and_then(|_| request::early_key(pid, input.pidfd, None, input.dumpable, unwinder));
             if let (Some(g), Some(key)) = (governor, &early) {
-                // A repeat is refused before the governor's table is
-                // written back (a file system write can wait milliseconds
-                // for its journal; the dying process need not).
-                let refuse = |d: Decision| {
-                    if d == Decision::Repeated {
-                        if let Err(e) = request::answer(&mut conn, &req, request::COREDUMP_REJECT) {
-                            tracing::warn!(pid, error = %e, "refusing the core");
-                        }
-                    }
-                };
-                match g.admit_site_then(key, unix_now(), refuse) {
+                match g.admit_site(key, unix_now()) {
                     Ok(Some((sig, decision, reports))) => {
                         early_reports = reports;
                         if decision == Decision::Repeated {
                             tracing::info!(pid, signature = %sig, "repeated crash counted; core refused");
+                            if let Err(e) = request::answer(&mut conn, &req, request::COREDUMP_REJECT) {
+                                tracing::warn!(pid, error = %e, "refusing the core");
+                            }
                             if let Err(e) = crate::deliver_repeated(cfg, collector, &early_reports) {
                                 tracing::error!(error = %e, "crash/repeated records not delivered");
                             }

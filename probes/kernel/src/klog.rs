@@ -18,7 +18,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use telemetry::{BootId, Record};
+use telemetry::{BootId, EventId, Record};
 
 use crate::config::Config;
 use crate::kmsg::{Kmsg, Read1};
@@ -188,7 +188,7 @@ impl Scanner {
             let counts = if ending { self.storm.drain() } else { self.storm.expired(now) };
             for (held, count) in counts {
                 let payload = storm::count_payload(&held, count, self.cfg.storm_window);
-                self.push(held.classification, held.severity, payload);
+                self.push(held.classification, held.severity, payload, EventId::random());
             }
             if !self.out.is_empty() && !self.deliver() {
                 break; // stopped while the collector was away
@@ -229,7 +229,7 @@ impl Scanner {
                     "Kernel log messages lost : {lost}\nSequence numbers : {exp} to {}\nCause : the kernel's ring buffer was overwritten before they were read; {why}\n",
                     m.seq - 1
                 );
-                self.push(OVERRUN_CLASS, 2, payload);
+                self.push(OVERRUN_CLASS, 2, payload, EventId::random());
             }
         }
         self.overrun = false;
@@ -252,17 +252,14 @@ impl Scanner {
             // The same report gets the same event id if it is ever sent
             // again (a kill between the ack and saving the position).
             let event = telemetry::crash_id::kernel_report_event_id(&self.boot, r.first);
-            match send::record_of(held.classification, held.severity, held.payload, event) {
-                Ok(r) => self.out.push(r),
-                Err(e) => tracing::error!(error = %e, "cannot make a record"),
-            }
+            self.push(held.classification, held.severity, held.payload, event);
         } else {
             tracing::debug!(class = held.classification, "identical report held back (storm window)");
         }
     }
 
-    fn push(&mut self, class: &str, severity: u8, payload: String) {
-        match send::record(class, severity, payload) {
+    fn push(&mut self, class: &str, severity: u8, payload: String, event: EventId) {
+        match send::record_of(class, severity, payload, event) {
             Ok(r) => self.out.push(r),
             Err(e) => tracing::error!(error = %e, "cannot make a record"),
         }

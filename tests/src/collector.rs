@@ -268,6 +268,19 @@ impl Collector {
         parse_json(&String::from_utf8_lossy(&out.stdout))
     }
 
+    /// Creates the original's `opt-in-no-privacy-filters` file and waits
+    /// until the running daemon says scrubbing is off: it re-reads the file
+    /// at most every 200 ms, so a record sent at once could still be scrubbed.
+    pub fn privacy_filters_off(&self) {
+        std::fs::create_dir_all(self.dir.join("etc")).expect("etc dir");
+        std::fs::write(self.dir.join("etc/opt-in-no-privacy-filters"), b"").expect("write opt-in-no-privacy-filters");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.status()["scrubbing"] != false {
+            assert!(std::time::Instant::now() < deadline, "scrubbing still on 10 s after opt-in-no-privacy-filters");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// `telemctl journal --json`, one parsed object per record.
     pub fn journal(&self, extra: &[&str]) -> Vec<serde_json::Value> {
         let mut args = vec!["journal", "--json"];

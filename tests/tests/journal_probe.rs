@@ -189,8 +189,7 @@ fn without_privacy_filters_error_priority_entries_are_sent_too() {
     let Some(remote) = journal_remote() else { return };
     let mut c = Collector::new(None, "");
     c.start();
-    std::fs::create_dir_all(c.dir.join("etc")).unwrap();
-    std::fs::write(c.dir.join("etc/opt-in-no-privacy-filters"), b"").unwrap();
+    c.privacy_filters_off();
     let t = tag();
     let dir = c.dir.join("journal-in");
     std::fs::create_dir_all(&dir).unwrap();

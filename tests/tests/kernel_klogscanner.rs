@@ -241,8 +241,7 @@ fn multi_line_reports_modern_and_older_call_traces() {
     );
 
     // Without privacy filters the register values themselves are sent.
-    std::fs::create_dir_all(c.dir.join("etc")).unwrap();
-    std::fs::write(c.dir.join("etc/opt-in-no-privacy-filters"), b"").unwrap();
+    c.privacy_filters_off();
     let t2 = tag();
     let mut second = modern.clone();
     second[1] = second[1].replace(&t, &t2);

@@ -257,9 +257,7 @@ fn scrubbing_corpus_through_the_real_collector() {
     );
 
     // The original's opt-in-no-privacy-filters file turns scrubbing off.
-    std::fs::write(c.dir.join("etc/opt-in-no-privacy-filters"), b"").unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(c.status()["scrubbing"], false);
+    c.privacy_filters_off();
     client.send(&RECORDS.text("unfiltered alice@example.org")).unwrap();
     assert!(sink.wait_for(WAIT, |p| p.iter().any(|p| p.body == b"unfiltered alice@example.org")));
 }

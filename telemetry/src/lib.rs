@@ -36,6 +36,7 @@
 
 #![warn(missing_docs)]
 
+pub mod blackbox;
 pub mod classification;
 pub mod client;
 pub mod config;

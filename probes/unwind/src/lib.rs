@@ -68,6 +68,7 @@
 //! ends a backtrace with [`End::Error`] saying why.
 
 pub mod cfi;
+mod elf_names;
 pub mod gopclntab;
 pub mod maps;
 pub mod memory;

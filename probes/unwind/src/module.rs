@@ -218,11 +218,16 @@ impl Module {
             };
             loads.push(Load { vaddr: seg.address(), memsz: seg.size(), offset, filesz, exec });
         }
-        let find = |name: &str| obj.section_by_name(name).and_then(|s| sect_of(&data, &s));
+        // Section names without `object`'s string tables (see `elf_names`).
+        let elf = crate::elf_names::Elf64::parse(&data);
+        let by_name = |name: &str| match &elf {
+            Some(e) => e.section_index(name).and_then(|i| obj.section_by_index(i).ok()),
+            None => obj.section_by_name(name),
+        };
+        let find = |name: &str| by_name(name).and_then(|s| sect_of(&data, &s));
         let eh_frame = find(".eh_frame");
         let eh_frame_hdr = find(".eh_frame_hdr");
-        let debug_frame = obj
-            .section_by_name(".debug_frame")
+        let debug_frame = by_name(".debug_frame")
             .filter(|s| {
                 !matches!(
                     s.compressed_file_range().map(|c| c.format),
@@ -230,16 +235,17 @@ impl Module {
                 )
             })
             .and_then(|s| sect_of(&data, &s));
-        let text_addr = obj.section_by_name(".text").map_or(0, |s| s.address());
+        let text_addr = by_name(".text").map_or(0, |s| s.address());
         let gopclntab = find(".gopclntab").or_else(|| find(".data.rel.ro.gopclntab"));
-        let got_addr = obj.section_by_name(".got").map_or(0, |s| s.address());
+        let got_addr = by_name(".got").map_or(0, |s| s.address());
         let build_id = obj.build_id().ok().flatten().map(Into::into);
-        let debuglink = obj
-            .gnu_debuglink()
-            .ok()
-            .flatten()
-            .and_then(|(n, crc)| std::str::from_utf8(n).ok().map(|n| (n.to_string(), crc)));
-        let has_debug_info = obj.section_by_name(".debug_info").is_some_and(|s| s.size() > 0);
+        let debuglink = match &elf {
+            Some(e) => e.gnu_debuglink(),
+            None => obj.gnu_debuglink().ok().flatten(),
+        }
+        .and_then(|(n, crc)| std::str::from_utf8(n).ok().map(|n| (n.to_string(), crc)));
+        let has_debug_info = by_name(".debug_info").is_some_and(|s| s.size() > 0);
+        drop(elf);
         drop(obj);
         Ok(Module {
             data,
@@ -328,22 +334,29 @@ impl Module {
 
     fn symbols(&self) -> &[Sym] {
         self.symbols.get_or_init(|| {
-            let Ok(obj) = object::File::parse(&**self.data) else { return Vec::new() };
             let mut syms: Vec<Sym> = Vec::new();
-            let mut take = |it: object::SymbolIterator<'_, '_>| {
-                for s in it {
-                    if s.kind() != object::SymbolKind::Text || s.address() == 0 || s.is_undefined() {
-                        continue;
-                    }
-                    if let Ok(n) = s.name() {
-                        if !n.is_empty() {
-                            syms.push(Sym { addr: s.address(), size: s.size(), name: n.into() });
+            if let Some(e) = crate::elf_names::Elf64::parse(&self.data) {
+                syms = e
+                    .text_symbols()
+                    .into_iter()
+                    .map(|s| Sym { addr: s.addr, size: s.size, name: s.name.into() })
+                    .collect();
+            } else if let Ok(obj) = object::File::parse(&**self.data) {
+                let mut take = |it: object::SymbolIterator<'_, '_>| {
+                    for s in it {
+                        if s.kind() != object::SymbolKind::Text || s.address() == 0 || s.is_undefined() {
+                            continue;
+                        }
+                        if let Ok(n) = s.name() {
+                            if !n.is_empty() {
+                                syms.push(Sym { addr: s.address(), size: s.size(), name: n.into() });
+                            }
                         }
                     }
-                }
-            };
-            take(obj.symbols());
-            take(obj.dynamic_symbols());
+                };
+                take(obj.symbols());
+                take(obj.dynamic_symbols());
+            }
             // Prefer sized, global names at the same address.
             syms.sort_by(|a, b| a.addr.cmp(&b.addr).then(b.size.cmp(&a.size)));
             syms.dedup_by_key(|s| s.addr);
@@ -368,7 +381,11 @@ impl Module {
 
     fn section_bytes(&self, obj: &object::File<'_>, name: &str) -> SharedBytes {
         let empty = SharedBytes { owner: self.data.clone(), range: 0..0 };
-        let Some(s) = obj.section_by_name(name) else { return empty };
+        let s = match crate::elf_names::Elf64::parse(&self.data) {
+            Some(e) => e.section_index(name).and_then(|i| obj.section_by_index(i).ok()),
+            None => obj.section_by_name(name),
+        };
+        let Some(s) = s else { return empty };
         let Ok(c) = s.compressed_data() else { return empty };
         if !plausible_size(&c) {
             tracing::debug!(

@@ -363,7 +363,7 @@ impl Encoder {
                 w.write_all(b",")?;
             }
             let (kind, label) = match l.key {
-                LaneKey::Host => ("host", "host: records and processes started before the recording".to_string()),
+                LaneKey::Host => ("host", "host: records, earlier processes".to_string()),
                 LaneKey::Tree(root) => {
                     ("tree", format!("{} [{root}]", l.name.as_deref().unwrap_or("(started before the recording)")))
                 }

@@ -150,8 +150,14 @@
     W = wrap.clientWidth; H = wrap.clientHeight; dpr = window.devicePixelRatio || 1;
     stage.style.height = H + "px";
     spacer.style.height = Math.max(H, Y0 + laneShown.length * ROW_H + 12) + "px";
-    canvas.width = Math.max(1, Math.floor(W * dpr)); canvas.height = Math.max(1, Math.floor(H * dpr));
-    canvas.style.width = W + "px"; canvas.style.height = H + "px";
+    // Resizing clears the canvas: only when the size changed.
+    const cw = Math.max(1, Math.floor(W * dpr)), ch = Math.max(1, Math.floor(H * dpr));
+    if (canvas.width !== cw || canvas.height !== ch) {
+      canvas.width = cw; canvas.height = ch;
+      canvas.style.width = W + "px"; canvas.style.height = H + "px";
+      return true;
+    }
+    return false;
   }
   const plotW = () => Math.max(10, W - LABEL_W - 10);
   const xOf = (t) => LABEL_W + (t - v0) / (v1 - v0) * plotW();
@@ -497,7 +503,8 @@
     else if (e.key === "/") { e.preventDefault(); $("filter").focus(); }
     else if (e.key === "Escape") $("detail-close").click();
   });
-  new ResizeObserver(() => { layout(); redraw(); }).observe(wrap);
+  // Observers run after this frame's animation callbacks: draw now.
+  new ResizeObserver(() => { if (layout()) draw(); redraw(); }).observe(wrap);
 
   // ---- header and notices ----
   const M = D.meta;

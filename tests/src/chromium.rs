@@ -212,7 +212,8 @@ impl Chromium {
 
     /// The value of a JavaScript expression in the page (JSON-able).
     pub fn eval(&mut self, expr: &str) -> Result<Value, String> {
-        let r = self.call("Runtime.evaluate", json!({"expression": expr, "returnByValue": true, "awaitPromise": true}))?;
+        let r =
+            self.call("Runtime.evaluate", json!({"expression": expr, "returnByValue": true, "awaitPromise": true}))?;
         if let Some(ex) = r.get("exceptionDetails") {
             return Err(format!("{expr}: {ex}"));
         }
@@ -270,8 +271,11 @@ impl Chromium {
     /// One turn of the mouse wheel at (x, y) (negative `delta_y`: towards
     /// the user, i.e. zoom in on the timeline).
     pub fn wheel(&mut self, x: f64, y: f64, delta_y: f64) -> Result<(), String> {
-        self.call("Input.dispatchMouseEvent", json!({"type": "mouseWheel", "x": x, "y": y, "deltaX": 0, "deltaY": delta_y}))
-            .map(|_| ())
+        self.call(
+            "Input.dispatchMouseEvent",
+            json!({"type": "mouseWheel", "x": x, "y": y, "deltaX": 0, "deltaY": delta_y}),
+        )
+        .map(|_| ())
     }
 
     /// Types `text` into the focused element, one key press per character.

@@ -14,7 +14,8 @@ use e2e::chromium::Chromium;
 use telemetry::blackbox::{Entry, Event, TopProcess};
 
 const W0: u64 = 1_764_000_000 * 1_000_000_000;
-const BACKTRACE: &str = "#0  0x0000555555555139 in explode () at crashy.c:12\n#1  0x0000555555555150 in main () at crashy.c:20";
+const BACKTRACE: &str =
+    "#0  0x0000555555555139 in explode () at crashy.c:12\n#1  0x0000555555555150 in main () at crashy.c:20";
 const HOSTILE: &str = "</script><script>window.pwned=1</script><img src=x onerror=\"window.pwned=2\">";
 
 fn at(secs: f64, event: Event) -> Entry {
@@ -40,10 +41,7 @@ fn exec(secs: f64, pid: u32, ppid: u32, argv: &[&str], tty: Option<&str>, unit: 
 }
 
 fn exit(secs: f64, pid: u32, ppid: u32, comm: &str, status: Option<i32>, signal: Option<i32>, run_ms: u64) -> Entry {
-    at(
-        secs,
-        Event::Exit { pid, ppid, comm: comm.into(), status, signal, core_dumped: signal == Some(11), run_ms },
-    )
+    at(secs, Event::Exit { pid, ppid, comm: comm.into(), status, signal, core_dumped: signal == Some(11), run_ms })
 }
 
 fn recording() -> Vec<Entry> {
@@ -166,16 +164,17 @@ fn the_timeline_page_lists_events_opens_backtraces_filters_lanes_and_fetches_not
     for _ in 0..3 {
         b.wheel(x, y, -300.0).unwrap();
     }
-    b.wait_for(
-        &format!("document.getElementById('view-range').textContent !== {view_before}"),
-        Duration::from_secs(5),
-    )
-    .expect("the wheel zooms");
+    b.wait_for(&format!("document.getElementById('view-range').textContent !== {view_before}"), Duration::from_secs(5))
+        .expect("the wheel zooms");
     let (x2, _) = b.center_of(crash).expect("the crash marker is still in view after zooming at it");
     assert!((x2 - x).abs() < 20.0, "zoom is anchored at the pointer ({x} -> {x2})");
     b.wait_for("document.getElementById('detail').hidden", Duration::from_secs(1)).unwrap();
     b.click_on(crash).unwrap();
-    let shown = b.wait_for("!document.getElementById('detail').hidden && document.getElementById('detail-payload').textContent", Duration::from_secs(5))
+    let shown = b
+        .wait_for(
+            "!document.getElementById('detail').hidden && document.getElementById('detail-payload').textContent",
+            Duration::from_secs(5),
+        )
         .expect("clicking the crash marker opens its backtrace");
     let shown = shown.as_str().unwrap_or_default();
     assert!(shown.contains(BACKTRACE), "the backtrace: {shown}");

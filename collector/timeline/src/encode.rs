@@ -101,8 +101,11 @@ enum LaneKey {
 
 struct Lane {
     key: LaneKey,
-    /// The root process's name (argv[0] or the executable's file name).
+    /// The root process's name (argv[0] or the executable's file name),
+    /// else the first process seen in the lane.
     name: Option<String>,
+    /// `name` is the root's own.
+    root_seen: bool,
     tty: Option<String>,
     operator_cmds: u64,
     events: u64,
@@ -168,7 +171,7 @@ impl Encoder {
             return l;
         }
         let l = self.lanes.len() as u32;
-        self.lanes.push(Lane { key, name: None, tty: None, operator_cmds: 0, events: 0 });
+        self.lanes.push(Lane { key, name: None, root_seen: false, tty: None, operator_cmds: 0, events: 0 });
         self.lane_of_key.insert(key, l);
         l
     }
@@ -232,7 +235,10 @@ impl Encoder {
                 let name = argv.first().filter(|a| !a.is_empty()).cloned().unwrap_or_else(|| basename(exe).to_string());
                 let l = &mut self.lanes[lane as usize];
                 l.events += 1;
-                if l.name.is_none() || l.key == LaneKey::Tree(*pid) {
+                if l.key == LaneKey::Tree(*pid) {
+                    l.name = Some(name);
+                    l.root_seen = true;
+                } else if l.name.is_none() {
                     l.name = Some(name);
                 }
                 if *operator {
@@ -322,7 +328,8 @@ impl Encoder {
                     w.write_all(b",")?;
                     self.int(w, v)?;
                 }
-                let tops: Vec<String> = top.iter().map(|p| format!("{} [{}] {:.1}%", p.comm, p.pid, p.cpu_pct)).collect();
+                let tops: Vec<String> =
+                    top.iter().map(|p| format!("{} [{}] {:.1}%", p.comm, p.pid, p.cpu_pct)).collect();
                 let top_s = self.intern(&tops.join(", "));
                 let rest = [
                     clamp(*mem_total_kb),
@@ -364,9 +371,11 @@ impl Encoder {
             }
             let (kind, label) = match l.key {
                 LaneKey::Host => ("host", "host: records, earlier processes".to_string()),
-                LaneKey::Tree(root) => {
-                    ("tree", format!("{} [{root}]", l.name.as_deref().unwrap_or("(started before the recording)")))
+                LaneKey::Tree(root) if l.root_seen => {
+                    ("tree", format!("{} [{root}]", l.name.as_deref().unwrap_or("?")))
                 }
+                // The root started before the recording: named by its first child seen.
+                LaneKey::Tree(root) => ("tree", format!("under [{root}]: {}", l.name.as_deref().unwrap_or("?"))),
                 LaneKey::Unit(u) => ("unit", self.units.get_index(u).cloned().unwrap_or_default()),
             };
             write!(w, "{{\"kind\":\"{kind}\",\"label\":")?;

@@ -76,7 +76,8 @@ const BODY: &str = include_str!("assets/body.html");
 /// end. Fails only when `out` does.
 pub fn write_html<W: Write>(entries: impl IntoIterator<Item = Entry>, meta: &PageMeta, out: W) -> io::Result<()> {
     let mut w = io::BufWriter::with_capacity(1 << 16, out);
-    let title = if meta.title.is_empty() { format!("Black box recording {}", meta.recording_id) } else { meta.title.clone() };
+    let title =
+        if meta.title.is_empty() { format!("Black box recording {}", meta.recording_id) } else { meta.title.clone() };
     w.write_all(b"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n")?;
     // No network: nothing may be fetched, not even a favicon.
     w.write_all(
@@ -211,7 +212,8 @@ mod tests {
         assert_eq!(rows[4][1], rows[2][1], "cc's exit is in its lane");
         assert_ne!(rows[0][1], rows[1][1]);
         let make_lane = &lanes[rows[1][1] as usize];
-        assert_eq!(make_lane["label"], "make [150]");
+        assert_eq!(make_lane["label"], "under [150]: make");
+        assert_eq!(lanes[rows[0][1] as usize]["label"], "sshd [100]");
         assert_eq!(make_lane["op"], 2);
         assert_eq!(make_lane["tty"], "pts/0");
         assert_eq!(s[rows[2][8] as usize], "cc 'a b.c'");

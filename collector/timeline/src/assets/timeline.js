@@ -269,11 +269,17 @@
   }
 
   function drawGlobal() {
+    let lastLabel = -1e9;
     for (const j of globalPos) {
       const i = ord[j], k = kind[i];
       if (k === 6) {
         const x = xOf(ts[j]);
-        if (x > LABEL_W - 4 && x < W + 4) hatch(x - 3, x + 3, "#d21f1f", `gap: ${f(i, 0)} lost`);
+        if (x > LABEL_W - 4 && x < W + 4) {
+          // Labels only where they do not overlap the previous one.
+          const room = x - lastLabel > 90;
+          if (room) lastLabel = x;
+          hatch(x - 3, x + 3, "#d21f1f", room ? `gap: ${f(i, 0)} lost` : null);
+        }
       } else if (k === 7) {
         hatch(xOf(full0), xOf(f(i, 2)), "#6d4c41", `truncated: ${f(i, 1)} older entries deleted`);
       } else if (k === 8) {
@@ -292,16 +298,18 @@
     const laneRow = new Int32Array(NL).fill(-1);
     for (let k = k0; k < k1; k++) laneRow[laneShown[k]] = k;
     const a = lower(markerPos, v0), b = lower(markerPos, v1);
-    let made = 0, lastKey = "";
-    for (let r = a; r < b && made < 400; r++) {
+    // One marker per lane per 6 px, at most 1,500 in the DOM.
+    let made = 0;
+    const taken = new Set();
+    for (let r = a; r < b && made < 1500; r++) {
       const pos = markerPos[r], i = ord[pos], l = lane[i];
       if (l < 0 || l >= NL || laneRow[l] < 0) continue;
       if (matchEv && !matchEv[i]) continue;
       const x = xOf(ts[pos]), y = Y0 + laneRow[l] * ROW_H - scroll + ROW_H / 2;
       if (y < Y0 || x < LABEL_W) continue;
-      const key = `${x | 0}:${l}`;
-      if (key === lastKey) continue;
-      lastKey = key;
+      const key = `${Math.floor(x / 6)}:${l}`;
+      if (taken.has(key)) continue;
+      taken.add(key);
       const cls = markerClass(i);
       const m = document.createElement("button");
       m.type = "button";

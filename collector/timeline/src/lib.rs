@@ -17,7 +17,7 @@
 //! crashes and warnings as markers that open their backtrace, gaps and
 //! truncation as hatched bands, the instrument readings as a load/memory
 //! strip, a zoomable time axis, a text filter, and a virtualized list of
-//! the events in view (see docs/BLACKBOX.md for how to use it).
+//! the events in view (docs/TIMELINE.md says how to read and use it).
 //!
 //! Every string from the recording is treated as hostile: in the embedded
 //! JSON, `<`, `>` and `&` are written as `\u003c`, `\u003e`, `\u0026`, so no

@@ -224,6 +224,35 @@ mod tests {
     }
 
     #[test]
+    fn units_get_their_own_lane_and_records_join_their_process() {
+        let mut nginx = exec(1_000, 2000, 1, &["nginx"], false);
+        if let Event::Exec { unit, .. } = &mut nginx.event {
+            *unit = Some("nginx.service".into());
+        }
+        let record = |pid| Entry {
+            mono_ns: 9,
+            wall_ns: 1_700_000_000_000_009_000,
+            event: Event::Record {
+                record_id: "r".into(),
+                event_id: "e".into(),
+                classification: "org.clearlinux/crash/segv".into(),
+                severity: 4,
+                pid,
+                payload: "#0 main".into(),
+            },
+        };
+        let html =
+            page(vec![nginx, exec(2_000, 2001, 2000, &["nginx-worker"], false), record(Some(2001)), record(None)]);
+        let d = data(&html);
+        let ev: Vec<i64> = d["ev"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+        let lanes = d["lanes"].as_array().unwrap();
+        assert_eq!(lanes[1]["label"], "nginx.service");
+        assert_eq!(lanes[1]["kind"], "unit");
+        // exec, exec (12 numbers each), then the records' lanes.
+        assert_eq!((ev[1], ev[13], ev[25], ev[34]), (1, 1, 1, 0), "{ev:?}");
+    }
+
+    #[test]
     fn an_empty_recording_is_a_page() {
         let html = page(vec![]);
         assert_eq!(data(&html)["n"], 0);

@@ -216,4 +216,22 @@ fn the_timeline_page_lists_events_opens_backtraces_filters_lanes_and_fetches_not
     assert!(others.is_empty(), "the page fetched {others:?}");
     let errors = b.errors();
     assert!(errors.is_empty(), "the page reported errors: {errors:?}");
+
+    // An empty recording, and one whose entries are out of time order,
+    // are pages too.
+    let empty = dir.path().join("empty.html");
+    write_html(Vec::new(), &PageMeta::default(), std::fs::File::create(&empty).unwrap()).unwrap();
+    b.navigate(&format!("file://{}", empty.display())).unwrap();
+    b.wait_for("document.documentElement.dataset.ready === '1'", Duration::from_secs(30)).expect("empty page ready");
+    assert_eq!(b.eval("document.getElementById('lane-count').textContent").unwrap(), "0 lanes");
+    let mut shuffled = recording();
+    shuffled.reverse();
+    let unsorted = dir.path().join("unsorted.html");
+    write_html(shuffled, &meta, std::fs::File::create(&unsorted).unwrap()).unwrap();
+    b.navigate(&format!("file://{}", unsorted.display())).unwrap();
+    b.wait_for("document.documentElement.dataset.ready === '1'", Duration::from_secs(30)).expect("unsorted page ready");
+    let first = b.eval("document.querySelector('#list-rows .row').textContent").unwrap();
+    assert!(first.as_str().unwrap_or_default().contains("recording started"), "sorted by time: {first}");
+    let errors = b.errors();
+    assert!(errors.is_empty(), "the pages reported errors: {errors:?}");
 }

@@ -13,8 +13,10 @@
 //! | [`burst`] | bursts of legacy records from many processes |
 //! | [`kmsg`] | lines written to `/dev/kmsg`, unique tags, a probe process to stop and restart |
 //! | [`rotel`] | rotel, a real OpenTelemetry collector, as the OTLP receiver; its debug log parsed |
+//! | [`chromium`] | headless Chromium driven over the DevTools protocol (real clicks, wheel, keys) |
 
 pub mod burst;
+pub mod chromium;
 pub mod collector;
 pub mod fixtures;
 pub mod http;

@@ -26,6 +26,9 @@ pub fn setup() -> Result<(), String> {
     // journalprobe tests: systemd-journal-remote makes real journal files
     // from export streams.
     ensure_apt(&["systemd-journal-remote"])?;
+    // The black box timeline test and `bench blackbox`: headless Chromium
+    // opens the exported page.
+    ensure_apt(&["chromium"])?;
     ensure_cargo_fuzz()?;
     ensure_lint_tools()?;
     // OTLP tests and `bench collector`: rotel, an OpenTelemetry collector.

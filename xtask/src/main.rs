@@ -6,6 +6,7 @@
 //! a bounded time. `cargo xtask run` is the main job. `cargo
 //! xtask bench [WHAT]` runs the benchmarks and prints figures and ratios.
 
+mod bench_blackbox;
 mod bench_collector;
 mod bench_crash;
 mod bench_events;
@@ -26,9 +27,10 @@ commands:
   lint                 cargo fmt --check, clippy -D warnings, cargo deny (as `test` runs them)
   run [--server URL]   run the collector on a local default with the probes (see README)
   build-ebpf           install the eBPF toolchain if missing and build probe-ebpf/
-  bench [WHAT]         run benchmarks (framing, collector, crash, events, kernel; all by default;
-                       crash takes --storm-secs N and --storm-only; collector includes the OTLP
-                       round into rotel, BENCH_ONLY=otlp runs it alone)
+  bench [WHAT]         run benchmarks (framing, collector, crash, events, kernel, blackbox; all by
+                       default; crash takes --storm-secs N and --storm-only; collector includes the
+                       OTLP round into rotel, BENCH_ONLY=otlp runs it alone; blackbox takes phase
+                       names, e.g. `blackbox export`, or BENCH_ONLY=export)
   fuzz [--secs N]      run each fuzz target for N seconds (default 60)
   setup                only install what is missing (rotel for the OTLP tests in a virtualenv
                        under the target directory)
@@ -148,13 +150,17 @@ fn cmd_bench(args: &[String]) -> Result<(), String> {
         Some("crash") => bench_crash::main(&args[1..]),
         Some("events") => bench_events::main(&args[1..]),
         Some("kernel") => bench_kernel::main(&args[1..]),
+        Some("blackbox") => bench_blackbox::main(&args[1..]),
         None => {
             util::cargo(&["bench", "-p", "telemetry", "--bench", "framing"])?;
             bench_collector::main(&[])?;
             bench_crash::main(&[])?;
             bench_events::main(&[])?;
-            bench_kernel::main(&[])
+            bench_kernel::main(&[])?;
+            bench_blackbox::main(&[])
         }
-        Some(other) => Err(format!("unknown benchmark {other:?}; known: framing, collector, crash, events, kernel")),
+        Some(other) => {
+            Err(format!("unknown benchmark {other:?}; known: framing, collector, crash, events, kernel, blackbox"))
+        }
     }
 }

@@ -32,6 +32,7 @@
 //! (the requests delivery would send, built by [`request::describe`]) and
 //! [`service`]. Privacy: docs/PRIVACY.md.
 
+pub mod blackbox;
 pub mod config;
 pub mod consent;
 pub mod control;

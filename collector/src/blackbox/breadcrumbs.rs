@@ -159,7 +159,8 @@ pub fn payload_pid(text: &str) -> Option<u32> {
 pub fn append(payload: &mut String, lines: &[String], limit: usize) {
     let budget = limit.saturating_sub(payload.len());
     let json = payload.trim_start().starts_with('{')
-        && serde_json::from_str::<serde_json::Value>(payload).is_ok_and(|v| v.as_object().is_some_and(|o| !o.is_empty()));
+        && serde_json::from_str::<serde_json::Value>(payload)
+            .is_ok_and(|v| v.as_object().is_some_and(|o| !o.is_empty()));
     if json {
         let quoted: Vec<String> = lines.iter().map(|l| serde_json::Value::from(l.as_str()).to_string()).collect();
         let head = ",\"recent_activity\":[]".len();
@@ -184,9 +185,7 @@ pub fn append(payload: &mut String, lines: &[String], limit: usize) {
         *payload = s;
         return;
     }
-    let sep = if payload.is_empty() {
-        ""
-    } else if payload.ends_with("\n\n") {
+    let sep = if payload.is_empty() || payload.ends_with("\n\n") {
         ""
     } else if payload.ends_with('\n') {
         "\n"

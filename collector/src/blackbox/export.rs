@@ -34,7 +34,10 @@ pub fn create_private(path: &Path) -> Result<File, BlackboxError> {
 }
 
 /// Calls `each` with every entry's JSON of recording `dir`, in time order.
-pub fn for_each_sorted(dir: &Path, mut each: impl FnMut(&[u8]) -> Result<(), BlackboxError>) -> Result<u64, BlackboxError> {
+pub fn for_each_sorted(
+    dir: &Path,
+    mut each: impl FnMut(&[u8]) -> Result<(), BlackboxError>,
+) -> Result<u64, BlackboxError> {
     let mut segs: Vec<Vec<u8>> = Vec::new();
     store::read_segments(dir, |b| segs.push(b))?;
     // (wall, mono, segment, start, end): the order key and where the JSON is.

@@ -31,7 +31,11 @@ impl Instruments {
     pub fn new() -> Instruments {
         // SAFETY: sysconf has no memory effects.
         let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-        let mut i = Instruments { prev: HashMap::new(), at: Instant::now(), ticks_per_sec: if tck > 0 { tck as f64 } else { 100.0 } };
+        let mut i = Instruments {
+            prev: HashMap::new(),
+            at: Instant::now(),
+            ticks_per_sec: if tck > 0 { tck as f64 } else { 100.0 },
+        };
         i.baseline();
         i
     }

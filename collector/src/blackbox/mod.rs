@@ -164,7 +164,8 @@ pub fn now_ns() -> (u64, u64) {
     } else {
         0
     };
-    let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    let wall =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
     (mono, wall)
 }
 

@@ -152,7 +152,8 @@ mod tests {
         out
     }
 
-    const A: Frame<'static> = Frame { kind: 1, wall_ns: 10, mono_ns: 20, source: Some(("ab12", 7)), json: b"{\"a\":1}" };
+    const A: Frame<'static> =
+        Frame { kind: 1, wall_ns: 10, mono_ns: 20, source: Some(("ab12", 7)), json: b"{\"a\":1}" };
     const B: Frame<'static> = Frame { kind: 9, wall_ns: 11, mono_ns: 21, source: None, json: b"{\"kind\":\"marker\"}" };
 
     #[test]
@@ -167,7 +168,7 @@ mod tests {
     #[test]
     fn a_torn_tail_is_found_at_every_cut() {
         let whole = seg(&[A.clone(), B.clone()]);
-        let first_end = seg(&[A.clone()]).len();
+        let first_end = seg(std::slice::from_ref(&A)).len();
         for cut in MAGIC.len()..whole.len() {
             let mut got = Vec::new();
             let s = scan(&whole[..cut], |f| got.push(f));
@@ -181,7 +182,7 @@ mod tests {
     #[test]
     fn a_flipped_bit_ends_the_valid_frames() {
         let mut bytes = seg(&[A.clone(), B.clone()]);
-        let first_end = seg(&[A.clone()]).len();
+        let first_end = seg(std::slice::from_ref(&A)).len();
         // A bit of the second frame's JSON.
         let last = bytes.len() - 2;
         bytes[last] ^= 0x20;

@@ -166,7 +166,8 @@ pub fn read_meta(dir: &Path) -> Result<Meta, BlackboxError> {
 pub fn write_meta(dir: &Path, meta: &Meta) -> Result<(), BlackboxError> {
     let path = dir.join("meta.json");
     let tmp = dir.join("meta.json.tmp");
-    let text = serde_json::to_vec_pretty(meta).map_err(|e| BlackboxError::BadMeta { path: path.clone(), reason: e.to_string() })?;
+    let text = serde_json::to_vec_pretty(meta)
+        .map_err(|e| BlackboxError::BadMeta { path: path.clone(), reason: e.to_string() })?;
     let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io(&tmp))?;
     f.write_all(&text).map_err(io(&tmp))?;
     f.sync_all().map_err(io(&tmp))?;
@@ -296,11 +297,24 @@ impl Store {
             }
             None => {
                 let i = meta.closed.last().map(|s| s.index + 1).unwrap_or(meta.first_index);
-                (new_segment(dir, i)?, SegInfo { index: i, bytes: MAGIC.len() as u64, entries: 0, newest_wall_ns: 0 }, Counts::default())
+                (
+                    new_segment(dir, i)?,
+                    SegInfo { index: i, bytes: MAGIC.len() as u64, entries: 0, newest_wall_ns: 0 },
+                    Counts::default(),
+                )
             }
         };
         Ok((
-            Store { dir: dir.to_path_buf(), meta, file: Arc::new(file), cur, cur_counts, sources, dirty: false, buf: Vec::new() },
+            Store {
+                dir: dir.to_path_buf(),
+                meta,
+                file: Arc::new(file),
+                cur,
+                cur_counts,
+                sources,
+                dirty: false,
+                buf: Vec::new(),
+            },
             rec,
         ))
     }
@@ -444,7 +458,8 @@ impl Store {
 
 fn new_segment(dir: &Path, index: u64) -> Result<File, BlackboxError> {
     let path = dir.join(seg_name(index));
-    let mut f = OpenOptions::new().append(true).create(true).truncate(false).mode(0o600).open(&path).map_err(io(&path))?;
+    let mut f =
+        OpenOptions::new().append(true).create(true).truncate(false).mode(0o600).open(&path).map_err(io(&path))?;
     let len = f.metadata().map_err(io(&path))?.len();
     if len == 0 {
         f.write_all(MAGIC).map_err(io(&path))?;

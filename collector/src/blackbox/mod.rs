@@ -80,6 +80,8 @@ pub enum BlackboxError {
     BadId(String),
     #[error("--max-size {0} is too small: at least {min} bytes", min = store::MIN_MAX_SIZE)]
     TooSmall(u64),
+    #[error("{0}: permission denied (only root reads black-box recordings)")]
+    NotRoot(PathBuf),
     #[error("the HTML timeline export is not built into this telemctl yet (use --json)")]
     HtmlUnavailable,
 }
@@ -570,10 +572,14 @@ pub fn recording_dir(root: &Path, id: &str) -> Result<PathBuf, BlackboxError> {
         return Err(BlackboxError::BadId(id.into()));
     }
     let dir = root.join(id);
-    if !dir.join("meta.json").is_file() {
-        return Err(BlackboxError::NoSuch(id.into()));
+    let meta = dir.join("meta.json");
+    match std::fs::metadata(&meta) {
+        Ok(m) if m.is_file() => Ok(dir),
+        Ok(_) => Err(BlackboxError::NoSuch(id.into())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(BlackboxError::NoSuch(id.into())),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(BlackboxError::NotRoot(meta)),
+        Err(source) => Err(BlackboxError::Io { path: meta, source }),
     }
-    Ok(dir)
 }
 
 /// Deletes recording `id` (the caller checked it is not running).
@@ -616,7 +622,8 @@ pub fn run_thread(shared: Arc<crate::state::State>, stop: std::sync::mpsc::Recei
     let bb = &shared.blackbox;
     let mut inst = instruments::Instruments::new();
     let mut next_reading = Instant::now() + every;
-    let mut next_retention = Instant::now();
+    // Retention ran at start (daemon.rs); then daily.
+    let mut next_retention = Instant::now() + Duration::from_secs(86_400);
     loop {
         let now = Instant::now();
         if now >= next_retention {

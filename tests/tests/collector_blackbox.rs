@@ -288,6 +288,17 @@ fn a_recording_holds_the_feed_records_breadcrumbs_and_readings_in_time_order() {
     feed.send(exec(6000, 1, &["unrelated-daemon", "--serve"]));
     let last = feed.send(exec(5002, 5000, &["segv", "--now"]));
     feed.wait_ack(last);
+    // What the kernel side had to drop is counted, never silently missing.
+    let t = now_ns();
+    let gap = feed.send(Entry {
+        mono_ns: t,
+        wall_ns: t,
+        event: Event::Gap { lost: 7, reason: "ring buffer full (exec)".into() },
+    });
+    feed.wait_ack(gap);
+    let st = bb_status(&c);
+    assert_eq!((st["gaps"].as_u64(), st["lost"].as_u64()), (Some(1), Some(7)), "{st}");
+    assert!(telemctl_ok(&c, &["blackbox", "status"]).contains("gaps:      1 (7 events lost)"));
 
     let during = client.send(&NOTES.text("during the recording")).expect("accepted");
     let crash_event = record_gen(
@@ -382,6 +393,7 @@ fn a_recording_holds_the_feed_records_breadcrumbs_and_readings_in_time_order() {
     assert_eq!(list[0]["label"], "incident 42");
     assert_eq!(list[0]["events"].as_u64(), Some(entries.len() as u64));
     assert!(list[0]["bytes"].as_u64().unwrap() > 0 && list[0]["stopped_wall_ns"].as_u64().is_some());
+    assert_eq!(list[0]["lost"].as_u64(), Some(7));
     let plain = telemctl_ok(&c, &["blackbox", "list"]);
     assert!(plain.contains(&id) && plain.contains("incident 42"), "{plain}");
 
@@ -563,4 +575,60 @@ fn retention_deletes_old_finished_recordings_at_start() {
     assert!(list.contains(&recent) && list.contains(&running), "{list}");
     assert_eq!(bb_status(&c)["id"], running.as_str(), "the running one continues");
     assert!(telemctl_err(&c, &["blackbox", "delete", &running]).contains("stop it"));
+}
+
+#[test]
+fn only_root_starts_reads_or_exports() {
+    use std::os::unix::process::CommandExt;
+    let c = collector();
+    let id = start(&c, &["--label", "root's"]);
+    telemctl_ok(&c, &["blackbox", "stop"]);
+    // Let another user read the configuration (and nothing else).
+    for p in [&c.dir, &c.conf] {
+        let mode = if p.is_dir() { 0o755 } else { 0o644 };
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let out_file = std::env::temp_dir().join(format!("bb-nobody-{}.jsonl", std::process::id()));
+    let export_to = out_file.to_str().unwrap().to_string();
+    for args in [
+        vec!["blackbox", "start"],
+        vec!["blackbox", "status"],
+        vec!["blackbox", "list"],
+        vec!["blackbox", "export", &id, "--json", &export_to],
+    ] {
+        let out = Command::new(bin("telemctl"))
+            .arg("-f")
+            .arg(&c.conf)
+            .args(&args)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .expect("run telemctl as nobody");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "nobody ran telemctl {args:?}: {}", String::from_utf8_lossy(&out.stdout));
+        assert!(err.contains("ermission denied"), "telemctl {args:?} as nobody: {err}");
+    }
+    assert!(!out_file.exists(), "nothing exported");
+    assert_eq!(bb_status(&c)["recording"], false, "nobody started nothing");
+}
+
+#[test]
+fn a_recording_stops_by_itself_at_max_age() {
+    let c = collector();
+    let id = start(&c, &["--max-age", "2s"]);
+    assert_eq!(bb_status(&c)["max_age_secs"], 2);
+    let deadline = Instant::now() + WAIT;
+    while bb_status(&c)["recording"] == true {
+        assert!(Instant::now() < deadline, "still recording long after --max-age");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let list: Vec<serde_json::Value> =
+        telemctl_ok(&c, &["blackbox", "list", "--json"]).lines().map(parse_json).collect();
+    assert_eq!(list[0]["id"], id.as_str());
+    assert_eq!(list[0]["stop_reason"], "stopped: max-age reached");
+    let entries = export(&c, &id);
+    assert!(entries
+        .iter()
+        .any(|e| matches!(&e.event, Event::Marker { text } if text == "recording stopped: max-age reached")));
+    assert!(telemctl_err(&c, &["blackbox", "start", "--max-age", "soon"]).contains("--max-age"));
 }

@@ -632,3 +632,28 @@ fn a_recording_stops_by_itself_at_max_age() {
         .any(|e| matches!(&e.event, Event::Marker { text } if text == "recording stopped: max-age reached")));
     assert!(telemctl_err(&c, &["blackbox", "start", "--max-age", "soon"]).contains("--max-age"));
 }
+
+#[test]
+fn argv_is_kept_whole_with_opt_in_no_privacy_filters_as_payloads_are() {
+    let c = collector();
+    let id = start(&c, &[]);
+    let mut feed = FakeFeed::connect(&state_dir(&c), "feedsrc5");
+    feed.wait_state(true);
+    let s = feed.send(exec(7001, 1, &["mail", "bob@example.org"]));
+    feed.wait_ack(s);
+    c.privacy_filters_off();
+    let s = feed.send(exec(7002, 1, &["mail", "carol@example.org"]));
+    feed.wait_ack(s);
+    telemctl_ok(&c, &["blackbox", "stop"]);
+    let argvs: Vec<Vec<String>> = export(&c, &id)
+        .into_iter()
+        .filter_map(|e| match e.event {
+            Event::Exec { argv, .. } => Some(argv),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        argvs,
+        vec![vec!["mail".to_string(), "<email>".into()], vec!["mail".into(), "carol@example.org".into()]]
+    );
+}

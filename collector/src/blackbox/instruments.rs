@@ -167,6 +167,9 @@ mod tests {
         std::hint::black_box(x);
         let Event::Reading { mem_total_kb, disk_total_bytes, top, .. } = i.read(Path::new("/")) else { panic!() };
         assert!(mem_total_kb > 0 && disk_total_bytes > 0);
-        assert!(top.iter().any(|p| p.pid == std::process::id()), "{top:?}");
+        // This process burned CPU, so the list is not empty (whether it is
+        // among the top 5 depends on what else runs on the machine).
+        assert!(!top.is_empty() && top.len() <= TOP, "{top:?}");
+        assert!(top.windows(2).all(|w| w[0].cpu_pct >= w[1].cpu_pct), "{top:?}");
     }
 }

@@ -195,6 +195,9 @@ pub struct Config {
     /// `local_retention_records` (10000): at most this many records are
     /// kept in the journal (the oldest are pruned).
     pub local_retention_records: u64,
+    /// `blackbox_retention_days` (14): finished black-box recordings
+    /// stopped more than this many days ago are deleted (at start and daily).
+    pub blackbox_retention_days: u32,
     /// `DO_NOT_TRACK` set (not empty, `0` or `false`) in the environment of
     /// the process that loaded the configuration ([`Config::load`]); not
     /// an INI key. Forces local-only.
@@ -432,6 +435,7 @@ impl Config {
             debug: r.bool("debug", false)?,
             local_retention_days: r.int("local_retention_days", 14, 1, 36_500)? as u32,
             local_retention_records: r.int("local_retention_records", 10_000, 1, 1 << 40)? as u64,
+            blackbox_retention_days: r.int("blackbox_retention_days", 14, 1, 36_500)? as u32,
             do_not_track: false,
         })
     }
@@ -459,6 +463,11 @@ impl Config {
     /// The file whose presence turns scrubbing off (the original's name).
     pub fn no_privacy_filters_file(&self) -> PathBuf {
         self.etc_dir.join("opt-in-no-privacy-filters")
+    }
+
+    /// The blackbox socket, where eventprobe streams process events.
+    pub fn blackbox_socket(&self) -> PathBuf {
+        self.state_dir.join(telemetry::blackbox::SOCKET_NAME)
     }
 
     /// The static machine id override.

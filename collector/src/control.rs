@@ -7,6 +7,7 @@
 //! | `flush`   | retry delivery now, forgetting the backoff | `{"ok":true}` |
 //! | `reload`  | re-reads the configuration (as SIGHUP) | `{"ok":true}` once it is in force, or `{"error":...}` when refused |
 //! | `consent` | the opt-in file changed (`telemctl opt-in`, `opt-out`): drops the cached consent decision ([`State::consent_changed`]) | `{"ok":true,"consent":...,"mode":...}` once in force |
+//! | `blackbox start {json}` / `stop` / `status` / `list` / `delete ID` | the black box ([`crate::blackbox::control`]); root's connections only (peer credentials) | `{"ok":true,...}` or `{"error":...}` |
 //!
 //! Answers to `reload` and `consent` come only when the change is in
 //! force: a record accepted after it, and every post started after it,
@@ -118,6 +119,9 @@ pub async fn serve(listener: UnixListener, shared: Arc<State>, reload_tx: tokio:
         let shared = shared.clone();
         let reload_tx = reload_tx.clone();
         tokio::spawn(async move {
+            // SAFETY: geteuid has no memory effects.
+            let me = unsafe { libc::geteuid() };
+            let root = stream.peer_cred().is_ok_and(|c| c.uid() == 0 || c.uid() == me);
             let (rd, mut wr) = stream.into_split();
             let mut line = String::new();
             let mut rd = tokio::io::BufReader::new(rd);
@@ -149,6 +153,17 @@ pub async fn serve(listener: UnixListener, shared: Arc<State>, reload_tx: tokio:
                         "mode": crate::consent::explain(&decision, &cfg),
                     })
                     .to_string()
+                }
+                l if l.starts_with("blackbox ") => {
+                    if !root {
+                        serde_json::json!({ "error": "only root may use the black box" }).to_string()
+                    } else {
+                        // File writes and fsyncs: off the runtime's workers.
+                        let (s, args) = (shared.clone(), l["blackbox ".len()..].to_string());
+                        tokio::task::spawn_blocking(move || crate::blackbox::control(&s, &args))
+                            .await
+                            .unwrap_or_else(|_| r#"{"error":"the black box command failed"}"#.to_string())
+                    }
                 }
                 other => serde_json::json!({ "error": format!("unknown command {other:?}") }).to_string(),
             };

@@ -170,6 +170,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     };
     widen_backlog(&listener);
     let control_l = bind(&cfg.control_socket(), 0o600)?;
+    let blackbox_l = bind(&cfg.blackbox_socket(), 0o600)?;
     let pid_file = cfg.pid_file();
     let _ = std::fs::write(&pid_file, format!("{}\n", std::process::id()));
 
@@ -178,6 +179,16 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     shared.wake_delivery.set_destinations(crate::spool::Dest::mask(&cfg));
     store::settle::expired(&shared, &recovered.expired);
     journal_unjournaled(&shared, &cfg, recovered.newest, recovered.records > 0);
+    // The black box: old finished recordings go, a running one continues.
+    crate::blackbox::retention::prune(shared.blackbox.root(), cfg.blackbox_retention_days, crate::blackbox::now_ns().1);
+    if let Err(e) = shared.blackbox.resume(&shared.boot_id) {
+        tracing::error!("blackbox: cannot continue the running recording: {e}");
+    }
+    let (bb_stop, bb_rx) = std::sync::mpsc::channel::<()>();
+    let bb_thread = {
+        let s = shared.clone();
+        std::thread::Builder::new().name("blackbox".into()).spawn(move || crate::blackbox::run_thread(s, bb_rx)).ok()
+    };
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -200,6 +211,9 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
             .map_err(|source| DaemonError::Bind { path: cfg.socket_path.clone(), source })?;
         let control_l = tokio::net::UnixListener::from_std(control_l)
             .map_err(|source| DaemonError::Bind { path: cfg.control_socket(), source })?;
+        let blackbox_l = tokio::net::UnixListener::from_std(blackbox_l)
+            .map_err(|source| DaemonError::Bind { path: cfg.blackbox_socket(), source })?;
+        tokio::spawn(crate::blackbox::feed::serve(blackbox_l, shared.clone(), stop_rx.clone()));
         let (reload_tx, mut reload_rx) = mpsc::channel::<control::ReloadDone>(4);
         let ingest = tokio::spawn(ingest::serve(listener, shared.clone(), sub_tx, stop_rx.clone()));
         let deliver: Vec<_> = crate::spool::Dest::ALL
@@ -253,6 +267,12 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     for c in committers {
         let _ = c.join();
     }
+    // The recording stays running (it continues at the next start); what
+    // was written is fsync'd.
+    drop(bb_stop);
+    if let Some(t) = bb_thread {
+        let _ = t.join();
+    }
     // Files whose records were all delivered go back to the pool now, so
     // the next start does not find (and send) them again.
     shared.spool.settle(Duration::from_secs(2));
@@ -261,6 +281,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     let _ = journal_thread.join();
     let _ = std::fs::remove_file(&pid_file);
     let _ = std::fs::remove_file(cfg.control_socket());
+    let _ = std::fs::remove_file(cfg.blackbox_socket());
     result
 }
 

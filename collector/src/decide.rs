@@ -11,7 +11,11 @@
 //!   header of the request, stamped by the request builder at delivery,
 //!   so a rotation applies to what is sent after it).
 //!
-//! Nothing here does I/O; the store stage keeps what is decided.
+//! - the black box, while recording: the record becomes a `record` entry
+//!   and a crash's payload gets its `Recent activity:` ([`crate::blackbox`]).
+//!
+//! Nothing here does I/O but the black box's (while recording); the store
+//! stage keeps what is decided.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -92,6 +96,10 @@ impl<'a> Decider<'a> {
         let stats = &self.state.stats;
         protect(&mut record, self.cfg, self.policy.scrub.then_some(&self.state.scrubber));
         let record_id = self.state.next_record_id();
+        // The black box: one atomic load when not recording.
+        if self.state.blackbox.is_recording() {
+            self.state.blackbox.on_record(&mut record, record_id, self.cfg.record_max_bytes);
+        }
         if let Some((prep, mid)) = &self.debug {
             let id = record_id;
             match crate::request::describe(prep, mid, &record) {

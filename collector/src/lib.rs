@@ -14,7 +14,10 @@
 //!    ▼
 //!  decide      consent (local-only or deliver; scrub?), privacy (host facts, scrubbing),
 //!    │         rate windows (within / dropped / held), record id        [committer threads]
-//!    ▼
+//!    │         black box, while recording (else one atomic load): ──────► blackbox recorder
+//!    │         a crash gets `Recent activity:`, the record an entry        ▲ eventprobe's exec/exit
+//!    ▼                                                                     │ (blackbox.sock), readings
+//!                                                                          ▼ state_dir/blackbox/<id>/
 //!  store       room in the spool (wait while delivery flows), one block per batch:
 //!    │         write, fdatasync ==> answers; journal lines to its one writer thread
 //!    ▼
@@ -22,7 +25,7 @@
 //!    │         (machine id stamped there; also used by preview and `debug`), sent by
 //!    │         transport (HTTP/1.1 keep-alive, pipelined, rustls); fates journaled
 //!    ▼
-//!  backend                 control: status / flush / reload / consent for telemctl
+//!  backend                 control: status / flush / reload / consent / blackbox for telemctl
 //!                          (reload and consent answer once in force: delivery
 //!                          writes under the consent gate, see State::consent_changed)
 //! ```
@@ -30,8 +33,10 @@
 //! `main` of both binaries is thin: `telem-collector` calls [`daemon::run`],
 //! `telemctl` uses [`control`], [`journal::read`], [`consent`], [`preview`]
 //! (the requests delivery would send, built by [`request::describe`]) and
-//! [`service`]. Privacy: docs/PRIVACY.md.
+//! [`service`]. Privacy: docs/PRIVACY.md. The black box ([`blackbox`]) sits
+//! beside the pipeline: recordings are not records and are never delivered.
 
+pub mod blackbox;
 pub mod config;
 pub mod consent;
 pub mod control;

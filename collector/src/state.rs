@@ -55,6 +55,9 @@ pub struct State {
     pub session_id: MachineId,
     /// Scrubs payloads (unless `opt-in-no-privacy-filters` exists).
     pub scrubber: Scrubber,
+    /// The black box recorder ([`crate::blackbox`]): idle unless a
+    /// recording runs.
+    pub blackbox: crate::blackbox::Recorder,
     id_prefix: [u8; 8],
     id_counter: AtomicU64,
     /// The consent generation, bumped by [`State::consent_changed`] under
@@ -92,6 +95,7 @@ impl State {
         session_id: MachineId,
     ) -> State {
         let limiter = RateLimiter::new(&cfg.borrow(), Instant::now());
+        let blackbox = crate::blackbox::Recorder::new(&cfg.borrow().state_dir);
         let mut id_prefix = [0u8; 8];
         id_prefix.copy_from_slice(&telemetry::EventId::random().as_bytes()[..8]);
         State {
@@ -112,6 +116,7 @@ impl State {
             since_instant: Instant::now(),
             session_id,
             scrubber: Scrubber::for_this_host(),
+            blackbox,
             id_prefix,
             id_counter: AtomicU64::new(0),
             consent_gate: tokio::sync::RwLock::new(0),

@@ -134,6 +134,64 @@ pub const OTLP_FIELDS: &[OtlpField] = &[
     OtlpField { name: "resource: session.id", from: "anonymous only: the per-start session id (`machine_id` at that level)", anonymous: "the session id" },
 ];
 
+/// One field of a black-box recording's entries
+/// ([`crate::blackbox::Entry`]): kept on this machine only, never sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlackboxField {
+    /// The entry kinds that have it (`*`: every entry).
+    pub kinds: &'static str,
+    /// The field's name in the JSON form.
+    pub name: &'static str,
+    /// Where its value comes from, and what it is.
+    pub meaning: &'static str,
+}
+
+/// Every field of a black-box entry (docs/DATA.md lists them; a test
+/// checks this table against the types).
+pub const BLACKBOX_FIELDS: &[BlackboxField] = &[
+    BlackboxField { kinds: "*", name: "mono_ns", meaning: "CLOCK_BOOTTIME, nanoseconds: orders events within one boot" },
+    BlackboxField { kinds: "*", name: "wall_ns", meaning: "wall-clock time, nanoseconds since the Unix epoch (UTC)" },
+    BlackboxField { kinds: "*", name: "kind", meaning: "`exec`, `exit`, `fatal_signal`, `oom`, `record`, `reading`, `gap`, `truncated` or `marker`" },
+    BlackboxField { kinds: "exec, exit, fatal_signal, oom", name: "pid", meaning: "eventprobe: the process (thread group) id" },
+    BlackboxField { kinds: "exec, exit", name: "ppid", meaning: "eventprobe: the parent's pid" },
+    BlackboxField { kinds: "exec", name: "uid", meaning: "eventprobe: the user id that ran it" },
+    BlackboxField { kinds: "exec", name: "tty", meaning: "eventprobe: the controlling terminal (`pts/3`), when there is one" },
+    BlackboxField { kinds: "exec", name: "exe", meaning: "eventprobe: the executable's path (scrubbed by the collector)" },
+    BlackboxField { kinds: "exec", name: "argv", meaning: "eventprobe: the arguments, argv[0] first, scrubbed by the collector as payloads are (unless `opt-in-no-privacy-filters`)" },
+    BlackboxField { kinds: "exec", name: "cgroup", meaning: "eventprobe: the cgroup v2 path" },
+    BlackboxField { kinds: "exec", name: "unit", meaning: "eventprobe: the systemd unit the cgroup names" },
+    BlackboxField { kinds: "exec", name: "operator", meaning: "eventprobe: run from a terminal by a person (`tty` set)" },
+    BlackboxField { kinds: "exit, fatal_signal, oom", name: "comm", meaning: "eventprobe: the process's command name (15 bytes)" },
+    BlackboxField { kinds: "exit", name: "status", meaning: "eventprobe: the exit status, when it exited" },
+    BlackboxField { kinds: "exit, fatal_signal", name: "signal", meaning: "eventprobe: the signal that killed it / was delivered" },
+    BlackboxField { kinds: "exit", name: "core_dumped", meaning: "eventprobe: the kernel dumped (or piped) its core" },
+    BlackboxField { kinds: "exit", name: "run_ms", meaning: "eventprobe: milliseconds from its start to its exit" },
+    BlackboxField { kinds: "fatal_signal", name: "tid", meaning: "eventprobe: the thread the signal was delivered to" },
+    BlackboxField { kinds: "oom", name: "anon_rss_kb", meaning: "eventprobe: the OOM victim's anonymous RSS, kB" },
+    BlackboxField { kinds: "record", name: "record_id", meaning: "the collector: the record's id (`telemctl journal -r`)" },
+    BlackboxField { kinds: "record", name: "event_id", meaning: "the record's event id" },
+    BlackboxField { kinds: "record", name: "classification", meaning: "the record's classification" },
+    BlackboxField { kinds: "record", name: "severity", meaning: "the record's severity (1-4)" },
+    BlackboxField { kinds: "record", name: "payload", meaning: "the record's payload as journaled (scrubbed; with its `Recent activity:` when a crash), at most 64 KiB" },
+    BlackboxField { kinds: "record", name: "pid", meaning: "the crashed or reporting process, from the payload's `PID:` line or `pid` field" },
+    BlackboxField { kinds: "reading", name: "load1", meaning: "/proc/loadavg, 1 minute" },
+    BlackboxField { kinds: "reading", name: "load5", meaning: "/proc/loadavg, 5 minutes" },
+    BlackboxField { kinds: "reading", name: "load15", meaning: "/proc/loadavg, 15 minutes" },
+    BlackboxField { kinds: "reading", name: "mem_total_kb", meaning: "/proc/meminfo MemTotal" },
+    BlackboxField { kinds: "reading", name: "mem_available_kb", meaning: "/proc/meminfo MemAvailable" },
+    BlackboxField { kinds: "reading", name: "swap_total_kb", meaning: "/proc/meminfo SwapTotal" },
+    BlackboxField { kinds: "reading", name: "swap_free_kb", meaning: "/proc/meminfo SwapFree" },
+    BlackboxField { kinds: "reading", name: "disk_used_bytes", meaning: "statvfs of `state_dir`: bytes used" },
+    BlackboxField { kinds: "reading", name: "disk_total_bytes", meaning: "statvfs of `state_dir`: bytes in total" },
+    BlackboxField { kinds: "reading", name: "top", meaning: "the 5 processes that used the most CPU since the last reading (/proc/*/stat): `pid`, `comm`, `cpu_pct` (percent of one CPU)" },
+    BlackboxField { kinds: "gap", name: "lost", meaning: "events lost (kernel ring buffer full, eventprobe's bounded buffer)" },
+    BlackboxField { kinds: "gap", name: "reason", meaning: "why they were lost" },
+    BlackboxField { kinds: "truncated", name: "segments", meaning: "segments deleted to keep the recording under `--max-size`" },
+    BlackboxField { kinds: "truncated", name: "entries", meaning: "entries those segments held" },
+    BlackboxField { kinds: "truncated", name: "until_wall_ns", meaning: "wall-clock time of the newest entry deleted" },
+    BlackboxField { kinds: "marker", name: "text", meaning: "the recorder's own events: started (label, boot id), stopped, collector started (boot id), max-age reached" },
+];
+
 /// Looks a field up by name.
 pub fn field(name: &str) -> Option<&'static Field> {
     FIELDS.iter().find(|f| f.name == name)
@@ -181,6 +239,15 @@ The same fields, named as OpenTelemetry names them (docs/WIRE.md has the wire fo
     );
     for f in OTLP_FIELDS {
         s.push_str(&format!("| `{}` | {} | {} |\n", f.name, f.from, f.anonymous));
+    }
+    s.push_str(
+        "\n## Black-box recordings (`telemctl blackbox`)\n\nA recording is kept on this machine only, \
+under `state_dir/blackbox/<id>/` (readable by root only), and is never sent anywhere, opted in or not; \
+`telemctl blackbox export` writes it to a file the operator names. Each entry is one JSON object \
+(`kind` names it); its fields:\n\n| kinds | field | meaning |\n|---|---|---|\n",
+    );
+    for f in BLACKBOX_FIELDS {
+        s.push_str(&format!("| {} | `{}` | {} |\n", f.kinds, f.name, f.meaning));
     }
     s
 }

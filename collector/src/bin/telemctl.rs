@@ -68,12 +68,74 @@ enum Cmd {
     /// Bodies need the payload in the journal (kept unless
     /// record_retention_enabled=false).
     Preview(PreviewArgs),
+    /// The black box: a start/stop flight recorder of this host (process
+    /// execs and exits from eventprobe, every record accepted, instrument
+    /// readings every 10 s), kept locally under state_dir/blackbox, never
+    /// sent anywhere; exported as JSON lines (or an HTML timeline). Root only.
+    Blackbox(BlackboxArgs),
     /// Print the data dictionary: every field collected, its source, an
     /// example and why (docs/DATA.md is generated from the same table).
     Fields {
         /// Print it as Markdown (the text of docs/DATA.md).
         #[arg(long)]
         markdown: bool,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct BlackboxArgs {
+    #[command(subcommand)]
+    cmd: BlackboxCmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum BlackboxCmd {
+    /// Start a recording (one at a time). It continues across collector
+    /// restarts and reboots until `blackbox stop` or --max-age.
+    Start {
+        /// A label for the recording (shown by status, list and the export).
+        #[arg(long, value_name = "TEXT")]
+        label: Option<String>,
+        /// Stop by itself after this long: 90s, 30m, 12h, 7d, 2w.
+        #[arg(long = "max-age", value_name = "DURATION")]
+        max_age: Option<String>,
+        /// Keep at most this much on disk (512K, 64M, 2G; at least 64K):
+        /// the oldest segments go first, and a `truncated` entry says what went.
+        #[arg(long = "max-size", value_name = "SIZE")]
+        max_size: Option<String>,
+    },
+    /// Stop the recording.
+    Stop,
+    /// Whether a recording runs: its id, label, since when, events, bytes,
+    /// and the gaps (events the kernel side or eventprobe had to drop).
+    Status {
+        /// Print the status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The recordings: id, label, start, stop, events, bytes.
+    List {
+        /// One JSON object per recording.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a recording to a file (created 0600), its events in time order:
+    /// --json FILE (JSON lines) and/or --html FILE (a timeline page).
+    #[command(group = clap::ArgGroup::new("format").required(true).multiple(true))]
+    Export {
+        /// The recording's id (see `blackbox list`).
+        id: String,
+        /// JSON lines, one event per line.
+        #[arg(long, value_name = "FILE", group = "format")]
+        json: Option<PathBuf>,
+        /// One self-contained HTML timeline page.
+        #[arg(long, value_name = "FILE", group = "format")]
+        html: Option<PathBuf>,
+    },
+    /// Delete a stopped recording.
+    Delete {
+        /// The recording's id.
+        id: String,
     },
 }
 
@@ -188,6 +250,7 @@ fn main() -> ExitCode {
     match args.cmd {
         Cmd::Crash(c) => crash_cmd(c, args.config.as_deref()),
         Cmd::Preview(p) => preview_cmd(&cfg, &p),
+        Cmd::Blackbox(b) => blackbox_cmd(&cfg, b.cmd),
         Cmd::Fields { markdown } => {
             if markdown {
                 print!("{}", telemetry::fields::markdown());
@@ -502,4 +565,156 @@ fn follow(cfg: &Config, filter: &Filter, j: &JournalArgs) {
         }
         true
     })
+}
+
+/// `telemctl blackbox ...`.
+fn blackbox_cmd(cfg: &Config, cmd: BlackboxCmd) -> ExitCode {
+    use telem_collector::blackbox::{self, export, StartOptions};
+    let sock = cfg.control_socket();
+    let root = cfg.state_dir.join(blackbox::DIR_NAME);
+    match cmd {
+        BlackboxCmd::Start { label, max_age, max_size } => {
+            let max_age_secs = match max_age.as_deref().map(blackbox::parse_duration).transpose() {
+                Ok(d) => d.map(|d| d.as_secs()),
+                Err(e) => return fail(format!("--max-age {e}")),
+            };
+            let max_size_bytes = match max_size.as_deref().map(blackbox::parse_size).transpose() {
+                Ok(s) => s,
+                Err(e) => return fail(format!("--max-size {e}")),
+            };
+            let opts = StartOptions { label, max_age_secs, max_size_bytes };
+            let json = serde_json::to_string(&opts).unwrap_or_default();
+            match control::command(&sock, &format!("blackbox start {json}")) {
+                Ok(v) => {
+                    println!("recording {}", v["id"].as_str().unwrap_or("?"));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+        BlackboxCmd::Stop => match control::command(&sock, "blackbox stop") {
+            Ok(v) => {
+                println!("stopped recording {}", v["id"].as_str().unwrap_or("?"));
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+        BlackboxCmd::Status { json } => match control::command(&sock, "blackbox status") {
+            Ok(v) => {
+                let st: blackbox::Status = match serde_json::from_value(v["status"].clone()) {
+                    Ok(s) => s,
+                    Err(e) => return fail(format!("unexpected answer from the collector: {e}: {v}")),
+                };
+                if json {
+                    println!("{}", serde_json::to_string(&st).unwrap_or_default());
+                } else if !st.recording {
+                    println!("not recording");
+                } else {
+                    println!("recording {}", st.id.as_deref().unwrap_or("?"));
+                    if let Some(l) = &st.label {
+                        println!("  label:     {l}");
+                    }
+                    println!("  since:     {}", st.since_wall_ns.map(blackbox::format_wall).unwrap_or_default());
+                    println!("  events:    {}", st.events);
+                    println!("  bytes:     {}", st.bytes);
+                    println!("  gaps:      {} ({} events lost)", st.gaps, st.lost);
+                    if st.truncated_segments > 0 {
+                        println!(
+                            "  truncated: {} oldest segment(s), {} events (--max-size)",
+                            st.truncated_segments, st.truncated_entries
+                        );
+                    }
+                    if let Some(a) = st.max_age_secs {
+                        println!("  max age:   {a} s");
+                    }
+                    if let Some(m) = st.max_size_bytes {
+                        println!("  max size:  {m} bytes");
+                    }
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+        BlackboxCmd::List { json } => {
+            let list: Vec<blackbox::Summary> = match control::command(&sock, "blackbox list") {
+                Ok(v) => match serde_json::from_value(v["recordings"].clone()) {
+                    Ok(l) => l,
+                    Err(e) => return fail(format!("unexpected answer from the collector: {e}: {v}")),
+                },
+                // Without a running collector: from the files.
+                Err(control::ControlError::NotRunning { .. }) => match blackbox::list_metas(&root) {
+                    Ok(m) => m
+                        .iter()
+                        .map(|m| blackbox::Summary {
+                            id: m.id.clone(),
+                            label: m.label.clone(),
+                            started_wall_ns: m.started_wall_ns,
+                            stopped_wall_ns: m.stopped_wall_ns,
+                            stop_reason: m.stop_reason.clone(),
+                            recording: false,
+                            events: m.closed_counts.entries,
+                            bytes: m.closed_bytes(),
+                            lost: m.closed_counts.lost,
+                        })
+                        .collect(),
+                    Err(e) => return fail(e),
+                },
+                Err(e) => return fail(e),
+            };
+            for s in &list {
+                if json {
+                    println!("{}", serde_json::to_string(s).unwrap_or_default());
+                } else {
+                    let stop = match (s.recording, s.stopped_wall_ns) {
+                        (true, _) => "recording".to_string(),
+                        (false, Some(t)) => blackbox::format_wall(t),
+                        (false, None) => "(not stopped)".to_string(),
+                    };
+                    println!(
+                        "{}  {}  {}  {} events  {} bytes{}",
+                        s.id,
+                        blackbox::format_wall(s.started_wall_ns),
+                        stop,
+                        s.events,
+                        s.bytes,
+                        s.label.as_deref().map(|l| format!("  {l}")).unwrap_or_default()
+                    );
+                }
+            }
+            if list.is_empty() && !json {
+                println!("no recordings");
+            }
+            ExitCode::SUCCESS
+        }
+        BlackboxCmd::Export { id, json, html } => {
+            if let Some(out) = json {
+                match export::export_json(&root, &id, &out) {
+                    Ok(x) => println!("{}: {} events ({} bytes) as JSON lines", out.display(), x.entries, x.bytes),
+                    Err(e) => return fail(e),
+                }
+            }
+            if let Some(out) = html {
+                match export::export_html(&root, &id, &out) {
+                    Ok(x) => println!("{}: {} events as an HTML timeline", out.display(), x.entries),
+                    Err(e) => return fail(e),
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        BlackboxCmd::Delete { id } => match control::command(&sock, &format!("blackbox delete {id}")) {
+            Ok(_) => {
+                println!("deleted recording {id}");
+                ExitCode::SUCCESS
+            }
+            // Without a running collector nothing is recording: delete the files.
+            Err(control::ControlError::NotRunning { .. }) => match blackbox::delete(&root, &id) {
+                Ok(()) => {
+                    println!("deleted recording {id}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            },
+            Err(e) => fail(e),
+        },
+    }
 }

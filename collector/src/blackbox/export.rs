@@ -4,7 +4,8 @@
 //! reads), written to a file the operator names, created 0600.
 //!
 //! JSON lines: one [`telemetry::blackbox::Entry`] per line, exactly as
-//! stored. HTML: the timeline page ([`export_html`]).
+//! stored. HTML: the timeline page ([`export_html`], by the
+//! `blackbox-timeline` crate).
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -90,11 +91,22 @@ pub fn export_json(root: &Path, id: &str, out: &Path) -> Result<Exported, Blackb
 }
 
 /// Writes recording `id` as one self-contained HTML timeline page to
-/// `out` (created 0600). The page is made by the timeline crate, which
-/// this build does not include yet: until it is wired here this refuses
-/// (after checking the recording exists), writing nothing.
+/// `out` (created 0600), made by the `blackbox-timeline` crate.
 pub fn export_html(root: &Path, id: &str, out: &Path) -> Result<Exported, BlackboxError> {
-    super::recording_dir(root, id)?;
-    let _ = out;
-    Err(BlackboxError::HtmlUnavailable)
+    let (meta, entries) = read_sorted(root, id)?;
+    let io = |source| BlackboxError::Io { path: out.into(), source };
+    let page = blackbox_timeline::PageMeta {
+        title: String::new(),
+        recording_id: meta.id.clone(),
+        label: meta.label.clone(),
+        started_wall_ns: Some(meta.started_wall_ns),
+        stopped_wall_ns: meta.stopped_wall_ns,
+    };
+    let n = entries.len() as u64;
+    let f = create_private(out)?;
+    // write_html buffers its own output.
+    blackbox_timeline::write_html(entries, &page, &f).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    let bytes = f.metadata().map_err(io)?.len();
+    Ok(Exported { entries: n, bytes })
 }

@@ -82,8 +82,6 @@ pub enum BlackboxError {
     TooSmall(u64),
     #[error("{0}: permission denied (only root reads black-box recordings)")]
     NotRoot(PathBuf),
-    #[error("the HTML timeline export is not built into this telemctl yet (use --json)")]
-    HtmlUnavailable,
 }
 
 /// `telemctl blackbox start`'s options, as sent on the control socket.

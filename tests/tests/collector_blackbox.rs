@@ -276,6 +276,8 @@ fn a_recording_holds_the_feed_records_breadcrumbs_and_readings_in_time_order() {
         (Some(true), Some(id.as_str()), Some("incident 42"))
     );
     assert!(st["since_wall_ns"].as_u64().unwrap() > 0);
+    assert_eq!(st["feeds"], 1, "the fake eventprobe is connected: {st}");
+    assert!(telemctl_ok(&c, &["blackbox", "status"]).contains("feeds:     1 connected"));
     assert!(telemctl_err(&c, &["blackbox", "start"]).contains("already running"), "one recording at a time");
     feed.wait_state(true);
     assert_eq!(feed.recording().as_deref(), Some(id.as_str()), "eventprobe is told which recording");

@@ -618,6 +618,14 @@ fn blackbox_cmd(cfg: &Config, cmd: BlackboxCmd) -> ExitCode {
                     println!("  events:    {}", st.events);
                     println!("  bytes:     {}", st.bytes);
                     println!("  gaps:      {} ({} events lost)", st.gaps, st.lost);
+                    if st.feeds == 0 {
+                        println!(
+                            "  feeds:     none: no eventprobe is connected, so execs and exits are not being \
+                             recorded (start eventprobe; see README)"
+                        );
+                    } else {
+                        println!("  feeds:     {} connected (eventprobe)", st.feeds);
+                    }
                     if st.truncated_segments > 0 {
                         println!(
                             "  truncated: {} oldest segment(s), {} events (--max-size)",

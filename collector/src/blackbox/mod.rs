@@ -119,6 +119,10 @@ pub struct Status {
     pub max_age_secs: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_size_bytes: Option<u64>,
+    /// Feeds (eventprobe) connected to the blackbox socket now: without
+    /// one, no exec or exit is being recorded.
+    #[serde(default)]
+    pub feeds: u64,
 }
 
 /// One line of `telemctl blackbox list`.
@@ -398,8 +402,9 @@ impl Recorder {
 
     /// The status of the recorder.
     pub fn status(&self) -> Status {
+        let feeds = self.control.receiver_count() as u64;
         let slot = lock(&self.active);
-        let Some(s) = slot.as_ref() else { return Status::default() };
+        let Some(s) = slot.as_ref() else { return Status { feeds, ..Status::default() } };
         let (c, bytes) = s.totals();
         Status {
             recording: true,
@@ -414,6 +419,7 @@ impl Recorder {
             truncated_entries: s.meta.truncated_entries,
             max_age_secs: s.meta.max_age_secs,
             max_size_bytes: s.meta.max_size_bytes,
+            feeds,
         }
     }
 

@@ -134,6 +134,13 @@ impl Filters {
             off_sas_ss_sp: offsets.sas_ss_sp,
             off_sas_ss_size: offsets.sas_ss_size,
             _pad: 0,
+            // The exec program reads `task_struct.mm` and the exit program
+            // the leader's start time through these too.
+            bb: if offsets.task_mm != 0 && offsets.group_leader != 0 && offsets.start_boottime != 0 {
+                offsets.bb
+            } else {
+                event_types::BlackboxOffsets::default()
+            },
         }
     }
 }

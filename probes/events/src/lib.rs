@@ -69,6 +69,7 @@
 //! `eventprobe` refuses to start with a message saying to run
 //! `cargo xtask build-ebpf` and rebuild; `--object PATH` loads another one.
 
+pub mod blackbox;
 pub mod capture;
 pub mod cgroup;
 pub mod config;
@@ -82,3 +83,4 @@ pub mod loader;
 pub mod modules;
 pub mod ratelimit;
 pub mod report;
+pub mod tp_format;

@@ -63,7 +63,7 @@ pub const KIND_PROCESS_EXIT: u32 = 8;
 /// (ring buffer full), so index = kind.
 pub const LOST_SLOTS: u32 = 9;
 
-/// Bytes of the tty name kept (`tty_struct.name`, e.g. `pts/3`).
+/// Bytes of the tty name kept (`tty_struct.name`, e.g. `pts3`, `tty1`).
 pub const TTY_LEN: usize = 32;
 /// Bytes of the exec'd file name kept (the tracepoint's `filename`).
 pub const FILENAME_LEN: usize = 256;

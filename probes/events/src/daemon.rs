@@ -123,7 +123,7 @@ impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "eventprobe: summary fatal={} exit={} oom={} lost_kernel={} lost_kernel_fatal={} rate_limited={} queue_dropped={} bad_records={} maps_missing={} sent={} send_failed={} unwound_to_main={} oom_stacks={} blackbox_entries={} blackbox_acked={} blackbox_dropped={} elapsed_ms={}",
+            "eventprobe: summary fatal={} exit={} oom={} lost_kernel={} lost_kernel_fatal={} rate_limited={} queue_dropped={} bad_records={} maps_missing={} sent={} send_failed={} unwound_to_main={} oom_stacks={} lost_kernel_blackbox={} blackbox_entries={} blackbox_acked={} blackbox_dropped={} elapsed_ms={}",
             self.fatal,
             self.exit,
             self.oom,
@@ -137,6 +137,7 @@ impl std::fmt::Display for Summary {
             self.send_failed,
             self.unwound_to_main,
             self.oom_stacks,
+            self.lost_kernel.bb_exec + self.lost_kernel.bb_exit,
             self.blackbox.queued,
             self.blackbox.acked,
             self.blackbox.dropped,

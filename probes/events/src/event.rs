@@ -290,6 +290,16 @@ impl ExitCode {
     }
 }
 
+/// A terminal as people name it: the kernel calls pseudo-terminal 3
+/// `pts3` (`tty_struct.name`), its device is `/dev/pts/3`, and `ps`, `who`
+/// and `tty` say `pts/3`; other names (`tty1`, `ttyS0`) are kept.
+pub fn tty_name(kernel: &str) -> String {
+    match kernel.strip_prefix("pts") {
+        Some(n) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => format!("pts/{n}"),
+        _ => kernel.to_string(),
+    }
+}
+
 /// The kernel's argument area (`argv[0]`, NUL, `argv[1]`, NUL, ...) as
 /// strings; `cut` when the area was longer than what was copied (the last
 /// argument is then partial and ends with `…`). Bytes that are not UTF-8
@@ -436,7 +446,7 @@ fn parse_blackbox_exec(bytes: &[u8]) -> Result<BlackboxExec, EventError> {
         hold: (hold == 1).then_some(((dev >> 20, dev & 0xf_ffff), ino)),
         ppid,
         cgroup_id,
-        tty: (!tty.is_empty()).then_some(tty),
+        tty: (!tty.is_empty()).then(|| tty_name(&tty)),
         filename: c_str(&filename),
         argv: split_argv(area, argv_total > n as u64),
     })
@@ -649,6 +659,16 @@ mod tests {
     }
 
     #[test]
+    fn ttys_are_named_as_ps_names_them() {
+        assert_eq!(tty_name("pts0"), "pts/0");
+        assert_eq!(tty_name("pts12"), "pts/12");
+        assert_eq!(tty_name("tty1"), "tty1");
+        assert_eq!(tty_name("ttyS0"), "ttyS0");
+        assert_eq!(tty_name("pts"), "pts");
+        assert_eq!(tty_name("ptsx"), "ptsx");
+    }
+
+    #[test]
     fn argv_splits_on_nul_and_marks_a_cut() {
         assert_eq!(split_argv(b"ls\0-l\0/tmp\0", false), vec!["ls", "-l", "/tmp"]);
         assert_eq!(split_argv(b"sh\0-c\0\0x\0", false), vec!["sh", "-c", "", "x"], "empty arguments stay");
@@ -663,7 +683,7 @@ mod tests {
         let mut buf = vec![0u8; std::mem::size_of::<ExecBlackboxEvent>()];
         let base = buf.as_mut_ptr().cast::<ExecBlackboxEvent>();
         let mut tty = [0u8; event_types::TTY_LEN];
-        tty[..5].copy_from_slice(b"pts/4");
+        tty[..4].copy_from_slice(b"pts4");
         let mut filename = [0u8; event_types::FILENAME_LEN];
         filename[..8].copy_from_slice(b"/bin/ls\0");
         // SAFETY: buf has the struct's size; unaligned writes.

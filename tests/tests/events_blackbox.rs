@@ -577,3 +577,80 @@ fn kernel_losses_become_gaps() {
     assert!(seen < 300, "some of the burst's execs were lost ({seen} seen)");
     assert!(gap.feed.entry.wall_ns > 0 && gap.feed.entry.mono_ns > 0);
 }
+
+const THREADS_C: &str = r#"
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+
+static void *last(void *a) { (void)a; usleep(200000); syscall(SYS_exit, 7); return 0; }
+
+int main(int argc, char **argv) {
+    if (argc > 1 && strcmp(argv[1], "raw") == 0)
+        syscall(SYS_exit, 5); /* exit(2) of the only thread, not exit_group */
+    if (argc > 1 && strcmp(argv[1], "leader-first") == 0) {
+        pthread_t t;
+        pthread_create(&t, 0, last, 0);
+        pthread_exit(0); /* the leader leaves first; the group ends with the other thread */
+    }
+    if (argc > 1 && strcmp(argv[1], "group") == 0) {
+        pthread_t t;
+        pthread_create(&t, 0, last, 0);
+        exit(9); /* exit_group from the leader while a thread runs */
+    }
+    return 1;
+}
+"#;
+
+/// The exit entry's status is what wait(2) reports, however the threads
+/// of the group left, and there is one per process.
+#[test]
+fn exit_status_is_what_wait_reports_however_threads_leave() {
+    if !require_root("exit_status_is_what_wait_reports_however_threads_leave") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("t.c"), THREADS_C).expect("write t.c");
+    let exe = dir.path().join("bb-threads");
+    let st = Command::new("gcc")
+        .args(["-O1", "-pthread", "-o"])
+        .arg(&exe)
+        .arg(dir.path().join("t.c"))
+        .status()
+        .expect("run gcc (install it: cargo xtask setup)");
+    assert!(st.success(), "gcc failed");
+    let server = Server::start(true);
+    let mut probe = Probe::start(&server.path, &[]);
+    armed(&server);
+    // (Which code wait(2) reports when the leader left first is the
+    // kernel's business: the entry must say the same.)
+    for (mode, want) in [("raw", Some(5)), ("leader-first", None), ("group", Some(9))] {
+        let mut c = detached(exe.to_str().expect("utf-8 path"), &[mode]);
+        let child = c.spawn().expect("spawn bb-threads");
+        let pid = child.id();
+        let out = child.wait_with_output().expect("wait");
+        let waited = out.status.code();
+        if want.is_some() {
+            assert_eq!(waited, want, "{mode}: wait(2)");
+        }
+        let x = server.wait_for("the exit", |g| is_exit_of(g, pid));
+        let Event::Exit { status, signal, comm, .. } = &x.feed.entry.event else { unreachable!() };
+        assert_eq!((*status, *signal, comm.as_str()), (waited, None, "bb-threads"), "{mode}");
+    }
+    // One exit entry per process, whatever its threads did.
+    let log = probe.stop();
+    let got = server.got();
+    let mut pids: Vec<u32> = got
+        .iter()
+        .filter_map(|g| match &g.feed.entry.event {
+            Event::Exit { pid, comm, .. } if comm == "bb-threads" => Some(*pid),
+            _ => None,
+        })
+        .collect();
+    let n = pids.len();
+    pids.sort_unstable();
+    pids.dedup();
+    assert_eq!((n, pids.len()), (3, 3), "{log}");
+}

@@ -901,8 +901,11 @@ fn try_blackbox_exit(ctx: &TracePointContext, cfg: &Config) -> Result<(), i64> {
         let ppid = if parent != 0 { read_kernel_u32(parent + b.task_tgid as u64) } else { 0 };
         let mut comm = [0u8; COMM_LEN];
         if leader == 0
-            || bpf_probe_read_kernel(comm.as_mut_ptr().cast(), COMM_LEN as u32, (leader + b.task_comm as u64) as *const c_void)
-                != 0
+            || bpf_probe_read_kernel(
+                comm.as_mut_ptr().cast(),
+                COMM_LEN as u32,
+                (leader + b.task_comm as u64) as *const c_void,
+            ) != 0
         {
             comm = bpf_get_current_comm().map_err(|e| e as i64)?;
         }

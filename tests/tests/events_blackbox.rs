@@ -78,7 +78,8 @@ impl Server {
     fn start(recording: bool) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join(telemetry::blackbox::SOCKET_NAME);
-        let shared = Arc::new((Mutex::new(State { recording, acking: true, id: 1, ..State::default() }), Condvar::new()));
+        let shared =
+            Arc::new((Mutex::new(State { recording, acking: true, id: 1, ..State::default() }), Condvar::new()));
         let s = Server { path, shared, _dir: dir };
         s.listen();
         s
@@ -387,7 +388,8 @@ fn execs_and_exits_of_operator_commands_while_recording_and_none_when_not() {
     assert_eq!((ptty.as_deref(), *pop), (Some(tty.as_str()), true));
     assert!(parent.feed.seq < sh.feed.seq && parent.feed.entry.mono_ns < sh.feed.entry.mono_ns);
     let exit = server.wait_for("exit of sh -c 'exit 3'", |g| is_exit_of(g, pid));
-    let Event::Exit { ppid: xppid, comm, status, signal, core_dumped, run_ms, .. } = exit.feed.entry.event.clone() else {
+    let Event::Exit { ppid: xppid, comm, status, signal, core_dumped, run_ms, .. } = exit.feed.entry.event.clone()
+    else {
         unreachable!()
     };
     assert_eq!((xppid, comm.as_str(), status, signal, core_dumped), (ppid, "sh", Some(3), None, false));
@@ -560,7 +562,10 @@ fn kernel_losses_become_gaps() {
     ));
     assert!(st.success());
     // The gaps come with the next second's look at the loss counters.
-    let gap = server.wait_for("a gap", |g| matches!(&g.feed.entry.event, Event::Gap { reason, .. } if reason.contains("kernel ring buffer full")));
+    let gap = server.wait_for(
+        "a gap",
+        |g| matches!(&g.feed.entry.event, Event::Gap { reason, .. } if reason.contains("kernel ring buffer full")),
+    );
     let log = probe.stop();
     let got = server.got();
     let gaps: u64 = got

@@ -179,8 +179,8 @@ pub struct BlackboxOffsets {
     pub mm_arg_start: u32,
     pub mm_arg_end: u32,
     /// Offset of `group_dead` in the `sched:sched_process_exit` record
-    /// (kernels since 6.16 have it), or 0: then `signal->live == 0` after
-    /// the exiting thread's decrement tells (two threads of a group
+    /// (newer kernels have it; 6.18 does), or 0: then `signal->live == 0`
+    /// after the exiting thread's decrement tells (two threads of a group
     /// exiting at once may then both see 0; user space keeps one).
     pub tp_exit_group_dead: u32,
 }

@@ -196,17 +196,28 @@ impl Reader {
                 return;
             }
         };
-        if let Some(bb) = self.blackbox.as_mut() {
-            bb.event(&ev);
-        }
         let ev = match ev {
             Event::ExecBlackbox(e) => {
                 if let Some((dev, ino)) = e.hold {
                     self.held.exec(e.task.pid, dev, ino);
                 }
+                if let Some(bb) = self.blackbox.as_mut() {
+                    bb.exec(*e);
+                }
                 return;
             }
-            Event::ProcessExit(_) => return,
+            Event::ProcessExit(x) => {
+                if let Some(bb) = self.blackbox.as_mut() {
+                    bb.exit(&x);
+                }
+                return;
+            }
+            ev => ev,
+        };
+        if let Some(bb) = self.blackbox.as_mut() {
+            bb.event(&ev);
+        }
+        let ev = match ev {
             Event::OomStack(s) => {
                 if let Some((o, suppressed, _)) = self.waiting_oom.remove(&s.task.tid) {
                     let held = &self.held;
@@ -422,9 +433,7 @@ pub async fn run(opts: Options) -> Result<Summary, DaemonError> {
     let mut probes = Probes::load(&object, &opts.filters, opts.ring_bytes, opts.bpf_stats, opts.blackbox.is_some())?;
     let ring = probes.take_ring()?;
     let feed = match &opts.blackbox {
-        Some(path) if probes.blackbox_supported() => {
-            Some(Feed::start(path.clone(), probes.take_blackbox_switch()?))
-        }
+        Some(path) if probes.blackbox_supported() => Some(Feed::start(path.clone(), probes.take_blackbox_switch()?)),
         Some(_) => {
             tracing::warn!("the kernel lacks what the black box reads (see the warning above): no blackbox feed");
             None

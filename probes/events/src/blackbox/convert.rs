@@ -112,16 +112,16 @@ impl Converter {
         Entry { mono_ns, wall_ns: self.clock.wall_ns(mono_ns), event }
     }
 
-    pub fn exec(&mut self, e: &BlackboxExec) -> Entry {
+    pub fn exec(&mut self, e: BlackboxExec) -> Entry {
         let cg = self.cgroups.get(e.cgroup_id, e.task.boot_ns);
         let event = Event::Exec {
             pid: e.task.pid,
             ppid: e.ppid,
             uid: e.task.uid,
             operator: e.tty.is_some(),
-            tty: e.tty.clone(),
+            tty: e.tty,
             exe: exe_path(e.task.pid, &e.filename),
-            argv: e.argv.clone(),
+            argv: e.argv,
             cgroup: cg.as_ref().map(|c| c.path.clone()),
             unit: cg.as_ref().and_then(|c| c.unit.clone()),
         };
@@ -139,11 +139,8 @@ impl Converter {
             self.recent_exits.pop_front();
         }
         self.recent_exits.push_back(key);
-        let run_ms = if x.start_boottime_ns != 0 {
-            x.task.boot_ns.saturating_sub(x.start_boottime_ns) / 1_000_000
-        } else {
-            0
-        };
+        let run_ms =
+            if x.start_boottime_ns != 0 { x.task.boot_ns.saturating_sub(x.start_boottime_ns) / 1_000_000 } else { 0 };
         let event = Event::Exit {
             pid: x.task.pid,
             ppid: x.ppid,
@@ -157,7 +154,8 @@ impl Converter {
     }
 
     pub fn fatal(&self, f: &FatalSignal) -> Entry {
-        let event = Event::FatalSignal { pid: f.task.pid, tid: f.task.tid, comm: f.task.comm.clone(), signal: f.signal };
+        let event =
+            Event::FatalSignal { pid: f.task.pid, tid: f.task.tid, comm: f.task.comm.clone(), signal: f.signal };
         self.entry(f.task.boot_ns, event)
     }
 
@@ -193,14 +191,14 @@ mod tests {
             filename: "/usr/bin/ls".into(),
             argv: vec!["ls".into(), "-l".into()],
         };
-        let x = c.exec(&e);
+        let x = c.exec(e.clone());
         assert_eq!(x.mono_ns, 5_000);
         assert!(x.wall_ns > 1_600_000_000_000_000_000, "{}", x.wall_ns);
         let Event::Exec { pid, ppid, uid, tty, exe, argv, cgroup, unit, operator } = x.event else { panic!() };
         assert_eq!((pid, ppid, uid, exe.as_str(), operator), (42, 7, 1000, "/usr/bin/ls", true));
         assert_eq!((tty.as_deref(), argv.len(), cgroup, unit), (Some("pts/1"), 2, None, None));
         e.tty = None;
-        let Event::Exec { operator, tty, .. } = c.exec(&e).event else { panic!() };
+        let Event::Exec { operator, tty, .. } = c.exec(e).event else { panic!() };
         assert!(!operator && tty.is_none());
     }
 
@@ -216,7 +214,12 @@ mod tests {
     #[test]
     fn exits_carry_status_signal_and_run_time_once() {
         let mut c = Converter::new(PathBuf::from("/nonexistent"));
-        let x = ProcessEnd { task: task(9, 3_500_000_000), ppid: 1, code: ExitCode(2 << 8), start_boottime_ns: 1_000_000_000 };
+        let x = ProcessEnd {
+            task: task(9, 3_500_000_000),
+            ppid: 1,
+            code: ExitCode(2 << 8),
+            start_boottime_ns: 1_000_000_000,
+        };
         let e = c.exit(&x).unwrap();
         let Event::Exit { pid, status, signal, core_dumped, run_ms, .. } = e.event else { panic!() };
         assert_eq!((pid, status, signal, core_dumped, run_ms), (9, Some(2), None, false, 2_500));

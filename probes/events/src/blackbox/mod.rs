@@ -35,7 +35,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::sync::Notify;
 
-use crate::event::Event;
+use crate::event::{BlackboxExec, Event, ProcessEnd};
 use crate::loader::{BlackboxSwitch, Lost};
 use convert::Converter;
 use outbox::{Outbox, OutboxStats, MAX_UNACKED, MAX_UNACKED_BYTES};
@@ -209,7 +209,10 @@ fn control(line: &[u8], shared: &Shared, switch: &mut BlackboxSwitch) {
         Ok(Control::State { recording, id }) => {
             let was = shared.recording.swap(recording, Ordering::Relaxed);
             if let Err(e) = switch.set(recording) {
-                tracing::error!("blackbox: cannot turn the kernel side's events {}: {e}", if recording { "on" } else { "off" });
+                tracing::error!(
+                    "blackbox: cannot turn the kernel side's events {}: {e}",
+                    if recording { "on" } else { "off" }
+                );
             }
             if was != recording {
                 let id = id.as_deref().unwrap_or("?");
@@ -221,7 +224,9 @@ fn control(line: &[u8], shared: &Shared, switch: &mut BlackboxSwitch) {
             }
             shared.notify.notify_one();
         }
-        Err(e) => tracing::warn!("blackbox: ignoring a line from the collector that is not a control message ({e}): {text:.200}"),
+        Err(e) => tracing::warn!(
+            "blackbox: ignoring a line from the collector that is not a control message ({e}): {text:.200}"
+        ),
     }
 }
 
@@ -244,20 +249,31 @@ impl Recorder {
         Recorder { feed, conv: Converter::new(cgroup_root), last_lost: Lost::default() }
     }
 
-    /// An event from the kernel side. Exec and exit events exist only while
-    /// the kernel flag is on; fatal signals and OOM kills are entries only
-    /// while recording.
-    pub fn event(&mut self, ev: &Event) {
-        let entry = match ev {
-            Event::ExecBlackbox(e) => Some(self.conv.exec(e)),
-            Event::ProcessExit(x) => self.conv.exit(x),
-            Event::Fatal(f) if self.feed.recording() => Some(self.conv.fatal(f)),
-            Event::Oom(o) if self.feed.recording() => Some(self.conv.oom(o)),
-            _ => None,
-        };
-        if let Some(e) = entry {
-            self.feed.push(e);
+    /// An exec seen while the kernel flag was on.
+    pub fn exec(&mut self, e: BlackboxExec) {
+        let entry = self.conv.exec(e);
+        self.feed.push(entry);
+    }
+
+    /// A process's end seen while the kernel flag was on.
+    pub fn exit(&mut self, x: &ProcessEnd) {
+        if let Some(entry) = self.conv.exit(x) {
+            self.feed.push(entry);
         }
+    }
+
+    /// Any other event: fatal signals and OOM kills are entries while the
+    /// collector says it records.
+    pub fn event(&mut self, ev: &Event) {
+        if !self.feed.recording() {
+            return;
+        }
+        let entry = match ev {
+            Event::Fatal(f) => self.conv.fatal(f),
+            Event::Oom(o) => self.conv.oom(o),
+            _ => return,
+        };
+        self.feed.push(entry);
     }
 
     /// Every second: the clock offset, and kernel-side losses as gaps.

@@ -18,14 +18,15 @@ use telemetry::client::SocketPath;
 /// retried every second), it streams every exec (pid, ppid, uid, tty,
 /// executable, argv, cgroup and unit) and every process exit (status or
 /// signal, run time), fatal signals and OOM kills while a recording runs,
-/// and nothing otherwise.
+/// and nothing otherwise. Entries wait (at most 256 Ki) until the collector
+/// acknowledges them; what is lost arrives as a gap.
 ///
 /// Logs go to stderr at level `info`; RUST_LOG sets the level.
 #[derive(Debug, Parser)]
 #[command(name = "eventprobe", version)]
 struct Args {
-    /// Configuration file to take socket_path, event_registers and
-    /// privacy_level from (default:
+    /// Configuration file to take socket_path, event_registers,
+    /// privacy_level and state_dir from (default:
     /// /etc/telemetrics/telemetrics.conf, then
     /// /usr/share/defaults/telemetrics/telemetrics.conf).
     #[arg(short = 'f', long = "config", value_name = "FILE")]

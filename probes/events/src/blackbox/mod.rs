@@ -84,13 +84,8 @@ impl Feed {
     /// to `path` and sets the kernel flag through `switch` as the
     /// collector says.
     pub fn start(path: PathBuf, switch: BlackboxSwitch) -> Feed {
-        Feed::start_with(path, switch, MAX_UNACKED, MAX_UNACKED_BYTES)
-    }
-
-    /// As [`Feed::start`] with the outbox's bounds.
-    pub fn start_with(path: PathBuf, switch: BlackboxSwitch, max_entries: usize, max_bytes: usize) -> Feed {
         let shared = Arc::new(Shared {
-            outbox: Mutex::new(Outbox::new(new_source(), max_entries, max_bytes)),
+            outbox: Mutex::new(Outbox::new(new_source(), MAX_UNACKED, MAX_UNACKED_BYTES)),
             notify: Notify::new(),
             recording: AtomicBool::new(false),
         });

@@ -861,18 +861,25 @@ fn try_blackbox_exec(ctx: &TracePointContext, cfg: &Config) -> Result<(), i64> {
     Ok(())
 }
 
+/// `PF_KTHREAD` of `task_struct.flags`: a kernel thread.
+const PF_KTHREAD: u32 = 0x0020_0000;
+
 /// `SIGNAL_GROUP_EXIT` of `signal_struct.flags`: the group exits with
 /// `group_exit_code` (exit_group, a fatal signal).
 const SIGNAL_GROUP_EXIT: u32 = 0x4;
 
 /// A thread exits while the black box records: when its thread group is
-/// now dead, the process's end (every process, not only abnormal ones).
+/// now dead, the process's end (every process, not only abnormal ones;
+/// kernel threads are not processes of anyone's).
 fn try_blackbox_exit(ctx: &TracePointContext, cfg: &Config) -> Result<(), i64> {
     let b = &cfg.bb;
     // SAFETY: kernel reads through the helper (0 when unreadable); the
     // tracepoint field offset comes from its format.
     unsafe {
         let task = bpf_get_current_task();
+        if read_kernel_u32(task + b.task_flags as u64) & PF_KTHREAD != 0 {
+            return Ok(());
+        }
         let signal = read_kernel_u64(task + b.task_signal as u64);
         if signal == 0 {
             return Ok(());

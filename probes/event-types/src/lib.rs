@@ -183,6 +183,10 @@ pub struct BlackboxOffsets {
     /// after the exiting thread's decrement tells (two threads of a group
     /// exiting at once may then both see 0; user space keeps one).
     pub tp_exit_group_dead: u32,
+    /// `task_struct.flags` (kernel threads, `PF_KTHREAD`, are no processes
+    /// to record).
+    pub task_flags: u32,
+    pub _pad: u32,
 }
 
 /// Kernel structure offsets (from the kernel BTF) the fatal-signal program
@@ -564,7 +568,7 @@ const _: () = {
     assert!(core::mem::size_of::<EventHeader>() == 40);
     assert!(core::mem::size_of::<UserRegs>() == 21 * 8);
     assert!(core::mem::size_of::<FatalSignalEvent>() % 8 == 0);
-    assert!(core::mem::size_of::<Config>() == 40 + 52 + 12 + 56);
+    assert!(core::mem::size_of::<Config>() == 40 + 52 + 12 + 64);
     assert!(core::mem::size_of::<ExecBlackboxEvent>() % 8 == 0);
     assert!(core::mem::size_of::<ProcessExitEvent>() == 56);
     assert!(core::mem::size_of::<FatalSignalOuterEvent>() % 8 == 0);

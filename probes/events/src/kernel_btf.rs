@@ -301,6 +301,8 @@ pub fn blackbox_offsets(btf: &KernelBtf) -> BlackboxOffsets {
             mm_arg_start: get("mm_struct", "arg_start")?,
             mm_arg_end: get("mm_struct", "arg_end")?,
             tp_exit_group_dead: 0,
+            task_flags: get("task_struct", "flags")?,
+            _pad: 0,
         })
     })();
     match all {

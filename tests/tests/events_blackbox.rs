@@ -371,9 +371,15 @@ fn execs_and_exits_of_operator_commands_while_recording_and_none_when_not() {
     });
     assert_eq!(st.code(), Some(0), "script runs its shell's last status (echo)");
     let sh = server.wait_for("exec of sh -c 'exit 3'", |g| argv_has(g, &format!("{t}-sh")));
-    let Event::Exec { pid, ppid, uid, tty, exe, argv, operator, .. } = sh.feed.entry.event.clone() else {
+    let Event::Exec { pid, ppid, uid, tty, exe, argv, operator, cgroup, unit } = sh.feed.entry.event.clone() else {
         unreachable!()
     };
+    // The cgroup is ours (children inherit it), and its unit when it names one.
+    let ours = std::fs::read_to_string("/proc/self/cgroup").expect("read /proc/self/cgroup");
+    let ours = ours.lines().find_map(|l| l.strip_prefix("0::")).expect("a cgroup v2 line");
+    assert_eq!(cgroup.as_deref(), Some(ours));
+    let want_unit = ours.rsplit('/').find(|c| c.ends_with(".service") || c.ends_with(".scope"));
+    assert_eq!(unit.as_deref(), want_unit);
     assert_eq!(argv, vec!["sh".to_string(), "-c".into(), "exit 3".into(), format!("{t}-sh")]);
     assert!(exe.starts_with('/') && exe.ends_with("sh"), "{exe}");
     assert_eq!(uid, 0);

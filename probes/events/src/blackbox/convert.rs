@@ -4,7 +4,7 @@
 //!
 //! ```text
 //!  event::{BlackboxExec, ProcessEnd, FatalSignal, OomKill} ─▶ Converter ─▶ telemetry::blackbox::Entry
-//!            cgroup id ─▶ CgroupNames (one walk of the cgroup2 mount per new id, cached)
+//!            cgroup id ─▶ CgroupNames (/proc/PID/cgroup, else a walk of the cgroup2 mount; cached)
 //!            boot_ns   ─▶ clock::WallClock
 //! ```
 
@@ -39,11 +39,20 @@ pub struct CgroupName {
 
 /// Most cgroup ids remembered (the cache starts over beyond).
 const MAX_CGROUPS: usize = 16 * 1024;
+/// Least time between two walks of the cgroup2 mount.
+const MIN_WALK_INTERVAL_NS: u64 = 100_000_000;
 
-/// Cgroup ids to names. An id not known is looked up by walking the
-/// cgroup2 mount once (every directory is remembered), unless a walk
-/// newer than the event already missed it: that cgroup is gone (ids are
-/// not reused), and stays unnamed without another walk.
+/// The cgroup v2 path in a `/proc/PID/cgroup` text (its `0::` line).
+pub fn v2_path(proc_cgroup: &str) -> Option<&str> {
+    proc_cgroup.lines().find_map(|l| l.strip_prefix("0::")).filter(|p| p.starts_with('/'))
+}
+
+/// Cgroup ids to names. An id not known is looked up in the process's
+/// `/proc/PID/cgroup` while it lives (checked against the id), else by
+/// walking the cgroup2 mount (every directory is remembered; at most one
+/// walk per 100 ms), unless a walk newer than the event already missed
+/// it: that cgroup is gone (ids are not reused), and stays unnamed
+/// without another walk.
 pub struct CgroupNames {
     root: PathBuf,
     names: HashMap<u64, Option<Arc<CgroupName>>>,
@@ -56,15 +65,23 @@ impl CgroupNames {
         CgroupNames { root, names: HashMap::new(), walked_at: 0 }
     }
 
-    /// The name of cgroup `id` for an event at boottime `at_ns`.
-    pub fn get(&mut self, id: u64, at_ns: u64) -> Option<Arc<CgroupName>> {
+    /// The name of cgroup `id` of process `pid` for an event at boottime
+    /// `at_ns`.
+    pub fn get(&mut self, id: u64, pid: u32, at_ns: u64) -> Option<Arc<CgroupName>> {
         if id == 0 {
             return None;
         }
         if let Some(n) = self.names.get(&id) {
             return n.clone();
         }
+        if let Some(n) = self.named_by_proc(id, pid) {
+            return Some(n);
+        }
         if self.walked_at <= at_ns {
+            if boot_ns().saturating_sub(self.walked_at) < MIN_WALK_INTERVAL_NS {
+                // Walked a moment ago: a later event tries again.
+                return None;
+            }
             self.walk();
             if let Some(n) = self.names.get(&id) {
                 return n.clone();
@@ -74,14 +91,32 @@ impl CgroupNames {
         None
     }
 
-    fn walk(&mut self) {
-        self.walked_at = boot_ns();
+    fn remember(&mut self, id: u64, path: String) -> Arc<CgroupName> {
         if self.names.len() > MAX_CGROUPS {
             self.names.clear();
         }
+        let unit = cgroup::unit_of(&path).map(str::to_string);
+        let n = Arc::new(CgroupName { path, unit });
+        self.names.insert(id, Some(n.clone()));
+        n
+    }
+
+    /// The process's own cgroup, when it still lives in cgroup `id`.
+    fn named_by_proc(&mut self, id: u64, pid: u32) -> Option<Arc<CgroupName>> {
+        use std::os::unix::fs::MetadataExt;
+        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        let path = v2_path(&text)?;
+        let dir = self.root.join(path.trim_start_matches('/'));
+        if std::fs::metadata(dir).ok()?.ino() != id {
+            return None;
+        }
+        Some(self.remember(id, path.to_string()))
+    }
+
+    fn walk(&mut self) {
+        self.walked_at = boot_ns();
         for (id, path) in cgroup::all_in(&self.root) {
-            let unit = cgroup::unit_of(&path).map(str::to_string);
-            self.names.insert(id, Some(Arc::new(CgroupName { path, unit })));
+            self.remember(id, path);
         }
     }
 }
@@ -113,7 +148,7 @@ impl Converter {
     }
 
     pub fn exec(&mut self, e: BlackboxExec) -> Entry {
-        let cg = self.cgroups.get(e.cgroup_id, e.task.boot_ns);
+        let cg = self.cgroups.get(e.cgroup_id, e.task.pid, e.task.boot_ns);
         let event = Event::Exec {
             pid: e.task.pid,
             ppid: e.ppid,
@@ -237,17 +272,41 @@ mod tests {
         std::fs::create_dir_all(&svc).unwrap();
         let id = std::fs::metadata(&svc).unwrap().ino();
         let mut n = CgroupNames::new(d.path().to_path_buf());
-        let name = n.get(id, boot_ns()).unwrap();
+        let name = n.get(id, u32::MAX, boot_ns()).unwrap();
         assert_eq!((name.path.as_str(), name.unit.as_deref()), ("/system.slice/nginx.service", Some("nginx.service")));
-        // A cgroup made after the last walk is found by a new one.
+        // A cgroup made after the last walk is found by a new one (walks
+        // are at least 100 ms apart).
         let later = d.path().join("user.slice/session-2.scope");
         std::fs::create_dir_all(&later).unwrap();
         let id2 = std::fs::metadata(&later).unwrap().ino();
-        assert_eq!(n.get(id2, boot_ns()).unwrap().unit.as_deref(), Some("session-2.scope"));
+        assert!(n.get(id2, u32::MAX, boot_ns()).is_none(), "too soon for another walk");
+        std::thread::sleep(std::time::Duration::from_millis(120));
+        assert_eq!(n.get(id2, u32::MAX, boot_ns()).unwrap().unit.as_deref(), Some("session-2.scope"));
         // An id missing from a walk newer than its event: not walked for again.
         let walked = n.walked_at;
-        assert!(n.get(u64::MAX - 1, 0).is_none());
+        assert!(n.get(u64::MAX - 1, u32::MAX, 0).is_none());
         assert_eq!(n.walked_at, walked);
-        assert!(n.get(0, boot_ns()).is_none());
+        assert!(n.get(0, u32::MAX, boot_ns()).is_none());
+    }
+
+    #[test]
+    fn a_live_process_names_its_own_cgroup() {
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(v2_path("1:cpu:/\n0::/system.slice/a.service\n"), Some("/system.slice/a.service"));
+        assert_eq!(v2_path("4:memory:/x\n"), None);
+        let root = cgroup::root();
+        let Some(path) =
+            std::fs::read_to_string("/proc/self/cgroup").ok().and_then(|t| v2_path(&t).map(str::to_string))
+        else {
+            eprintln!("no cgroup v2 here; skipping");
+            return;
+        };
+        let id = std::fs::metadata(root.join(path.trim_start_matches('/'))).unwrap().ino();
+        // A root that is not walked: the name comes from /proc/self/cgroup.
+        let mut n = CgroupNames::new(root);
+        n.walked_at = u64::MAX;
+        let got = n.get(id, std::process::id(), 0).expect("named from /proc");
+        assert_eq!(got.path, path);
+        assert!(n.get(id + 1_000_000_007, std::process::id(), 0).is_none(), "another id is not taken for it");
     }
 }

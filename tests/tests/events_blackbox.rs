@@ -688,3 +688,102 @@ fn exit_status_is_what_wait_reports_however_threads_leave() {
     pids.dedup();
     assert_eq!((n, pids.len()), (3, 3), "{log}");
 }
+
+const ROGUE_C: &str = r#"
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Serves argv[1] like a collector that records, for argv[2] seconds;
+   prints how many bytes it was sent. */
+int main(int argc, char **argv) {
+    if (argc < 3) return 2;
+    int s = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un a = { .sun_family = AF_UNIX };
+    strncpy(a.sun_path, argv[1], sizeof a.sun_path - 1);
+    unlink(argv[1]);
+    if (bind(s, (struct sockaddr *)&a, sizeof a) || listen(s, 8)) return 3;
+    printf("listening\n");
+    fflush(stdout);
+    long total = 0;
+    time_t end = time(0) + atoi(argv[2]);
+    while (time(0) < end) {
+        struct pollfd p = { s, POLLIN, 0 };
+        if (poll(&p, 1, 100) <= 0) continue;
+        int f = accept(s, 0, 0);
+        if (f < 0) continue;
+        const char *m = "{\"recording\":true,\"id\":\"rogue\"}\n";
+        if (send(f, m, strlen(m), MSG_NOSIGNAL) < 0) { close(f); continue; }
+        char b[4096];
+        while (time(0) < end) {
+            struct pollfd q = { f, POLLIN, 0 };
+            if (poll(&q, 1, 100) <= 0) continue;
+            ssize_t n = read(f, b, sizeof b);
+            if (n <= 0) break;
+            total += n;
+        }
+        close(f);
+    }
+    printf("received %ld\n", total);
+    return 0;
+}
+"#;
+
+/// Every command line of the machine goes to the blackbox socket: a
+/// socket served by another user than root gets nothing, and the kernel
+/// side is never told to record.
+#[test]
+fn a_socket_not_served_by_root_gets_nothing() {
+    if !require_root("a_socket_not_served_by_root_gets_nothing") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new().prefix("bbrogue").tempdir_in("/tmp").expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    std::fs::write(dir.path().join("rogue.c"), ROGUE_C).expect("write rogue.c");
+    let exe = dir.path().join("bb-rogue");
+    let st = Command::new("gcc")
+        .args(["-O1", "-o"])
+        .arg(&exe)
+        .arg(dir.path().join("rogue.c"))
+        .status()
+        .expect("run gcc (install it: cargo xtask setup)");
+    assert!(st.success(), "gcc failed");
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let sock = dir.path().join("blackbox.sock");
+    let mut rogue = {
+        use std::os::unix::process::CommandExt as _;
+        Command::new(&exe)
+            .arg(&sock)
+            .arg("8")
+            .uid(65534)
+            .gid(65534)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the server as nobody")
+    };
+    let mut out = BufReader::new(rogue.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("read the server's first line");
+    assert_eq!(line.trim(), "listening");
+    let mut probe = Probe::start(&sock, &[]);
+    probe.wait_log("served by uid 65534", 1);
+    let t = token();
+    let deadline = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < deadline {
+        run(detached("/bin/true", &[&t]));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = probe.stop();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).expect("read the server's result");
+    let _ = rogue.wait();
+    assert_eq!(rest.trim(), "received 0", "{log}");
+    assert_eq!(summary_value(&log, "blackbox_entries"), 0, "{log}");
+    assert!(!log.contains("blackbox: recording"), "{log}");
+}

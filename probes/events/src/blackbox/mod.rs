@@ -12,6 +12,9 @@
 //! - The connection is made at start and again every second while it
 //!   cannot be; after each (re)connection every entry not acknowledged is
 //!   sent again, in order (the collector skips a `seq` it already wrote).
+//! - The feed holds every command line of the machine: it goes only to a
+//!   socket served by root (or by eventprobe's own user), checked with
+//!   `SO_PEERCRED` at each connection.
 //! - Recording is what the collector last said: while the connection is
 //!   down the kernel flag stays as it was, so a collector restart in the
 //!   middle of a recording loses nothing (the entries wait in the outbox).
@@ -130,6 +133,22 @@ async fn run(path: PathBuf, shared: Arc<Shared>, mut switch: BlackboxSwitch) {
     loop {
         match UnixStream::connect(&path).await {
             Ok(stream) => {
+                // Every command line of the machine goes there: only to a
+                // collector of root's (or of our own user).
+                let refused = match stream.peer_cred() {
+                    Ok(c) if peer_allowed(c.uid()) => None,
+                    Ok(c) => Some(format!("it is served by uid {} (not root)", c.uid())),
+                    Err(e) => Some(format!("cannot tell who serves it ({e})")),
+                };
+                if let Some(why) = refused {
+                    if !warned {
+                        tracing::error!("blackbox: sending nothing to {}: {why}; trying every second", path.display());
+                        warned = true;
+                    }
+                    drop(stream);
+                    tokio::time::sleep(RECONNECT).await;
+                    continue;
+                }
                 warned = false;
                 tracing::info!("blackbox: connected to {}", path.display());
                 let why = serve(stream, &shared, &mut switch).await;
@@ -151,6 +170,13 @@ async fn run(path: PathBuf, shared: Arc<Shared>, mut switch: BlackboxSwitch) {
         }
         tokio::time::sleep(RECONNECT).await;
     }
+}
+
+/// Whether a collector running as `uid` may have the feed: root, or the
+/// user eventprobe runs as.
+fn peer_allowed(uid: u32) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    uid == 0 || uid == unsafe { libc::geteuid() }
 }
 
 /// One connection: control lines in, entry lines out, until either side
@@ -304,6 +330,17 @@ mod tests {
         assert_eq!(a.len(), 16);
         assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn only_root_or_ourselves_get_the_feed() {
+        assert!(peer_allowed(0));
+        // SAFETY: geteuid has no preconditions.
+        assert!(peer_allowed(unsafe { libc::geteuid() }));
+        // SAFETY: as above.
+        if unsafe { libc::geteuid() } == 0 {
+            assert!(!peer_allowed(65534));
+        }
     }
 
     #[test]

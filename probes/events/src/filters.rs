@@ -177,6 +177,16 @@ mod tests {
     }
 
     #[test]
+    fn the_black_box_needs_every_offset_it_reads() {
+        let bb = event_types::BlackboxOffsets { ok: 1, task_tgid: 8, ..Default::default() };
+        let full = TaskOffsets { task_mm: 1, group_leader: 2, start_boottime: 3, bb, ..TaskOffsets::default() };
+        assert_eq!(Filters::default().to_config(full).bb, bb);
+        let no_mm = TaskOffsets { task_mm: 0, ..full };
+        assert_eq!(Filters::default().to_config(no_mm).bb.ok, 0);
+        assert_eq!(Filters::default().to_config(TaskOffsets::default()).bb.ok, 0);
+    }
+
+    #[test]
     fn comm_limits() {
         assert!(parse_comm("0123456789abcde").is_ok());
         assert_eq!(parse_comm("0123456789abcdef"), Err(FilterError::CommTooLong("0123456789abcdef".into())));

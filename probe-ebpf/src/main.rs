@@ -6,6 +6,12 @@
 //!  oom:mark_victim ───────┤  ring full: LOST[kind] += 1 (eventprobe reports it)
 //!  sched:sched_process_exit ┘ threads marked in PENDING_EXIT (a fatal
 //!                           signal: the modules; an OOM victim: its stack)
+//!
+//!  with FLAG_BLACKBOX (set while a black-box recording runs):
+//!  sched:sched_process_exec ── ExecBlackboxEvent (ppid, tty, argv, cgroup, filename)
+//!  sched:sched_process_exit ── ProcessExitEvent when the thread group is dead
+//!    (no wakeup per event: the reader drains on a timer, or is woken when
+//!     the ring is 1/8 full)
 //! ```
 //!
 //! The event layouts live in `probes/event-types` (shared with user space).
@@ -18,7 +24,9 @@
 use core::ffi::c_void;
 use core::ptr::addr_of_mut;
 
-use aya_ebpf::bindings::{BPF_F_USER_BUILD_ID, BPF_F_USER_STACK, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
+use aya_ebpf::bindings::{
+    BPF_F_USER_BUILD_ID, BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE,
+};
 use aya_ebpf::helpers::generated::{
     bpf_find_vma, bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_current_task_btf, bpf_get_stack,
     bpf_ktime_get_boot_ns, bpf_loop, bpf_probe_read_kernel, bpf_probe_read_user, bpf_task_pt_regs,
@@ -29,10 +37,11 @@ use aya_ebpf::maps::{Array, HashMap, PerCpuArray, RingBuf};
 use aya_ebpf::programs::TracePointContext;
 use aya_ebpf::EbpfContext;
 use event_types::{
-    BuildIdFrame, Config, EventHeader, ExecEvent, ExitEvent, FatalSignalEvent, FatalSignalOuterEvent, ModuleScan,
-    ModulesEvent, OomEvent, OomStackEvent, PendingExit, UserRegs, COMM_LEN, DUMPABLE_UNKNOWN, DUMPABLE_USER,
-    FLAG_COMM_ALLOW_LIST, FLAG_EXITS, FLAG_ONLY_DEFAULT_ACTION, FLAG_OOM, FLAG_SIGNALS, KIND_EXEC, KIND_EXIT,
-    KIND_FATAL_SIGNAL, KIND_MODULES, KIND_OOM, KIND_OOM_STACK, LOST_SLOTS, MAX_BUILD_ID_FRAMES, MAX_FP_FRAMES,
+    BuildIdFrame, Config, EventHeader, ExecBlackboxEvent, ExecEvent, ExitEvent, FatalSignalEvent,
+    FatalSignalOuterEvent, ModuleScan, ModulesEvent, OomEvent, OomStackEvent, PendingExit, ProcessExitEvent, UserRegs,
+    ARGV_LEN, COMM_LEN, DUMPABLE_UNKNOWN, DUMPABLE_USER, FLAG_BLACKBOX, FLAG_COMM_ALLOW_LIST, FLAG_EXITS,
+    FLAG_ONLY_DEFAULT_ACTION, FLAG_OOM, FLAG_SIGNALS, KIND_EXEC, KIND_EXEC_BLACKBOX, KIND_EXIT, KIND_FATAL_SIGNAL,
+    KIND_MODULES, KIND_OOM, KIND_OOM_STACK, KIND_PROCESS_EXIT, LOST_SLOTS, MAX_BUILD_ID_FRAMES, MAX_FP_FRAMES,
     MAX_MODULES, MAX_SIGFRAME_WORDS, MAX_VMA_LOOKUPS, OUTER_PAGES, PAGE_SIZE, PATH_DEPTH, STACK_COPY_BYTES,
 };
 
@@ -585,7 +594,12 @@ unsafe fn fill_fatal(ctx: &TracePointContext, cfg: &Config, ev: *mut FatalSignal
 /// executable mappings under its ip and its stack's words. An OOM victim
 /// exiting: its registers, stack and mappings.
 #[tracepoint]
-pub fn process_exit(_ctx: TracePointContext) -> u32 {
+pub fn process_exit(ctx: TracePointContext) -> u32 {
+    if let Some(cfg) = config() {
+        if cfg.flags & FLAG_BLACKBOX != 0 && cfg.bb.ok == 1 {
+            let _ = try_blackbox_exit(&ctx, cfg);
+        }
+    }
     let tid = bpf_get_current_pid_tgid() as u32;
     // SAFETY: lookup with a key on the stack; the value is copied.
     let Some(p) = (unsafe { PENDING_EXIT.get(&tid) }).copied() else { return 0 };
@@ -696,40 +710,221 @@ fn try_oom_exit() -> Result<(), i64> {
 }
 
 /// A process ran `execve`: its executable's identity, so eventprobe can
-/// hold the file open while the process lives.
+/// hold the file open while the process lives; while the black box
+/// records, also what its exec entry needs.
 #[tracepoint]
-pub fn process_exec(_ctx: TracePointContext) -> u32 {
-    let _ = try_process_exec();
+pub fn process_exec(ctx: TracePointContext) -> u32 {
+    let _ = try_process_exec(&ctx);
     0
 }
 
-fn try_process_exec() -> Result<(), i64> {
+/// Whether an exec's executable is held open (fatal signals reported,
+/// the offsets known).
+#[inline(always)]
+fn holds_exes(cfg: &Config) -> bool {
+    cfg.flags & FLAG_SIGNALS != 0 && cfg.off_mm_exe_file != 0 && cfg.off_task_mm != 0 && cfg.vma.ok == 1
+}
+
+/// `mm->exe_file`'s (inode number, device) of `task`, or None.
+#[inline(always)]
+unsafe fn exe_identity(cfg: &Config, task: u64) -> Option<(u64, u32)> {
+    let o = &cfg.vma;
+    // SAFETY: kernel reads through the helper (0 when unreadable).
+    unsafe {
+        let mm = read_kernel_u64(task + cfg.off_task_mm as u64);
+        let file = if mm != 0 { read_kernel_u64(mm + cfg.off_mm_exe_file as u64) } else { 0 };
+        if file == 0 {
+            return None;
+        }
+        let inode = read_kernel_u64(file + o.file_inode as u64);
+        let sb = read_kernel_u64(inode + o.inode_sb as u64);
+        let mut dev: u32 = 0;
+        let _ = bpf_probe_read_kernel(addr_of_mut!(dev).cast(), 4, (sb + o.sb_dev as u64) as *const c_void);
+        Some((read_kernel_u64(inode + o.inode_ino as u64), dev))
+    }
+}
+
+fn try_process_exec(ctx: &TracePointContext) -> Result<(), i64> {
     let cfg = config().ok_or(1i64)?;
-    if cfg.flags & FLAG_SIGNALS == 0 || cfg.off_mm_exe_file == 0 || cfg.off_task_mm == 0 || cfg.vma.ok != 1 {
+    if cfg.flags & FLAG_BLACKBOX != 0 && cfg.bb.ok == 1 {
+        return try_blackbox_exec(ctx, cfg);
+    }
+    if !holds_exes(cfg) {
         return Ok(());
     }
     let comm = bpf_get_current_comm().map_err(|e| e as i64)?;
     if !comm_passes(cfg, &comm) {
         return Ok(());
     }
-    let o = &cfg.vma;
-    // SAFETY: kernel reads through the helper (0 when unreadable).
-    let (ino, dev) = unsafe {
-        let task = bpf_get_current_task();
-        let mm = read_kernel_u64(task + cfg.off_task_mm as u64);
-        let file = if mm != 0 { read_kernel_u64(mm + cfg.off_mm_exe_file as u64) } else { 0 };
-        if file == 0 {
-            return Ok(());
-        }
-        let inode = read_kernel_u64(file + o.file_inode as u64);
-        let sb = read_kernel_u64(inode + o.inode_sb as u64);
-        let mut dev: u32 = 0;
-        let _ = bpf_probe_read_kernel(addr_of_mut!(dev).cast(), 4, (sb + o.sb_dev as u64) as *const c_void);
-        (read_kernel_u64(inode + o.inode_ino as u64), dev)
-    };
+    // SAFETY: the current task; kernel reads through the helper.
+    let Some((ino, dev)) = (unsafe { exe_identity(cfg, bpf_get_current_task()) }) else { return Ok(()) };
     let ev = ExecEvent { header: header(KIND_EXEC, comm), ino, dev, _pad: 0 };
     if EVENTS.output::<ExecEvent>(&ev, BPF_RB_NO_WAKEUP as u64).is_err() {
         count_lost(KIND_EXEC);
+    }
+    Ok(())
+}
+
+/// The black box's events do not wake the reader one by one (a wakeup
+/// per exec is an inter-processor interrupt): it drains the ring on a
+/// timer, and is woken when the ring is an eighth full.
+#[inline(always)]
+fn blackbox_wakeup() -> u64 {
+    let avail = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    let size = EVENTS.query(BPF_RB_RING_SIZE as u64);
+    if avail >= size / 8 {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
+
+/// Reads a u32 at a kernel address (0 when unreadable).
+#[inline(always)]
+unsafe fn read_kernel_u32(addr: u64) -> u32 {
+    let mut v: u32 = 0;
+    // SAFETY: the helper checks the address.
+    let r = unsafe { bpf_probe_read_kernel(addr_of_mut!(v).cast(), 4, addr as *const c_void) };
+    if r == 0 {
+        v
+    } else {
+        0
+    }
+}
+
+/// An exec while the black box records: everything its entry needs, in
+/// one record (which also carries the executable's identity to hold).
+fn try_blackbox_exec(ctx: &TracePointContext, cfg: &Config) -> Result<(), i64> {
+    let comm = bpf_get_current_comm().map_err(|e| e as i64)?;
+    let hold = holds_exes(cfg) && comm_passes(cfg, &comm);
+    let Some(mut entry) = EVENTS.reserve::<ExecBlackboxEvent>(0) else {
+        count_lost(KIND_EXEC_BLACKBOX);
+        return Ok(());
+    };
+    let ev: *mut ExecBlackboxEvent = entry.as_mut_ptr();
+    let b = &cfg.bb;
+    // SAFETY: a reserved record of the right size; every field is written
+    // (the byte arrays up to what user space reads: the strings by the
+    // read helpers, which zero them on failure, argv up to argv_len).
+    unsafe {
+        (*ev).header = header(KIND_EXEC_BLACKBOX, comm);
+        let task = bpf_get_current_task();
+        let id = if hold { exe_identity(cfg, task) } else { None };
+        match id {
+            Some((ino, dev)) => {
+                (*ev).ino = ino;
+                (*ev).dev = dev;
+                (*ev).hold = 1;
+            }
+            None => {
+                (*ev).ino = 0;
+                (*ev).dev = 0;
+                (*ev).hold = 0;
+            }
+        }
+        let parent = read_kernel_u64(task + b.task_real_parent as u64);
+        (*ev).ppid = if parent != 0 { read_kernel_u32(parent + b.task_tgid as u64) } else { 0 };
+        (*ev).cgroup_id = bpf_get_current_cgroup_id();
+        let signal = read_kernel_u64(task + b.task_signal as u64);
+        let tty = if signal != 0 { read_kernel_u64(signal + b.signal_tty as u64) } else { 0 };
+        (*ev).tty[0] = 0;
+        if tty != 0 {
+            let _ = aya_ebpf::helpers::bpf_probe_read_kernel_str_bytes(
+                (tty + b.tty_name as u64) as *const u8,
+                &mut (*ev).tty,
+            );
+        }
+        // sched_process_exec format: __data_loc char[] filename@8.
+        (*ev).filename[0] = 0;
+        if let Ok(loc) = ctx.read_at::<u32>(8) {
+            let off = (loc & 0xffff) as usize;
+            let _ = aya_ebpf::helpers::bpf_probe_read_kernel_str_bytes(
+                (ctx.as_ptr() as *const u8).add(off),
+                &mut (*ev).filename,
+            );
+        }
+        let mm = read_kernel_u64(task + cfg.off_task_mm as u64);
+        let (start, end) = if mm != 0 {
+            (read_kernel_u64(mm + b.mm_arg_start as u64), read_kernel_u64(mm + b.mm_arg_end as u64))
+        } else {
+            (0, 0)
+        };
+        let total = if end > start { end - start } else { 0 };
+        (*ev).argv_total = total;
+        let n = if total > ARGV_LEN as u64 { ARGV_LEN as u32 } else { total as u32 };
+        (*ev).argv_len = 0;
+        if n > 0 && bpf_probe_read_user(addr_of_mut!((*ev).argv).cast(), n, start as *const c_void) == 0 {
+            (*ev).argv_len = n;
+        }
+    }
+    entry.submit(blackbox_wakeup());
+    Ok(())
+}
+
+/// `PF_KTHREAD` of `task_struct.flags`: a kernel thread.
+const PF_KTHREAD: u32 = 0x0020_0000;
+
+/// `SIGNAL_GROUP_EXIT` of `signal_struct.flags`: the group exits with
+/// `group_exit_code` (exit_group, a fatal signal).
+const SIGNAL_GROUP_EXIT: u32 = 0x4;
+
+/// A thread exits while the black box records: when its thread group is
+/// now dead, the process's end (every process, not only abnormal ones;
+/// kernel threads are not processes of anyone's).
+fn try_blackbox_exit(ctx: &TracePointContext, cfg: &Config) -> Result<(), i64> {
+    let b = &cfg.bb;
+    // SAFETY: kernel reads through the helper (0 when unreadable); the
+    // tracepoint field offset comes from its format.
+    unsafe {
+        let task = bpf_get_current_task();
+        if read_kernel_u32(task + b.task_flags as u64) & PF_KTHREAD != 0 {
+            return Ok(());
+        }
+        let signal = read_kernel_u64(task + b.task_signal as u64);
+        if signal == 0 {
+            return Ok(());
+        }
+        // The exiting thread has already decremented `signal->live`.
+        let dead = if b.tp_exit_group_dead != 0 {
+            ctx.read_at::<u8>(b.tp_exit_group_dead as usize).map_err(|e| e as i64)? != 0
+        } else {
+            read_kernel_u32(signal + b.signal_live as u64) == 0
+        };
+        if !dead {
+            return Ok(());
+        }
+        let leader = read_kernel_u64(task + cfg.off_group_leader as u64);
+        let flags = read_kernel_u32(signal + b.signal_flags as u64);
+        let code = if flags & SIGNAL_GROUP_EXIT != 0 {
+            read_kernel_u32(signal + b.signal_group_exit_code as u64)
+        } else if leader != 0 {
+            // Every thread left by exit(2): the leader's code is the
+            // group's (what wait(2) reports).
+            read_kernel_u32(leader + b.task_exit_code as u64)
+        } else {
+            read_kernel_u32(task + b.task_exit_code as u64)
+        };
+        let parent = read_kernel_u64(task + b.task_real_parent as u64);
+        let ppid = if parent != 0 { read_kernel_u32(parent + b.task_tgid as u64) } else { 0 };
+        let mut comm = [0u8; COMM_LEN];
+        if leader == 0
+            || bpf_probe_read_kernel(
+                comm.as_mut_ptr().cast(),
+                COMM_LEN as u32,
+                (leader + b.task_comm as u64) as *const c_void,
+            ) != 0
+        {
+            comm = bpf_get_current_comm().map_err(|e| e as i64)?;
+        }
+        let start = if leader != 0 && cfg.off_start_boottime != 0 {
+            read_kernel_u64(leader + cfg.off_start_boottime as u64)
+        } else {
+            0
+        };
+        let ev = ProcessExitEvent { header: header(KIND_PROCESS_EXIT, comm), ppid, code, start_boottime_ns: start };
+        if EVENTS.output::<ProcessExitEvent>(&ev, blackbox_wakeup()).is_err() {
+            count_lost(KIND_PROCESS_EXIT);
+        }
     }
     Ok(())
 }

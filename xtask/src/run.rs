@@ -153,7 +153,7 @@ pub fn main(args: &[String]) -> Result<(), String> {
         println!("xtask run: not root: crashprobe is not installed as the core handler, eventprobe not started");
         None
     };
-    let mut events = if root && ebpf_ok { start_eventprobe(&bins, &socket) } else { None };
+    let mut events = if root && ebpf_ok { start_eventprobe(&bins, &socket, &conf) } else { None };
     let mut klog = start_klogscanner(&bins, &conf);
     send_hello(&bins, &socket);
     let status = collector.wait().map_err(|e| format!("waiting for telem-collector: {e}"))?;
@@ -215,10 +215,12 @@ impl Drop for CrashHandler {
 }
 
 /// Starts eventprobe beside the collector.
-fn start_eventprobe(bins: &Path, socket: &Path) -> Option<Child> {
-    match Command::new(bins.join("eventprobe")).arg("--socket").arg(socket).spawn() {
+/// Starts eventprobe beside the collector, with the run's configuration
+/// (its state_dir holds the collector's blackbox socket).
+fn start_eventprobe(bins: &Path, socket: &Path, conf: &Path) -> Option<Child> {
+    match Command::new(bins.join("eventprobe")).arg("-f").arg(conf).arg("--socket").arg(socket).spawn() {
         Ok(c) => {
-            println!("xtask run: eventprobe attached (fatal signals, abnormal exits, OOM kills)");
+            println!("xtask run: eventprobe attached (fatal signals, abnormal exits, OOM kills; the black box's feed)");
             Some(c)
         }
         Err(e) => {

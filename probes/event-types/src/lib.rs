@@ -52,10 +52,24 @@ pub const KIND_MODULES: u32 = 4;
 pub const KIND_EXEC: u32 = 5;
 /// `EventHeader::kind` of an [`OomStackEvent`].
 pub const KIND_OOM_STACK: u32 = 6;
+/// `EventHeader::kind` of an [`ExecBlackboxEvent`] (an exec while the
+/// black box records: [`FLAG_BLACKBOX`]).
+pub const KIND_EXEC_BLACKBOX: u32 = 7;
+/// `EventHeader::kind` of a [`ProcessExitEvent`] (a thread group ended
+/// while the black box records).
+pub const KIND_PROCESS_EXIT: u32 = 8;
 
 /// Index in the `LOST` per-CPU array of each kind's reservation failures
 /// (ring buffer full), so index = kind.
-pub const LOST_SLOTS: u32 = 7;
+pub const LOST_SLOTS: u32 = 9;
+
+/// Bytes of the tty name kept (`tty_struct.name`, e.g. `pts3`, `tty1`).
+pub const TTY_LEN: usize = 32;
+/// Bytes of the exec'd file name kept (the tracepoint's `filename`).
+pub const FILENAME_LEN: usize = 256;
+/// Bytes of the argument area kept (`mm->arg_start..arg_end`: the
+/// arguments, each NUL-terminated). A power of two.
+pub const ARGV_LEN: usize = 2048;
 
 /// Whole pages copied of the stack a signal handler running on its
 /// alternate stack interrupted (Go: the goroutine's stack under
@@ -100,6 +114,11 @@ pub const FLAG_EXITS: u32 = 4;
 pub const FLAG_OOM: u32 = 8;
 /// `Config::flags`: report fatal signals at all.
 pub const FLAG_SIGNALS: u32 = 16;
+/// `Config::flags`: the black box records: every exec sends an
+/// [`ExecBlackboxEvent`] (instead of an [`ExecEvent`]) and every thread
+/// group's end a [`ProcessExitEvent`], whatever the comm filters say.
+/// Set and cleared at run time by eventprobe's blackbox feed.
+pub const FLAG_BLACKBOX: u32 = 32;
 
 /// Filters and kernel facts that user space writes before attaching.
 /// Until it is written (all zero) nothing is reported.
@@ -134,6 +153,39 @@ pub struct Config {
     /// alternate signal stack), or 0 (no copy of the interrupted stack).
     pub off_sas_ss_sp: u32,
     pub off_sas_ss_size: u32,
+    pub _pad: u32,
+    /// What the black box's exec and exit events read.
+    pub bb: BlackboxOffsets,
+}
+
+/// Kernel structure offsets (from the kernel BTF) and a tracepoint field
+/// offset that the black box's exec and exit programs need. Nothing is
+/// sent for the black box unless `ok` is 1.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlackboxOffsets {
+    /// 1 when every offset below (but `tp_exit_group_dead`) was found.
+    pub ok: u32,
+    pub task_real_parent: u32,
+    pub task_tgid: u32,
+    pub task_signal: u32,
+    pub task_comm: u32,
+    pub task_exit_code: u32,
+    pub signal_tty: u32,
+    pub signal_flags: u32,
+    pub signal_group_exit_code: u32,
+    pub signal_live: u32,
+    pub tty_name: u32,
+    pub mm_arg_start: u32,
+    pub mm_arg_end: u32,
+    /// Offset of `group_dead` in the `sched:sched_process_exit` record
+    /// (newer kernels have it; 6.18 does), or 0: then `signal->live == 0`
+    /// after the exiting thread's decrement tells (two threads of a group
+    /// exiting at once may then both see 0; user space keeps one).
+    pub tp_exit_group_dead: u32,
+    /// `task_struct.flags` (kernel threads, `PF_KTHREAD`, are no processes
+    /// to record).
+    pub task_flags: u32,
     pub _pad: u32,
 }
 
@@ -359,6 +411,57 @@ pub struct ExecEvent {
     pub _pad: u32,
 }
 
+/// An exec while the black box records (`sched:sched_process_exec` with
+/// [`FLAG_BLACKBOX`]): what [`ExecEvent`] holds, and what a black-box
+/// exec entry needs. The header's pid, uid and comm are the new program's.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ExecBlackboxEvent {
+    pub header: EventHeader,
+    /// As [`ExecEvent`] (0 when `hold` is 0).
+    pub ino: u64,
+    pub dev: u32,
+    /// 1: the executable passes the comm filters and `ino`/`dev` are set:
+    /// user space holds it open as for an [`ExecEvent`].
+    pub hold: u32,
+    /// `real_parent->tgid`.
+    pub ppid: u32,
+    /// Bytes of `argv` filled (`arg_end - arg_start`, at most [`ARGV_LEN`]).
+    pub argv_len: u32,
+    /// `arg_end - arg_start`: more than `argv_len` when it was cut.
+    pub argv_total: u64,
+    /// `bpf_get_current_cgroup_id()`: the cgroup v2 id.
+    pub cgroup_id: u64,
+    /// `signal->tty->name`, NUL-terminated; empty without a controlling
+    /// terminal.
+    pub tty: [u8; TTY_LEN],
+    /// The tracepoint's `filename`: the path exec'd as given (absolute
+    /// when a shell searched `PATH`), NUL-terminated, cut at
+    /// [`FILENAME_LEN`] - 1 bytes.
+    pub filename: [u8; FILENAME_LEN],
+    /// The argument area: `argv[0]`, NUL, `argv[1]`, NUL, ...
+    pub argv: [u8; ARGV_LEN],
+}
+
+/// A thread group ended while the black box records
+/// (`sched:sched_process_exit` of its last thread). The header's pid is
+/// the process's, tid the last thread's, comm the group leader's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcessExitEvent {
+    pub header: EventHeader,
+    /// `real_parent->tgid`.
+    pub ppid: u32,
+    /// The wait status's code as the parent sees it (`signal->group_exit_code`
+    /// after a group exit, else the leader's `exit_code`): exit status
+    /// `(code >> 8) & 0xff`, killing signal `code & 0x7f`, core dumped
+    /// `code & 0x80`.
+    pub code: u32,
+    /// `start_boottime` of the group leader (ns since boot, the clock of
+    /// `boot_ns`), or 0 when unknown.
+    pub start_boottime_ns: u64,
+}
+
 /// What the fatal-signal program (or `oom:mark_victim`) leaves for the
 /// thread's exit.
 #[repr(C)]
@@ -465,7 +568,9 @@ const _: () = {
     assert!(core::mem::size_of::<EventHeader>() == 40);
     assert!(core::mem::size_of::<UserRegs>() == 21 * 8);
     assert!(core::mem::size_of::<FatalSignalEvent>() % 8 == 0);
-    assert!(core::mem::size_of::<Config>() == 40 + 52 + 12);
+    assert!(core::mem::size_of::<Config>() == 40 + 52 + 12 + 64);
+    assert!(core::mem::size_of::<ExecBlackboxEvent>() % 8 == 0);
+    assert!(core::mem::size_of::<ProcessExitEvent>() == 56);
     assert!(core::mem::size_of::<FatalSignalOuterEvent>() % 8 == 0);
     assert!(core::mem::size_of::<OomStackEvent>() % 8 == 0);
     assert!(core::mem::size_of::<ModuleVma>() == 424);

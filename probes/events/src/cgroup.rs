@@ -1,7 +1,7 @@
-//! An OOM victim's cgroup: the kernel gives its cgroup v2 id
-//! (`bpf_get_current_cgroup_id`, the inode number of the cgroup's
-//! directory); the path is found by walking the cgroup2 mount for that
-//! inode while the cgroup still exists. (On a cgroup v1 system the memory
+//! An OOM victim's (and, for the black box, an exec's) cgroup: the kernel
+//! gives its cgroup v2 id (`bpf_get_current_cgroup_id`, the inode number
+//! of the cgroup's directory); the path is found by walking the cgroup2
+//! mount for that inode while the cgroup still exists. (On a cgroup v1 system the memory
 //! controller's cgroup is another hierarchy: the record takes it from the
 //! kernel's OOM summary line, see `crate::kmsg`.)
 
@@ -36,6 +36,53 @@ pub fn path_of(id: u64) -> Option<String> {
         .and_then(|m| cgroup2_root(&m))
         .unwrap_or_else(|| CGROUP2_ROOT.to_string());
     find_in(Path::new(&root), id)
+}
+
+/// The cgroup2 mount point of this machine.
+pub fn root() -> PathBuf {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .ok()
+        .and_then(|m| cgroup2_root(&m))
+        .map_or_else(|| PathBuf::from(CGROUP2_ROOT), PathBuf::from)
+}
+
+/// Every cgroup under `root`: (id, path relative to `root`), in one walk
+/// (bounded as [`find_in`]'s).
+pub fn all_in(root: &Path) -> Vec<(u64, String)> {
+    let mut out = Vec::new();
+    let Ok(md) = std::fs::symlink_metadata(root) else { return out };
+    out.push((md.ino(), "/".to_string()));
+    let mut stack: Vec<(PathBuf, usize)> = vec![(root.to_path_buf(), 0)];
+    let mut visited = 0usize;
+    while let Some((dir, depth)) = stack.pop() {
+        visited += 1;
+        if visited > MAX_VISITED {
+            tracing::debug!("cgroup walk stopped after {MAX_VISITED} directories");
+            break;
+        }
+        let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+        for e in rd.filter_map(Result::ok) {
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let Ok(m) = e.metadata() else { continue };
+            let p = e.path();
+            if let Ok(rel) = p.strip_prefix(root) {
+                out.push((m.ino(), format!("/{}", rel.display())));
+            }
+            if depth + 1 < MAX_DEPTH {
+                stack.push((p, depth + 1));
+            }
+        }
+    }
+    out
+}
+
+/// The systemd unit a cgroup path names: its deepest `.service` or
+/// `.scope` component (`/system.slice/nginx.service` -> `nginx.service`,
+/// `/user.slice/user-1000.slice/session-3.scope` -> `session-3.scope`).
+pub fn unit_of(path: &str) -> Option<&str> {
+    path.rsplit('/').find(|c| c.ends_with(".service") || c.ends_with(".scope"))
 }
 
 /// As [`path_of`] under `root`.
@@ -86,6 +133,32 @@ mod tests {
                  41 30 0:36 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n";
         assert_eq!(cgroup2_root(m).as_deref(), Some("/sys/fs/cgroup/unified"));
         assert_eq!(cgroup2_root("30 25 0:26 / /x rw - tmpfs tmpfs rw\n"), None);
+    }
+
+    #[test]
+    fn units_are_the_deepest_service_or_scope() {
+        assert_eq!(unit_of("/system.slice/nginx.service"), Some("nginx.service"));
+        assert_eq!(unit_of("/user.slice/user-1000.slice/session-3.scope"), Some("session-3.scope"));
+        assert_eq!(
+            unit_of("/user.slice/user-1000.slice/user@1000.service/app.slice/app-foo-12.scope"),
+            Some("app-foo-12.scope")
+        );
+        assert_eq!(unit_of("/system.slice/docker.service/sub"), Some("docker.service"));
+        assert_eq!(unit_of("/"), None);
+        assert_eq!(unit_of("/machine.slice"), None);
+    }
+
+    #[test]
+    fn walks_every_directory_once() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("a/b")).unwrap();
+        std::fs::create_dir_all(d.path().join("c")).unwrap();
+        std::fs::write(d.path().join("a/f"), b"x").unwrap();
+        let mut all: Vec<String> = all_in(d.path()).into_iter().map(|(_, p)| p).collect();
+        all.sort();
+        assert_eq!(all, vec!["/", "/a", "/a/b", "/c"]);
+        let b = std::fs::metadata(d.path().join("a/b")).unwrap().ino();
+        assert!(all_in(d.path()).contains(&(b, "/a/b".to_string())));
     }
 
     #[test]

@@ -7,17 +7,29 @@
 //! | `event_registers` | `false` | `signal/fatal` records list the general-purpose registers beyond ip, sp and bp (`ax bx cx dx si di r8`-`r15`): they are data of the program, not metadata of the crash. Never at `privacy_level = anonymous`, never for a process that is not dumpable |
 //! | `privacy_level` | `standard` | the collector's key; `anonymous` also keeps the registers beyond ip/sp/bp out of every record |
 //! | `socket_path` | `/run/telem-0` | the collector (as every probe) |
+//! | `state_dir` | `/var/lib/telemetry` | the collector's; its `blackbox.sock` is where the black box's feed connects |
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use telemetry::config::{ConfigError, Settings};
 
+/// The collector's state directory when the file does not name one.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/telemetry";
+
 /// What eventprobe takes from the configuration file.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// List the registers beyond ip/sp/bp (`event_registers = true`, and
     /// `privacy_level` is not `anonymous`).
     pub registers: bool,
+    /// The collector's `state_dir` (its blackbox socket is there).
+    pub state_dir: PathBuf,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { registers: false, state_dir: PathBuf::from(DEFAULT_STATE_DIR) }
+    }
 }
 
 /// Why the configuration cannot be used.
@@ -62,7 +74,19 @@ impl Config {
                 })
             }
         };
-        Ok(Config { registers: registers && !anonymous })
+        let state_dir = match get("state_dir") {
+            None => PathBuf::from(DEFAULT_STATE_DIR),
+            Some(v) if !v.is_empty() => PathBuf::from(v),
+            Some(v) => {
+                return Err(EventConfigError::Value {
+                    key: "state_dir",
+                    value: v,
+                    file: file(),
+                    expected: "a path (as the collector reads it)",
+                })
+            }
+        };
+        Ok(Config { registers: registers && !anonymous, state_dir })
     }
 }
 
@@ -83,5 +107,13 @@ mod tests {
         let e = parse("[settings]\nevent_registers=maybe\n").unwrap_err().to_string();
         assert!(e.contains("event_registers") && e.contains("maybe"), "{e}");
         assert!(parse("[settings]\nprivacy_level=secret\n").is_err());
+    }
+
+    #[test]
+    fn state_dir_defaults_and_must_not_be_empty() {
+        assert_eq!(parse("[settings]\n").unwrap().state_dir, PathBuf::from("/var/lib/telemetry"));
+        assert_eq!(parse("[settings]\nstate_dir = /srv/t\n").unwrap().state_dir, PathBuf::from("/srv/t"));
+        let e = parse("[settings]\nstate_dir =\n").unwrap_err().to_string();
+        assert!(e.contains("state_dir") && e.contains("a path"), "{e}");
     }
 }

@@ -5,7 +5,8 @@
 //! ```text
 //!  RingBuf ─AsyncFd─▶ parse ─▶ rate limit ─▶ capture /proc/PID ─▶ queue ─▶ worker: unwind, record, Client::send
 //!                      │           │ dropped: counted                 │ full: counted
-//!  LOST map ─(1 s)─▶ warning when the kernel side lost events (ring buffer full)
+//!                      └─▶ blackbox::Recorder (exec, exit; fatal signal, OOM while recording) ─▶ blackbox socket
+//!  LOST map ─(1 s)─▶ warning when the kernel side lost events (ring buffer full); gaps for the black box
 //! ```
 
 use std::collections::HashMap;
@@ -24,6 +25,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{signal, SignalKind};
 use unwind::Unwinder;
 
+use crate::blackbox::{Feed, Recorder};
 use crate::capture::{capture, unwind, unwind_oom, Capture};
 use crate::event::{parse, Event, FatalSignal, OomKill, OomStack};
 use crate::exec::HeldExes;
@@ -57,6 +59,8 @@ pub struct Options {
     pub registers: bool,
     /// Use only the kernel's module names, never /proc/PID (`--no-proc-maps`).
     pub no_proc_maps: bool,
+    /// The collector's blackbox socket to feed (None: no black box).
+    pub blackbox: Option<PathBuf>,
 }
 
 /// Why the probe stopped with an error.
@@ -111,13 +115,15 @@ pub struct Summary {
     pub elapsed: Duration,
     /// (program, runs, run time ns) when BPF statistics were on.
     pub bpf_stats: Vec<(&'static str, u64, u64)>,
+    /// The black box's feed: entries queued, acknowledged, dropped.
+    pub blackbox: crate::blackbox::outbox::OutboxStats,
 }
 
 impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "eventprobe: summary fatal={} exit={} oom={} lost_kernel={} lost_kernel_fatal={} rate_limited={} queue_dropped={} bad_records={} maps_missing={} sent={} send_failed={} unwound_to_main={} oom_stacks={} elapsed_ms={}",
+            "eventprobe: summary fatal={} exit={} oom={} lost_kernel={} lost_kernel_fatal={} rate_limited={} queue_dropped={} bad_records={} maps_missing={} sent={} send_failed={} unwound_to_main={} oom_stacks={} lost_kernel_blackbox={} blackbox_entries={} blackbox_acked={} blackbox_dropped={} elapsed_ms={}",
             self.fatal,
             self.exit,
             self.oom,
@@ -131,6 +137,10 @@ impl std::fmt::Display for Summary {
             self.send_failed,
             self.unwound_to_main,
             self.oom_stacks,
+            self.lost_kernel.bb_exec + self.lost_kernel.bb_exit,
+            self.blackbox.queued,
+            self.blackbox.acked,
+            self.blackbox.dropped,
             self.elapsed.as_millis()
         )?;
         for (name, runs, ns) in &self.bpf_stats {
@@ -172,6 +182,8 @@ struct Reader {
     oom_stacks: bool,
     /// The kernel log, for the constraint of OOM kills.
     kmsg: Option<crate::kmsg::Kmsg>,
+    /// The black box's entries (None: no feed).
+    blackbox: Option<Recorder>,
 }
 
 impl Reader {
@@ -184,6 +196,27 @@ impl Reader {
                 return;
             }
         };
+        let ev = match ev {
+            Event::ExecBlackbox(e) => {
+                if let Some((dev, ino)) = e.hold {
+                    self.held.exec(e.task.pid, dev, ino);
+                }
+                if let Some(bb) = self.blackbox.as_mut() {
+                    bb.exec(*e);
+                }
+                return;
+            }
+            Event::ProcessExit(x) => {
+                if let Some(bb) = self.blackbox.as_mut() {
+                    bb.exit(&x);
+                }
+                return;
+            }
+            ev => ev,
+        };
+        if let Some(bb) = self.blackbox.as_mut() {
+            bb.event(&ev);
+        }
         let ev = match ev {
             Event::OomStack(s) => {
                 if let Some((o, suppressed, _)) = self.waiting_oom.remove(&s.task.tid) {
@@ -201,7 +234,7 @@ impl Reader {
             Event::Fatal(f) => (KIND_FATAL_SIGNAL, f.task.comm.as_str()),
             Event::Exit(e) => (KIND_EXIT, e.task.comm.as_str()),
             Event::Oom(o) => (KIND_OOM, o.victim.comm.as_str()),
-            Event::OomStack(_) => return,
+            Event::OomStack(_) | Event::ExecBlackbox(_) | Event::ProcessExit(_) => return,
             Event::Exec { task, dev, ino } => {
                 self.held.exec(task.pid, *dev, *ino);
                 return;
@@ -255,7 +288,11 @@ impl Reader {
                 }
                 Job::Oom(Box::new(o), None, suppressed)
             }
-            Event::Modules(_) | Event::Exec { .. } | Event::OomStack(_) => return,
+            Event::Modules(_)
+            | Event::Exec { .. }
+            | Event::OomStack(_)
+            | Event::ExecBlackbox(_)
+            | Event::ProcessExit(_) => return,
         };
         self.queue(job);
     }
@@ -393,8 +430,16 @@ fn worker(
 pub async fn run(opts: Options) -> Result<Summary, DaemonError> {
     let classes = Classes::suite().map_err(DaemonError::Classification)?;
     let object = object_bytes(opts.object.as_deref())?;
-    let mut probes = Probes::load(&object, &opts.filters, opts.ring_bytes, opts.bpf_stats)?;
+    let mut probes = Probes::load(&object, &opts.filters, opts.ring_bytes, opts.bpf_stats, opts.blackbox.is_some())?;
     let ring = probes.take_ring()?;
+    let feed = match &opts.blackbox {
+        Some(path) if probes.blackbox_supported() => Some(Feed::start(path.clone(), probes.take_blackbox_switch()?)),
+        Some(_) => {
+            tracing::warn!("the kernel lacks what the black box reads (see the warning above): no blackbox feed");
+            None
+        }
+        None => None,
+    };
     // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, for
     // as long as the AsyncFd holds it.
     let mut afd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
@@ -419,6 +464,7 @@ pub async fn run(opts: Options) -> Result<Summary, DaemonError> {
         waiting_oom: HashMap::new(),
         oom_stacks: opts.filters.oom,
         kmsg: opts.filters.oom.then(crate::kmsg::Kmsg::open),
+        blackbox: feed.clone().map(|f| Recorder::new(f, crate::cgroup::root())),
     };
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
@@ -448,6 +494,9 @@ pub async fn run(opts: Options) -> Result<Summary, DaemonError> {
                 reader.flush_waiting(Duration::from_secs(2));
                 reader.held.sweep();
                 if let Ok(l) = probes.lost() {
+                    if let Some(bb) = reader.blackbox.as_mut() {
+                        bb.tick(&l);
+                    }
                     if l.total() > last_lost.total() {
                         tracing::warn!(
                             "kernel ring buffer full: {} events lost in the last second ({} in all: fatal {}, exit {}, oom {}); raise --ring-bytes",
@@ -465,6 +514,14 @@ pub async fn run(opts: Options) -> Result<Summary, DaemonError> {
     // What is already in the ring is still reported.
     reader.drain(afd.get_mut());
     reader.flush_waiting(Duration::ZERO);
+    if let Some(f) = &feed {
+        if let (Ok(l), Some(bb)) = (probes.lost(), reader.blackbox.as_mut()) {
+            bb.tick(&l);
+        }
+        if !f.flush(Duration::from_secs(2)).await {
+            tracing::warn!("blackbox: the collector did not acknowledge every entry before exit");
+        }
+    }
     let elapsed = started.elapsed();
     drop(reader);
     if worker.join().is_err() {
@@ -486,6 +543,7 @@ pub async fn run(opts: Options) -> Result<Summary, DaemonError> {
         unwound_to_main: get(&counters.unwound_to_main),
         oom_stacks: get(&counters.oom_stacks),
         elapsed,
+        blackbox: feed.as_ref().map(Feed::stats).unwrap_or_default(),
         bpf_stats: if opts.bpf_stats {
             probes.prog_stats().into_iter().map(|(n, s)| (n, s.runs, s.run_time_ns)).collect()
         } else {

@@ -2,9 +2,10 @@
 //! eventprobe only sees [`Event`]).
 
 use event_types::{
-    comm_str, BuildIdFrame, EventHeader, ExecEvent, ExitEvent, FatalSignalEvent, FatalSignalOuterEvent, ModuleVma,
-    ModulesEvent, OomEvent, OomStackEvent, UserRegs, BUILD_ID_STATUS_IP, BUILD_ID_STATUS_VALID, DUMPABLE_UNKNOWN,
-    DUMPABLE_USER, KIND_EXEC, KIND_EXIT, KIND_FATAL_SIGNAL, KIND_MODULES, KIND_OOM, KIND_OOM_STACK, MAX_FP_FRAMES,
+    comm_str, BuildIdFrame, EventHeader, ExecBlackboxEvent, ExecEvent, ExitEvent, FatalSignalEvent,
+    FatalSignalOuterEvent, ModuleVma, ModulesEvent, OomEvent, OomStackEvent, ProcessExitEvent, UserRegs, ARGV_LEN,
+    BUILD_ID_STATUS_IP, BUILD_ID_STATUS_VALID, DUMPABLE_UNKNOWN, DUMPABLE_USER, KIND_EXEC, KIND_EXEC_BLACKBOX,
+    KIND_EXIT, KIND_FATAL_SIGNAL, KIND_MODULES, KIND_OOM, KIND_OOM_STACK, KIND_PROCESS_EXIT, MAX_FP_FRAMES,
     MAX_MODULES, NAME_LEN, OUTER_PAGES, PAGE_SIZE, PATH_DEPTH, STACK_PAGES,
 };
 use thiserror::Error;
@@ -237,6 +238,86 @@ pub struct OomStack {
     pub modules: ModulesInfo,
 }
 
+/// An exec seen while the black box records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlackboxExec {
+    pub task: Task,
+    /// The executable's (device (major, minor), inode) to hold open, when
+    /// it passed the comm filters (as an [`Event::Exec`]).
+    pub hold: Option<((u32, u32), u64)>,
+    pub ppid: u32,
+    pub cgroup_id: u64,
+    /// The controlling terminal's name (`pts/3`), when there is one.
+    pub tty: Option<String>,
+    /// The path exec'd as the caller gave it (the tracepoint's filename).
+    pub filename: String,
+    /// The arguments as the kernel laid them out (see [`split_argv`]).
+    pub argv: Vec<String>,
+}
+
+/// A thread group's end, seen while the black box records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessEnd {
+    /// pid (the group), tid (its last thread), comm (the leader's).
+    pub task: Task,
+    pub ppid: u32,
+    /// The wait status code (see [`ExitCode`]).
+    pub code: ExitCode,
+    /// The leader's start in `CLOCK_BOOTTIME` ns, or 0 when unknown.
+    pub start_boottime_ns: u64,
+}
+
+/// A wait status code as the kernel keeps it (`exit_code`,
+/// `group_exit_code`): what `WIFEXITED` and friends decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitCode(pub u32);
+
+impl ExitCode {
+    /// The exit status (0-255) when the process exited; None when killed.
+    pub fn status(self) -> Option<i32> {
+        (self.signal().is_none()).then_some(((self.0 >> 8) & 0xff) as i32)
+    }
+
+    /// The signal that killed it.
+    pub fn signal(self) -> Option<i32> {
+        let s = (self.0 & 0x7f) as i32;
+        (s != 0).then_some(s)
+    }
+
+    /// The kernel dumped (or piped) its core.
+    pub fn core_dumped(self) -> bool {
+        self.signal().is_some() && self.0 & 0x80 != 0
+    }
+}
+
+/// A terminal as people name it: the kernel calls pseudo-terminal 3
+/// `pts3` (`tty_struct.name`), its device is `/dev/pts/3`, and `ps`, `who`
+/// and `tty` say `pts/3`; other names (`tty1`, `ttyS0`) are kept.
+pub fn tty_name(kernel: &str) -> String {
+    match kernel.strip_prefix("pts") {
+        Some(n) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => format!("pts/{n}"),
+        _ => kernel.to_string(),
+    }
+}
+
+/// The kernel's argument area (`argv[0]`, NUL, `argv[1]`, NUL, ...) as
+/// strings; `cut` when the area was longer than what was copied (the last
+/// argument is then partial and ends with `…`). Bytes that are not UTF-8
+/// are replaced (U+FFFD).
+pub fn split_argv(area: &[u8], cut: bool) -> Vec<String> {
+    if area.is_empty() {
+        return Vec::new();
+    }
+    let body = if !cut && area.last() == Some(&0) { &area[..area.len() - 1] } else { area };
+    let mut args: Vec<String> = body.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    if cut {
+        if let Some(last) = args.last_mut() {
+            last.push('…');
+        }
+    }
+    args
+}
+
 /// One event from the kernel side.
 #[derive(Debug, Clone)]
 pub enum Event {
@@ -251,6 +332,10 @@ pub enum Event {
         dev: (u32, u32),
         ino: u64,
     },
+    /// An exec while the black box records.
+    ExecBlackbox(Box<BlackboxExec>),
+    /// A thread group ended while the black box records.
+    ProcessExit(ProcessEnd),
 }
 
 impl Event {
@@ -262,6 +347,8 @@ impl Event {
             Event::OomStack(_) => "oom victim stack",
             Event::Modules(_) => "modules",
             Event::Exec { .. } => "exec",
+            Event::ExecBlackbox(_) => "exec (black box)",
+            Event::ProcessExit(_) => "process exit (black box)",
         }
     }
 }
@@ -290,6 +377,16 @@ pub fn parse(bytes: &[u8]) -> Result<Event, EventError> {
             let e: ExecEvent = read(bytes, "an exec event")?;
             Ok(Event::Exec { task: Task::from(&e.header), dev: (e.dev >> 20, e.dev & 0xf_ffff), ino: e.ino })
         }
+        KIND_EXEC_BLACKBOX => parse_blackbox_exec(bytes).map(|e| Event::ExecBlackbox(Box::new(e))),
+        KIND_PROCESS_EXIT => {
+            let e: ProcessExitEvent = read(bytes, "a process exit event")?;
+            Ok(Event::ProcessExit(ProcessEnd {
+                task: Task::from(&e.header),
+                ppid: e.ppid,
+                code: ExitCode(e.code),
+                start_boottime_ns: e.start_boottime_ns,
+            }))
+        }
         KIND_EXIT => {
             let e: ExitEvent = read(bytes, "an exit event")?;
             Ok(Event::Exit(AbnormalExit { task: Task::from(&e.header), code: e.code }))
@@ -309,6 +406,50 @@ pub fn parse(bytes: &[u8]) -> Result<Event, EventError> {
         }
         k => Err(EventError::Kind(k)),
     }
+}
+
+/// Text up to the first NUL of a fixed-size kernel string.
+fn c_str(b: &[u8]) -> String {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
+
+fn parse_blackbox_exec(bytes: &[u8]) -> Result<BlackboxExec, EventError> {
+    let need = std::mem::size_of::<ExecBlackboxEvent>();
+    if bytes.len() < need {
+        return Err(EventError::Short { what: "a black-box exec event", len: bytes.len(), need });
+    }
+    let base = bytes.as_ptr().cast::<ExecBlackboxEvent>();
+    // SAFETY: length checked; unaligned reads of plain integer fields (the
+    // 2 KiB argument area is sliced from `bytes`, not copied).
+    let (header, ino, dev, hold, ppid, argv_len, argv_total, cgroup_id, tty, filename) = unsafe {
+        use std::ptr::{addr_of, read_unaligned as r};
+        (
+            r(addr_of!((*base).header)),
+            r(addr_of!((*base).ino)),
+            r(addr_of!((*base).dev)),
+            r(addr_of!((*base).hold)),
+            r(addr_of!((*base).ppid)),
+            r(addr_of!((*base).argv_len)),
+            r(addr_of!((*base).argv_total)),
+            r(addr_of!((*base).cgroup_id)),
+            r(addr_of!((*base).tty)),
+            r(addr_of!((*base).filename)),
+        )
+    };
+    let off = std::mem::offset_of!(ExecBlackboxEvent, argv);
+    let n = (argv_len as usize).min(ARGV_LEN);
+    let area = bytes.get(off..off + n).unwrap_or(&[]);
+    let tty = c_str(&tty);
+    Ok(BlackboxExec {
+        task: Task::from(&header),
+        hold: (hold == 1).then_some(((dev >> 20, dev & 0xf_ffff), ino)),
+        ppid,
+        cgroup_id,
+        tty: (!tty.is_empty()).then(|| tty_name(&tty)),
+        filename: c_str(&filename),
+        argv: split_argv(area, argv_total > n as u64),
+    })
 }
 
 fn parse_fatal(bytes: &[u8]) -> Result<FatalSignal, EventError> {
@@ -501,6 +642,87 @@ mod tests {
         };
         let Event::Exit(x) = parse(&bytes_of(&e)).unwrap() else { panic!("not an exit") };
         assert_eq!((x.task.pid, x.task.tid, x.task.comm.as_str(), x.status()), (5, 6, "x", 3));
+    }
+
+    #[test]
+    fn exit_codes_decode_as_wait_does() {
+        // exit(3): status 3.
+        let c = ExitCode(3 << 8);
+        assert_eq!((c.status(), c.signal(), c.core_dumped()), (Some(3), None, false));
+        assert_eq!(ExitCode(0).status(), Some(0));
+        assert_eq!(ExitCode(255 << 8).status(), Some(255));
+        // Killed by SIGKILL; by SIGSEGV with a core.
+        let c = ExitCode(9);
+        assert_eq!((c.status(), c.signal(), c.core_dumped()), (None, Some(9), false));
+        let c = ExitCode(11 | 0x80);
+        assert_eq!((c.status(), c.signal(), c.core_dumped()), (None, Some(11), true));
+    }
+
+    #[test]
+    fn ttys_are_named_as_ps_names_them() {
+        assert_eq!(tty_name("pts0"), "pts/0");
+        assert_eq!(tty_name("pts12"), "pts/12");
+        assert_eq!(tty_name("tty1"), "tty1");
+        assert_eq!(tty_name("ttyS0"), "ttyS0");
+        assert_eq!(tty_name("pts"), "pts");
+        assert_eq!(tty_name("ptsx"), "ptsx");
+    }
+
+    #[test]
+    fn argv_splits_on_nul_and_marks_a_cut() {
+        assert_eq!(split_argv(b"ls\0-l\0/tmp\0", false), vec!["ls", "-l", "/tmp"]);
+        assert_eq!(split_argv(b"sh\0-c\0\0x\0", false), vec!["sh", "-c", "", "x"], "empty arguments stay");
+        assert_eq!(split_argv(b"echo\0abc", true), vec!["echo", "abc…"]);
+        assert_eq!(split_argv(b"echo\0", true), vec!["echo", "…"]);
+        assert!(split_argv(b"", false).is_empty());
+        assert_eq!(split_argv(b"a\xff\0", false), vec!["a\u{fffd}"]);
+    }
+
+    #[test]
+    fn parses_blackbox_exec_and_exit() {
+        let mut buf = vec![0u8; std::mem::size_of::<ExecBlackboxEvent>()];
+        let base = buf.as_mut_ptr().cast::<ExecBlackboxEvent>();
+        let mut tty = [0u8; event_types::TTY_LEN];
+        tty[..4].copy_from_slice(b"pts4");
+        let mut filename = [0u8; event_types::FILENAME_LEN];
+        filename[..8].copy_from_slice(b"/bin/ls\0");
+        // SAFETY: buf has the struct's size; unaligned writes.
+        unsafe {
+            use std::ptr::{addr_of_mut, write_unaligned as w};
+            w(
+                addr_of_mut!((*base).header),
+                EventHeader { kind: KIND_EXEC_BLACKBOX, pid: 10, tid: 10, uid: 1000, boot_ns: 5, comm: comm_key("ls") },
+            );
+            w(addr_of_mut!((*base).ppid), 9);
+            w(addr_of_mut!((*base).hold), 1);
+            w(addr_of_mut!((*base).dev), (8 << 20) | 2);
+            w(addr_of_mut!((*base).ino), 77);
+            w(addr_of_mut!((*base).cgroup_id), 1234);
+            w(addr_of_mut!((*base).tty), tty);
+            w(addr_of_mut!((*base).filename), filename);
+            w(addr_of_mut!((*base).argv_len), 6);
+            w(addr_of_mut!((*base).argv_total), 6);
+        }
+        let off = std::mem::offset_of!(ExecBlackboxEvent, argv);
+        buf[off..off + 6].copy_from_slice(b"ls\0-l\0");
+        // Stale bytes after argv_len are never read.
+        buf[off + 6..off + 10].copy_from_slice(b"ENV=");
+        let Event::ExecBlackbox(e) = parse(&buf).unwrap() else { panic!("not a black-box exec") };
+        assert_eq!((e.task.pid, e.task.uid, e.ppid, e.cgroup_id), (10, 1000, 9, 1234));
+        assert_eq!(e.hold, Some(((8, 2), 77)));
+        assert_eq!(e.tty.as_deref(), Some("pts/4"));
+        assert_eq!(e.filename, "/bin/ls");
+        assert_eq!(e.argv, vec!["ls", "-l"]);
+        assert!(matches!(parse(&buf[..200]), Err(EventError::Short { .. })));
+
+        let x = ProcessExitEvent {
+            header: EventHeader { kind: KIND_PROCESS_EXIT, pid: 10, tid: 11, uid: 0, boot_ns: 9, comm: comm_key("ls") },
+            ppid: 9,
+            code: 2 << 8,
+            start_boottime_ns: 4,
+        };
+        let Event::ProcessExit(p) = parse(&bytes_of(&x)).unwrap() else { panic!("not an exit") };
+        assert_eq!((p.task.pid, p.ppid, p.code.status(), p.start_boottime_ns), (10, 9, Some(2), 4));
     }
 
     #[test]

@@ -134,6 +134,13 @@ impl Filters {
             off_sas_ss_sp: offsets.sas_ss_sp,
             off_sas_ss_size: offsets.sas_ss_size,
             _pad: 0,
+            // The exec program reads `task_struct.mm` and the exit program
+            // the leader's start time through these too.
+            bb: if offsets.task_mm != 0 && offsets.group_leader != 0 && offsets.start_boottime != 0 {
+                offsets.bb
+            } else {
+                event_types::BlackboxOffsets::default()
+            },
         }
     }
 }
@@ -167,6 +174,16 @@ mod tests {
         assert_ne!(c.flags & FLAG_COMM_ALLOW_LIST, 0);
         assert_eq!(c.flags & FLAG_SIGNALS, 0);
         assert_eq!(c.min_exit_code, 1, "exit code 0 is never abnormal");
+    }
+
+    #[test]
+    fn the_black_box_needs_every_offset_it_reads() {
+        let bb = event_types::BlackboxOffsets { ok: 1, task_tgid: 8, ..Default::default() };
+        let full = TaskOffsets { task_mm: 1, group_leader: 2, start_boottime: 3, bb, ..TaskOffsets::default() };
+        assert_eq!(Filters::default().to_config(full).bb, bb);
+        let no_mm = TaskOffsets { task_mm: 0, ..full };
+        assert_eq!(Filters::default().to_config(no_mm).bb.ok, 0);
+        assert_eq!(Filters::default().to_config(TaskOffsets::default()).bb.ok, 0);
     }
 
     #[test]

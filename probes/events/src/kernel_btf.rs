@@ -1,14 +1,16 @@
 //! Member offsets of kernel structs, read from the kernel's BTF
 //! (`/sys/kernel/btf/vmlinux`), so the kernel side can read
-//! `task_struct.group_leader`, `task_struct.start_boottime` and
-//! `task_struct.thread.cr2` without CO-RE relocations (aya-ebpf has none).
+//! `task_struct.group_leader`, `task_struct.start_boottime`,
+//! `task_struct.thread.cr2` (and, for the black box, the parent, the
+//! controlling tty, the argument area and the exit code) without CO-RE
+//! relocations (aya-ebpf has none).
 //!
 //! Only the parts of the BTF format needed to walk struct members are
 //! parsed; every read is bounds-checked.
 
 use std::collections::HashMap;
 
-use event_types::VmaOffsets;
+use event_types::{BlackboxOffsets, VmaOffsets};
 
 use thiserror::Error;
 
@@ -212,6 +214,9 @@ pub struct TaskOffsets {
     /// stack).
     pub sas_ss_sp: u32,
     pub sas_ss_size: u32,
+    /// What the black box's exec and exit programs read
+    /// (`tp_exit_group_dead` is filled by the loader from tracefs).
+    pub bb: BlackboxOffsets,
 }
 
 impl TaskOffsets {
@@ -232,6 +237,7 @@ impl TaskOffsets {
             mm_exe_file: btf.member_offset("mm_struct", "exe_file").unwrap_or(0),
             sas_ss_sp: get("sas_ss_sp"),
             sas_ss_size: get("sas_ss_size"),
+            bb: blackbox_offsets(btf),
             mm_flags: match btf.member_offset("mm_struct", "flags") {
                 Ok(v) => v,
                 Err(e) => {
@@ -275,6 +281,39 @@ pub fn vma_offsets(btf: &KernelBtf) -> VmaOffsets {
     }
 }
 
+/// The offsets of [`BlackboxOffsets`], or all zero (`ok` = 0) when one is
+/// missing: the black box then gets no exec or exit events.
+pub fn blackbox_offsets(btf: &KernelBtf) -> BlackboxOffsets {
+    let get = |s: &str, p: &str| btf.member_offset(s, p);
+    let all = (|| -> Result<BlackboxOffsets, BtfError> {
+        Ok(BlackboxOffsets {
+            ok: 1,
+            task_real_parent: get("task_struct", "real_parent")?,
+            task_tgid: get("task_struct", "tgid")?,
+            task_signal: get("task_struct", "signal")?,
+            task_comm: get("task_struct", "comm")?,
+            task_exit_code: get("task_struct", "exit_code")?,
+            signal_tty: get("signal_struct", "tty")?,
+            signal_flags: get("signal_struct", "flags")?,
+            signal_group_exit_code: get("signal_struct", "group_exit_code")?,
+            signal_live: get("signal_struct", "live")?,
+            tty_name: get("tty_struct", "name")?,
+            mm_arg_start: get("mm_struct", "arg_start")?,
+            mm_arg_end: get("mm_struct", "arg_end")?,
+            tp_exit_group_dead: 0,
+            task_flags: get("task_struct", "flags")?,
+            _pad: 0,
+        })
+    })();
+    match all {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!("{e}: the black box gets no exec or exit events from this kernel");
+            BlackboxOffsets::default()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,5 +337,9 @@ mod tests {
         assert_eq!(o.vma.ok, 1, "{o:?}");
         assert_ne!(o.vma.vma_start, o.vma.vma_end);
         assert_ne!(o.group_leader, o.start_boottime);
+        let b = o.bb;
+        assert_eq!(b.ok, 1, "{b:?}");
+        assert!(b.mm_arg_end == b.mm_arg_start + 8, "{b:?}");
+        assert!(b.task_tgid > 0 && b.task_real_parent > 0 && b.tty_name > 0, "{b:?}");
     }
 }

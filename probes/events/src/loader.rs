@@ -1,5 +1,6 @@
 //! Loading `probe-ebpf` with aya: the embedded object, the filter maps, the
-//! tracepoint attachments, the loss counters and the run-time statistics.
+//! tracepoint attachments, the loss counters and the run-time statistics;
+//! the switch that turns the black box's events on and off at run time.
 
 use std::os::fd::OwnedFd;
 use std::path::Path;
@@ -8,9 +9,9 @@ use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::TracePoint;
 use aya::{Ebpf, EbpfLoader, Pod};
 use event_types::{
-    Config, COMM_LEN, KIND_EXIT, KIND_FATAL_SIGNAL, KIND_MODULES, KIND_OOM, KIND_OOM_STACK, MAP_COMM_ALLOW,
-    MAP_COMM_DENY, MAP_CONFIG, MAP_EVENTS, MAP_LOST, PROG_EXIT, PROG_OOM, PROG_PROCESS_EXEC, PROG_PROCESS_EXIT,
-    PROG_SIGNAL,
+    Config, COMM_LEN, FLAG_BLACKBOX, KIND_EXEC, KIND_EXEC_BLACKBOX, KIND_EXIT, KIND_FATAL_SIGNAL, KIND_MODULES,
+    KIND_OOM, KIND_OOM_STACK, KIND_PROCESS_EXIT, MAP_COMM_ALLOW, MAP_COMM_DENY, MAP_CONFIG, MAP_EVENTS, MAP_LOST,
+    PROG_EXIT, PROG_OOM, PROG_PROCESS_EXEC, PROG_PROCESS_EXIT, PROG_SIGNAL,
 };
 use thiserror::Error;
 
@@ -56,6 +57,32 @@ pub struct Probes {
     bpf: Ebpf,
     lost: PerCpuArray<MapData, u64>,
     _stats: Option<OwnedFd>,
+    /// The configuration written at load (the switch starts from it).
+    config: Config,
+}
+
+/// Sets and clears [`FLAG_BLACKBOX`] in the kernel side's `CONFIG` while
+/// the programs run (the black box's feed owns it).
+pub struct BlackboxSwitch {
+    map: Array<MapData, PodConfig>,
+    config: Config,
+}
+
+impl BlackboxSwitch {
+    /// Turns the black box's exec and exit events on or off.
+    pub fn set(&mut self, on: bool) -> Result<(), LoadError> {
+        if on {
+            self.config.flags |= FLAG_BLACKBOX;
+        } else {
+            self.config.flags &= !FLAG_BLACKBOX;
+        }
+        self.map.set(0, PodConfig(self.config), 0).map_err(|source| LoadError::Map { name: MAP_CONFIG, source })
+    }
+
+    /// Whether the flag is set.
+    pub fn is_on(&self) -> bool {
+        self.config.flags & FLAG_BLACKBOX != 0
+    }
 }
 
 /// Kernel-side losses (ring buffer full), per kind, since loading.
@@ -68,11 +95,16 @@ pub struct Lost {
     pub modules: u64,
     /// An OOM victim's stack (its record then has none).
     pub oom_stack: u64,
+    /// An exec's executable identity (not held open then).
+    pub exec: u64,
+    /// The black box's execs and process exits.
+    pub bb_exec: u64,
+    pub bb_exit: u64,
 }
 
 impl Lost {
     pub fn total(&self) -> u64 {
-        self.fatal + self.exit + self.oom + self.modules + self.oom_stack
+        self.fatal + self.exit + self.oom + self.modules + self.oom_stack + self.exec + self.bb_exec + self.bb_exit
     }
 }
 
@@ -117,19 +149,29 @@ pub fn has_embedded_object() -> bool {
 }
 
 impl Probes {
-    /// Loads, configures and attaches the probes.
-    pub fn load(object: &[u8], filters: &Filters, ring_bytes: u32, bpf_stats: bool) -> Result<Probes, LoadError> {
+    /// Loads, configures and attaches the probes (with `blackbox`, also
+    /// the exec and exit programs the black box needs, idle until its
+    /// flag is set).
+    pub fn load(
+        object: &[u8],
+        filters: &Filters,
+        ring_bytes: u32,
+        bpf_stats: bool,
+        blackbox: bool,
+    ) -> Result<Probes, LoadError> {
         if ring_bytes < 4096 || !ring_bytes.is_power_of_two() {
             return Err(LoadError::RingSize(ring_bytes));
         }
         ensure_tracefs()?;
-        let offsets = match KernelBtf::load() {
+        let mut offsets = match KernelBtf::load() {
             Ok(btf) => TaskOffsets::from_btf(&btf),
             Err(e) => {
                 tracing::warn!("{e}: fault addresses and process start times come from /proc instead");
                 TaskOffsets::default()
             }
         };
+        offsets.bb.tp_exit_group_dead =
+            crate::tp_format::tracepoint_field("sched", "sched_process_exit", "group_dead").unwrap_or(0);
         let stats = if bpf_stats {
             Some(aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| LoadError::Stats(e.to_string()))?)
         } else {
@@ -159,8 +201,8 @@ impl Probes {
             (PROG_SIGNAL, "signal", "signal_deliver", !filters.signals.is_empty()),
             (PROG_EXIT, "syscalls", "sys_enter_exit_group", filters.exits),
             (PROG_OOM, "oom", "mark_victim", filters.oom),
-            (PROG_PROCESS_EXIT, "sched", "sched_process_exit", !filters.signals.is_empty() || filters.oom),
-            (PROG_PROCESS_EXEC, "sched", "sched_process_exec", !filters.signals.is_empty()),
+            (PROG_PROCESS_EXIT, "sched", "sched_process_exit", !filters.signals.is_empty() || filters.oom || blackbox),
+            (PROG_PROCESS_EXEC, "sched", "sched_process_exec", !filters.signals.is_empty() || blackbox),
         ] {
             if !wanted {
                 continue;
@@ -173,7 +215,20 @@ impl Probes {
             prog.load().map_err(|source| LoadError::Program { name, source })?;
             prog.attach(category, tp).map_err(|source| LoadError::Program { name, source })?;
         }
-        Ok(Probes { bpf, lost, _stats: stats })
+        Ok(Probes { bpf, lost, _stats: stats, config })
+    }
+
+    /// Whether the kernel side can send the black box's events (every
+    /// offset they need was found).
+    pub fn blackbox_supported(&self) -> bool {
+        self.config.bb.ok == 1
+    }
+
+    /// Takes the `CONFIG` map as the black box's switch (once).
+    pub fn take_blackbox_switch(&mut self) -> Result<BlackboxSwitch, LoadError> {
+        let map = self.bpf.take_map(MAP_CONFIG).ok_or(LoadError::Missing { what: "map", name: MAP_CONFIG })?;
+        let map = Array::try_from(map).map_err(|source| LoadError::Map { name: MAP_CONFIG, source })?;
+        Ok(BlackboxSwitch { map, config: self.config })
     }
 
     /// Takes the ring buffer (once).
@@ -194,6 +249,9 @@ impl Probes {
             oom: get(KIND_OOM)?,
             modules: get(KIND_MODULES)?,
             oom_stack: get(KIND_OOM_STACK)?,
+            exec: get(KIND_EXEC)?,
+            bb_exec: get(KIND_EXEC_BLACKBOX)?,
+            bb_exit: get(KIND_PROCESS_EXIT)?,
         })
     }
 

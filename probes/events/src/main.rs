@@ -13,12 +13,20 @@ use telemetry::client::SocketPath;
 /// Reports fatal signals (with user stacks), abnormal exits and OOM kills
 /// seen by eBPF tracepoints to the telemetrics collector. Needs root.
 ///
+/// It also feeds the collector's black box (`telemctl blackbox start`):
+/// connected to the collector's blackbox socket (`state_dir/blackbox.sock`,
+/// retried every second), it streams every exec (pid, ppid, uid, tty,
+/// executable, argv, cgroup and unit) and every process exit (status or
+/// signal, run time), fatal signals and OOM kills while a recording runs,
+/// and nothing otherwise. Entries wait (at most 256 Ki) until the collector
+/// acknowledges them; what is lost arrives as a gap.
+///
 /// Logs go to stderr at level `info`; RUST_LOG sets the level.
 #[derive(Debug, Parser)]
 #[command(name = "eventprobe", version)]
 struct Args {
-    /// Configuration file to take socket_path, event_registers and
-    /// privacy_level from (default:
+    /// Configuration file to take socket_path, event_registers,
+    /// privacy_level and state_dir from (default:
     /// /etc/telemetrics/telemetrics.conf, then
     /// /usr/share/defaults/telemetrics/telemetrics.conf).
     #[arg(short = 'f', long = "config", value_name = "FILE")]
@@ -86,6 +94,14 @@ struct Args {
     /// (as when the process is already gone; for tests and measurements).
     #[arg(long)]
     no_proc_maps: bool,
+    /// The collector's blackbox socket (default: blackbox.sock in the
+    /// configuration file's state_dir, /var/lib/telemetry).
+    #[arg(long, value_name = "PATH")]
+    blackbox_socket: Option<PathBuf>,
+    /// Do not feed the black box (its exec and exit programs are then not
+    /// attached).
+    #[arg(long, conflicts_with = "blackbox_socket")]
+    no_blackbox: bool,
 }
 
 fn main() -> ExitCode {
@@ -150,6 +166,11 @@ fn main() -> ExitCode {
         send_timeout: Duration::from_secs(5),
         registers: config.registers,
         no_proc_maps: a.no_proc_maps,
+        blackbox: if a.no_blackbox {
+            None
+        } else {
+            Some(a.blackbox_socket.unwrap_or_else(|| eventprobe::blackbox::socket_in(&config.state_dir)))
+        },
     };
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -183,5 +204,8 @@ mod tests {
         assert_eq!(a.socket.as_deref(), Some(std::path::Path::new("/run/s")));
         let a = Args::try_parse_from(["eventprobe", "--config", "/etc/u.conf"]).unwrap();
         assert_eq!(a.config.as_deref(), Some(std::path::Path::new("/etc/u.conf")));
+        let a = Args::try_parse_from(["eventprobe", "--blackbox-socket", "/tmp/bb.sock"]).unwrap();
+        assert_eq!(a.blackbox_socket.as_deref(), Some(std::path::Path::new("/tmp/bb.sock")));
+        assert!(Args::try_parse_from(["eventprobe", "--blackbox-socket", "/x", "--no-blackbox"]).is_err());
     }
 }

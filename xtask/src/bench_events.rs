@@ -126,7 +126,7 @@ int main(int argc, char **argv) {
 }
 "#;
 
-fn target_dir() -> PathBuf {
+pub(crate) fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"))
 }
 
@@ -214,7 +214,7 @@ impl Probe {
 }
 
 /// User + system CPU time of a live process (/proc/PID/stat, clock ticks).
-fn proc_cpu(pid: u32) -> Duration {
+pub(crate) fn proc_cpu(pid: u32) -> Duration {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let rest = s.rsplit_once(')').map_or("", |(_, r)| r);
     let f: Vec<&str> = rest.split_whitespace().collect();

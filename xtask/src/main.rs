@@ -7,6 +7,7 @@
 //! xtask bench [WHAT]` runs the benchmarks and prints figures and ratios.
 
 mod bench_blackbox;
+mod bench_blackbox_record;
 mod bench_collector;
 mod bench_crash;
 mod bench_events;
@@ -30,7 +31,7 @@ commands:
   bench [WHAT]         run benchmarks (framing, collector, crash, events, kernel, blackbox; all by
                        default; crash takes --storm-secs N and --storm-only; collector includes the
                        OTLP round into rotel, BENCH_ONLY=otlp runs it alone; blackbox takes phase
-                       names, e.g. `blackbox export`, or BENCH_ONLY=export)
+                       names `record` (root) and `export`, or BENCH_ONLY=..., and --quick)
   fuzz [--secs N]      run each fuzz target for N seconds (default 60)
   setup                only install what is missing (rotel for the OTLP tests in a virtualenv
                        under the target directory)

@@ -243,6 +243,19 @@ pub struct Recorder {
     active: Mutex<Option<Store>>,
     crumbs: Mutex<Breadcrumbs>,
     control: watch::Sender<Control>,
+    /// The recording stopped last, and the entries that reached the socket
+    /// after it stopped although they happened while it ran (eventprobe
+    /// was not connected at the stop): counted and logged, not written.
+    late: Mutex<Option<Late>>,
+}
+
+/// See [`Recorder::late`].
+#[derive(Debug, Default)]
+struct Late {
+    id: String,
+    started_wall_ns: u64,
+    stopped_wall_ns: u64,
+    count: u64,
 }
 
 impl std::fmt::Debug for Recorder {
@@ -265,6 +278,7 @@ impl Recorder {
             active: Mutex::new(None),
             crumbs: Mutex::new(Breadcrumbs::default()),
             control: watch::Sender::new(Control::State { recording: false, id: None }),
+            late: Mutex::new(None),
         }
     }
 
@@ -378,6 +392,12 @@ impl Recorder {
             tracing::warn!("blackbox: {e}");
         }
         let meta = store.finish(reason)?;
+        *lock(&self.late) = Some(Late {
+            id: meta.id.clone(),
+            started_wall_ns: meta.started_wall_ns,
+            stopped_wall_ns: meta.stopped_wall_ns.unwrap_or(u64::MAX),
+            count: 0,
+        });
         *lock(&self.crumbs) = Breadcrumbs::default();
         tracing::info!("blackbox: recording {} {reason}", meta.id);
         Ok(meta)
@@ -460,6 +480,7 @@ impl Recorder {
     /// updated, written unless its `seq` was (`Ok(false)`: not written).
     pub fn feed(&self, mut feed: Feed, scrubber: Option<&Scrubber>) -> Result<bool, BlackboxError> {
         if !self.is_recording() {
+            self.note_late(&feed.entry);
             return Ok(false);
         }
         if let Event::Exec { argv, exe, .. } = &mut feed.entry.event {
@@ -484,6 +505,25 @@ impl Recorder {
             lock(&self.crumbs).note(&feed.entry);
         }
         Ok(written)
+    }
+
+    /// An entry that arrived while not recording but happened while the
+    /// last recording ran: counted, and logged at powers of two.
+    fn note_late(&self, e: &Entry) {
+        let mut late = lock(&self.late);
+        let Some(l) = late.as_mut() else { return };
+        if e.wall_ns < l.started_wall_ns || e.wall_ns > l.stopped_wall_ns {
+            return;
+        }
+        l.count += 1;
+        if l.count.is_power_of_two() {
+            tracing::warn!(
+                "blackbox: {} entries from eventprobe arrived after recording {} stopped although they happened \
+                 while it ran (eventprobe was not connected when it stopped); they are not in it",
+                l.count,
+                l.id
+            );
+        }
     }
 
     /// While recording: the record accepted becomes a `record` entry; a

@@ -339,6 +339,44 @@ fn crash_c_o2_omit_frame_pointer() {
     assert_levels(&v, &exe, true);
 }
 
+/// A core_pattern set by hand leaves core_pipe_limit at the kernel's 0:
+/// nothing keeps the crashed process (its memory map, its mapped files
+/// under /proc/PID/map_files, its root) once the kernel has written the
+/// whole core into the pipe. The handler enlarged the pipe before opening
+/// the mapped files, so a core smaller than the enlarged pipe went in at
+/// once, the process exited, and about half the crashes of a small, freshly
+/// compiled program came out as `0x... is in no known module` without a
+/// backtrace. Every crash here must be unwound from its own executable.
+#[test]
+fn crash_pipe_mode_core_pipe_limit_0_small_fresh_programs_all_unwound() {
+    let Some((_l, g, w)) = setup("crash_signature_burst=-1\n") else { return };
+    g.set(CORE_PIPE_LIMIT, "0");
+    g.set(CORE_PATTERN, &pipe_pattern(&w.config));
+    const N: usize = 12;
+    for i in 0..N {
+        let d = w.dir.path().join(format!("fresh{i}"));
+        std::fs::create_dir(&d).expect("mkdir");
+        let exe = compile_c(&d, "segv.c", "segv", &["-O1", "-g"]);
+        crash(&exe, None);
+    }
+    let got = records_of_mine(&w, N);
+    assert_eq!(got.len(), N, "errors: {:?}", w.receiver.errors());
+    let mut bad = Vec::new();
+    for r in &got {
+        let v: Value = serde_json::from_str(&r.record.payload.to_text_lossy()).expect("json payload");
+        let t = crashed_thread(&v);
+        let f = functions(t);
+        let f0 = &t["frames"][0];
+        let ok = f.get(..4) == Some(&["level3", "level2", "level1", "main"].map(String::from)[..])
+            && f0["module"] == v["process"]
+            && t["end"] == "outermost";
+        if !ok {
+            bad.push(format!("{}: frames {f:?}, end {}, errors {}", v["process"], t["end"], v["errors"]));
+        }
+    }
+    assert!(bad.is_empty(), "{} of {N} crashes not unwound:\n{}", bad.len(), bad.join("\n"));
+}
+
 #[test]
 fn crash_stripped_pie_named_from_symbol_table() {
     let Some((_l, g, w)) = setup("") else { return };

@@ -111,7 +111,6 @@ pub fn handle<R: Read>(
             }
         },
     };
-    stream.grow_pipe();
     let memory_ok = match (input.dumpable, &process) {
         (Some(d), _) => d == 1,
         // Socket mode: /proc/PID of a non-dumpable process belongs to root.
@@ -132,6 +131,11 @@ pub fn handle<R: Read>(
         },
         (None, false) => Arc::new(NoFiles),
     };
+    // Only now may the kernel write the rest of the core at once: with
+    // `core_pipe_limit` 0, a core that fits in the enlarged pipe lets the
+    // process exit, and its memory map, `map_files` and root go with it
+    // (every module would be "in no known module").
+    stream.grow_pipe();
     // 2. Nothing the user controls is read as root from here on.
     if input.drop_privileges {
         if let Some(p) = &process {

@@ -80,9 +80,11 @@ impl<R: Read> Stream<R> {
 
     /// Enlarges the pipe (4 MiB, else 1 MiB): fewer wake-ups of the writer
     /// (the kernel dumping the core), so bulk data moves markedly faster.
-    /// Call it only once `/proc/PID` is open: while the pipe is full the
-    /// dumping process cannot exit, and with `core_pipe_limit` 0 nothing
-    /// else keeps it there.
+    /// Call it only once everything that needs the live process is open
+    /// (`/proc/PID`, its maps, the mapped files through `map_files`, its
+    /// root): while the pipe is full the dumping process cannot exit, and
+    /// with `core_pipe_limit` 0 nothing else keeps it there. A core smaller
+    /// than the enlarged pipe is written at once, and the process is gone.
     pub fn grow_pipe(&self) {
         let (true, Some(fd)) = (self.is_pipe, self.fd) else { return };
         for size in [4 << 20, 1 << 20] {

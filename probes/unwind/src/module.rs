@@ -245,7 +245,6 @@ impl Module {
         }
         .and_then(|(n, crc)| std::str::from_utf8(n).ok().map(|n| (n.to_string(), crc)));
         let has_debug_info = by_name(".debug_info").is_some_and(|s| s.size() > 0);
-        drop(elf);
         drop(obj);
         Ok(Module {
             data,

@@ -193,6 +193,18 @@ fn the_timeline_page_lists_events_opens_backtraces_filters_lanes_and_fetches_not
     b.click_on("#zoom-reset").unwrap();
     b.wait_for(&format!("document.getElementById('view-range').textContent === {view_before}"), Duration::from_secs(5))
         .expect("reset shows the whole recording again");
+    // The fatal signal's marker opens the backtrace of the record its process gave.
+    b.click_on(".marker.crash[aria-label*=\"fatal signal\"]").expect("the fatal signal's marker");
+    let shown = b
+        .wait_for(
+            "document.getElementById('detail-title').textContent.startsWith('fatal signal') \
+             && document.getElementById('detail-payload').textContent",
+            Duration::from_secs(5),
+        )
+        .expect("the fatal signal's marker opens its process's record");
+    let shown = shown.as_str().unwrap_or_default();
+    assert!(shown.starts_with("org.clearlinux/crash/segv (record rec-crash-1):\n"), "{shown}");
+    assert!(shown.contains(BACKTRACE), "{shown}");
     b.click_on("#filter").unwrap();
     b.type_text("needle-xyz").unwrap();
     let after = b

@@ -403,6 +403,28 @@
     else add("what", describe(i));
     return out;
   }
+  // A fatal signal, a process killed by a signal or an OOM kill opens the
+  // backtrace of the record its process gave (same pid, from 1 s before to
+  // 60 s after: pids are reused), when the recording holds one.
+  let recByPid = null;
+  function recordOf(i) {
+    const k = kind[i];
+    if (!(k === 2 || k === 3 || (k === 1 && f(i, 4) >= 0))) return -1;
+    if (!recByPid) {
+      recByPid = new Map();
+      for (let j = 0; j < N; j++) {
+        if (kind[j] !== 4 || f(j, 0) < 0) continue;
+        const l = recByPid.get(f(j, 0));
+        if (l) l.push(j); else recByPid.set(f(j, 0), [j]);
+      }
+    }
+    let best = -1;
+    for (const j of recByPid.get(f(i, 0)) || []) {
+      const d = tt[j] - tt[i];
+      if (d >= -1e6 && d <= 60e6 && (best < 0 || Math.abs(d) < Math.abs(tt[best] - tt[i]))) best = j;
+    }
+    return best;
+  }
   function showDetail(i) {
     selected = i;
     const d = $("detail");
@@ -417,7 +439,9 @@
     }
     dl.replaceChildren(frag);
     // The backtrace (a record's payload) or the top processes.
-    $("detail-payload").textContent = kind[i] === 4 ? (str(i, 5) || "") : kind[i] === 5 ? (str(i, 9) || "").split(", ").join("\n") : "";
+    const rec = recordOf(i);
+    $("detail-payload").textContent = kind[i] === 4 ? (str(i, 5) || "") : kind[i] === 5 ? (str(i, 9) || "").split(", ").join("\n")
+      : rec >= 0 ? `${str(rec, 3)} (record ${str(rec, 1)}):\n${str(rec, 5) || ""}` : "";
     layout();
     redraw();
   }

@@ -214,7 +214,6 @@ impl Drop for CrashHandler {
     }
 }
 
-/// Starts eventprobe beside the collector.
 /// Starts eventprobe beside the collector, with the run's configuration
 /// (its state_dir holds the collector's blackbox socket).
 fn start_eventprobe(bins: &Path, socket: &Path, conf: &Path) -> Option<Child> {

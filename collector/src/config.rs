@@ -416,7 +416,7 @@ impl Config {
             record_retention_enabled: r.bool("record_retention_enabled", true)?,
             record_server_delivery_enabled: r.bool("record_server_delivery_enabled", true)?,
             journal_dir: r.path("journal_dir", "/var/log/telemetry")?,
-            state_dir: r.path("state_dir", "/var/lib/telemetry")?,
+            state_dir: r.path("state_dir", telemetry::config::DEFAULT_STATE_DIR)?,
             etc_dir: r.path("etc_dir", "/etc/telemetrics")?,
             server_protocol,
             record_max_bytes: r.int("record_max_bytes", telemetry::DEFAULT_MAX_PAYLOAD as i64, 1, 64 << 20)? as usize,

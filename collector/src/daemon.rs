@@ -180,7 +180,11 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     store::settle::expired(&shared, &recovered.expired);
     journal_unjournaled(&shared, &cfg, recovered.newest, recovered.records > 0);
     // The black box: old finished recordings go, a running one continues.
-    crate::blackbox::retention::prune(shared.blackbox.root(), cfg.blackbox_retention_days, crate::blackbox::now_ns().1);
+    crate::blackbox::retention::prune(
+        shared.blackbox.root(),
+        cfg.blackbox_retention_days,
+        telemetry::blackbox::wall_ns(),
+    );
     if let Err(e) = shared.blackbox.resume(&shared.boot_id) {
         tracing::error!("blackbox: cannot continue the running recording: {e}");
     }

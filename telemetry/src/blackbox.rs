@@ -187,6 +187,34 @@ pub struct Feed {
     pub entry: Entry,
 }
 
+fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid clock id and a timespec on this stack.
+    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+        return 0;
+    }
+    (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64)
+}
+
+/// `CLOCK_BOOTTIME` now, nanoseconds: the clock of [`Entry::mono_ns`] (and
+/// of the kernel side's `bpf_ktime_get_boot_ns`); 0 if it cannot be read.
+pub fn boot_ns() -> u64 {
+    clock_ns(libc::CLOCK_BOOTTIME)
+}
+
+/// `CLOCK_REALTIME` now, nanoseconds since the epoch: the clock of
+/// [`Entry::wall_ns`]; 0 if it cannot be read.
+pub fn wall_ns() -> u64 {
+    clock_ns(libc::CLOCK_REALTIME)
+}
+
+impl Entry {
+    /// `event`, stamped with both clocks now.
+    pub fn now(event: Event) -> Entry {
+        Entry { mono_ns: boot_ns(), wall_ns: wall_ns(), event }
+    }
+}
+
 /// The blackbox socket's file name under `state_dir`.
 pub const SOCKET_NAME: &str = "blackbox.sock";
 

@@ -19,6 +19,9 @@ pub const ETC_CONFIG: &str = "/etc/telemetrics/telemetrics.conf";
 pub const DEFAULTS_CONFIG: &str = "/usr/share/defaults/telemetrics/telemetrics.conf";
 /// The socket the collector listens on when nothing else is said.
 pub const DEFAULT_SOCKET: &str = "/run/telem-0";
+/// The collector's state directory (`state_dir`) when nothing else is
+/// said: machine id, control and blackbox sockets, recordings.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/telemetry";
 
 /// Why a configuration file cannot be used.
 #[derive(Debug, Error)]

@@ -261,6 +261,20 @@ impl Collector {
         }
     }
 
+    /// `telemctl ARGS`, which must succeed: its stdout (the failure
+    /// message shows its output and the daemon's log).
+    pub fn telemctl_ok(&self, args: &[&str]) -> String {
+        let out = self.telemctl(args);
+        assert!(
+            out.status.success(),
+            "telemctl {args:?} failed: {}{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// `telemctl status --json`.
     pub fn status(&self) -> serde_json::Value {
         let out = self.telemctl(&["status", "--json"]);
@@ -274,11 +288,8 @@ impl Collector {
     pub fn privacy_filters_off(&self) {
         std::fs::create_dir_all(self.dir.join("etc")).expect("etc dir");
         std::fs::write(self.dir.join("etc/opt-in-no-privacy-filters"), b"").expect("write opt-in-no-privacy-filters");
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while self.status()["scrubbing"] != false {
-            assert!(std::time::Instant::now() < deadline, "scrubbing still on 10 s after opt-in-no-privacy-filters");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let s = self.wait_status(Duration::from_secs(10), |s| s["scrubbing"] == false);
+        assert_eq!(s["scrubbing"], false, "scrubbing still on 10 s after opt-in-no-privacy-filters");
     }
 
     /// `telemctl journal --json`, one parsed object per record.

@@ -58,6 +58,21 @@ pub fn write_lines<S: AsRef<str>>(lines: &[S]) {
     }
 }
 
+/// A kernel WARNING report of function `fn_NAME` in `drivers/TAG/NAME.c`,
+/// as the kernel logs one (modern `<TASK>` call trace).
+pub fn warning_report(tag: &str, name: &str) -> Vec<String> {
+    vec![
+        format!("WARNING: CPU: 0 PID: 7 at drivers/{tag}/{name}.c:1 fn_{name}+0x1/0x2"),
+        "CPU: 0 PID: 7 Comm: kworker Not tainted 6.18.44 #1".into(),
+        "Call Trace:".into(),
+        " <TASK>".into(),
+        format!(" fn_{name}+0x1/0x2"),
+        " worker_thread+0x1/0x2".into(),
+        " </TASK>".into(),
+        format!("---[ end trace {tag} ]---"),
+    ]
+}
+
 /// As [`write_lines`], holding [`WRITER`].
 pub fn write_report<S: AsRef<str>>(lines: &[S]) {
     let _g = WRITER.lock().unwrap_or_else(|e| e.into_inner());

@@ -123,17 +123,7 @@ fn a_recording_holds_commands_exits_a_crash_and_a_kernel_warning_in_time_order()
     });
 
     // A kernel warning, through klogscanner.
-    let f = format!("bbw{}", &t[..4]);
-    kmsg::write_report(&[
-        format!("WARNING: CPU: 0 PID: 7 at drivers/{t}/{f}.c:1 fn_{f}+0x1/0x2"),
-        "CPU: 0 PID: 7 Comm: kworker Not tainted 6.18.44 #1".into(),
-        "Call Trace:".into(),
-        " <TASK>".into(),
-        format!(" fn_{f}+0x1/0x2"),
-        " worker_thread+0x1/0x2".into(),
-        " </TASK>".into(),
-        format!("---[ end trace {t} ]---"),
-    ]);
+    kmsg::write_report(&kmsg::warning_report(&t, &format!("bbw{}", &t[..4])));
     wait_for("the warning record", Duration::from_secs(30), || {
         c.journal(&["-i"]).iter().any(|e| {
             e["class"] == "org.clearlinux/kernel/warning" && e["payload"].as_str().is_some_and(|p| p.contains(&t))

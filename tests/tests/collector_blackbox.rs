@@ -33,18 +33,6 @@ fn collector() -> Collector {
     c
 }
 
-fn telemctl_ok(c: &Collector, args: &[&str]) -> String {
-    let out = c.telemctl(args);
-    assert!(
-        out.status.success(),
-        "telemctl {args:?} failed: {}{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        c.log()
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn telemctl_err(c: &Collector, args: &[&str]) -> String {
     let out = c.telemctl(args);
     assert!(!out.status.success(), "telemctl {args:?} should fail: {}", String::from_utf8_lossy(&out.stdout));
@@ -52,21 +40,21 @@ fn telemctl_err(c: &Collector, args: &[&str]) -> String {
 }
 
 fn bb_status(c: &Collector) -> serde_json::Value {
-    parse_json(&telemctl_ok(c, &["blackbox", "status", "--json"]))
+    parse_json(&c.telemctl_ok(&["blackbox", "status", "--json"]))
 }
 
 /// `telemctl blackbox start ARGS`; the recording's id.
 fn start(c: &Collector, args: &[&str]) -> String {
     let mut a = vec!["blackbox", "start"];
     a.extend_from_slice(args);
-    let out = telemctl_ok(c, &a);
+    let out = c.telemctl_ok(&a);
     out.trim().strip_prefix("recording ").unwrap_or_else(|| panic!("start said {out:?}")).to_string()
 }
 
 /// `telemctl blackbox export ID --json FILE`, parsed (and the file's mode checked).
 fn export(c: &Collector, id: &str) -> Vec<Entry> {
     let out = c.dir.join(format!("export-{id}.jsonl"));
-    telemctl_ok(c, &["blackbox", "export", id, "--json", out.to_str().unwrap()]);
+    c.telemctl_ok(&["blackbox", "export", id, "--json", out.to_str().unwrap()]);
     let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "the export is the operator's alone");
     let text = std::fs::read_to_string(&out).unwrap();
@@ -83,12 +71,8 @@ fn export(c: &Collector, id: &str) -> Vec<Entry> {
     entries
 }
 
-fn now_ns() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
-}
-
 fn exec(pid: u32, ppid: u32, argv: &[&str]) -> Entry {
-    let t = now_ns();
+    let t = telemetry::blackbox::wall_ns();
     Entry {
         mono_ns: t,
         wall_ns: t,
@@ -107,7 +91,7 @@ fn exec(pid: u32, ppid: u32, argv: &[&str]) -> Entry {
 }
 
 fn exit(pid: u32, ppid: u32, comm: &str, status: i32) -> Entry {
-    let t = now_ns();
+    let t = telemetry::blackbox::wall_ns();
     Entry {
         mono_ns: t,
         wall_ns: t,
@@ -277,7 +261,7 @@ fn a_recording_holds_the_feed_records_breadcrumbs_and_readings_in_time_order() {
     );
     assert!(st["since_wall_ns"].as_u64().unwrap() > 0);
     assert_eq!(st["feeds"], 1, "the fake eventprobe is connected: {st}");
-    assert!(telemctl_ok(&c, &["blackbox", "status"]).contains("feeds:     1 connected"));
+    assert!(c.telemctl_ok(&["blackbox", "status"]).contains("feeds:     1 connected"));
     assert!(telemctl_err(&c, &["blackbox", "start"]).contains("already running"), "one recording at a time");
     feed.wait_state(true);
     assert_eq!(feed.recording().as_deref(), Some(id.as_str()), "eventprobe is told which recording");
@@ -291,7 +275,7 @@ fn a_recording_holds_the_feed_records_breadcrumbs_and_readings_in_time_order() {
     let last = feed.send(exec(5002, 5000, &["segv", "--now"]));
     feed.wait_ack(last);
     // What the kernel side had to drop is counted, never silently missing.
-    let t = now_ns();
+    let t = telemetry::blackbox::wall_ns();
     let gap = feed.send(Entry {
         mono_ns: t,
         wall_ns: t,
@@ -300,7 +284,7 @@ fn a_recording_holds_the_feed_records_breadcrumbs_and_readings_in_time_order() {
     feed.wait_ack(gap);
     let st = bb_status(&c);
     assert_eq!((st["gaps"].as_u64(), st["lost"].as_u64()), (Some(1), Some(7)), "{st}");
-    assert!(telemctl_ok(&c, &["blackbox", "status"]).contains("gaps:      1 (7 events lost)"));
+    assert!(c.telemctl_ok(&["blackbox", "status"]).contains("gaps:      1 (7 events lost)"));
 
     let during = client.send(&NOTES.text("during the recording")).expect("accepted");
     let crash_event = record_gen(
@@ -330,7 +314,7 @@ fn a_recording_holds_the_feed_records_breadcrumbs_and_readings_in_time_order() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
-    let out = telemctl_ok(&c, &["blackbox", "stop"]);
+    let out = c.telemctl_ok(&["blackbox", "stop"]);
     assert!(out.contains(&id), "{out}");
     feed.wait_state(false);
     assert_eq!(bb_status(&c)["recording"], false);
@@ -388,7 +372,7 @@ fn a_recording_holds_the_feed_records_breadcrumbs_and_readings_in_time_order() {
     assert!(markers.first().is_some_and(|m| m.starts_with("recording started (incident 42)")), "{markers:?}");
     assert_eq!(markers.last(), Some(&"recording stopped"), "{markers:?}");
 
-    let list = telemctl_ok(&c, &["blackbox", "list", "--json"]);
+    let list = c.telemctl_ok(&["blackbox", "list", "--json"]);
     let list: Vec<serde_json::Value> = list.lines().map(parse_json).collect();
     assert_eq!(list.len(), 1);
     assert_eq!(list[0]["id"], id.as_str());
@@ -396,7 +380,7 @@ fn a_recording_holds_the_feed_records_breadcrumbs_and_readings_in_time_order() {
     assert_eq!(list[0]["events"].as_u64(), Some(entries.len() as u64));
     assert!(list[0]["bytes"].as_u64().unwrap() > 0 && list[0]["stopped_wall_ns"].as_u64().is_some());
     assert_eq!(list[0]["lost"].as_u64(), Some(7));
-    let plain = telemctl_ok(&c, &["blackbox", "list"]);
+    let plain = c.telemctl_ok(&["blackbox", "list"]);
     assert!(plain.contains(&id) && plain.contains("incident 42"), "{plain}");
 
     // The recording is on disk, root's alone.
@@ -405,9 +389,9 @@ fn a_recording_holds_the_feed_records_breadcrumbs_and_readings_in_time_order() {
     let sock = state_dir(&c).join("blackbox.sock");
     assert_eq!(std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777, 0o600);
 
-    telemctl_ok(&c, &["blackbox", "delete", &id]);
+    c.telemctl_ok(&["blackbox", "delete", &id]);
     assert!(!dir.exists());
-    assert_eq!(telemctl_ok(&c, &["blackbox", "list"]).trim(), "no recordings");
+    assert_eq!(c.telemctl_ok(&["blackbox", "list"]).trim(), "no recordings");
     assert!(telemctl_err(&c, &["blackbox", "export", &id, "--json", "/tmp/x.jsonl"]).contains("no recording"));
     assert!(telemctl_err(&c, &["blackbox", "delete", "../etc"]).contains("not a recording id"));
 }
@@ -454,7 +438,7 @@ fn a_kill_9_mid_recording_loses_and_doubles_nothing() {
         feed.send(exec(10_000 + i, 1, &["step", &i.to_string()]));
     }
     feed.wait_ack(120);
-    telemctl_ok(&c, &["blackbox", "stop"]);
+    c.telemctl_ok(&["blackbox", "stop"]);
     let entries = export(&c, &id);
     let pids = pids_of(&entries);
     assert_eq!(pids.len(), 120, "each exec exactly once");
@@ -510,7 +494,7 @@ fn a_torn_tail_is_cut_at_restart() {
     feed.resend_from(15);
     let s = feed.send(exec(20_021, 1, &["torn", "21"]));
     feed.wait_ack(s);
-    telemctl_ok(&c, &["blackbox", "stop"]);
+    c.telemctl_ok(&["blackbox", "stop"]);
     let entries = export(&c, &id);
     let mut pids = pids_of(&entries);
     assert_eq!(pids.len(), 21, "{pids:?}");
@@ -536,7 +520,7 @@ fn max_size_drops_the_oldest_segments_and_says_so() {
     let st = bb_status(&c);
     assert!(st["bytes"].as_u64().unwrap() <= 64 << 10, "{st}");
     assert!(st["truncated_segments"].as_u64().unwrap() > 0, "{st}");
-    telemctl_ok(&c, &["blackbox", "stop"]);
+    c.telemctl_ok(&["blackbox", "stop"]);
     let entries = export(&c, &id);
     let pids = pids_of(&entries);
     assert!(pids.contains(&31_500), "the newest is kept");
@@ -559,20 +543,20 @@ fn max_size_drops_the_oldest_segments_and_says_so() {
 fn retention_deletes_old_finished_recordings_at_start() {
     let mut c = collector();
     let old = start(&c, &["--label", "old"]);
-    telemctl_ok(&c, &["blackbox", "stop"]);
+    c.telemctl_ok(&["blackbox", "stop"]);
     let recent = start(&c, &["--label", "recent"]);
-    telemctl_ok(&c, &["blackbox", "stop"]);
+    c.telemctl_ok(&["blackbox", "stop"]);
     let running = start(&c, &["--label", "running"]);
     assert!(c.stop());
     // The old one stopped 15 days ago (the default keeps 14).
     let meta_path = state_dir(&c).join("blackbox").join(&old).join("meta.json");
     let mut meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta_path).unwrap()).unwrap();
-    meta["stopped_wall_ns"] = (now_ns() - 15 * 86_400 * 1_000_000_000).into();
+    meta["stopped_wall_ns"] = (telemetry::blackbox::wall_ns() - 15 * 86_400 * 1_000_000_000).into();
     std::fs::write(&meta_path, serde_json::to_vec(&meta).unwrap()).unwrap();
     // Offline, list reads the files.
-    assert!(telemctl_ok(&c, &["blackbox", "list"]).contains(&old));
+    assert!(c.telemctl_ok(&["blackbox", "list"]).contains(&old));
     c.start();
-    let list = telemctl_ok(&c, &["blackbox", "list"]);
+    let list = c.telemctl_ok(&["blackbox", "list"]);
     assert!(!list.contains(&old), "deleted by retention: {list}");
     assert!(list.contains(&recent) && list.contains(&running), "{list}");
     assert_eq!(bb_status(&c)["id"], running.as_str(), "the running one continues");
@@ -584,7 +568,7 @@ fn only_root_starts_reads_or_exports() {
     use std::os::unix::process::CommandExt;
     let c = collector();
     let id = start(&c, &["--label", "root's"]);
-    telemctl_ok(&c, &["blackbox", "stop"]);
+    c.telemctl_ok(&["blackbox", "stop"]);
     // Let another user read the configuration (and nothing else).
     for p in [&c.dir, &c.conf] {
         let mode = if p.is_dir() { 0o755 } else { 0o644 };
@@ -624,8 +608,7 @@ fn a_recording_stops_by_itself_at_max_age() {
         assert!(Instant::now() < deadline, "still recording long after --max-age");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let list: Vec<serde_json::Value> =
-        telemctl_ok(&c, &["blackbox", "list", "--json"]).lines().map(parse_json).collect();
+    let list: Vec<serde_json::Value> = c.telemctl_ok(&["blackbox", "list", "--json"]).lines().map(parse_json).collect();
     assert_eq!(list[0]["id"], id.as_str());
     assert_eq!(list[0]["stop_reason"], "stopped: max-age reached");
     let entries = export(&c, &id);
@@ -646,7 +629,7 @@ fn argv_is_kept_whole_with_opt_in_no_privacy_filters_as_payloads_are() {
     c.privacy_filters_off();
     let s = feed.send(exec(7002, 1, &["mail", "carol@example.org"]));
     feed.wait_ack(s);
-    telemctl_ok(&c, &["blackbox", "stop"]);
+    c.telemctl_ok(&["blackbox", "stop"]);
     let argvs: Vec<Vec<String>> = export(&c, &id)
         .into_iter()
         .filter_map(|e| match e.event {

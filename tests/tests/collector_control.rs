@@ -20,18 +20,6 @@ const WAIT: Duration = Duration::from_secs(30);
 
 const RECORDS: Records = Records::new("org.test/control/record", Severity::Low);
 
-fn telemctl_ok(c: &Collector, args: &[&str]) -> String {
-    let out = c.telemctl(args);
-    assert!(
-        out.status.success(),
-        "telemctl {args:?} failed: {}{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        c.log()
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn bodies(sink: &Sink) -> BTreeSet<String> {
     sink.posts().iter().map(|p| String::from_utf8_lossy(&p.body).into_owned()).collect()
 }
@@ -45,14 +33,14 @@ fn opt_out_and_opt_in_are_in_force_when_telemctl_returns() {
     const ROUNDS: usize = 100;
     for i in 0..ROUNDS {
         // No sleep anywhere: each record is sent as soon as telemctl returned.
-        telemctl_ok(&c, &["opt-out"]);
+        c.telemctl_ok(&["opt-out"]);
         if i % 2 == 0 {
             client.send(&RECORDS.text(format!("after opt-out {i}"))).expect("accepted");
         } else {
             send_legacy(&c.socket, &RECORDS.text(format!("after opt-out {i}")), None, Duration::from_secs(10))
                 .expect("legacy");
         }
-        telemctl_ok(&c, &["opt-in"]);
+        c.telemctl_ok(&["opt-in"]);
         if i % 2 == 0 {
             client.send(&RECORDS.text(format!("after opt-in {i}"))).expect("accepted");
         } else {
@@ -86,7 +74,7 @@ fn opt_out_and_opt_in_are_in_force_when_telemctl_returns() {
     }
     // Without a running collector the file alone says it.
     assert!(c.stop());
-    let out = telemctl_ok(&c, &["opt-out"]);
+    let out = c.telemctl_ok(&["opt-out"]);
     assert!(out.contains("not running"), "{out}");
     assert!(!c.dir.join("etc/opt-in").exists());
 }
@@ -99,14 +87,14 @@ fn no_post_starts_after_opt_out_returned_and_spooled_records_wait_for_opt_in() {
     sink.set_mode(Mode::Slow(50));
     let mut c = Collector::new(Some(&sink.url()), "delivery_concurrency=2\ndelivery_pipeline=8\ndelivery_timeout=20");
     c.start();
-    telemctl_ok(&c, &["status"]);
+    c.telemctl_ok(&["status"]);
     let mut client = c.client();
     const N: usize = 300;
     for i in 0..N {
         client.send(&RECORDS.text(format!("spooled {i}"))).expect("accepted");
     }
     assert!(sink.wait_for(WAIT, |p| !p.is_empty()), "{}", c.log());
-    telemctl_ok(&c, &["opt-out"]);
+    c.telemctl_ok(&["opt-out"]);
     // Posts written before the opt-out returned may still be read and
     // answered (at most 2 x 8 of them, 50 ms each).
     std::thread::sleep(Duration::from_millis(1500));
@@ -129,7 +117,7 @@ fn no_post_starts_after_opt_out_returned_and_spooled_records_wait_for_opt_in() {
     );
     // Opted in again: they go.
     sink.set_mode(Mode::Status(201, String::new()));
-    telemctl_ok(&c, &["opt-in"]);
+    c.telemctl_ok(&["opt-in"]);
     let want: BTreeSet<String> = (0..N).map(|i| format!("spooled {i}")).collect();
     assert!(
         sink.wait_for(WAIT, |p| {
@@ -149,7 +137,7 @@ fn reload_returns_once_the_new_configuration_is_in_force() {
     let mut c = Collector::new(Some(&sink.url()), "");
     c.start();
     c.set("airgap=true");
-    let out = telemctl_ok(&c, &["reload"]);
+    let out = c.telemctl_ok(&["reload"]);
     assert!(out.contains("reload: done"), "{out}");
     assert_eq!(c.status()["consent"], "local-only: airgap");
     c.client().send(&RECORDS.text("after reload")).unwrap();
@@ -261,7 +249,7 @@ fn every_ingest_refusal_is_counted_with_its_reason() {
     }
     assert_eq!(s["accepted"], 1, "{s}");
     // The text status: the total and a line per reason seen.
-    let text = telemctl_ok(&c, &["status"]);
+    let text = c.telemctl_ok(&["status"]);
     assert!(text.contains(&format!("rejected:            {total}")), "{text}");
     for (why, n) in want {
         let line = text.lines().find(|l| l.trim_start().starts_with(&format!("{why}:")));
@@ -282,7 +270,7 @@ fn payloads_are_kept_by_default_in_a_private_journal() {
     let j = c.journal(&["-i"]);
     assert_eq!(j[0]["payload"], payload.as_str(), "kept without asking");
     let id = j[0]["id"].as_str().unwrap().to_string();
-    let text = telemctl_ok(&c, &["journal", "-i", "-r", &id]);
+    let text = c.telemctl_ok(&["journal", "-i", "-r", &id]);
     assert!(text.contains(&payload), "the whole payload: {text}");
     assert!(!text.contains("payload not kept"), "{text}");
     let mode = std::fs::metadata(c.dir.join("journal/journal")).unwrap().permissions().mode() & 0o777;
@@ -295,6 +283,6 @@ fn payloads_are_kept_by_default_in_a_private_journal() {
     let j = c.journal(&["-i"]);
     assert_eq!(j.len(), 2);
     assert!(j[1].get("payload").is_none(), "{}", j[1]);
-    let text = telemctl_ok(&c, &["journal", "-i", "-r", j[1]["id"].as_str().unwrap()]);
+    let text = c.telemctl_ok(&["journal", "-i", "-r", j[1]["id"].as_str().unwrap()]);
     assert!(text.contains("payload not kept"), "{text}");
 }

@@ -34,14 +34,6 @@ fn token() -> String {
     format!("bbt{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>())
 }
 
-/// `CLOCK_BOOTTIME` now (the clock of the entries' `mono_ns`).
-fn boot_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: a valid clock id and a timespec on this stack.
-    assert_eq!(unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) }, 0);
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 /// One line the server received, with the connection it came on (1, 2, ...).
 #[derive(Debug, Clone)]
 struct Got {
@@ -461,11 +453,11 @@ fn execs_and_exits_of_operator_commands_while_recording_and_none_when_not() {
     // Recording stops: no exec or exit entries while it is off.
     server.set_recording(false);
     probe.wait_log("blackbox: not recording", 1);
-    let off_from = boot_ns();
+    let off_from = telemetry::blackbox::boot_ns();
     let t5 = token();
     assert!(run(detached("/bin/sh", &["-c", "exit 4", &t5])).code() == Some(4));
     std::thread::sleep(Duration::from_millis(300));
-    let off_until = boot_ns();
+    let off_until = telemetry::blackbox::boot_ns();
     server.set_recording(true);
     probe.wait_log("blackbox: recording rec3", 1);
     armed(&server);

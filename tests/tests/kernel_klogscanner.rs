@@ -252,17 +252,7 @@ fn multi_line_reports_modern_and_older_call_traces() {
 }
 
 fn warning(t: &str, i: usize) -> Vec<String> {
-    let f = letters(i);
-    vec![
-        format!("WARNING: CPU: 0 PID: 7 at drivers/{t}/{f}.c:1 fn_{f}+0x1/0x2"),
-        "CPU: 0 PID: 7 Comm: kworker Not tainted 6.18.44 #1".into(),
-        "Call Trace:".into(),
-        " <TASK>".into(),
-        format!(" fn_{f}+0x1/0x2"),
-        " worker_thread+0x1/0x2".into(),
-        " </TASK>".into(),
-        format!("---[ end trace {t} ]---"),
-    ]
+    kmsg::warning_report(t, &letters(i))
 }
 
 /// How often each report `0..n` was recorded: the missing ones, and the

@@ -13,8 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::bench_events::proc_cpu;
-use crate::util::{cargo_bin, root, run};
+use crate::util::{cargo_bin, proc_cpu, root, run};
 
 /// Execs per second of the load.
 const RATE: u64 = 1_000;
@@ -154,7 +153,7 @@ pub fn main(quick: bool) -> Result<(), String> {
     run(Command::new(cargo_bin())
         .args(["build", "--quiet", "--release", "-p", "eventprobe", "-p", "telem-collector", "--bins"])
         .current_dir(root()))?;
-    let release = crate::bench_events::target_dir().join("release");
+    let release = crate::install::target_dir().join("release");
     let secs = if quick { 15 } else { 60 };
     let dir = std::env::temp_dir().join(format!("telem-bench-blackbox-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;

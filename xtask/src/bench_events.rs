@@ -126,10 +126,6 @@ int main(int argc, char **argv) {
 }
 "#;
 
-pub(crate) fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"))
-}
-
 const CRASH_C: &str = r#"
 __attribute__((noinline)) void cb_inner(volatile int *p) { *p = 42; }
 __attribute__((noinline)) void cb_middle(volatile int *p) { cb_inner(p); __asm__ volatile(""); }
@@ -213,16 +209,6 @@ impl Probe {
     }
 }
 
-/// User + system CPU time of a live process (/proc/PID/stat, clock ticks).
-pub(crate) fn proc_cpu(pid: u32) -> Duration {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = s.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    // Fields 14 and 15 (utime, stime) are the 12th and 13th after the comm.
-    Duration::from_millis((ticks(11) + ticks(12)) * 10)
-}
-
 /// User + system CPU time of all reaped children so far.
 fn children_cpu() -> Duration {
     // SAFETY: rusage is plain data; all zeros is a valid value.
@@ -264,7 +250,7 @@ pub fn main(args: &[String]) -> Result<(), String> {
     }
     crate::ebpf::build()?;
     run(Command::new(cargo_bin()).args(["build", "--quiet", "--release", "-p", "eventprobe"]).current_dir(root()))?;
-    let bin = target_dir().join("release/eventprobe");
+    let bin = crate::install::target_dir().join("release/eventprobe");
     let dir = std::env::temp_dir().join(format!("telem-bench-events-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     let phases: Vec<&str> = if args.is_empty() {
@@ -315,9 +301,9 @@ fn spawn_overhead(bin: &Path, dir: &Path, workload: &Path, noop: &Path) -> Resul
             without = Some(spawn_run(&workload, &noop, part)?);
         }
         let p = Probe::start(bin, dir, &["--bpf-stats"])?;
-        let probe_cpu0 = proc_cpu(p.child.id());
+        let probe_cpu0 = crate::util::proc_cpu(p.child.id());
         let (b, cb) = spawn_run(&workload, &noop, part)?;
-        probe_cpu += proc_cpu(p.child.id()).saturating_sub(probe_cpu0);
+        probe_cpu += crate::util::proc_cpu(p.child.id()).saturating_sub(probe_cpu0);
         let log = p.stop()?;
         let (a, ca) = match without {
             Some(w) => w,

@@ -200,17 +200,6 @@ fn journal_storm_records(journal: &Path) -> usize {
     text.lines().filter(|l| l.contains(&format!("Signature: {STORM_SIGNATURE}"))).count()
 }
 
-fn proc_cpu_secs(pid: u32) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 (from 3 after the comm).
-    let t = |n: usize| f.get(n - 3).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    (t(14) + t(15)) as f64 / hz
-}
-
 fn start_server(probe: &Path, sock: &Path, conf: &Path) -> Result<KillChild, String> {
     let child = Command::new(probe)
         .arg("--serve")
@@ -275,7 +264,7 @@ pub fn main(probe: &Path, collector_bin: &Path, args: &[String]) -> Result<(), S
             std::fs::write("/proc/sys/kernel/core_pattern", format!("@@{}", sock.display()))
                 .map_err(|e| e.to_string())?;
         }
-        let cpu0 = server.as_ref().map_or(0.0, |s| proc_cpu_secs(s.0.id()));
+        let cpu0 = server.as_ref().map_or(0.0, |s| crate::util::proc_cpu(s.0.id()).as_secs_f64());
         let (tx, rx) = mpsc::channel();
         let start = Instant::now();
         let mut n = 0usize;
@@ -311,7 +300,7 @@ pub fn main(probe: &Path, collector_bin: &Path, args: &[String]) -> Result<(), S
             }
         }
         let cpu = match &server {
-            Some(s) => proc_cpu_secs(s.0.id()) - cpu0,
+            Some(s) => crate::util::proc_cpu(s.0.id()).as_secs_f64() - cpu0,
             None => {
                 std::fs::read_to_string(&cpu_file)
                     .unwrap_or_default()

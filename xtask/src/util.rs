@@ -111,3 +111,16 @@ fn count_before(text: &str, label: &str) -> u64 {
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
 }
+
+/// User + system CPU time of a live process (`/proc/PID/stat`; zero when
+/// it cannot be read).
+pub fn proc_cpu(pid: u32) -> std::time::Duration {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = s.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 (the 12th and 13th after the comm).
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    std::time::Duration::from_secs_f64((ticks(11) + ticks(12)) as f64 / hz)
+}

@@ -651,20 +651,7 @@ fn blackbox_cmd(cfg: &Config, cmd: BlackboxCmd) -> ExitCode {
                 },
                 // Without a running collector: from the files.
                 Err(control::ControlError::NotRunning { .. }) => match blackbox::list_metas(&root) {
-                    Ok(m) => m
-                        .iter()
-                        .map(|m| blackbox::Summary {
-                            id: m.id.clone(),
-                            label: m.label.clone(),
-                            started_wall_ns: m.started_wall_ns,
-                            stopped_wall_ns: m.stopped_wall_ns,
-                            stop_reason: m.stop_reason.clone(),
-                            recording: false,
-                            events: m.closed_counts.entries,
-                            bytes: m.closed_bytes(),
-                            lost: m.closed_counts.lost,
-                        })
-                        .collect(),
+                    Ok(m) => m.iter().map(blackbox::Summary::from_files).collect(),
                     Err(e) => return fail(e),
                 },
                 Err(e) => return fail(e),

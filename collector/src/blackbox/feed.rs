@@ -44,10 +44,8 @@ fn line_of(c: &Control) -> String {
 }
 
 async fn connection(stream: UnixStream, shared: Arc<State>) {
-    // SAFETY: geteuid has no memory effects.
-    let me = unsafe { libc::geteuid() };
     match stream.peer_cred() {
-        Ok(c) if c.uid() == 0 || c.uid() == me => {}
+        Ok(c) if crate::control::trusted_peer(c.uid()) => {}
         Ok(c) => {
             tracing::warn!("blackbox socket: refusing uid {} (root only)", c.uid());
             return;
@@ -68,6 +66,9 @@ async fn connection(stream: UnixStream, shared: Arc<State>) {
     // cancelled select! branch).
     let mut line: Vec<u8> = Vec::new();
     let mut unacked: Option<u64> = None;
+    // Acks only go forward: a line sent again after a reconnection may
+    // carry a seq below one acknowledged already.
+    let mut acked = 0u64;
     let mut bad = 0u64;
     loop {
         let limit = MAX_LINE.saturating_sub(line.len() as u64).max(1);
@@ -101,7 +102,10 @@ async fn connection(stream: UnixStream, shared: Arc<State>) {
                 let seq = feed.seq;
                 let cfg = shared.config();
                 let scrub = shared.policy(&cfg).scrub;
-                if let Err(e) = shared.blackbox.feed(feed, scrub.then_some(&shared.scrubber)) {
+                // File writes (and, when a segment fills, its fsync): off the
+                // runtime's event loop.
+                let fed = tokio::task::block_in_place(|| shared.blackbox.feed(feed, scrub.then_some(&shared.scrubber)));
+                if let Err(e) = fed {
                     // Not acknowledged: eventprobe sends it again after
                     // reconnecting.
                     tracing::error!("blackbox: cannot write eventprobe's entry {seq}: {e}; closing the connection");
@@ -119,10 +123,11 @@ async fn connection(stream: UnixStream, shared: Arc<State>) {
         line.clear();
         // Everything read so far is written: acknowledge it.
         if rd.buffer().is_empty() {
-            if let Some(n) = unacked.take() {
+            if let Some(n) = unacked.take().filter(|&n| n > acked) {
                 if wr.write_all(line_of(&Control::Ack { ack: n }).as_bytes()).await.is_err() {
                     return;
                 }
+                acked = n;
             }
         }
     }

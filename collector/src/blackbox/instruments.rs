@@ -42,7 +42,7 @@ impl Instruments {
 
     /// Takes the CPU baseline again (the next reading's top list covers
     /// the time from now).
-    pub fn baseline(&mut self) {
+    fn baseline(&mut self) {
         self.prev = cpu_ticks().into_iter().map(|(pid, (t, _))| (pid, t)).collect();
         self.at = Instant::now();
     }

@@ -143,6 +143,11 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// A recording as its files say (the collector not running).
+    pub fn from_files(meta: &Meta) -> Summary {
+        Summary::of(meta, false, None)
+    }
+
     fn of(meta: &Meta, recording: bool, totals: Option<(store::Counts, u64)>) -> Summary {
         let (c, bytes) = totals.unwrap_or((meta.closed_counts, meta.closed_bytes()));
         Summary {
@@ -159,43 +164,10 @@ impl Summary {
     }
 }
 
-/// CLOCK_BOOTTIME and the wall clock, nanoseconds.
-pub fn now_ns() -> (u64, u64) {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes the local struct.
-    let mono = if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) } == 0 {
-        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-    } else {
-        0
-    };
-    let wall =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
-    (mono, wall)
-}
-
-/// An entry stamped now.
-pub fn entry_now(event: Event) -> Entry {
-    let (mono_ns, wall_ns) = now_ns();
-    Entry { mono_ns, wall_ns, event }
-}
-
 /// `2026-12-03T17:10:00.123Z` for nanoseconds since the epoch.
 pub fn format_wall(ns: u64) -> String {
-    let secs = ns / 1_000_000_000;
-    let ms = (ns / 1_000_000) % 1000;
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z", rem / 3600, (rem / 60) % 60, rem % 60)
+    let utc = telemetry::record::format_utc(ns / 1_000_000_000).replacen(' ', "T", 1);
+    format!("{utc}.{:03}Z", (ns / 1_000_000) % 1000)
 }
 
 /// Parses `--max-age`: a number with `s`, `m`, `h`, `d` or `w` (seconds
@@ -330,7 +302,7 @@ impl Recorder {
             tracing::warn!("blackbox: recording {}: cut a torn tail of {} bytes", newest.id, rec.torn_bytes);
         }
         store.append(
-            &entry_now(Event::Marker { text: format!("collector started (boot {boot_id}); recording continues") }),
+            &Entry::now(Event::Marker { text: format!("collector started (boot {boot_id}); recording continues") }),
             None,
         )?;
         let id = newest.id.clone();
@@ -351,7 +323,7 @@ impl Recorder {
         if let Some(s) = slot.as_ref() {
             return Err(BlackboxError::Running(s.meta.id.clone()));
         }
-        let (_, wall) = now_ns();
+        let wall = telemetry::blackbox::wall_ns();
         let rand = telemetry::EventId::random().to_string();
         let stamp: String = format_wall(wall).chars().filter(|c| c.is_ascii_digit()).take(14).collect();
         let id = format!("{}-{}-{}", &stamp[..8], &stamp[8..], &rand[..6]);
@@ -373,7 +345,8 @@ impl Recorder {
         };
         let mut store = Store::create(&self.root, meta)?;
         let label = opts.label.as_deref().map(|l| format!(" ({l})")).unwrap_or_default();
-        store.append(&entry_now(Event::Marker { text: format!("recording started{label} (boot {boot_id})") }), None)?;
+        store
+            .append(&Entry::now(Event::Marker { text: format!("recording started{label} (boot {boot_id})") }), None)?;
         let meta = store.meta.clone();
         *lock(&self.crumbs) = Breadcrumbs::default();
         self.set_active(&mut slot, Some(store));
@@ -387,7 +360,7 @@ impl Recorder {
         let Some(mut store) = slot.take() else { return Err(BlackboxError::NotRunning) };
         self.set_active(&mut slot, None);
         drop(slot);
-        let r = store.append(&entry_now(Event::Marker { text: format!("recording {reason}") }), None);
+        let r = store.append(&Entry::now(Event::Marker { text: format!("recording {reason}") }), None);
         if let Err(e) = r {
             tracing::warn!("blackbox: {e}");
         }
@@ -409,7 +382,8 @@ impl Recorder {
             let slot = lock(&self.active);
             slot.as_ref().is_some_and(|s| {
                 s.meta.max_age_secs.is_some_and(|a| {
-                    now_ns().1.saturating_sub(s.meta.started_wall_ns) >= a.saturating_mul(1_000_000_000)
+                    telemetry::blackbox::wall_ns().saturating_sub(s.meta.started_wall_ns)
+                        >= a.saturating_mul(1_000_000_000)
                 })
             })
         };
@@ -497,10 +471,7 @@ impl Recorder {
         }
         let source = (feed.source.len() <= segment::MAX_SOURCE && !feed.source.is_empty())
             .then_some((feed.source.as_str(), feed.seq));
-        let mut slot = lock(&self.active);
-        let Some(s) = slot.as_mut() else { return Ok(false) };
-        let written = s.append(&feed.entry, source)?;
-        drop(slot);
+        let written = self.write(&feed.entry, source)?;
         if written {
             lock(&self.crumbs).note(&feed.entry);
         }
@@ -564,7 +535,7 @@ impl Recorder {
             }
             payload.truncate(cut);
         }
-        let e = entry_now(Event::Record {
+        let e = Entry::now(Event::Record {
             record_id: record_id.to_string(),
             event_id: record.event_id.to_string(),
             classification: record.classification.as_str().to_string(),
@@ -664,7 +635,9 @@ pub fn run_thread(shared: Arc<crate::state::State>, stop: std::sync::mpsc::Recei
         .map(Duration::from_millis)
         .unwrap_or(READING_EVERY);
     let bb = &shared.blackbox;
-    let mut inst = instruments::Instruments::new();
+    // The CPU baseline is taken when a recording starts (or is found
+    // running): nothing scans /proc while none is.
+    let mut inst: Option<instruments::Instruments> = None;
     let mut next_reading = Instant::now() + every;
     // Retention ran at start (daemon.rs); then daily.
     let mut next_retention = Instant::now() + Duration::from_secs(86_400);
@@ -672,20 +645,23 @@ pub fn run_thread(shared: Arc<crate::state::State>, stop: std::sync::mpsc::Recei
         let now = Instant::now();
         if now >= next_retention {
             let days = shared.config().blackbox_retention_days;
-            retention::prune(bb.root(), days, now_ns().1);
+            retention::prune(bb.root(), days, telemetry::blackbox::wall_ns());
             next_retention = now + Duration::from_secs(86_400);
         }
-        if now >= next_reading {
-            if bb.is_recording() {
-                let reading = inst.read(&shared.config().state_dir);
-                if let Err(e) = bb.write(&entry_now(reading), None) {
+        match (&mut inst, bb.is_recording()) {
+            (None, true) => {
+                inst = Some(instruments::Instruments::new());
+                next_reading = now + every;
+            }
+            (Some(_), false) => inst = None,
+            (Some(i), true) if now >= next_reading => {
+                let reading = i.read(&shared.config().state_dir);
+                if let Err(e) = bb.write(&Entry::now(reading), None) {
                     tracing::warn!("blackbox: cannot write a reading: {e}");
                 }
-            } else {
-                // Keep the CPU baseline fresh for the first reading.
-                inst.baseline();
+                next_reading = now + every;
             }
-            next_reading = now + every;
+            _ => {}
         }
         bb.check_max_age();
         bb.sync();

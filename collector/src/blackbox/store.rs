@@ -402,16 +402,11 @@ impl Store {
         self.cur = SegInfo { index, bytes: MAGIC.len() as u64, entries: 0, newest_wall_ns: 0 };
         self.cur_counts = Counts::default();
         if !dropped.is_empty() {
-            let (mono_ns, wall_ns) = super::now_ns();
-            let e = Entry {
-                mono_ns,
-                wall_ns,
-                event: Event::Truncated {
-                    segments: dropped.len() as u64,
-                    entries: dropped.iter().map(|s| s.entries).sum(),
-                    until_wall_ns: dropped.iter().map(|s| s.newest_wall_ns).max().unwrap_or(0),
-                },
-            };
+            let e = Entry::now(Event::Truncated {
+                segments: dropped.len() as u64,
+                entries: dropped.iter().map(|s| s.entries).sum(),
+                until_wall_ns: dropped.iter().map(|s| s.newest_wall_ns).max().unwrap_or(0),
+            });
             self.append(&e, None)?;
         }
         Ok(())
@@ -449,7 +444,7 @@ impl Store {
     /// stop time and reason in `meta.json`.
     pub fn finish(mut self, reason: &str) -> Result<Meta, BlackboxError> {
         self.close_current()?;
-        self.meta.stopped_wall_ns = Some(super::now_ns().1);
+        self.meta.stopped_wall_ns = Some(telemetry::blackbox::wall_ns());
         self.meta.stop_reason = Some(reason.to_string());
         write_meta(&self.dir, &self.meta)?;
         Ok(self.meta)

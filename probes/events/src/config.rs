@@ -13,8 +13,7 @@ use std::path::{Path, PathBuf};
 
 use telemetry::config::{ConfigError, Settings};
 
-/// The collector's state directory when the file does not name one.
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/telemetry";
+pub use telemetry::config::DEFAULT_STATE_DIR;
 
 /// What eventprobe takes from the configuration file.
 #[derive(Debug, Clone, PartialEq, Eq)]

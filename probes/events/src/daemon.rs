@@ -196,6 +196,7 @@ impl Reader {
                 return;
             }
         };
+        // Events that make no record of their own.
         let ev = match ev {
             Event::ExecBlackbox(e) => {
                 if let Some((dev, ino)) = e.hold {
@@ -212,12 +213,10 @@ impl Reader {
                 }
                 return;
             }
-            ev => ev,
-        };
-        if let Some(bb) = self.blackbox.as_mut() {
-            bb.event(&ev);
-        }
-        let ev = match ev {
+            Event::Exec { task, dev, ino } => {
+                self.held.exec(task.pid, dev, ino);
+                return;
+            }
             Event::OomStack(s) => {
                 if let Some((o, suppressed, _)) = self.waiting_oom.remove(&s.task.tid) {
                     let held = &self.held;
@@ -228,27 +227,26 @@ impl Reader {
                 }
                 return;
             }
-            ev => ev,
-        };
-        let (kind, comm) = match &ev {
-            Event::Fatal(f) => (KIND_FATAL_SIGNAL, f.task.comm.as_str()),
-            Event::Exit(e) => (KIND_EXIT, e.task.comm.as_str()),
-            Event::Oom(o) => (KIND_OOM, o.victim.comm.as_str()),
-            Event::OomStack(_) | Event::ExecBlackbox(_) | Event::ProcessExit(_) => return,
-            Event::Exec { task, dev, ino } => {
-                self.held.exec(task.pid, *dev, *ino);
-                return;
-            }
             Event::Modules(m) => {
                 // The modules of a fatal signal waiting for them.
                 if let Some((mut f, mut cap, suppressed, _)) = self.waiting.remove(&m.task.tid) {
                     let held = &self.held;
-                    cap.use_kernel_modules(m, &|k| held.get(k));
-                    f.modules = Some(m.clone());
+                    cap.use_kernel_modules(&m, &|k| held.get(k));
+                    f.modules = Some(m);
                     self.queue(Job::Fatal(f, cap, suppressed));
                 }
                 return;
             }
+            ev => ev,
+        };
+        if let Some(bb) = self.blackbox.as_mut() {
+            bb.event(&ev);
+        }
+        let (kind, comm) = match &ev {
+            Event::Fatal(f) => (KIND_FATAL_SIGNAL, f.task.comm.as_str()),
+            Event::Exit(e) => (KIND_EXIT, e.task.comm.as_str()),
+            Event::Oom(o) => (KIND_OOM, o.victim.comm.as_str()),
+            _ => return,
         };
         let c = match kind {
             KIND_FATAL_SIGNAL => &self.counters.fatal,
@@ -288,11 +286,7 @@ impl Reader {
                 }
                 Job::Oom(Box::new(o), None, suppressed)
             }
-            Event::Modules(_)
-            | Event::Exec { .. }
-            | Event::OomStack(_)
-            | Event::ExecBlackbox(_)
-            | Event::ProcessExit(_) => return,
+            _ => return,
         };
         self.queue(job);
     }

@@ -6,7 +6,7 @@ use event_types::{
     FatalSignalOuterEvent, ModuleVma, ModulesEvent, OomEvent, OomStackEvent, ProcessExitEvent, UserRegs, ARGV_LEN,
     BUILD_ID_STATUS_IP, BUILD_ID_STATUS_VALID, DUMPABLE_UNKNOWN, DUMPABLE_USER, KIND_EXEC, KIND_EXEC_BLACKBOX,
     KIND_EXIT, KIND_FATAL_SIGNAL, KIND_MODULES, KIND_OOM, KIND_OOM_STACK, KIND_PROCESS_EXIT, MAX_FP_FRAMES,
-    MAX_MODULES, NAME_LEN, OUTER_PAGES, PAGE_SIZE, PATH_DEPTH, STACK_PAGES,
+    MAX_MODULES, OUTER_PAGES, PAGE_SIZE, PATH_DEPTH, STACK_PAGES,
 };
 use thiserror::Error;
 
@@ -99,18 +99,13 @@ pub struct KernelModule {
     pub name: String,
 }
 
-fn name_of(b: &[u8; NAME_LEN]) -> String {
-    let end = b.iter().position(|&c| c == 0).unwrap_or(NAME_LEN);
-    String::from_utf8_lossy(&b[..end]).into_owned()
-}
-
 impl KernelModule {
     fn from_raw(m: &ModuleVma) -> Option<KernelModule> {
         if m.start >= m.end || m.depth == 0 {
             return None;
         }
         let depth = usize::from(m.depth).min(PATH_DEPTH);
-        let names: Vec<String> = m.names[..depth].iter().map(name_of).collect();
+        let names: Vec<String> = m.names[..depth].iter().map(|n| c_str(n)).collect();
         let name = names.first().cloned().unwrap_or_default();
         let fs_path = (m.rooted == 1).then(|| {
             let parts: Vec<&str> =

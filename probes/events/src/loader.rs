@@ -78,11 +78,6 @@ impl BlackboxSwitch {
         }
         self.map.set(0, PodConfig(self.config), 0).map_err(|source| LoadError::Map { name: MAP_CONFIG, source })
     }
-
-    /// Whether the flag is set.
-    pub fn is_on(&self) -> bool {
-        self.config.flags & FLAG_BLACKBOX != 0
-    }
 }
 
 /// Kernel-side losses (ring buffer full), per kind, since loading.
@@ -116,10 +111,8 @@ pub struct ProgStats {
 }
 
 fn ensure_tracefs() -> Result<(), LoadError> {
-    for p in ["/sys/kernel/tracing/events", "/sys/kernel/debug/tracing/events"] {
-        if Path::new(p).is_dir() {
-            return Ok(());
-        }
+    if crate::tp_format::ROOTS.iter().any(|r| Path::new(r).join("events").is_dir()) {
+        return Ok(());
     }
     // SAFETY: plain mount(2) with static NUL-terminated strings.
     let r = unsafe {

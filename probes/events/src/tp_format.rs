@@ -6,8 +6,8 @@
 //!  tracefs .../sched/sched_process_exit/format ─▶ field_offset("group_dead") ─▶ Config.bb.tp_exit_group_dead
 //! ```
 
-/// Where tracefs may be mounted.
-const ROOTS: &[&str] = &["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
+/// Where tracefs may be mounted (the first is where eventprobe mounts it).
+pub(crate) const ROOTS: &[&str] = &["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
 
 /// The byte offset of `field` in a tracepoint's `format` text (lines like
 /// `\tfield:bool group_dead;\toffset:32;\tsize:1;\tsigned:0;`).

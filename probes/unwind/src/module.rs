@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol};
 
+use crate::elf_names::Elf64;
 use crate::opener::FileOpener;
 use crate::regs::Arch;
 
@@ -219,11 +220,8 @@ impl Module {
             loads.push(Load { vaddr: seg.address(), memsz: seg.size(), offset, filesz, exec });
         }
         // Section names without `object`'s string tables (see `elf_names`).
-        let elf = crate::elf_names::Elf64::parse(&data);
-        let by_name = |name: &str| match &elf {
-            Some(e) => e.section_index(name).and_then(|i| obj.section_by_index(i).ok()),
-            None => obj.section_by_name(name),
-        };
+        let elf = Elf64::parse(&data);
+        let by_name = |name: &str| section_named(&obj, elf.as_ref(), name);
         let find = |name: &str| by_name(name).and_then(|s| sect_of(&data, &s));
         let eh_frame = find(".eh_frame");
         let eh_frame_hdr = find(".eh_frame_hdr");
@@ -334,7 +332,7 @@ impl Module {
     fn symbols(&self) -> &[Sym] {
         self.symbols.get_or_init(|| {
             let mut syms: Vec<Sym> = Vec::new();
-            if let Some(e) = crate::elf_names::Elf64::parse(&self.data) {
+            if let Some(e) = Elf64::parse(&self.data) {
                 syms = e
                     .text_symbols()
                     .into_iter()
@@ -378,13 +376,9 @@ impl Module {
         Some((&s.name, off))
     }
 
-    fn section_bytes(&self, obj: &object::File<'_>, name: &str) -> SharedBytes {
+    fn section_bytes(&self, obj: &object::File<'_>, elf: Option<&Elf64<'_>>, name: &str) -> SharedBytes {
         let empty = SharedBytes { owner: self.data.clone(), range: 0..0 };
-        let s = match crate::elf_names::Elf64::parse(&self.data) {
-            Some(e) => e.section_index(name).and_then(|i| obj.section_by_index(i).ok()),
-            None => obj.section_by_name(name),
-        };
-        let Some(s) = s else { return empty };
+        let Some(s) = section_named(obj, elf, name) else { return empty };
         let Ok(c) = s.compressed_data() else { return empty };
         if !plausible_size(&c) {
             tracing::debug!(
@@ -403,10 +397,7 @@ impl Module {
                     empty
                 }
             }
-            Ok(std::borrow::Cow::Owned(v)) => {
-                let len = v.len();
-                SharedBytes { owner: Arc::new(Backing::Vec(v)), range: 0..len }
-            }
+            Ok(std::borrow::Cow::Owned(v)) => SharedBytes::from_vec(v),
             Err(_) => empty,
         }
     }
@@ -416,13 +407,14 @@ impl Module {
             return None;
         }
         let obj = object::File::parse(&**self.data).ok()?;
+        let elf = Elf64::parse(&self.data);
         // Location lists and macros are not needed to symbolize; not
         // decompressing them saves much time on large debug files. The
         // largest section (.debug_info) is decompressed on a second thread
         // while this one does the others.
         let (info, mut rest) = std::thread::scope(|sc| {
-            let obj = &obj;
-            let h = sc.spawn(move || self.section_bytes(obj, ".debug_info"));
+            let (obj, elf) = (&obj, elf.as_ref());
+            let h = sc.spawn(move || self.section_bytes(obj, elf, ".debug_info"));
             let mut rest: HashMap<&'static str, SharedBytes> = HashMap::new();
             for name in [
                 ".debug_abbrev",
@@ -436,7 +428,7 @@ impl Module {
                 ".debug_rnglists",
                 ".debug_types",
             ] {
-                rest.insert(name, self.section_bytes(obj, name));
+                rest.insert(name, self.section_bytes(obj, elf, name));
             }
             let info = h.join().unwrap_or_else(|_| SharedBytes { owner: self.data.clone(), range: 0..0 });
             (info, rest)
@@ -569,6 +561,19 @@ mod fallible_iterator_shim {
 
 /// Largest section decompressed (libc's whole `.debug_info` is ~10 MiB).
 pub const MAX_DECOMPRESSED: u64 = 256 << 20;
+
+/// The section named `name`: through the raw section-name table when
+/// the file is ELF64 (see `elf_names`), else through `object`.
+fn section_named<'d, 'f>(
+    obj: &'f object::File<'d>,
+    elf: Option<&Elf64<'d>>,
+    name: &str,
+) -> Option<object::Section<'d, 'f>> {
+    match elf {
+        Some(e) => e.section_index(name).and_then(|i| obj.section_by_index(i).ok()),
+        None => obj.section_by_name(name),
+    }
+}
 
 /// Whether a compressed section's claimed size is worth allocating: at
 /// most [`MAX_DECOMPRESSED`], and for zlib at most what deflate can expand

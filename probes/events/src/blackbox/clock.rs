@@ -4,20 +4,7 @@
 //! CLOCK_BOOTTIME`, refreshed every second (so a clock step shows within
 //! a second).
 
-fn now(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: a valid clock id and a timespec on this stack.
-    let r = unsafe { libc::clock_gettime(clock, &mut ts) };
-    if r != 0 {
-        return 0;
-    }
-    (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64)
-}
-
-/// `CLOCK_BOOTTIME` now, ns (the clock of the kernel side's `boot_ns`).
-pub fn boot_ns() -> u64 {
-    now(libc::CLOCK_BOOTTIME)
-}
+pub use telemetry::blackbox::boot_ns;
 
 /// Turns `CLOCK_BOOTTIME` times into wall-clock times.
 #[derive(Debug, Clone, Copy)]
@@ -44,7 +31,7 @@ impl WallClock {
     /// readings, so the offset is off by at most half their distance).
     pub fn refresh(&mut self) {
         let a = boot_ns();
-        let r = now(libc::CLOCK_REALTIME);
+        let r = telemetry::blackbox::wall_ns();
         let b = boot_ns();
         self.offset = i128::from(r) - (i128::from(a) + i128::from(b)) / 2;
     }

@@ -309,10 +309,6 @@ impl Recorder {
         }
         self.last_lost = *lost;
     }
-
-    pub fn feed(&self) -> &Feed {
-        &self.feed
-    }
 }
 
 /// The blackbox socket of a state directory.

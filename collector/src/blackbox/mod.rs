@@ -665,7 +665,10 @@ pub fn run_thread(shared: Arc<crate::state::State>, stop: std::sync::mpsc::Recei
         }
         bb.check_max_age();
         bb.sync();
-        let wait = TICK.min(next_reading.saturating_duration_since(Instant::now()));
+        let wait = match inst {
+            Some(_) => TICK.min(next_reading.saturating_duration_since(Instant::now())),
+            None => TICK,
+        };
         match stop.recv_timeout(wait) {
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
             _ => break,

@@ -66,9 +66,9 @@ async fn connection(stream: UnixStream, shared: Arc<State>) {
     // cancelled select! branch).
     let mut line: Vec<u8> = Vec::new();
     let mut unacked: Option<u64> = None;
-    // Acks only go forward: a line sent again after a reconnection may
-    // carry a seq below one acknowledged already.
+    // Acks only go forward, on one connection and across them.
     let mut acked = 0u64;
+    let mut source: Option<String> = None;
     let mut bad = 0u64;
     loop {
         let limit = MAX_LINE.saturating_sub(line.len() as u64).max(1);
@@ -100,6 +100,9 @@ async fn connection(stream: UnixStream, shared: Arc<State>) {
         match serde_json::from_slice::<Feed>(&line) {
             Ok(feed) => {
                 let seq = feed.seq;
+                if source.as_deref() != Some(feed.source.as_str()) {
+                    source = Some(feed.source.clone());
+                }
                 let cfg = shared.config();
                 let scrub = shared.policy(&cfg).scrub;
                 // File writes (and, when a segment fills, its fsync): off the
@@ -123,7 +126,10 @@ async fn connection(stream: UnixStream, shared: Arc<State>) {
         line.clear();
         // Everything read so far is written: acknowledge it.
         if rd.buffer().is_empty() {
-            if let Some(n) = unacked.take().filter(|&n| n > acked) {
+            // Lines sent again after a reconnection that were written
+            // before it: the ack covers what the recording holds.
+            let held = source.as_deref().and_then(|s| shared.blackbox.last_seq(s)).unwrap_or(0);
+            if let Some(n) = unacked.take().map(|n| n.max(held)).filter(|&n| n > acked) {
                 if wr.write_all(line_of(&Control::Ack { ack: n }).as_bytes()).await.is_err() {
                     return;
                 }

@@ -452,6 +452,11 @@ impl Recorder {
 
     /// One line from eventprobe: argv scrubbed, the breadcrumb index
     /// updated, written unless its `seq` was (`Ok(false)`: not written).
+    /// The highest `seq` of `source` the running recording holds.
+    pub fn last_seq(&self, source: &str) -> Option<u64> {
+        lock(&self.active).as_ref().and_then(|s| s.last_seq(source))
+    }
+
     pub fn feed(&self, mut feed: Feed, scrubber: Option<&Scrubber>) -> Result<bool, BlackboxError> {
         if !self.is_recording() {
             self.note_late(&feed.entry);

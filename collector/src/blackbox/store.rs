@@ -325,6 +325,12 @@ impl Store {
     }
 
     /// Whether eventprobe's `seq` of `source` is written already.
+    /// The highest `seq` of `source` written (entries of a source are
+    /// written in order: every one up to it is in the recording).
+    pub fn last_seq(&self, source: &str) -> Option<u64> {
+        self.sources.get(source).copied()
+    }
+
     pub fn has(&self, source: &str, seq: u64) -> bool {
         self.sources.get(source).is_some_and(|&s| s >= seq)
     }

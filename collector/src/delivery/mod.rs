@@ -612,6 +612,6 @@ fn expire_one(shared: &State, t: &Ticket) {
         bump(&shared.stats.expired, 1);
         bump(&shared.stats.dropped, 1);
     }
-    s.finish(shared, t, crate::journal::Fate::Dropped("expired".into()));
+    s.finish(t, crate::journal::Fate::Dropped("expired".into()));
     s.commit(shared);
 }

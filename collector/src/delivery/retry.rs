@@ -228,7 +228,7 @@ impl Deliverer {
             job.suspect
         );
         self.count_rejected();
-        settle.finish(&self.shared, &job.ticket, Fate::RejectedByServer { status, body, attempts: Some(job.suspect) });
+        settle.finish(&job.ticket, Fate::RejectedByServer { status, body, attempts: Some(job.suspect) });
         true
     }
 
@@ -264,7 +264,7 @@ impl Deliverer {
                         }
                         _ => Fate::Delivered,
                     };
-                    settle.finish(&shared, &job.ticket, fate);
+                    settle.finish(&job.ticket, fate);
                 }
                 Outcome::ServerBusy { error, after } => {
                     self.count_failure();
@@ -318,11 +318,11 @@ impl Deliverer {
                         self.dest.as_str(),
                         job.ticket.item.record_id_hex()
                     );
-                    settle.finish(&shared, &job.ticket, Fate::RejectedByServer { status, body, attempts: None });
+                    settle.finish(&job.ticket, Fate::RejectedByServer { status, body, attempts: None });
                 }
                 Outcome::Unsendable(why) => {
                     bump(&shared.stats.dropped, 1);
-                    settle.finish(&shared, &job.ticket, Fate::Dropped(why));
+                    settle.finish(&job.ticket, Fate::Dropped(why));
                 }
                 Outcome::Withheld => self.put_back(job),
             }

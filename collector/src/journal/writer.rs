@@ -17,6 +17,9 @@ pub type Done = Box<dyn FnOnce(Result<(), String>) + Send>;
 pub(super) struct Queue {
     pub(super) lines: Vec<Line>,
     pub(super) waiters: Vec<Done>,
+    /// Told once their lines are written (in the page cache: they survive
+    /// the process being killed), without asking for an fsync.
+    pub(super) after_write: Vec<Done>,
     /// The writer sleeps until told (nothing queued): wake it.
     pub(super) idle: bool,
     pub(super) closed: bool,
@@ -103,6 +106,24 @@ impl Journal {
         self.append_inner(lines, done, false)
     }
 
+    /// Queues lines; `written` runs once they are written to the file
+    /// (they then outlive the process, even killed), without forcing an
+    /// fsync: the lazy sync ([`LAZY_SYNC`]) makes them durable.
+    pub fn append_after_write(&self, lines: Vec<Line>, written: Done) {
+        let mut q = self.queue();
+        if q.closed {
+            drop(q);
+            written(Err(JournalError::Stopped.to_string()));
+            return;
+        }
+        q.lines.extend(lines);
+        q.after_write.push(written);
+        if q.idle || q.lines.len() >= HIGH_WATER {
+            q.idle = false;
+            self.shared.cv.notify_one();
+        }
+    }
+
     /// As [`append`](Self::append), but first waits (blocking the thread)
     /// while [`MAX_QUEUED`] lines are queued: the commit stage's
     /// backpressure when the journal's disk is slower than the spool's.
@@ -171,7 +192,7 @@ pub(super) fn next_batch(
     sync_due: Option<Instant>,
     last_write: Instant,
     spare: &mut Vec<Line>,
-) -> Option<(Vec<Line>, Vec<Done>, bool)> {
+) -> Option<Batch> {
     let mut q = shared.q.lock().unwrap_or_else(|p| p.into_inner());
     let mut gathering: Option<Instant> = None;
     loop {
@@ -179,7 +200,7 @@ pub(super) fn next_batch(
             break;
         }
         if q.closed {
-            return Some((Vec::new(), Vec::new(), true));
+            return Some(Batch { lines: Vec::new(), waiters: Vec::new(), after_write: Vec::new(), closed: true });
         }
         let now = Instant::now();
         if !q.lines.is_empty() {
@@ -204,7 +225,22 @@ pub(super) fn next_batch(
     }
     shared.room.notify_all();
     // The writer's emptied vector goes back, so the queue keeps its room.
-    Some((std::mem::replace(&mut q.lines, std::mem::take(spare)), std::mem::take(&mut q.waiters), q.closed))
+    Some(Batch {
+        lines: std::mem::replace(&mut q.lines, std::mem::take(spare)),
+        waiters: std::mem::take(&mut q.waiters),
+        after_write: std::mem::take(&mut q.after_write),
+        closed: q.closed,
+    })
+}
+
+/// What the writer takes from the queue at once.
+pub(super) struct Batch {
+    pub(super) lines: Vec<Line>,
+    /// Told after the lines are fsync'd.
+    pub(super) waiters: Vec<Done>,
+    /// Told after the lines are written.
+    pub(super) after_write: Vec<Done>,
+    pub(super) closed: bool,
 }
 
 pub(super) fn writer(dir: PathBuf, path: PathBuf, mut file: File, shared: &Shared, retention: Option<Retention>) {
@@ -229,7 +265,7 @@ pub(super) fn writer(dir: PathBuf, path: PathBuf, mut file: File, shared: &Share
                 Err(e) => tracing::error!("journal retention: {e}"),
             }
         }
-        let Some((mut lines, waiters, closed)) =
+        let Some(Batch { mut lines, waiters, after_write, closed }) =
             next_batch(shared, dirty_since.map(|t| t + LAZY_SYNC), last_write, &mut spare)
         else {
             // A lazy fsync is due and nothing new came.
@@ -263,6 +299,15 @@ pub(super) fn writer(dir: PathBuf, path: PathBuf, mut file: File, shared: &Share
         // (spooled records are durable in the spool already).
         let mut result = written.and_then(|()| if buf.is_empty() { Ok(()) } else { file.write_all(&buf) });
         last_write = Instant::now();
+        if !after_write.is_empty() {
+            let r = result
+                .as_ref()
+                .map(|_| ())
+                .map_err(|e| JournalError::Write { path: path.clone(), source: std::io::Error::new(e.kind(), e.to_string()) }.to_string());
+            for d in after_write {
+                d(r.clone());
+            }
+        }
         if !buf.is_empty() && dirty_since.is_none() {
             dirty_since = Some(Instant::now());
         }

@@ -1,9 +1,11 @@
 //! The journal's other lines, all written from here: final fates of
 //! spooled records (delivered, refused, given up, unsendable, expired,
-//! lost) and the first entries recovery finds missing. A record leaves the
-//! spool and its fate is queued for the journal in one call
-//! ([`Settle::finish`]), so the two never disagree; a round's lines go to
-//! the journal's one writer thread together ([`Settle::commit`]).
+//! lost) and the first entries recovery finds missing. A record's final
+//! fate is gathered in one call ([`Settle::finish`]); a round's lines go to
+//! the journal's one writer thread together ([`Settle::commit`]), and the
+//! records leave the spool only once those lines are written: a process
+//! killed in between finds them still spooled (and their fates in the
+//! journal, so they are not sent again), never gone from both.
 
 use std::sync::Arc;
 
@@ -14,25 +16,42 @@ use crate::stats::bump;
 
 /// Final fates gathered over one round of delivery.
 #[derive(Debug, Default)]
+#[must_use = "the records leave the spool only at Settle::commit"]
 pub struct Settle {
     lines: Vec<Line>,
+    /// Their tickets, given back to the spool once the lines are written.
+    tickets: Vec<Ticket>,
 }
 
 impl Settle {
     /// The spooled record of ticket `t` has its final fate at the ticket's
     /// destination: the fate is queued for the journal (marked with the
     /// destination unless it is the original backend), and the record
-    /// leaves the spool once it is final at every destination.
-    pub fn finish(&mut self, state: &State, t: &Ticket, fate: Fate) {
-        state.spool.done(t);
+    /// leaves the spool once it is final at every destination (after
+    /// [`commit`](Self::commit)).
+    pub fn finish(&mut self, t: &Ticket, fate: Fate) {
         self.lines.push(Line::fate(t.item.record_id, at(t.dest, fate)));
+        self.tickets.push(t.clone());
     }
 
-    /// Queues the gathered lines for the journal's writer.
+    /// Queues the gathered lines for the journal's writer; their records
+    /// are given back to the spool once the lines are written (a journal
+    /// that cannot write them is logged by it, and they are given back
+    /// all the same: the spool does not keep delivered records for it).
     pub fn commit(self, state: &State) {
-        if !self.lines.is_empty() {
-            state.journal.append(self.lines, None);
+        if self.lines.is_empty() {
+            return;
         }
+        let spool = state.spool.clone();
+        let tickets = self.tickets;
+        state.journal.append_after_write(
+            self.lines,
+            Box::new(move |_written| {
+                for t in &tickets {
+                    spool.done(t);
+                }
+            }),
+        );
     }
 }
 

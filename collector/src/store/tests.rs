@@ -118,3 +118,43 @@ fn consent_is_not_retroactive_and_payloads_are_scrubbed_first() {
     assert_eq!(j[0].entry.payload.as_deref(), Some("user <email> at <ipv4> in /home/<user>/x"));
     assert_eq!(j[1].entry.fate, "spooled");
 }
+
+/// A delivered record leaves the spool only once its fate line is written
+/// to the journal: a collector killed between the two finds the record
+/// still spooled (it used to find it gone from the spool with its first
+/// entry and fate still queued in the dead process).
+#[test]
+fn a_settled_record_leaves_the_spool_only_after_its_journal_lines_are_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = Config {
+        etc_dir: dir.path().join("etc"),
+        server: Some("http://127.0.0.1:9/".parse().unwrap()),
+        ..Config::default()
+    };
+    crate::consent::opt_in(&cfg).unwrap();
+    let (sh, tx, h) = shared(dir.path(), cfg);
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    assert!(matches!(rt.block_on(submit(&sh, "one")).unwrap()[..], [Ack::Accepted { .. }]));
+    let t = sh.spool.next().expect("spooled");
+    let id = t.item.record_id_hex();
+    let journal_file = dir.path().join("journal").join(crate::journal::FILE_NAME);
+    let delivered_line = || {
+        std::fs::read_to_string(&journal_file)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.contains(&id) && l.contains("\"delivered\""))
+    };
+    let mut settle = settle::Settle::default();
+    settle.finish(&t, Fate::Delivered);
+    assert_eq!(sh.spool.records(), 1, "still spooled before its fate is committed");
+    settle.commit(&sh);
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    while sh.spool.records() > 0 {
+        assert!(Instant::now() < deadline, "the record never left the spool");
+        std::thread::yield_now();
+    }
+    assert!(delivered_line(), "the record left the spool before its fate was written to the journal");
+    drop(sh);
+    drop(tx);
+    h.join().unwrap();
+}

@@ -192,7 +192,7 @@ pub fn key_of(bt: &Backtrace) -> Option<String> {
 /// (pipe mode: while the kernel waits on the pipe; request mode: before
 /// the answer): `None` when it cannot be had (not dumpable, no `/proc`,
 /// not x86_64, no frame). The stack is read as root from `/proc/PID/mem`
-/// and unwound on a thread with the crashed user's credentials.
+/// and unwound with the crashed user's file access ([`security::with_user_files`]).
 pub fn early_key(
     pid: u32,
     pidfd: Option<RawFd>,
@@ -227,19 +227,13 @@ pub fn early_key(
     bytes.truncate(n);
     let opener = ProcOpener::new(p.dir.try_clone().ok()?);
     opener.preopen(&maps);
-    let (uid, gid) = (p.uid, p.gid);
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            // SAFETY: geteuid has no preconditions.
-            if unsafe { libc::geteuid() } == 0 {
-                security::drop_thread_privileges(uid, gid).ok()?;
-            }
-            let memory = StackSnapshot::new(start, &bytes);
-            let mut session = unwinder.session(&memory, &maps, &opener);
-            key_of(&session.unwind(&Registers::x86_64(pc, sp, 0)))
-        })
-        .join()
-        .ok()
-        .flatten()
+    // The modules are parsed with the crashed user's file access (on this
+    // thread, undone after: the full path still needs root's).
+    security::with_user_files(p.uid, p.gid, || {
+        let memory = StackSnapshot::new(start, &bytes);
+        let mut session = unwinder.session(&memory, &maps, &opener);
+        key_of(&session.unwind(&Registers::x86_64(pc, sp, 0)))
     })
+    .ok()
+    .flatten()
 }

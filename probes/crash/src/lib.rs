@@ -25,7 +25,9 @@
 //! ```
 //!
 //! Security ([`security`], [`procfs`]): not dumpable, privileges dropped to
-//! the crashed user after opening `/proc/PID` and the mapped files, pidfd or
+//! the crashed user after opening `/proc/PID` and the mapped files (the
+//! governor's early key, decided before that, unwinds with the user's file
+//! access: no effective capabilities, no groups, the user's fsuid), pidfd or
 //! start-time binding against PID reuse, no memory for non-dumpable
 //! processes, strict parsing, a wall-clock budget after which a partial
 //! record is sent. Install/uninstall of the core_pattern: [`install`].

@@ -14,6 +14,18 @@ fn shared(dir: &std::path::Path, cfg: Config) -> (Arc<State>, watch::Sender<Arc<
     (Arc::new(State::new(rx, spool, journal, MachineId::random(), MachineId::random())), tx, h)
 }
 
+/// A configuration with a server and consent given, in a fresh directory.
+fn opted_in() -> (tempfile::TempDir, Config) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = Config {
+        etc_dir: dir.path().join("etc"),
+        server: Some("http://127.0.0.1:9/".parse().unwrap()),
+        ..Config::default()
+    };
+    crate::consent::opt_in(&cfg).unwrap();
+    (dir, cfg)
+}
+
 fn submit(shared: &State, text: &str) -> oneshot::Receiver<Vec<Ack>> {
     let record =
         Record::builder(Classification::parse("org.t/pipe/x").unwrap(), Severity::Low, Payload::text(text)).build();
@@ -48,13 +60,7 @@ fn payloads_are_kept_in_the_journal_by_default() {
 
 #[test]
 fn a_consent_change_is_in_force_when_it_returns_and_waits_for_writes() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = Config {
-        etc_dir: dir.path().join("etc"),
-        server: Some("http://127.0.0.1:9/".parse().unwrap()),
-        ..Config::default()
-    };
-    crate::consent::opt_in(&cfg).unwrap();
+    let (dir, cfg) = opted_in();
     let (sh, tx, h) = shared(dir.path(), cfg.clone());
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let in_force = sh.config();
@@ -125,13 +131,7 @@ fn consent_is_not_retroactive_and_payloads_are_scrubbed_first() {
 /// entry and fate still queued in the dead process).
 #[test]
 fn a_settled_record_leaves_the_spool_only_after_its_journal_lines_are_written() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = Config {
-        etc_dir: dir.path().join("etc"),
-        server: Some("http://127.0.0.1:9/".parse().unwrap()),
-        ..Config::default()
-    };
-    crate::consent::opt_in(&cfg).unwrap();
+    let (dir, cfg) = opted_in();
     let (sh, tx, h) = shared(dir.path(), cfg);
     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
     assert!(matches!(rt.block_on(submit(&sh, "one")).unwrap()[..], [Ack::Accepted { .. }]));

@@ -300,10 +300,10 @@ pub(super) fn writer(dir: PathBuf, path: PathBuf, mut file: File, shared: &Share
         let mut result = written.and_then(|()| if buf.is_empty() { Ok(()) } else { file.write_all(&buf) });
         last_write = Instant::now();
         if !after_write.is_empty() {
-            let r = result
-                .as_ref()
-                .map(|_| ())
-                .map_err(|e| JournalError::Write { path: path.clone(), source: std::io::Error::new(e.kind(), e.to_string()) }.to_string());
+            let r = result.as_ref().map(|_| ()).map_err(|e| {
+                JournalError::Write { path: path.clone(), source: std::io::Error::new(e.kind(), e.to_string()) }
+                    .to_string()
+            });
             for d in after_write {
                 d(r.clone());
             }

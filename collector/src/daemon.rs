@@ -140,7 +140,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     let (journal, journal_thread) =
         Journal::open_with(&cfg.journal_dir, Some(crate::journal::Retention::from_config(&cfg)))?;
     let expire_before = telemetry::record::now_unix().saturating_sub(cfg.record_expiry.as_secs());
-    let (spool, recovered) = Spool::open(&cfg.spool_dir, expire_before)?;
+    let (spool, mut recovered) = Spool::open(&cfg.spool_dir, expire_before)?;
     spool.set_cap(cfg.spool_max_bytes);
     spool.set_destinations(crate::spool::Dest::mask(&cfg));
     if recovered.records > 0 || recovered.torn > 0 {
@@ -177,7 +177,10 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     let (cfg_tx, cfg_rx) = watch::channel(Arc::new(cfg.clone()));
     let shared = Arc::new(State::new(cfg_rx, spool, journal.clone(), mid, session));
     shared.wake_delivery.set_destinations(crate::spool::Dest::mask(&cfg));
-    store::settle::expired(&shared, &recovered.expired);
+    store::settle::expired(
+        &shared,
+        crate::spool::Expired { items: std::mem::take(&mut recovered.expired), files: Vec::new() },
+    );
     journal_unjournaled(&shared, &cfg, recovered.newest, recovered.records > 0);
     // The black box: old finished recordings go, a running one continues.
     crate::blackbox::retention::prune(

@@ -589,7 +589,7 @@ pub async fn run(shared: Arc<State>, dest: Dest, mut stop: tokio::sync::watch::R
             _ = expiry_tick.tick() => {
                 let before = telemetry::record::now_unix().saturating_sub(d.cfg.record_expiry.as_secs());
                 let gone = shared.spool.expire(before);
-                settle::expired(&shared, &gone);
+                settle::expired(&shared, gone);
                 settle::lost(&shared);
             }
             _ = sleep_opt(sleep_until) => {}

@@ -104,13 +104,19 @@ impl Segment {
 impl Index {
     /// One block of `file` is final; the file's path when the file can go
     /// back to the free pool (no live blocks and it takes no more).
-    pub(super) fn release_block(&mut self, file: u64) -> Option<PathBuf> {
+    /// `rewind`: an idle small file may instead be started over in place
+    /// (which zeroes its first header now); without it the file is retired,
+    /// and nothing on disk changes until its path is recycled.
+    pub(super) fn release_block(&mut self, file: u64, rewind: bool) -> Option<PathBuf> {
         let f = self.files.get_mut(&file)?;
         f.live = f.live.saturating_sub(1);
         if f.live > 0 {
             return None;
         }
-        if f.open {
+        if f.open && !rewind {
+            let pos = self.writers.iter().position(|(id, _)| *id == file)?;
+            self.writers.swap_remove(pos);
+        } else if f.open {
             // Idle in the writers pool (if a committer holds it, it lives on).
             let pos = self.writers.iter().position(|(id, _)| *id == file)?;
             // Small enough: start it over where it is (its next block goes

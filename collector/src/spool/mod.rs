@@ -59,6 +59,7 @@ mod recover;
 #[cfg(test)]
 mod tests;
 mod tickets;
+pub use tickets::Expired;
 
 use files::*;
 use format::*;

@@ -188,8 +188,9 @@ fn done_frees_files_and_expiry() {
     commit(&s, vec![item(2, 1000)]);
     assert!(s.bytes() > 0);
     let expired = s.expire(500);
-    assert_eq!(expired.len(), 1);
-    assert_eq!(expired[0].record_id, RecordId::from_bytes([1; 16]));
+    assert_eq!(expired.items.len(), 1);
+    assert_eq!(expired.items[0].record_id, RecordId::from_bytes([1; 16]));
+    s.recycle(expired.files);
     let t = s.next().unwrap();
     assert_eq!(t.item.record_id, RecordId::from_bytes([2; 16]));
     s.done(&t);
@@ -202,6 +203,26 @@ fn done_frees_files_and_expiry() {
     drop(s);
     let (_, rec) = Spool::open(dir.path(), 500).unwrap();
     assert_eq!(rec.expired.len(), 1);
+}
+
+/// Expiry takes the records out of the spool at once (nothing hands them
+/// out any more) but changes nothing on disk until their files are
+/// recycled, which the collector does once their fates are journaled.
+#[test]
+fn expiry_changes_nothing_on_disk_until_its_files_are_recycled() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = Spool::open(dir.path(), 0).unwrap();
+    commit(&s, vec![item(1, 10)]);
+    let e = s.expire(500);
+    assert_eq!(e.items.len(), 1);
+    assert_eq!((s.bytes(), s.records()), (0, 0));
+    assert!(s.next().is_none());
+    s.settle(std::time::Duration::from_secs(5));
+    assert_eq!(with_blocks(dir.path()).len(), 1, "the expired block is still on disk");
+    assert_eq!(e.files.len(), 1, "its file is handed back for recycling");
+    s.recycle(e.files);
+    s.settle(std::time::Duration::from_secs(5));
+    assert_eq!(with_blocks(dir.path()), Vec::<PathBuf>::new());
 }
 
 #[test]

@@ -142,7 +142,7 @@ impl Spool {
         if seg.records.is_some() {
             ix.cached = ix.cached.saturating_sub(seg.bytes);
         }
-        if let Some(p) = ix.release_block(seg.file) {
+        if let Some(p) = ix.release_block(seg.file, true) {
             self.send_house(House::Recycle(p));
         }
     }
@@ -212,8 +212,12 @@ impl Spool {
     }
 
     /// Removes blocks accepted before `before` (unix seconds) that have
-    /// nothing handed out; returns their records.
-    pub fn expire(&self, before: u64) -> Vec<Item> {
+    /// nothing handed out; returns their records. Nothing changes on disk
+    /// yet: the files it frees are handed back in [`Expired::files`], to be
+    /// recycled ([`Spool::recycle`]) once the records' fates are journaled,
+    /// so a collector killed in between finds them still spooled (and
+    /// expires them again at start) rather than gone without a word.
+    pub fn expire(&self, before: u64) -> Expired {
         let mut out = Vec::new();
         let mut recycle = Vec::new();
         let mut ix = self.lock();
@@ -249,15 +253,28 @@ impl Spool {
                     }
                 }
             }
-            if let Some(p) = ix.release_block(seg.file) {
+            if let Some(p) = ix.release_block(seg.file, false) {
                 recycle.push(p);
             }
         }
         drop(ix);
         self.room.notify_all();
-        for p in recycle {
+        Expired { items: out, files: recycle }
+    }
+
+    /// Files [`expire`](Self::expire) freed, back to the free pool.
+    pub fn recycle(&self, files: Vec<PathBuf>) {
+        for p in files {
             self.send_house(House::Recycle(p));
         }
-        out
     }
+}
+
+/// What [`Spool::expire`] took out.
+#[derive(Debug, Default)]
+pub struct Expired {
+    pub items: Vec<Item>,
+    /// Spool files with no live block left, for [`Spool::recycle`] once
+    /// the items' fates are written.
+    pub files: Vec<PathBuf>,
 }

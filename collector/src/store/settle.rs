@@ -63,16 +63,22 @@ pub fn at(dest: Dest, fate: Fate) -> Fate {
     }
 }
 
-/// Counts and journals records the spool already let go for age.
-pub fn expired(state: &State, items: &[Item]) {
+/// Counts and journals records the spool let go for age; their files go
+/// back to the free pool once the lines are written (see
+/// [`crate::spool::Spool::expire`]).
+pub fn expired(state: &State, expired: crate::spool::Expired) {
+    let crate::spool::Expired { items, files } = expired;
     if items.is_empty() {
+        state.spool.recycle(files);
         return;
     }
     bump(&state.stats.expired, items.len() as u64);
     bump(&state.stats.dropped, items.len() as u64);
     tracing::info!("{} spooled record(s) expired (older than record_expiry)", items.len());
     let fate = Fate::Dropped("expired".into());
-    state.journal.append(items.iter().map(|i| Line::fate(i.record_id, fate.clone())).collect(), None);
+    let lines = items.iter().map(|i| Line::fate(i.record_id, fate.clone())).collect();
+    let spool = state.spool.clone();
+    state.journal.append_after_write(lines, Box::new(move |_written| spool.recycle(files)));
 }
 
 /// Counts and journals the records of spool blocks that could not be read

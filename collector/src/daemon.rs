@@ -179,7 +179,10 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     shared.wake_delivery.set_destinations(crate::spool::Dest::mask(&cfg));
     store::settle::expired(
         &shared,
-        crate::spool::Expired { items: std::mem::take(&mut recovered.expired), files: Vec::new() },
+        crate::spool::Expired {
+            items: std::mem::take(&mut recovered.expired),
+            files: std::mem::take(&mut recovered.expired_files),
+        },
     );
     journal_unjournaled(&shared, &cfg, recovered.newest, recovered.records > 0);
     // The black box: old finished recordings go, a running one continues.

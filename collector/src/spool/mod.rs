@@ -229,6 +229,9 @@ pub struct Recovered {
     pub torn: usize,
     /// Records older than `record_expiry`, removed.
     pub expired: Vec<Item>,
+    /// Files that held only expired blocks, untouched: recycle them
+    /// ([`Spool::recycle`]) once the expired records' fates are journaled.
+    pub expired_files: Vec<PathBuf>,
     /// The newest records kept (up to [`NEWEST`], oldest first): those
     /// whose journal entries a crash may have cut off.
     pub newest: Vec<Item>,

@@ -46,10 +46,15 @@ impl Spool {
                 rec.torn += 1;
             }
             let (old, keep): (Vec<_>, Vec<_>) = blocks.into_iter().partition(|(_, s)| s.accepted < expire_before);
+            let had_expired = !old.is_empty();
             for (_, s) in old {
                 rec.expired.extend(s.items);
             }
-            if !keep.is_empty() {
+            if keep.is_empty() && had_expired {
+                // Only expired blocks: left as they are until their fates
+                // are journaled (see `Spool::expire`).
+                rec.expired_files.push(path);
+            } else if !keep.is_empty() {
                 found.push((next_file, path, keep));
                 next_file += 1;
             } else if free.len() < POOL_MAX

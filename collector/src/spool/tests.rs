@@ -198,11 +198,16 @@ fn done_frees_files_and_expiry() {
     // The housekeeper makes the finished file free: no valid block is left.
     s.settle(std::time::Duration::from_secs(5));
     assert_eq!(with_blocks(dir.path()), Vec::<PathBuf>::new());
-    // Expiry on open too.
+    // Expiry on open too, and its file is left alone until recycled.
     commit(&s, vec![item(3, 10)]);
     drop(s);
-    let (_, rec) = Spool::open(dir.path(), 500).unwrap();
+    let (s, rec) = Spool::open(dir.path(), 500).unwrap();
     assert_eq!(rec.expired.len(), 1);
+    assert_eq!(rec.expired_files.len(), 1);
+    assert_eq!(with_blocks(dir.path()).len(), 1, "still on disk until its fate is journaled");
+    s.recycle(rec.expired_files);
+    s.settle(std::time::Duration::from_secs(5));
+    assert_eq!(with_blocks(dir.path()), Vec::<PathBuf>::new());
 }
 
 /// Expiry takes the records out of the spool at once (nothing hands them

@@ -205,9 +205,7 @@ fn done_frees_files_and_expiry() {
     assert_eq!(rec.expired.len(), 1);
     assert_eq!(rec.expired_files.len(), 1);
     assert_eq!(with_blocks(dir.path()).len(), 1, "still on disk until its fate is journaled");
-    s.recycle(rec.expired_files);
-    s.settle(std::time::Duration::from_secs(5));
-    assert_eq!(with_blocks(dir.path()), Vec::<PathBuf>::new());
+    recycled_leave_no_block(&s, dir.path(), rec.expired_files);
 }
 
 /// Expiry takes the records out of the spool at once (nothing hands them
@@ -225,9 +223,14 @@ fn expiry_changes_nothing_on_disk_until_its_files_are_recycled() {
     s.settle(std::time::Duration::from_secs(5));
     assert_eq!(with_blocks(dir.path()).len(), 1, "the expired block is still on disk");
     assert_eq!(e.files.len(), 1, "its file is handed back for recycling");
-    s.recycle(e.files);
+    recycled_leave_no_block(&s, dir.path(), e.files);
+}
+
+/// Recycles `files` and checks that no valid block is left in `dir`.
+fn recycled_leave_no_block(s: &Spool, dir: &Path, files: Vec<PathBuf>) {
+    s.recycle(files);
     s.settle(std::time::Duration::from_secs(5));
-    assert_eq!(with_blocks(dir.path()), Vec::<PathBuf>::new());
+    assert_eq!(with_blocks(dir), Vec::<PathBuf>::new());
 }
 
 #[test]

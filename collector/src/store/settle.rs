@@ -42,16 +42,12 @@ impl Settle {
         if self.lines.is_empty() {
             return;
         }
-        let spool = state.spool.clone();
         let tickets = self.tickets;
-        state.journal.append_after_write(
-            self.lines,
-            Box::new(move |_written| {
-                for t in &tickets {
-                    spool.done(t);
-                }
-            }),
-        );
+        then_spool(state, self.lines, move |spool| {
+            for t in &tickets {
+                spool.done(t);
+            }
+        });
     }
 }
 
@@ -77,8 +73,15 @@ pub fn expired(state: &State, expired: crate::spool::Expired) {
     tracing::info!("{} spooled record(s) expired (older than record_expiry)", items.len());
     let fate = Fate::Dropped("expired".into());
     let lines = items.iter().map(|i| Line::fate(i.record_id, fate.clone())).collect();
+    then_spool(state, lines, move |spool| spool.recycle(files));
+}
+
+/// Queues `lines` for the journal and runs `then` on the spool once they
+/// are written (whether or not the journal could write them: a failed
+/// write is logged by it, and the spool does not keep records for it).
+fn then_spool(state: &State, lines: Vec<Line>, then: impl FnOnce(&crate::spool::Spool) + Send + 'static) {
     let spool = state.spool.clone();
-    state.journal.append_after_write(lines, Box::new(move |_written| spool.recycle(files)));
+    state.journal.append_after_write(lines, Box::new(move |_written| then(&spool)));
 }
 
 /// Counts and journals the records of spool blocks that could not be read

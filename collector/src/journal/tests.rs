@@ -109,6 +109,31 @@ fn write_merge_filter() {
     assert_eq!(all.iter().filter(|m| f.matches(m)).count(), 1);
 }
 
+/// A line torn by a crash mid-write is cut off when the journal is opened
+/// again: the next line starts a line of its own instead of being glued to
+/// the fragment (and lost with it).
+#[test]
+fn a_torn_last_line_is_cut_before_appending() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |lines: Vec<Line>| {
+        let (j, h) = Journal::open(dir.path()).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(j.append_durable(lines)).unwrap();
+        drop(j);
+        h.join().unwrap();
+    };
+    write(vec![first(0xa, "org.x/crash/clr", "a")]);
+    let path = dir.path().join(FILE_NAME);
+    let whole = std::fs::metadata(&path).unwrap().len();
+    std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"{\"id\":\"0b0b").unwrap();
+    write(vec![first(0xc, "org.x/hello/world", "c")]);
+    let ids: Vec<String> = read(dir.path()).unwrap().into_iter().map(|m| m.entry.id).collect();
+    assert_eq!(ids, vec!["0a".repeat(16), "0c".repeat(16)]);
+    let text = std::fs::read(&path).unwrap();
+    assert!(!text.windows(4).any(|w| w == b"0b0b"), "the fragment is gone");
+    assert!(text.len() as u64 > whole && text.ends_with(b"\n"));
+}
+
 #[test]
 fn journal_files_are_private() {
     use std::os::unix::fs::PermissionsExt;

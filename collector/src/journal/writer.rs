@@ -81,6 +81,13 @@ impl Journal {
         }
         let path = dir.join(FILE_NAME);
         let file = open_append(&path)?;
+        let cut = cut_torn_tail(&file).map_err(|source| JournalError::Open { path: path.clone(), source })?;
+        if cut > 0 {
+            tracing::warn!(
+                "journal: removed a torn last line ({cut} bytes) left by a crash while it was written; \
+                 the records it named are still spooled and journaled again"
+            );
+        }
         let old = dir.join(OLD_FILE_NAME);
         if old.exists() {
             use std::os::unix::fs::PermissionsExt;
@@ -164,10 +171,39 @@ impl Journal {
     }
 }
 
+/// Cuts a torn last line (a process killed, or a disk filled, in the
+/// middle of a write) off `file`, so the next line appended starts a line
+/// of its own instead of being glued to the fragment and lost with it.
+/// Returns how many bytes were cut.
+pub(super) fn cut_torn_tail(file: &File) -> std::io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let len = file.metadata()?.len();
+    let mut end = len;
+    let mut chunk = vec![0u8; 64 << 10];
+    // Back from the end to the last newline (or the start of the file).
+    let keep = loop {
+        if end == 0 {
+            break 0;
+        }
+        let n = chunk.len().min(end as usize);
+        let start = end - n as u64;
+        file.read_exact_at(&mut chunk[..n], start)?;
+        if let Some(i) = chunk[..n].iter().rposition(|&b| b == b'\n') {
+            break start + i as u64 + 1;
+        }
+        end = start;
+    };
+    if keep < len {
+        file.set_len(keep)?;
+        file.sync_data()?;
+    }
+    Ok(len - keep)
+}
+
 pub(super) fn open_append(path: &Path) -> Result<File, JournalError> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let oerr = |source| JournalError::Open { path: path.into(), source };
-    let f = OpenOptions::new().create(true).append(true).mode(FILE_MODE).open(path).map_err(oerr)?;
+    let f = OpenOptions::new().create(true).read(true).append(true).mode(FILE_MODE).open(path).map_err(oerr)?;
     // A file made before (by an older version, or another umask) is
     // made private too.
     if f.metadata().map_err(oerr)?.permissions().mode() & 0o777 != FILE_MODE {
@@ -276,6 +312,7 @@ pub(super) fn writer(dir: PathBuf, path: PathBuf, mut file: File, shared: &Share
             continue;
         };
         buf.clear();
+        let before = size;
         let mut written = Ok(());
         for l in &lines {
             if l.write_json(&mut buf).is_ok() {
@@ -299,6 +336,16 @@ pub(super) fn writer(dir: PathBuf, path: PathBuf, mut file: File, shared: &Share
         // (spooled records are durable in the spool already).
         let mut result = written.and_then(|()| if buf.is_empty() { Ok(()) } else { file.write_all(&buf) });
         last_write = Instant::now();
+        if result.is_err() {
+            // A write cut short (a full disk) may leave part of a line: cut
+            // the file back to the last whole batch, so later lines are not
+            // glued to the fragment.
+            match file.set_len(before) {
+                Ok(()) => size = before,
+                Err(e) => tracing::error!("cannot cut a torn write off the journal {}: {e}", path.display()),
+            }
+            buf.clear();
+        }
         if !after_write.is_empty() {
             let r = result.as_ref().map(|_| ()).map_err(|e| {
                 JournalError::Write { path: path.clone(), source: std::io::Error::new(e.kind(), e.to_string()) }

@@ -359,12 +359,15 @@ impl Recorder {
         let mut slot = lock(&self.active);
         let Some(mut store) = slot.take() else { return Err(BlackboxError::NotRunning) };
         self.set_active(&mut slot, None);
-        drop(slot);
         let r = store.append(&Entry::now(Event::Marker { text: format!("recording {reason}") }), None);
         if let Err(e) = r {
             tracing::warn!("blackbox: {e}");
         }
-        let meta = store.finish(reason)?;
+        // Finished before the lock goes: `status` and `list` never show a
+        // recording that is neither running nor stopped with its reason.
+        let finished = store.finish(reason);
+        drop(slot);
+        let meta = finished?;
         *lock(&self.late) = Some(Late {
             id: meta.id.clone(),
             started_wall_ns: meta.started_wall_ns,

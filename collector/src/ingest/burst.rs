@@ -1,14 +1,16 @@
 //! Connections served whole by the accept loop: a legacy record (the C
 //! library connects, writes one record and closes), or a native sender
 //! that wrote its prefix and records and shut its side (`client::send_once`:
-//! hprobe, telem-record-gen) is usually all there when accepted. It is
-//! decoded right there (no task, no event-loop registration, no second
-//! round trip), and the records of a burst of such connections go to the
-//! commit stage as one submission; the commit stage answers each
-//! connection (acks for native senders) and closes it once its records are
-//! stored. Anything else goes to a connection task with the bytes read.
+//! hprobe, telem-record-gen) is usually all there when accepted (a
+//! connection accepted the instant its sender connected, before it wrote,
+//! gets one `sched_yield` to let the sender run). It is decoded right
+//! there (no task, no event-loop registration, no second round trip), and
+//! the records of a burst of such connections go to the commit stage as
+//! one submission; the commit stage answers each connection (a native
+//! sender's hello and acks in one write) and closes it once its records
+//! are stored. Anything else goes to a connection task with the bytes read.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::net::UnixStream;
 
 use bytes::BytesMut;
@@ -19,7 +21,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::legacy_conn::legacy_incoming;
 use super::Sender;
 use crate::state::State;
-use crate::store::{Incoming, Reply, Whole};
+use crate::store::{Incoming, NativeAnswer, Reply, Whole};
 
 /// Bytes read from a newly accepted socket before deciding how to serve
 /// it: a legacy record of the usual size fits.
@@ -71,9 +73,20 @@ pub(super) fn take(stream: UnixStream, slot: OwnedSemaphorePermit, shared: &Stat
         tracing::debug!("probe connection dropped: {e}");
         return Taken::Done;
     }
-    let n = match (&stream).read(scratch) {
+    let mut read = || match (&stream).read(scratch) {
+        Ok(n) => Ok(n),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(0),
+        Err(e) => Err(e),
+    };
+    let mut first = read();
+    if matches!(first, Ok(0)) {
+        // Accepted the instant the sender connected (woken by its
+        // connect, often on its CPU, before its write): let it run once.
+        std::thread::yield_now();
+        first = read();
+    }
+    let n = match first {
         Ok(n) => n,
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
         Err(e) => {
             tracing::debug!("probe connection ended: {e}");
             return Taken::Done;
@@ -93,7 +106,7 @@ pub(super) fn take(stream: UnixStream, slot: OwnedSemaphorePermit, shared: &Stat
             };
             let (uid, pid) = peer_of(&stream);
             match legacy_incoming(&got[..size], &cfg, uid, pid, &shared.stats) {
-                Ok(i) => Taken::Whole(Whole { stream, slot, acks: None }, vec![i]),
+                Ok(i) => Taken::Whole(Whole { stream, slot, native: None }, vec![i]),
                 Err(_) => Taken::Done,
             }
         }
@@ -112,17 +125,14 @@ pub(super) fn take(stream: UnixStream, slot: OwnedSemaphorePermit, shared: &Stat
                 protocol: native::PROTOCOL_VERSION,
                 max_payload: cfg.record_max_bytes.min(u32::MAX as usize) as u32,
             };
+            // Sent with the acks, once the records are stored: the sender
+            // wrote everything already and waits for both.
             let mut out = Vec::with_capacity(16);
             if native::encode_into(&ServerFrame::Hello(hello), &mut out).is_err() {
                 return Taken::Not(stream, BytesMut::from(got), slot);
             }
-            // A fresh socket's buffer takes a few bytes at once.
-            if let Err(e) = (&stream).write_all(&out) {
-                tracing::debug!("probe connection ended: {e}");
-                return Taken::Done;
-            }
-            let n = records.len();
-            Taken::Whole(Whole { stream, slot, acks: Some(n) }, records)
+            let native = Some(NativeAnswer { hello: out, records: records.len() });
+            Taken::Whole(Whole { stream, slot, native }, records)
         }
     }
 }

@@ -75,9 +75,19 @@ pub struct Whole {
     pub slot: tokio::sync::OwnedSemaphorePermit,
     /// `None`: a legacy record (that protocol has no reply; closing tells
     /// its sender the record was read; a refusal was counted, journaled and
-    /// logged where it was made). `Some(n)`: a native sender's `n` records,
-    /// answered with their acks before closing.
-    pub acks: Option<usize>,
+    /// logged where it was made). `Some`: a native sender's records,
+    /// answered before closing.
+    pub native: Option<NativeAnswer>,
+}
+
+/// How a native sender served whole is answered: its hello and its acks in
+/// one write (one wake-up of the sender instead of two).
+#[derive(Debug)]
+pub struct NativeAnswer {
+    /// Its hello frame, encoded.
+    pub hello: Vec<u8>,
+    /// How many records it sent (as many acks follow).
+    pub records: usize,
 }
 
 impl Reply {
@@ -91,10 +101,16 @@ impl Reply {
                 let mut acks = acks.into_iter();
                 let mut out = Vec::new();
                 for conn in conns {
-                    let n = conn.acks.unwrap_or(1);
                     out.clear();
+                    let n = match &conn.native {
+                        Some(a) => {
+                            out.extend_from_slice(&a.hello);
+                            a.records
+                        }
+                        None => 1,
+                    };
                     for ack in acks.by_ref().take(n) {
-                        if conn.acks.is_some() {
+                        if conn.native.is_some() {
                             let _ = telemetry::wire::native::encode_into(
                                 &telemetry::wire::native::ServerFrame::Ack(ack),
                                 &mut out,

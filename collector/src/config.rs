@@ -128,6 +128,14 @@ pub struct Config {
     /// counted and journaled, as in the original. While the server takes
     /// records a full spool is a backlog: ingest waits for room instead.
     pub spool_max_bytes: Option<u64>,
+    /// `spool_sync_severity` (1-4, 3): records of this severity or higher
+    /// (crashes, fatal signals) are fdatasync'd in the spool before their
+    /// sender gets `Accepted`; the others are written (so the collector
+    /// being killed loses none) and fdatasync'd within
+    /// [`crate::spool::LAZY_SYNC`], like the journal and like journald,
+    /// which syncs only its `crit` and worse at once. 1: every record
+    /// before its ack.
+    pub spool_sync_severity: u8,
     /// `spool_process_time` (s): how often the spool is checked for expiry
     /// (delivery itself drains as soon as the server answers again).
     pub spool_process_time: Duration,
@@ -411,6 +419,7 @@ impl Config {
             rate_limit_strategy,
             record_expiry: Duration::from_secs(60 * r.int("record_expiry", 1200, 1, 525_600)? as u64),
             spool_max_bytes: spool_kib.map(|k| k.saturating_mul(1024)),
+            spool_sync_severity: r.int("spool_sync_severity", 3, 1, 4)? as u8,
             spool_process_time: r.secs("spool_process_time", 120, 1)?,
             daemon_recycling_enabled: r.bool("daemon_recycling_enabled", true)?,
             record_retention_enabled: r.bool("record_retention_enabled", true)?,
@@ -498,6 +507,8 @@ mod tests {
         assert_eq!(c.byte_window, Window { limit: None, minutes: 20 });
         assert_eq!(c.rate_limit_strategy, Strategy::Spool);
         assert_eq!(c.record_expiry, Duration::from_secs(1200 * 60));
+        assert_eq!(c.spool_sync_severity, 3);
+        assert_eq!(parse("[settings]\nspool_sync_severity=1\n").unwrap().spool_sync_severity, 1);
         assert_eq!(c.spool_max_bytes, Some(5120 * 1024));
         assert_eq!(c.spool_process_time, Duration::from_secs(120));
         assert_eq!(c.tidheader.name, "X-Telemetry-TID");
@@ -526,6 +537,7 @@ mod tests {
             ("server=ftp://127.0.0.1/", "server"),
             ("tidheader=nocolon", "tidheader"),
             ("spool_max_size=-2", "spool_max_size"),
+            ("spool_sync_severity=5", "spool_sync_severity"),
         ] {
             let e = parse(&format!("[settings]\n{text}\n")).unwrap_err().to_string();
             let value = text.split_once('=').unwrap().1;

@@ -13,13 +13,15 @@
 //!    │          2 MiB in flight)
 //!    ▼
 //!  decide      consent (local-only or deliver; scrub?), privacy (host facts, scrubbing),
-//!    │         rate windows (within / dropped / held), record id        [committer threads]
+//!    │         rate windows (within / dropped / held), record id  [committer threads; a lone
+//!    │         record not synced before its ack: on ingest's thread]
 //!    │         black box, while recording (else one atomic load): ──────► blackbox recorder
 //!    │         a crash gets `Recent activity:`, the record an entry        ▲ eventprobe's exec/exit
 //!    ▼                                                                     │ (blackbox.sock), readings
 //!                                                                          ▼ state_dir/blackbox/<id>/
 //!  store       room in the spool (wait while delivery flows), one block per batch:
-//!    │         write, fdatasync ==> answers; journal lines to its one writer thread
+//!    │         write, fdatasync (severity >= spool_sync_severity; else within 100 ms)
+//!    │         ==> answers; journal lines to its one writer thread
 //!    ▼
 //!  delivery    FIFO from the spool, per-record retries; requests built by `request`
 //!    │         (machine id stamped there; also used by preview and `debug`), sent by

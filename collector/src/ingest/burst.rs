@@ -21,7 +21,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::legacy_conn::legacy_incoming;
 use super::Sender;
 use crate::state::State;
-use crate::store::{Incoming, NativeAnswer, Reply, Whole};
+use crate::store::{Incoming, NativeAnswer, Reply, Submission, Whole};
 
 /// Bytes read from a newly accepted socket before deciding how to serve
 /// it: a legacy record of the usual size fits.
@@ -173,9 +173,30 @@ pub(super) struct Burst {
     records: Vec<Incoming>,
     conns: Vec<Whole>,
     bytes: u64,
+    /// Block scratch space for commits made here.
+    body: Vec<u8>,
 }
 
+/// Most records a burst may have to be committed on ingest's thread.
+const COMMIT_HERE_RECORDS: usize = 4;
+
 impl Burst {
+    /// Whether these records are committed right here, on ingest's thread,
+    /// instead of by a committer thread: a lone record or a few, when no
+    /// committer is behind, none of them is synced before its ack
+    /// (`spool_sync_severity`: so nothing here waits for the disk, only
+    /// for a write to the page cache), and the spool has room to spare (so
+    /// no wait for room either). Saves waking a committer thread, the
+    /// larger part of what a lone record costs beyond its own work.
+    fn commit_here(&self, sender: &Sender, records: &[Incoming], bytes: u64) -> bool {
+        if records.len() > COMMIT_HERE_RECORDS || !sender.queue.is_empty() {
+            return false;
+        }
+        let cfg = sender.shared.config();
+        records.iter().all(|r| (r.record.severity as u8) < cfg.spool_sync_severity)
+            && cfg.spool_max_bytes.is_none_or(|max| sender.shared.spool.bytes().saturating_add(4 * bytes) < max)
+    }
+
     /// Adds a connection's records.
     pub(super) fn push(&mut self, conn: Whole, records: Vec<Incoming>) {
         self.bytes += records.iter().map(|r| r.size).sum::<u64>();
@@ -194,9 +215,14 @@ impl Burst {
         if self.records.is_empty() {
             return;
         }
-        self.bytes = 0;
+        let bytes = std::mem::take(&mut self.bytes);
         let records = std::mem::take(&mut self.records);
         let conns = std::mem::take(&mut self.conns);
+        if self.commit_here(sender, &records, bytes) {
+            let sub = Submission { records, reply: Reply::Whole(conns), budget: None };
+            crate::store::commit_batch(&sender.shared, vec![sub], &mut self.body);
+            return;
+        }
         let n = records.len();
         if let Err(e) = sender.submit(records, Reply::Whole(conns)).await {
             // Only when the collector stops: the senders see their

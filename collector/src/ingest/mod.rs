@@ -114,7 +114,7 @@ pub async fn serve(
             return;
         }
     };
-    let sender = Sender { queue: submit, budget: Arc::new(Semaphore::new(INFLIGHT_BYTES)) };
+    let sender = Sender { queue: submit, budget: Arc::new(Semaphore::new(INFLIGHT_BYTES)), shared: shared.clone() };
     let mut scratch = vec![0u8; FAST_READ];
     let mut burst = Burst::default();
     let mut last_full_log: Option<std::time::Instant> = None;
@@ -274,6 +274,8 @@ const CLOSING: &str = "the collector is shutting down";
 struct Sender {
     queue: crate::store::SubmitTx,
     budget: Arc<Semaphore>,
+    /// For commits made on ingest's own thread (see `Burst::submit`).
+    shared: Arc<State>,
 }
 
 impl Sender {

@@ -1,4 +1,5 @@
-//! Committing a block: a writer file, the write, the fdatasync.
+//! Committing a block: a writer file, the write, the fdatasync (now, or
+//! within [`LAZY_SYNC`]: [`Fsync`]).
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -11,13 +12,13 @@ impl Spool {
     /// Writes `items` as one block, durably (fdatasync), and queues them
     /// for delivery: [`write`](Self::write) then [`publish`](Self::publish).
     pub fn commit(&self, items: Vec<Arc<Item>>, body: &[u8], reserved: u64) -> Result<u64, SpoolError> {
-        let w = self.write(items, body, reserved)?;
+        let w = self.write(items, body, reserved, Fsync::Now)?;
         let seq = w.seq();
         self.publish(w);
         Ok(seq)
     }
 
-    /// Writes `items` as one block, durably (fdatasync), not yet visible to
+    /// Writes `items` as one block, synced as `fsync` says, not yet visible to
     /// delivery: the store stage journals them first, then
     /// [`publish`](Self::publish)es the block (so a record's first journal
     /// entry always precedes the fates delivery gives it). `body` holds
@@ -25,10 +26,16 @@ impl Spool {
     /// [`reserve`](Self::reserve)) stay reserved until it is published. A resource that runs out
     /// for a while (no file descriptor left) is waited out, up to
     /// [`TRANSIENT_WAIT`]: a record is not refused for it.
-    pub fn write(&self, items: Vec<Arc<Item>>, body: &[u8], reserved: u64) -> Result<Written, SpoolError> {
+    pub fn write(
+        &self,
+        items: Vec<Arc<Item>>,
+        body: &[u8],
+        reserved: u64,
+        fsync: Fsync,
+    ) -> Result<Written, SpoolError> {
         let deadline = Instant::now() + TRANSIENT_WAIT;
         let r = loop {
-            match self.write_block(&items, body) {
+            match self.write_block(&items, body, fsync) {
                 Err(SpoolError::Write { source, .. }) if is_transient(&source) && Instant::now() < deadline => {
                     tracing::debug!("spool commit waits: {source}");
                     std::thread::sleep(Duration::from_millis(20));
@@ -100,7 +107,7 @@ impl Spool {
         Ok((id, f, 0, epoch))
     }
 
-    fn write_block(&self, items: &[Arc<Item>], body: &[u8]) -> Result<Block, SpoolError> {
+    fn write_block(&self, items: &[Arc<Item>], body: &[u8], fsync: Fsync) -> Result<Block, SpoolError> {
         let accepted = items.iter().map(|i| i.accepted).max().unwrap_or(0);
         let (file, f, offset, epoch) = self.take_writer()?;
         let seq = {
@@ -112,7 +119,19 @@ impl Spool {
         let written = f
             .write_all_at(&h, offset)
             .and_then(|()| f.write_all_at(body, offset + HEADER_LEN as u64))
-            .and_then(|()| f.sync_data());
+            .and_then(|()| match fsync {
+                Fsync::Lazy => match self.lazy.add(file, &f) {
+                    Ok(first) => {
+                        if first {
+                            self.send_house(House::LazySync);
+                        }
+                        Ok(())
+                    }
+                    // No handle for the housekeeper (no descriptor left): now.
+                    Err(_) => f.sync_data(),
+                },
+                Fsync::Now => f.sync_data().map(|()| self.lazy.synced(file)),
+            });
         if let Err(e) = written {
             // Give the space back; the file takes no more blocks.
             let _ = f.set_len(offset);
@@ -187,6 +206,16 @@ impl Spool {
             self.send_house(House::Rename { file, seq });
         }
     }
+}
+
+/// When a block written to the spool is made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fsync {
+    /// fdatasync before [`Spool::write`] returns (before the ack).
+    Now,
+    /// Written before it returns (a killed process loses nothing), synced
+    /// by the housekeeper within [`LAZY_SYNC`].
+    Lazy,
 }
 
 /// Where a block was written.

@@ -4,6 +4,7 @@
 use std::fs::OpenOptions;
 use std::path::PathBuf;
 use std::sync::mpsc;
+use std::time::Instant;
 
 use super::*;
 
@@ -17,17 +18,37 @@ pub(super) enum House {
     /// A spool file whose blocks are all final: made a free file again, or
     /// unlinked when the pool is full.
     Recycle(PathBuf),
+    /// A block was written without fdatasync and nothing else waited for
+    /// one: sync it by its deadline (see `lazy_sync`).
+    LazySync,
     /// Answer once everything asked before is done.
     Flush(mpsc::Sender<()>),
 }
 
 pub(super) fn housekeeper(spool: std::sync::Weak<Spool>, rx: mpsc::Receiver<House>) {
-    while let Ok(first) = rx.recv() {
-        let mut msgs = vec![first];
+    loop {
+        // Asleep until told, or until a lazy sync is due.
+        let due = match spool.upgrade() {
+            Some(s) => s.lazy.next_due(),
+            None => return,
+        };
+        let first = match due {
+            Some(due) => match rx.recv_timeout(due.saturating_duration_since(Instant::now())) {
+                Ok(m) => Some(m),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            },
+            None => match rx.recv() {
+                Ok(m) => Some(m),
+                Err(_) => return,
+            },
+        };
+        let mut msgs: Vec<House> = first.into_iter().collect();
         while let Ok(m) = rx.try_recv() {
             msgs.push(m);
         }
         let Some(spool) = spool.upgrade() else { return };
+        spool.lazy.sync_due(Some(Instant::now()));
         let mut flushed = Vec::new();
         for m in msgs {
             match m {
@@ -42,8 +63,12 @@ pub(super) fn housekeeper(spool: std::sync::Weak<Spool>, rx: mpsc::Receiver<Hous
                     }
                 }
                 House::Recycle(path) => recycle(&spool, &path),
-                House::Refill => {}
-                House::Flush(done) => flushed.push(done),
+                House::Refill | House::LazySync => {}
+                House::Flush(done) => {
+                    // Everything written before is durable too.
+                    spool.lazy.sync_due(None);
+                    flushed.push(done)
+                }
             }
         }
         let need = {

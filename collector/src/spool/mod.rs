@@ -4,7 +4,9 @@
 //! Every record to be delivered is in the spool before its sender gets
 //! `Accepted`, so a kill -9 at any moment loses no acknowledged record
 //! (delivery is at least once). One block holds one group commit: many
-//! records, one write, one `fdatasync`. A spool file takes blocks until it
+//! records, one write, one `fdatasync` before the ack ([`Fsync::Now`]), or
+//! for blocks of records under `spool_sync_severity` one by the
+//! housekeeper within [`LAZY_SYNC`] ([`Fsync::Lazy`], `lazy_sync.rs`). A spool file takes blocks until it
 //! holds [`MAX_FILE`] bytes, so files are made per megabyte, not per commit
 //! (on ext4, making a file costs more CPU than writing a block into one).
 //!
@@ -55,17 +57,20 @@ mod files;
 mod format;
 mod housekeeper;
 mod index;
+mod lazy_sync;
 mod recover;
 #[cfg(test)]
 mod tests;
 mod tickets;
 pub use tickets::Expired;
 
+pub use commit::Fsync;
 use files::*;
 use format::*;
 pub use format::{encode_item, read_file, ReadSegment, HEADER_LEN};
 use housekeeper::*;
 use index::*;
+pub use lazy_sync::LAZY_SYNC;
 
 /// Records of segments kept in memory, in bytes of segment file.
 const CACHE_BYTES: u64 = 256 << 10;
@@ -146,6 +151,9 @@ pub struct Spool {
     room: Condvar,
     /// `Index::active`, readable without the lock.
     active: std::sync::atomic::AtomicU8,
+    /// Files with blocks written without fdatasync, synced within
+    /// [`LAZY_SYNC`].
+    lazy: lazy_sync::LazySync,
 }
 
 /// With a `spool_max_size` below this, files are not preallocated nor
@@ -275,6 +283,12 @@ impl Spool {
         let (tx, rx) = mpsc::channel();
         self.send_house(House::Flush(tx));
         let _ = rx.recv_timeout(timeout);
+    }
+
+    /// How many spool files wait for a lazy sync.
+    #[cfg(test)]
+    pub fn lazy_pending(&self) -> usize {
+        self.lazy.len()
     }
 
     /// Bytes of the blocks waiting in the spool.

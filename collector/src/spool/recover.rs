@@ -148,6 +148,7 @@ impl Spool {
             in_place: std::sync::atomic::AtomicBool::new(true),
             active: std::sync::atomic::AtomicU8::new(1),
             room: Condvar::new(),
+            lazy: Default::default(),
         });
         let weak = Arc::downgrade(&spool);
         std::thread::Builder::new().name("spool-house".into()).spawn(move || housekeeper(weak, rx)).map_err(derr)?;

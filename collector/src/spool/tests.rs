@@ -35,21 +35,52 @@ fn a_written_block_reaches_delivery_only_once_published() {
         let (s, _) = Spool::open(dir.path(), 0).unwrap();
         let mut body = Vec::new();
         encode_item(&item(7, 100), &mut body).unwrap();
-        let w = s.write(vec![Arc::new(item(7, 100))], &body, 0).unwrap();
+        let w = s.write(vec![Arc::new(item(7, 100))], &body, 0, Fsync::Now).unwrap();
         assert!(s.next().is_none(), "not visible before publish");
         s.publish(w);
         assert_eq!(s.next().map(|t| t.item.record_id), Some(RecordId::from_bytes([7; 16])));
         assert_eq!(s.records(), 1);
         let mut body = Vec::new();
         encode_item(&item(8, 100), &mut body).unwrap();
-        let unpublished = s.write(vec![Arc::new(item(8, 100))], &body, 0).unwrap();
+        let unpublished = s.write(vec![Arc::new(item(8, 100))], &body, 0, Fsync::Lazy).unwrap();
         std::mem::forget(unpublished);
     }
-    // Both were durable: both come back.
+    // Both were written (the second lazily: in the page cache, so a killed
+    // process loses it no more than the first): both come back.
     let (s, rec) = Spool::open(dir.path(), 0).unwrap();
     assert_eq!(rec.records, 2);
     assert_eq!(s.next().map(|t| t.item.record_id), Some(RecordId::from_bytes([7; 16])));
     assert_eq!(s.next().map(|t| t.item.record_id), Some(RecordId::from_bytes([8; 16])));
+}
+
+/// A block written lazily is synced by the housekeeper once LAZY_SYNC has
+/// passed (not before), or at once with a durable block of the same file.
+#[test]
+fn a_lazy_block_is_synced_within_lazy_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = Spool::open(dir.path(), 0).unwrap();
+    let write = |n: u8, fsync: Fsync| {
+        let mut body = Vec::new();
+        encode_item(&item(n, 100), &mut body).unwrap();
+        let w = s.write(vec![Arc::new(item(n, 100))], &body, 0, fsync).unwrap();
+        s.publish(w);
+    };
+    let t = std::time::Instant::now();
+    write(1, Fsync::Lazy);
+    write(2, Fsync::Lazy);
+    assert_eq!(s.lazy.len(), 1, "one file waits for its sync");
+    while s.lazy.len() > 0 && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(s.lazy.len(), 0, "synced by the housekeeper");
+    assert!(t.elapsed() >= LAZY_SYNC - Duration::from_millis(5), "not before its deadline: {:?}", t.elapsed());
+    write(3, Fsync::Lazy);
+    assert_eq!(s.lazy.len(), 1);
+    write(4, Fsync::Now);
+    assert_eq!(s.lazy.len(), 0, "a durable block's fdatasync covers the file");
+    write(5, Fsync::Lazy);
+    s.settle(Duration::from_secs(5));
+    assert_eq!(s.lazy.len(), 0, "settle (at stop) syncs what waits");
 }
 
 #[test]

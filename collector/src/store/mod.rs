@@ -3,9 +3,10 @@
 //! or those of a burst of whole connections), have each record decided
 //! ([`crate::decide`]), make room in the spool (waiting while delivery
 //! flows, dropping with the reason only what waits because the server
-//! cannot take it), append one spool block with one fdatasync, queue the
-//! journal lines, and only then answer the senders, one reply per
-//! submission.
+//! cannot take it), append one spool block (with one fdatasync when a
+//! record of the block is of `spool_sync_severity` or higher; else synced
+//! within [`crate::spool::LAZY_SYNC`]), queue the journal lines, and only
+//! then answer the senders, one reply per submission.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -288,7 +289,14 @@ pub fn commit_batch(shared: &State, batch: Vec<Submission>, body: &mut Vec<u8>) 
     let n_spooled = spooled.len() as u64;
     let mut written = None;
     if !spooled.is_empty() {
-        match shared.spool.write(spooled, body, reserved) {
+        // Synced before the ack when any record of the block is of
+        // `spool_sync_severity` or higher; else within LAZY_SYNC.
+        let fsync = if spooled.iter().any(|i| i.record.severity as u8 >= cfg.spool_sync_severity) {
+            spool::Fsync::Now
+        } else {
+            spool::Fsync::Lazy
+        };
+        match shared.spool.write(spooled, body, reserved, fsync) {
             Ok(w) => {
                 bump(&shared.stats.accepted, n_spooled);
                 written = Some(w);

@@ -27,8 +27,11 @@ fn opted_in() -> (tempfile::TempDir, Config) {
 }
 
 fn submit(shared: &State, text: &str) -> oneshot::Receiver<Vec<Ack>> {
-    let record =
-        Record::builder(Classification::parse("org.t/pipe/x").unwrap(), Severity::Low, Payload::text(text)).build();
+    submit_severity(shared, text, Severity::Low)
+}
+
+fn submit_severity(shared: &State, text: &str, severity: Severity) -> oneshot::Receiver<Vec<Ack>> {
+    let record = Record::builder(Classification::parse("org.t/pipe/x").unwrap(), severity, Payload::text(text)).build();
     let (tx, rx) = oneshot::channel();
     let sub = Submission {
         records: vec![Incoming { record, size: 10, uid: 1, pid: 2 }],
@@ -154,6 +157,24 @@ fn a_settled_record_leaves_the_spool_only_after_its_journal_lines_are_written() 
         std::thread::yield_now();
     }
     assert!(delivered_line(), "the record left the spool before its fate was written to the journal");
+    drop(sh);
+    drop(tx);
+    h.join().unwrap();
+}
+
+/// Records of `spool_sync_severity` or higher are synced before their ack;
+/// the others are left to the lazy sync.
+#[test]
+fn the_ack_waits_for_fdatasync_from_spool_sync_severity_up() {
+    let (dir, cfg) = opted_in();
+    assert_eq!(cfg.spool_sync_severity, 3);
+    let (sh, tx, h) = shared(dir.path(), cfg);
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    for (severity, lazy) in [(Severity::Medium, 1), (Severity::High, 0), (Severity::Low, 1), (Severity::Critical, 0)] {
+        let acks = rt.block_on(submit_severity(&sh, "x", severity)).unwrap();
+        assert!(matches!(acks[..], [Ack::Accepted { .. }]));
+        assert_eq!(sh.spool.lazy_pending(), lazy, "{severity:?}");
+    }
     drop(sh);
     drop(tx);
     h.join().unwrap();

@@ -200,20 +200,23 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         std::thread::Builder::new().name("blackbox".into()).spawn(move || crate::blackbox::run_thread(s, bb_rx)).ok()
     };
 
-    // Two event loops, one thread each, so the two stages that run on
-    // them work in parallel without handing work to each other: ingest
-    // (the probe socket's accept loop and connection tasks) on its own,
-    // and delivery with everything else (control, black box feeds,
-    // signals). A work-stealing pool of two would wake its idle worker
-    // for every task that becomes ready: two extra context switches for
-    // each lone record, a sixth of its CPU.
+    // Two event loops. The pipeline's (one thread, "pipeline"): the probe
+    // socket's accept loop, its connection tasks and the delivery loops, so
+    // a lone record is read, committed (see `ingest::burst`), posted and
+    // settled without waking another thread. The rest (control, black box
+    // feeds, signals) on a pool of one worker ("collector"), which may
+    // block in place. A work-stealing pool of two for everything woke its
+    // idle worker for each task that became ready, and a delivery loop on
+    // a thread of its own was woken (an eventfd write, an IPI) for each
+    // record: together about a third of a lone record's CPU.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .thread_name("collector")
         .build()
         .map_err(DaemonError::Runtime)?;
-    let ingest_rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(DaemonError::Runtime)?;
+    let pipeline_rt =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(DaemonError::Runtime)?;
 
     let (sub_tx, sub_rx) = async_channel::bounded(SUBMIT_QUEUE);
     let committers: Vec<_> = (0..COMMITTERS)
@@ -224,22 +227,27 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         .collect();
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (ingest_done, ingest_ended) = tokio::sync::oneshot::channel::<()>();
-    let ingest_thread = {
+    let (pipeline_done, pipeline_ended) = tokio::sync::oneshot::channel::<()>();
+    let pipeline_thread = {
         let (shared, stop_rx, socket) = (shared.clone(), stop_rx.clone(), cfg.socket_path.clone());
         std::thread::Builder::new()
-            .name("ingest".into())
+            .name("pipeline".into())
             .spawn(move || {
-                ingest_rt.block_on(async {
+                pipeline_rt.block_on(async {
+                    let deliver: Vec<_> = crate::spool::Dest::ALL
+                        .iter()
+                        .map(|d| tokio::spawn(delivery::run(shared.clone(), *d, stop_rx.clone())))
+                        .collect();
                     match tokio::net::UnixListener::from_std(listener) {
                         Ok(l) => ingest::serve(l, shared, sub_tx, stop_rx).await,
                         Err(source) => tracing::error!("{}", DaemonError::Bind { path: socket, source }),
                     }
+                    let _ = tokio::time::timeout(Duration::from_secs(5), futures_util::future::join_all(deliver)).await;
                 });
-                let _ = ingest_done.send(());
+                let _ = pipeline_done.send(());
                 // Connections still open keep their sender; give them a
                 // moment, then go.
-                ingest_rt.shutdown_timeout(Duration::from_secs(2));
+                pipeline_rt.shutdown_timeout(Duration::from_secs(2));
             })
             .map_err(DaemonError::Runtime)?
     };
@@ -250,10 +258,6 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
             .map_err(|source| DaemonError::Bind { path: cfg.blackbox_socket(), source })?;
         tokio::spawn(crate::blackbox::feed::serve(blackbox_l, shared.clone(), stop_rx.clone()));
         let (reload_tx, mut reload_rx) = mpsc::channel::<control::ReloadDone>(4);
-        let deliver: Vec<_> = crate::spool::Dest::ALL
-            .iter()
-            .map(|d| tokio::spawn(delivery::run(shared.clone(), *d, stop_rx.clone())))
-            .collect();
         tokio::spawn(control::serve(control_l, shared.clone(), reload_tx));
         // Hourly machine id check.
         let s2 = shared.clone();
@@ -292,15 +296,14 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         }
         tracing::info!("stopping: no new connections; finishing what was received");
         let _ = stop_tx.send(true);
-        let _ = ingest_ended.await;
-        let _ = tokio::time::timeout(Duration::from_secs(5), futures_util::future::join_all(deliver)).await;
+        let _ = pipeline_ended.await;
         Ok::<(), DaemonError>(())
     });
     // Connections still open keep their sender; give them a moment, then go.
     rt.shutdown_timeout(Duration::from_secs(2));
     // (Also when the loop above ended early, with an error.)
     let _ = stop_tx.send(true);
-    let _ = ingest_thread.join();
+    let _ = pipeline_thread.join();
     for c in committers {
         let _ = c.join();
     }

@@ -14,7 +14,7 @@
 //!    ▼
 //!  decide      consent (local-only or deliver; scrub?), privacy (host facts, scrubbing),
 //!    │         rate windows (within / dropped / held), record id  [committer threads; a lone
-//!    │         record not synced before its ack: on ingest's thread]
+//!    │         record not synced before its ack: on the pipeline thread]
 //!    │         black box, while recording (else one atomic load): ──────► blackbox recorder
 //!    │         a crash gets `Recent activity:`, the record an entry        ▲ eventprobe's exec/exit
 //!    ▼                                                                     │ (blackbox.sock), readings

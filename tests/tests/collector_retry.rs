@@ -170,7 +170,10 @@ fn a_poison_record_holds_back_nothing_and_is_rejected_after_max_attempts() {
     std::thread::sleep(Duration::from_millis(1500));
     let attempts = poison_attempts(&sink, t0);
     let fate = fate_of(&c, &poison_id);
-    let s_end = c.wait_status(Duration::from_secs(10), |s| count(s, "delivered") as usize >= 1000 + sent_trickle);
+    // (A delivered record leaves the spool once its journal line is written.)
+    let s_end = c.wait_status(Duration::from_secs(10), |s| {
+        count(s, "delivered") as usize >= 1000 + sent_trickle && count(s, "spooled") == 0
+    });
     let report = format!(
         "good records: {good_then} of 1000 delivered {good_secs:.1} s after the first was sent (trickle sent {sent_trickle} more)\n\
          poison record: {} attempts at {attempts:.2?} s, gaps {:.2?} s; journal fate {fate:?}\n\
@@ -276,7 +279,8 @@ fn an_outage_of_30_s_rejects_no_record() {
     let back = Instant::now();
     let all = sink.wait_for(Duration::from_secs(20), |p| good_in(p, i) >= i);
     let back_secs = back.elapsed().as_secs_f64();
-    let s = c.wait_status(Duration::from_secs(10), |s| count(s, "delivered") as usize >= i);
+    // (A delivered record leaves the spool once its journal line is written.)
+    let s = c.wait_status(Duration::from_secs(10), |s| count(s, "delivered") as usize >= i && count(s, "spooled") == 0);
     let (fates, _) = c.journal_fate_counts();
     let report = format!(
         "{i} records sent, {} delivered distinct ({back_secs:.1} s after the server came back)\n\

@@ -177,11 +177,11 @@ pub(super) struct Burst {
     body: Vec<u8>,
 }
 
-/// Most records a burst may have to be committed on ingest's thread.
+/// Most records a burst may have to be committed on the pipeline thread.
 const COMMIT_HERE_RECORDS: usize = 4;
 
 impl Burst {
-    /// Whether these records are committed right here, on ingest's thread,
+    /// Whether these records are committed right here, on the pipeline thread,
     /// instead of by a committer thread: a lone record or a few, when no
     /// committer is behind, none of them is synced before its ack
     /// (`spool_sync_severity`: so nothing here waits for the disk, only

@@ -140,18 +140,9 @@ pub async fn serve(
             }
         };
         let stream = loop {
-            // Accept while connections are there; once none is, submit the
-            // legacy records taken so far and wait for the next.
-            match listener.get_ref().accept() {
-                Ok((s, _)) => break s,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => {
-                    burst.submit(&sender).await;
-                    accept_failed(e).await;
-                    continue;
-                }
-            }
-            burst.submit(&sender).await;
+            // Accept while connections are there (the listener stays ready
+            // until an accept finds none); once none is, submit the legacy
+            // records taken so far and wait for the next.
             let mut ready = tokio::select! {
                 r = listener.readable() => match r {
                     Ok(r) => r,
@@ -164,8 +155,12 @@ pub async fn serve(
             };
             match ready.try_io(|l| l.get_ref().accept()) {
                 Ok(Ok((s, _))) => break s,
-                Ok(Err(e)) => accept_failed(e).await,
-                Err(_would_block) => {}
+                Ok(Err(e)) => {
+                    burst.submit(&sender).await;
+                    accept_failed(e).await;
+                }
+                // None waits (readiness cleared).
+                Err(_would_block) => burst.submit(&sender).await,
             }
         };
         let (stream, buf, permit) = match take(stream, permit, &shared, &mut scratch) {

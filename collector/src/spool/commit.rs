@@ -116,22 +116,19 @@ impl Spool {
             ix.next_seq - 1
         };
         let h = header(seq, epoch, items.len() as u32, accepted, body);
-        let written = f
-            .write_all_at(&h, offset)
-            .and_then(|()| f.write_all_at(body, offset + HEADER_LEN as u64))
-            .and_then(|()| match fsync {
-                Fsync::Lazy => match self.lazy.add(file, &f) {
-                    Ok(first) => {
-                        if first {
-                            self.send_house(House::LazySync);
-                        }
-                        Ok(())
+        let written = write_two_at(&f, &h, body, offset).and_then(|()| match fsync {
+            Fsync::Lazy => match self.lazy.add(file, &f) {
+                Ok(first) => {
+                    if first {
+                        self.send_house(House::LazySync);
                     }
-                    // No handle for the housekeeper (no descriptor left): now.
-                    Err(_) => f.sync_data(),
-                },
-                Fsync::Now => f.sync_data().map(|()| self.lazy.synced(file)),
-            });
+                    Ok(())
+                }
+                // No handle for the housekeeper (no descriptor left): now.
+                Err(_) => f.sync_data(),
+            },
+            Fsync::Now => f.sync_data().map(|()| self.lazy.synced(file)),
+        });
         if let Err(e) = written {
             // Give the space back; the file takes no more blocks.
             let _ = f.set_len(offset);
@@ -240,5 +237,37 @@ impl Written {
     /// The block's sequence number.
     pub fn seq(&self) -> u64 {
         self.block.seq
+    }
+}
+
+/// Writes `a` then `b` at `offset` in one `pwritev` (one pass through the
+/// filesystem's write path instead of two), finishing what a short write
+/// left.
+fn write_two_at(f: &File, a: &[u8], b: &[u8], offset: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let iov = [
+        libc::iovec { iov_base: a.as_ptr() as *mut libc::c_void, iov_len: a.len() },
+        libc::iovec { iov_base: b.as_ptr() as *mut libc::c_void, iov_len: b.len() },
+    ];
+    let at = libc::off_t::try_from(offset).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let n = loop {
+        // SAFETY: both iovecs point into live slices of the given lengths,
+        // only read during the call, on a descriptor `f` keeps open.
+        let r = unsafe { libc::pwritev(f.as_raw_fd(), iov.as_ptr(), 2, at) };
+        if r >= 0 {
+            break r as usize;
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    };
+    if n < a.len() {
+        f.write_all_at(&a[n..], offset + n as u64)?;
+        f.write_all_at(b, offset + a.len() as u64)
+    } else if n - a.len() < b.len() {
+        f.write_all_at(&b[n - a.len()..], offset + n as u64)
+    } else {
+        Ok(())
     }
 }

@@ -185,16 +185,19 @@ impl Burst {
     /// instead of by a committer thread: a lone record or a few, when no
     /// committer is behind, none of them is synced before its ack
     /// (`spool_sync_severity`: so nothing here waits for the disk, only
-    /// for a write to the page cache), and the spool has room to spare (so
-    /// no wait for room either). Saves waking a committer thread, the
-    /// larger part of what a lone record costs beyond its own work.
+    /// for a write to the page cache), and the spool has room to spare
+    /// beyond what every committer could reserve meanwhile (a wait for room
+    /// here would hold up delivery, which runs on this thread and makes
+    /// the room). Saves waking a committer thread, the larger part of what
+    /// a lone record costs beyond its own work.
     fn commit_here(&self, sender: &Sender, records: &[Incoming], bytes: u64) -> bool {
         if records.len() > COMMIT_HERE_RECORDS || !sender.queue.is_empty() {
             return false;
         }
         let cfg = sender.shared.config();
+        let spare = (crate::daemon::COMMITTERS * crate::store::MAX_BATCH_BYTES) as u64;
         records.iter().all(|r| (r.record.severity as u8) < cfg.spool_sync_severity)
-            && cfg.spool_max_bytes.is_none_or(|max| sender.shared.spool.bytes().saturating_add(4 * bytes) < max)
+            && sender.shared.spool.has_room(2 * bytes, cfg.spool_max_bytes, spare)
     }
 
     /// Adds a connection's records.

@@ -416,6 +416,13 @@ impl Spool {
     /// for room for all of them instead of leaving some out. `wait` is
     /// asked again at least every `poll`. Returns as `reserve` does, and
     /// how long it waited.
+    /// Whether `need` bytes fit under `max` with `spare` bytes left over,
+    /// counting what commits in flight have reserved.
+    pub fn has_room(&self, need: u64, max: Option<u64>, spare: u64) -> bool {
+        let ix = self.lock();
+        max.is_none_or(|m| ix.bytes + ix.reserved + need + spare <= m)
+    }
+
     pub fn reserve_wait(
         &self,
         sizes: &[u64],

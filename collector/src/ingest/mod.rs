@@ -269,7 +269,7 @@ const CLOSING: &str = "the collector is shutting down";
 struct Sender {
     queue: crate::store::SubmitTx,
     budget: Arc<Semaphore>,
-    /// For commits made on ingest's own thread (see `Burst::submit`).
+    /// For commits made on the pipeline thread (see `Burst::submit`).
     shared: Arc<State>,
 }
 

@@ -364,6 +364,12 @@ pub fn is_loopback_host(url: &url::Url) -> bool {
 }
 
 impl Config {
+    /// Whether a record of `severity` is fdatasync'd in the spool before
+    /// its ack (`spool_sync_severity`); else within the lazy sync.
+    pub fn syncs_before_ack(&self, severity: telemetry::Severity) -> bool {
+        severity as u8 >= self.spool_sync_severity
+    }
+
     /// Loads by the lookup order (`-f FILE` first) and types every key.
     pub fn load(explicit: Option<&Path>) -> Result<Config, BadConfig> {
         let settings = Settings::load(explicit)?;

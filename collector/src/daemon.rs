@@ -18,8 +18,7 @@ use crate::state::State;
 use crate::store;
 use crate::{control, delivery, identity, ingest};
 
-/// Committer threads (group commits in flight at once).
-pub const COMMITTERS: usize = 3;
+use crate::store::COMMITTERS;
 /// Submissions queued between ingest and the commit stage.
 pub const SUBMIT_QUEUE: usize = 1024;
 

@@ -195,8 +195,8 @@ impl Burst {
             return false;
         }
         let cfg = sender.shared.config();
-        let spare = (crate::daemon::COMMITTERS * crate::store::MAX_BATCH_BYTES) as u64;
-        records.iter().all(|r| (r.record.severity as u8) < cfg.spool_sync_severity)
+        let spare = (crate::store::COMMITTERS * crate::store::MAX_BATCH_BYTES) as u64;
+        !records.iter().any(|r| cfg.syncs_before_ack(r.record.severity))
             && sender.shared.spool.has_room(2 * bytes, cfg.spool_max_bytes, spare)
     }
 

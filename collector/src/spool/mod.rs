@@ -409,13 +409,6 @@ impl Spool {
         (fits, total)
     }
 
-    /// As [`reserve`](Self::reserve), but while `wait()` says so (the
-    /// server is taking records, so room is coming) and records keep
-    /// leaving the spool (none for `stall` means the room is held by
-    /// records that wait for a retry, which waiting will not free), waits
-    /// for room for all of them instead of leaving some out. `wait` is
-    /// asked again at least every `poll`. Returns as `reserve` does, and
-    /// how long it waited.
     /// Whether `need` bytes fit under `max` with `spare` bytes left over,
     /// counting what commits in flight have reserved.
     pub fn has_room(&self, need: u64, max: Option<u64>, spare: u64) -> bool {
@@ -423,6 +416,13 @@ impl Spool {
         max.is_none_or(|m| ix.bytes + ix.reserved + need + spare <= m)
     }
 
+    /// As [`reserve`](Self::reserve), but while `wait()` says so (the
+    /// server is taking records, so room is coming) and records keep
+    /// leaving the spool (none for `stall` means the room is held by
+    /// records that wait for a retry, which waiting will not free), waits
+    /// for room for all of them instead of leaving some out. `wait` is
+    /// asked again at least every `poll`. Returns as `reserve` does, and
+    /// how long it waited.
     pub fn reserve_wait(
         &self,
         sizes: &[u64],

@@ -22,6 +22,8 @@ use crate::spool::{self, Item};
 use crate::state::State;
 use crate::stats::{bump, Refusal};
 
+/// Committer threads (group commits in flight at once).
+pub const COMMITTERS: usize = 3;
 /// Most records in one group commit.
 pub const MAX_BATCH: usize = 1024;
 /// Most bytes in one group commit.
@@ -291,7 +293,7 @@ pub fn commit_batch(shared: &State, batch: Vec<Submission>, body: &mut Vec<u8>) 
     if !spooled.is_empty() {
         // Synced before the ack when any record of the block is of
         // `spool_sync_severity` or higher; else within LAZY_SYNC.
-        let fsync = if spooled.iter().any(|i| i.record.severity as u8 >= cfg.spool_sync_severity) {
+        let fsync = if spooled.iter().any(|i| cfg.syncs_before_ack(i.record.severity)) {
             spool::Fsync::Now
         } else {
             spool::Fsync::Lazy

@@ -14,7 +14,8 @@
 //!    collector's default settings -> HTTP sink: records delivered (must be
 //!    all), records/s end to end against the 30,000/s target, and the
 //!    collector's peak RSS against 32 MB
-//! 6. 2,000 sequential `hprobe` runs: wall time per run, and collector CPU
+//! 6. 2,000 sequential `hprobe` runs at the collector's defaults (rate
+//!    windows off, as in 5): wall time per run, and collector CPU
 //!    per record against 150 us; then the same with
 //!    `spool_sync_severity=1` (each record fdatasync'd before its ack, as a
 //!    crash record is)
@@ -545,13 +546,15 @@ struct Legacy {
 /// `size` payload bytes from `telem-legacy-burst` (the C library's way:
 /// blocking connect, one frame, close), into a collector at its default
 /// settings except the rate window, delivering to the local sink.
+/// The bench's base configuration lifts the spool cap and the retry
+/// backoff; this puts the defaults back (later keys win). The rate window
+/// stays off: its default (1,000 records per 15 minutes) would hold back
+/// all but 1,000 records of a round by design.
+const DEFAULTS: &str = "spool_max_size=5120\nretry_max_backoff=30\n";
+
 fn legacy_burst(procs: usize, records: u64, size: usize) -> Legacy {
     let (url, count) = sink(false);
-    // The bench's base configuration lifts the spool cap and the retry
-    // backoff; put the defaults back (later keys win). The rate window stays
-    // off: its default (1,000 records per 15 minutes) would hold back all
-    // but 1,000 records of the burst by design.
-    let d = Daemon::start(&url, "spool_max_size=5120\nretry_max_backoff=30");
+    let d = Daemon::start(&url, DEFAULTS);
     let gen = bin_dir().join("telem-legacy-burst");
     let t = Instant::now();
     let out = Command::new(&gen)
@@ -606,11 +609,12 @@ fn legacy_burst(procs: usize, records: u64, size: usize) -> Legacy {
     }
 }
 
-/// `runs` sequential `hprobe --socket` runs into a collector delivering to
-/// the local sink: (wall ms per run, collector CPU us per record).
+/// `runs` sequential `hprobe --socket` runs into a collector at its
+/// defaults (as the legacy round: [`DEFAULTS`]) plus `extra`, delivering
+/// to the local sink: (wall ms per run, collector CPU us per record).
 fn hprobe_runs(runs: u64, extra: &str) -> (f64, f64) {
     let (url, count) = sink(false);
-    let d = Daemon::start(&url, extra);
+    let d = Daemon::start(&url, &format!("{DEFAULTS}{extra}"));
     let hprobe = bin_dir().join("hprobe");
     // What the collector spends doing nothing, for comparison.
     std::thread::sleep(Duration::from_millis(200));

@@ -488,14 +488,15 @@ fn a_torn_tail_is_cut_at_restart() {
     // after it) is gone; eventprobe's resend of its recent entries puts
     // the execs back, each once.
     let mut feed = feed.reconnect(&state_dir(&c));
+    let from = 15;
     // The cut took back what was acknowledged: the collector's acks now
     // start from what the recording holds (19, or 20 when a reading came
     // after the 20th exec), as eventprobe's outbox allows.
-    feed.acked = 14;
-    for s in 15..=20 {
+    feed.acked = from - 1;
+    for s in from..=20 {
         feed.sent.insert(s, exec(20_000 + s as u32, 1, &["torn", &s.to_string()]));
     }
-    feed.resend_from(15);
+    feed.resend_from(from);
     let s = feed.send(exec(20_021, 1, &["torn", "21"]));
     feed.wait_ack(s);
     c.telemctl_ok(&["blackbox", "stop"]);

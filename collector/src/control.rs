@@ -68,6 +68,7 @@ pub fn status(shared: &State) -> Status {
         scrubbing: policy.scrub,
         do_not_track: cfg.do_not_track,
         destinations: destinations(shared, &cfg),
+        host_went_down: shared.host_went_down.as_deref().map(crate::running::warning),
     }
 }
 

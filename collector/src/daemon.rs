@@ -174,7 +174,18 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     let _ = std::fs::write(&pid_file, format!("{}\n", std::process::id()));
 
     let (cfg_tx, cfg_rx) = watch::channel(Arc::new(cfg.clone()));
-    let shared = Arc::new(State::new(cfg_rx, spool, journal.clone(), mid, session));
+    let mut state = State::new(cfg_rx, spool, journal.clone(), mid, session);
+    state.host_went_down = crate::running::host_went_down(&cfg.state_dir, &state.boot_id);
+    if let Some(boot) = &state.host_went_down {
+        tracing::warn!("{}", crate::running::warning(boot));
+    }
+    if let Err(e) = crate::running::mark(&cfg.state_dir, &state.boot_id) {
+        tracing::warn!(
+            "cannot write {}: {e}; a power loss under this run will not be reported at the next start",
+            crate::running::path(&cfg.state_dir).display()
+        );
+    }
+    let shared = Arc::new(state);
     shared.wake_delivery.set_destinations(crate::spool::Dest::mask(&cfg));
     store::settle::expired(
         &shared,
@@ -319,6 +330,8 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     drop(journal);
     let _ = journal_thread.join();
     let _ = std::fs::remove_file(&pid_file);
+    // Everything is synced: a power loss from now on loses nothing.
+    crate::running::clear(&cfg.state_dir);
     let _ = std::fs::remove_file(cfg.control_socket());
     let _ = std::fs::remove_file(cfg.blackbox_socket());
     result

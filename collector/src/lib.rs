@@ -53,6 +53,7 @@ pub mod otlp;
 pub mod preview;
 pub mod ratelimit;
 pub mod request;
+pub mod running;
 pub mod service;
 pub mod spool;
 pub mod state;

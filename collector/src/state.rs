@@ -38,6 +38,9 @@ pub struct State {
     pub flush: [AtomicBool; DESTS],
     /// Unix seconds the daemon started.
     pub since: u64,
+    /// The boot the host went down in under the previous run
+    /// ([`crate::running`]), shown by `telemctl status`.
+    pub host_went_down: Option<String>,
     /// Delivery's backoff deadline (ms since `since_instant`), 0 = none.
     pub retry_at_ms: AtomicU64,
     /// Set by delivery: why the server cannot take records now, or `None`
@@ -109,6 +112,7 @@ impl State {
             wake_delivery: Wake::default(),
             flush: Default::default(),
             since: telemetry::record::now_unix(),
+            host_went_down: None,
             retry_at_ms: AtomicU64::new(0),
             held: Mutex::new(Some("delivery has not started".into())),
             held_by: Mutex::new([Some("delivery has not started".into()), None]),

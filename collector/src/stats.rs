@@ -194,6 +194,11 @@ pub struct Status {
     /// only one.)
     #[serde(default)]
     pub destinations: Vec<DestStatus>,
+    /// Set when the host went down under the previous run (a power loss,
+    /// kernel crash or reset): what may have been lost, in one sentence
+    /// (`collector::running`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_went_down: Option<String>,
 }
 
 impl Stats {

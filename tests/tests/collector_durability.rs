@@ -332,3 +332,33 @@ fn rate_windows_drop_or_spool_counting_real_sizes() {
     let fates: Vec<String> = c.journal(&[]).iter().map(|e| e["fate"].as_str().unwrap().to_string()).collect();
     assert_eq!(fates, vec!["delivered".to_string(), "rate-limited: spooled".to_string()]);
 }
+
+/// A power loss cannot be staged here; what it leaves behind can: the
+/// running mark of another boot (a run whose host went down under it) is
+/// reported by the next start, in the log and in `telemctl status`; a kill -9
+/// in this boot (which loses nothing) is not; a clean stop leaves no mark.
+#[test]
+fn a_start_after_the_host_went_down_under_the_collector_says_what_may_be_lost() {
+    let mut c = Collector::new(None, "");
+    c.start();
+    let mark = c.dir.join("state/telem-collector.running");
+    let this_boot = telemetry::BootId::read().expect("boot id").to_string();
+    assert_eq!(std::fs::read_to_string(&mark).expect("a running collector's mark").trim(), this_boot);
+    assert!(c.status().get("host_went_down").is_none(), "a first start: {}", c.status());
+
+    c.kill9();
+    c.start();
+    assert!(c.status().get("host_went_down").is_none(), "a kill -9 in this boot loses nothing: {}", c.status());
+    assert!(c.stop(), "clean stop");
+    assert!(!mark.exists(), "a clean stop removes the mark");
+
+    let other_boot = "0123456789abcdef0123456789abcdef";
+    std::fs::write(&mark, format!("{other_boot}\n")).unwrap();
+    c.start();
+    let said = c.status()["host_went_down"].as_str().map(str::to_string);
+    assert!(said.as_deref().is_some_and(|s| s.contains(other_boot) && s.contains("may be lost")), "status: {said:?}");
+    assert!(c.log().contains(&format!("boot {other_boot}")), "logged:\n{}", c.log());
+    assert!(c.telemctl_ok(&["status"]).contains("warning:"), "telemctl status shows it");
+    assert_eq!(std::fs::read_to_string(&mark).unwrap().trim(), this_boot, "this run's mark replaces it");
+    assert!(c.stop(), "clean stop");
+}

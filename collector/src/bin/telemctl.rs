@@ -402,6 +402,9 @@ fn preview_cmd(cfg: &Config, p: &PreviewArgs) -> ExitCode {
 
 fn print_status(s: &telem_collector::stats::Status) {
     println!("telem-collector (pid {}) running since {} UTC", s.pid, journal::format_time(s.since));
+    if let Some(w) = &s.host_went_down {
+        println!("  warning:             {w}");
+    }
     if !s.mode.is_empty() {
         println!("  mode:                {}", s.mode);
         println!("  privacy level:       {}", s.privacy_level);
